@@ -1,0 +1,6 @@
+"""``python -m camstream``: the same as the ``camstream`` command."""
+
+from .cli import main
+
+if __name__ == "__main__":
+    raise SystemExit(main())

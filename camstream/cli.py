@@ -1,0 +1,103 @@
+"""The ``camstream`` command. The only place in camstream that configures logging or exits."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+from typing import Sequence
+
+from . import __version__
+from .errors import CamstreamError, SourceError
+from .server import Streamer
+
+logger = logging.getLogger(__name__)
+
+AUTO_SOURCE = "auto"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="camstream",
+        description="Stream a camera, a video file or stream, or a test pattern over WebSocket "
+        "(JSON metadata + binary JPEG frames).",
+    )
+    parser.add_argument(
+        "--source", default=AUTO_SOURCE,
+        help="camera index (0), video file, stream URL, or 'test' for the built-in test "
+        "pattern. Default 'auto': camera 0, or the test pattern if there is no camera.",
+    )
+    parser.add_argument("--host", default="127.0.0.1",
+                        help="address to listen on (default 127.0.0.1: this machine only)")
+    parser.add_argument("--port", type=int, default=8765, help="TCP port (default 8765; 0: any)")
+    parser.add_argument("--fps", type=float, default=30.0, help="camera frame rate (default 30)")
+    parser.add_argument("--width", type=int, help="requested frame width")
+    parser.add_argument("--height", type=int, help="requested frame height")
+    parser.add_argument("--quality", type=int, default=80, help="JPEG quality 1-100 (default 80)")
+    parser.add_argument("--no-loop", action="store_true", help="play a video file only once")
+    security = parser.add_argument_group("security")
+    security.add_argument(
+        "--token", default=os.environ.get("CAMSTREAM_TOKEN") or None,
+        help="require this token (?token= or Authorization: Bearer); default $CAMSTREAM_TOKEN",
+    )
+    security.add_argument("--allow-origin", action="append", metavar="ORIGIN",
+                          help="admit browser pages from this origin (repeatable)")
+    security.add_argument("--max-clients", type=int, help="most viewers at once (more get 1013)")
+    security.add_argument("--certfile", help="TLS certificate (PEM): serve wss://")
+    security.add_argument("--keyfile", help="TLS private key (PEM), if not in --certfile")
+    parser.add_argument("--log-level", default="INFO",
+                        choices=["DEBUG", "INFO", "WARNING", "ERROR"], type=str.upper)
+    parser.add_argument("--version", action="version", version=f"camstream {__version__}")
+    return parser
+
+
+def _make_streamer(args: argparse.Namespace, source: object) -> Streamer:
+    return Streamer(
+        source,  # type: ignore[arg-type]
+        host=args.host, port=args.port, fps=args.fps, width=args.width, height=args.height,
+        quality=args.quality, loop=not args.no_loop, token=args.token,
+        allowed_origins=args.allow_origin, max_clients=args.max_clients,
+        certfile=args.certfile, keyfile=args.keyfile,
+    )
+
+
+def _start(args: argparse.Namespace) -> Streamer:
+    if args.source != AUTO_SOURCE:
+        return _make_streamer(args, args.source).start()
+    try:
+        return _make_streamer(args, 0).start()
+    except SourceError:
+        logger.warning("no camera found at index 0: streaming the built-in test pattern")
+        return _make_streamer(args, "test").start()
+
+
+def _raise_keyboard_interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command; returns the exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.certfile is None and args.keyfile is not None:
+        parser.error("--keyfile needs --certfile")
+    logging.basicConfig(
+        level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        streamer = _start(args)
+    except CamstreamError as exc:
+        print(f"camstream: error: {exc}", file=sys.stderr)
+        return 1
+    # SIGTERM (service managers, docker stop) stops as cleanly as Ctrl+C.
+    signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
+    camera = streamer.camera
+    print(
+        f"camstream {__version__}: streaming {camera.width}x{camera.height} at "
+        f"{camera.fps:g} fps on {streamer.url} (Ctrl+C to stop)",
+        flush=True,
+    )
+    streamer.serve_forever()
+    return 0

@@ -1,0 +1,243 @@
+"""A small synchronous client for camstream servers (``pip install camstream[client]``).
+
+    from camstream.client import Client
+
+    with Client("ws://127.0.0.1:8765/", fps=10) as client:
+        for frame in client:            # ReceivedFrame: .jpeg bytes, .image (decoded BGR array)
+            print(frame.width, frame.height, frame.seq)
+
+Built on ``websocket-client``. It follows protocol v1 (see PROTOCOL.md): text messages are JSON
+(metadata, events, replies), binary messages are whole JPEG files.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import time
+import urllib.parse
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator
+
+import cv2
+import numpy as np
+
+from .errors import CamstreamError, ConnectionClosedError
+
+__all__ = ["Client", "ReceivedFrame"]
+
+
+@dataclass
+class ReceivedFrame:
+    """One JPEG from the server, with the metadata in force when it arrived."""
+
+    jpeg: bytes
+    metadata: dict[str, Any]
+    received_at: float
+    """``time.time()`` when the message arrived."""
+    info: dict[str, Any] | None = None
+    """The ``frame`` message that came before it, if the client asked for ``frame_info``."""
+    _image: np.ndarray | None = field(default=None, repr=False)
+
+    @property
+    def image(self) -> np.ndarray:
+        """The decoded BGR picture (decoded on first use)."""
+        if self._image is None:
+            image = cv2.imdecode(np.frombuffer(self.jpeg, np.uint8), cv2.IMREAD_COLOR)
+            if image is None:
+                raise CamstreamError("received a binary message that is not a JPEG")
+            self._image = image
+        return self._image
+
+    @property
+    def width(self) -> int:
+        return int(self.metadata.get("width", 0))
+
+    @property
+    def height(self) -> int:
+        return int(self.metadata.get("height", 0))
+
+    @property
+    def seq(self) -> int | None:
+        return None if self.info is None else self.info.get("seq")
+
+
+class Client:
+    """Connects to a camstream server and yields its frames.
+
+    Args:
+        url: ``ws://host:port/`` or ``wss://...``.
+        token: sent as ``Authorization: Bearer`` (never put in the URL by this client).
+        fps, width, height, quality, max_bytes, frame_info: the stream this client wants; sent
+            as URL query parameters (see PROTOCOL.md).
+        timeout: seconds to wait for the connection and for each message.
+        on_event: called with every JSON message that is not metadata (events, errors, pongs).
+        sslopt: passed to websocket-client for ``wss://`` (e.g. ``{"ca_certs": path}``).
+
+    Iterating ends when the server closes the connection; :attr:`close_code` and
+    :attr:`close_reason` then say why.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        token: str | None = None,
+        fps: float | None = None,
+        width: int | None = None,
+        height: int | None = None,
+        quality: int | None = None,
+        max_bytes: int | None = None,
+        frame_info: bool = False,
+        timeout: float = 10.0,
+        on_event: Callable[[dict[str, Any]], None] | None = None,
+        sslopt: dict[str, Any] | None = None,
+    ) -> None:
+        query = {
+            key: value
+            for key, value in (
+                ("fps", fps), ("width", width), ("height", height), ("quality", quality),
+                ("max_bytes", max_bytes), ("frame_info", "true" if frame_info else None),
+            )
+            if value is not None
+        }
+        self.url = _with_query(url, query)
+        self._token = token
+        self._timeout = timeout
+        self._sslopt = sslopt
+        self._on_event = on_event
+        self._ws: Any = None
+        self.metadata: dict[str, Any] = {}
+        self.events: collections.deque[dict[str, Any]] = collections.deque(maxlen=100)
+        self.close_code: int | None = None
+        self.close_reason: str = ""
+
+    # Lifecycle
+
+    def connect(self) -> Client:
+        """Open the connection and wait for the first metadata message; returns ``self``.
+
+        Raises:
+            ConnectionClosedError: the server refused or closed the connection.
+            OSError: the server cannot be reached.
+        """
+        try:
+            import websocket  # websocket-client
+        except ImportError as exc:  # pragma: no cover - depends on the install
+            raise CamstreamError(
+                "camstream.client needs websocket-client: pip install 'camstream[client]'"
+            ) from exc
+        headers = [f"Authorization: Bearer {self._token}"] if self._token else []
+        self._ws = websocket.create_connection(
+            self.url, timeout=self._timeout, header=headers, sslopt=self._sslopt,
+            enable_multithread=True,
+        )
+        while not self.metadata:
+            message = self._receive()
+            if message is None:
+                raise ConnectionClosedError(self._closed_text())
+        return self
+
+    def close(self, code: int = 1000, reason: str = "") -> None:
+        """Close the connection (idempotent)."""
+        if self._ws is not None:
+            try:
+                self._ws.close(status=code, reason=reason.encode(), timeout=1)
+            except Exception:  # the socket may already be gone; closing must not raise
+                pass
+            self._ws = None
+
+    def __enter__(self) -> Client:
+        return self.connect() if self._ws is None else self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    # Receiving
+
+    def __iter__(self) -> Iterator[ReceivedFrame]:
+        return self.frames()
+
+    def frames(self) -> Iterator[ReceivedFrame]:
+        """Yield frames until the server closes the connection."""
+        info: dict[str, Any] | None = None
+        while True:
+            message = self._receive()
+            if message is None:
+                return
+            if isinstance(message, bytes):
+                yield ReceivedFrame(message, dict(self.metadata), time.time(), info)
+                info = None
+            elif message.get("type") == "frame":
+                info = message
+
+    def _receive(self) -> bytes | dict[str, Any] | None:
+        """The next message: JPEG bytes, or a JSON dict (metadata is stored); None when closed."""
+        import websocket
+
+        try:
+            opcode, data = self._ws.recv_data(control_frame=False)
+        except websocket.WebSocketConnectionClosedException:
+            self.close_code = self.close_code or 1006
+            return None
+        if opcode == websocket.ABNF.OPCODE_CLOSE:
+            self.close_code = int.from_bytes(data[:2], "big") if len(data) >= 2 else 1005
+            self.close_reason = data[2:].decode("utf-8", "replace")
+            return None
+        if opcode == websocket.ABNF.OPCODE_BINARY:
+            return bytes(data)
+        message = json.loads(data.decode("utf-8"))
+        if not isinstance(message, dict):
+            return {"type": "unknown", "value": message}
+        if message.get("type", "metadata") == "metadata":
+            self.metadata = message
+        elif message.get("type") != "frame":
+            self.events.append(message)
+            if self._on_event is not None:
+                self._on_event(message)
+        return message
+
+    # Control messages
+
+    def send(self, message: dict[str, Any]) -> None:
+        """Send one JSON control message."""
+        if self._ws is None:
+            raise ConnectionClosedError("not connected")
+        self._ws.send(json.dumps(message))
+
+    def configure(self, **settings: Any) -> None:
+        """Change fps, width, height, quality, max_bytes or frame_info for this client."""
+        self.send({"type": "config", **settings})
+
+    def pause(self) -> None:
+        self.send({"type": "pause"})
+
+    def resume(self) -> None:
+        self.send({"type": "resume"})
+
+    def snapshot(self, quality: int = 95) -> bytes:
+        """Ask for a full-resolution JPEG; returns it (live frames received meanwhile are dropped)."""
+        self.send({"type": "snapshot", "quality": quality})
+        announced = False
+        while True:
+            message = self._receive()
+            if message is None:
+                raise ConnectionClosedError(self._closed_text())
+            if isinstance(message, dict):
+                if message.get("type") == "snapshot":
+                    announced = True
+                elif message.get("type") == "error":
+                    raise CamstreamError(f"snapshot refused: {message.get('message')}")
+            elif announced:
+                return message
+
+    def _closed_text(self) -> str:
+        return f"connection closed (code {self.close_code}: {self.close_reason or 'no reason'})"
+
+
+def _with_query(url: str, params: dict[str, Any]) -> str:
+    if not params:
+        return url
+    parts = urllib.parse.urlsplit(url)
+    query = urllib.parse.parse_qsl(parts.query) + [(k, str(v)) for k, v in params.items()]
+    return urllib.parse.urlunsplit(parts._replace(query=urllib.parse.urlencode(query)))

@@ -1,0 +1,245 @@
+"""JPEG encoding, once per frame and variant, shared by every client that wants it.
+
+A *variant* is what a client asked to receive: a size box, a quality and optionally a byte
+limit. All clients on the same variant share one encode per frame (single flight: the first
+client to ask encodes, the others wait for its result), so the number of encodes per second
+depends on the camera rate and the number of distinct variants, never on the number of clients.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import threading
+from dataclasses import dataclass, field
+
+import cv2
+import imutils
+import numpy as np
+
+from .camera import Frame
+
+__all__ = ["Variant", "EncodedFrame", "EncodeCache", "encode_jpeg", "fit_size"]
+
+logger = logging.getLogger(__name__)
+
+_MIN_QUALITY = 10
+_MIN_SIDE = 16
+_MAX_JPEG_SIDE = 65500  # libjpeg's limit
+_MAX_VARIANTS = 256  # per-variant bookkeeping is reset past this many distinct variants
+
+
+@dataclass(frozen=True)
+class Variant:
+    """What one client receives: the frame fitted in ``width`` x ``height``, at ``quality``.
+
+    ``width`` / ``height`` of ``None`` leave that side free; the aspect ratio is always kept and
+    frames are never enlarged. With ``max_bytes``, every JPEG is kept at or under that many bytes
+    by lowering the quality first, then the size.
+    """
+
+    width: int | None = None
+    height: int | None = None
+    quality: int = 80
+    max_bytes: int | None = None
+
+
+@dataclass(frozen=True)
+class EncodedFrame:
+    """A JPEG file made from one :class:`~camstream.camera.Frame` for one :class:`Variant`."""
+
+    seq: int
+    data: bytes
+    width: int
+    height: int
+    quality: int
+    captured_at: float
+    captured_monotonic: float
+
+
+def fit_size(
+    width: int, height: int, box_width: int | None, box_height: int | None
+) -> tuple[int, int]:
+    """The size of a ``width`` x ``height`` picture scaled down to fit the box, aspect kept.
+
+    Rounds the way ``imutils.resize`` does, which does the scaling.
+    """
+    width_scale = box_width / width if box_width is not None else 1.0
+    height_scale = box_height / height if box_height is not None else 1.0
+    if min(width_scale, height_scale) >= 1.0:
+        return width, height
+    if width_scale <= height_scale:
+        return int(box_width), max(int(height * width_scale), 1)  # type: ignore[arg-type]
+    return max(int(width * height_scale), 1), int(box_height)  # type: ignore[arg-type]
+
+
+def _resize(image: np.ndarray, width: int, height: int) -> np.ndarray:
+    """Scale to a size from :func:`fit_size` (or any size, for the byte-limit search)."""
+    if image.shape[1] == width and image.shape[0] == height:
+        return image
+    if int(image.shape[0] * (width / image.shape[1])) == height:
+        return imutils.resize(image, width=width, inter=cv2.INTER_AREA)
+    if int(image.shape[1] * (height / image.shape[0])) == width:
+        return imutils.resize(image, height=height, inter=cv2.INTER_AREA)
+    return cv2.resize(image, (width, height), interpolation=cv2.INTER_AREA)
+
+
+def encode_jpeg(image: np.ndarray, quality: int) -> bytes:
+    """Encode a BGR or grayscale image as a baseline JPEG file."""
+    if max(image.shape[:2]) > _MAX_JPEG_SIDE:
+        raise ValueError(f"a JPEG cannot be over {_MAX_JPEG_SIDE} pixels wide or high")
+    if image.ndim == 3 and image.shape[2] == 4:
+        image = cv2.cvtColor(image, cv2.COLOR_BGRA2BGR)
+    ok, buffer = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, int(quality)])
+    if not ok:
+        raise ValueError("OpenCV could not encode the frame as JPEG")
+    return buffer.tobytes()
+
+
+@dataclass
+class _Hint:
+    """The quality and scale that last kept a variant under its byte limit."""
+
+    quality: int
+    scale: float = 1.0
+
+
+@dataclass
+class _Slot:
+    done: threading.Event = field(default_factory=threading.Event)
+    result: EncodedFrame | None = None
+    error: BaseException | None = None
+
+
+class EncodeCache:
+    """Encodes each (frame, variant) once and hands the JPEG to every client that asks.
+
+    Thread-safe. Bounded: it keeps the results of the last ``max_entries`` encodes; older ones
+    are dropped (a client only ever asks for recent frames).
+    """
+
+    def __init__(self, max_entries: int = 64) -> None:
+        self._lock = threading.Lock()
+        self._slots: collections.OrderedDict[tuple[int, Variant], _Slot] = (
+            collections.OrderedDict()
+        )
+        self._hints: dict[Variant, _Hint] = {}
+        self._max_entries = max_entries
+        self.encodes = 0
+        """JPEG files produced (one per frame and variant; extra tries for max_bytes not counted)."""
+        self.encodes_by_variant: collections.Counter[Variant] = collections.Counter()
+
+    def get(self, frame: Frame, variant: Variant) -> EncodedFrame:
+        """The JPEG of ``frame`` for ``variant``, encoding it if no one has yet.
+
+        Raises:
+            ValueError: the frame cannot be encoded.
+        """
+        key = (frame.seq, variant)
+        with self._lock:
+            slot = self._slots.get(key)
+            owner = slot is None
+            if slot is None:
+                slot = self._slots[key] = _Slot()
+                while len(self._slots) > self._max_entries:
+                    self._slots.popitem(last=False)
+        if not owner:
+            slot.done.wait()
+        else:
+            try:
+                slot.result = self._encode(frame, variant)
+            except BaseException as exc:
+                slot.error = exc
+                with self._lock:
+                    self._slots.pop(key, None)  # let the next caller try again
+                raise
+            finally:
+                slot.done.set()
+        if slot.error is not None:
+            raise ValueError(f"could not encode frame {frame.seq}: {slot.error}")
+        assert slot.result is not None
+        return slot.result
+
+    def _encode(self, frame: Frame, variant: Variant) -> EncodedFrame:
+        width, height = fit_size(frame.width, frame.height, variant.width, variant.height)
+        if variant.max_bytes is None:
+            image = _resize(frame.image, width, height)
+            height, width = image.shape[:2]
+            data = encode_jpeg(image, variant.quality)
+            quality = variant.quality
+        else:
+            data, width, height, quality = self._encode_within(frame, variant, width, height)
+        with self._lock:
+            self.encodes += 1
+            if len(self.encodes_by_variant) > _MAX_VARIANTS:
+                self.encodes_by_variant.clear()
+            self.encodes_by_variant[variant] += 1
+        return EncodedFrame(
+            frame.seq, data, width, height, quality, frame.captured_at, frame.captured_monotonic
+        )
+
+    def _encode_within(
+        self, frame: Frame, variant: Variant, width: int, height: int
+    ) -> tuple[bytes, int, int, int]:
+        """Encode under ``variant.max_bytes``, trading quality and size (see :func:`_step_down`).
+
+        Starts from the setting that worked for the previous frame, and tries one step better
+        when the last result left plenty of room, so the search costs about one encode a frame.
+        """
+        assert variant.max_bytes is not None
+        limit = variant.max_bytes
+        with self._lock:
+            hint = self._hints.setdefault(variant, _Hint(variant.quality))
+            quality, scale = hint.quality, hint.scale
+        data = b""
+        while True:
+            w = max(round(width * scale), _MIN_SIDE) if scale < 1.0 else width
+            h = max(round(height * scale), _MIN_SIDE) if scale < 1.0 else height
+            image = _resize(frame.image, w, h)
+            h, w = image.shape[:2]
+            data = encode_jpeg(image, quality)
+            if len(data) <= limit:
+                break
+            quality, scale = _step_down(quality, scale, min(w, h))
+        # Next frame: stay here, or step back up if this one used less than 60 % of the limit.
+        next_quality, next_scale = quality, scale
+        if len(data) < 0.6 * limit:
+            next_quality, next_scale = _step_up(quality, scale, variant.quality)
+        with self._lock:
+            if len(self._hints) > _MAX_VARIANTS:  # clients keep changing their byte limits
+                self._hints.clear()
+            self._hints[variant] = _Hint(next_quality, next_scale)
+        return data, w, h, quality
+
+
+_GOOD_QUALITY = 40  # below this JPEG looks blocky: make the picture smaller first
+_GOOD_SCALE = 0.5
+
+
+def _step_down(quality: int, scale: float, smaller_side: int) -> tuple[int, float]:
+    """One step smaller: quality down to 40, then size down to half, then both further.
+
+    Raises:
+        ValueError: already at the smallest quality and size.
+    """
+    if quality > _GOOD_QUALITY:
+        return max(int(quality * 0.8), _GOOD_QUALITY), scale
+    if scale > _GOOD_SCALE:
+        return quality, max(scale * 0.8, _GOOD_SCALE)
+    if quality > _MIN_QUALITY:
+        return max(int(quality * 0.8), _MIN_QUALITY), scale
+    if smaller_side > _MIN_SIDE:
+        return quality, scale * 0.8
+    raise ValueError("cannot make the frame any smaller")
+
+
+def _step_up(quality: int, scale: float, wanted_quality: int) -> tuple[int, float]:
+    """One step back towards the wanted quality at full size: _step_down in reverse."""
+    good_quality = min(_GOOD_QUALITY, wanted_quality)
+    if scale < _GOOD_SCALE:
+        return quality, min(scale / 0.8, _GOOD_SCALE)
+    if quality < good_quality:
+        return min(int(quality / 0.8) + 1, good_quality), scale
+    if scale < 1.0:
+        return quality, min(scale / 0.8, 1.0)
+    return min(int(quality / 0.8) + 1, wanted_quality), scale

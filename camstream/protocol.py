@@ -1,0 +1,182 @@
+"""camstream wire protocol v1: close codes and message builders.
+
+Server → client text messages are JSON objects with a ``type`` field; binary messages are whole
+JPEG files. See ``PROTOCOL.md`` for the full description.
+"""
+
+from __future__ import annotations
+
+import datetime
+import enum
+import json
+import time
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+PROTOCOL_VERSION = 1
+"""Bumped only for changes an existing client would misread (see PROTOCOL.md, Versioning)."""
+
+
+class CloseCode(enum.IntEnum):
+    """WebSocket close codes camstream sends (RFC 6455 section 7.4.1)."""
+
+    NORMAL = 1000
+    GOING_AWAY = 1001
+    PROTOCOL_ERROR = 1002
+    UNSUPPORTED_DATA = 1003
+    NO_STATUS = 1005  # never sent on the wire: "the Close frame had no code"
+    ABNORMAL = 1006  # never sent on the wire: "the connection dropped without a Close"
+    INVALID_DATA = 1007
+    POLICY_VIOLATION = 1008
+    MESSAGE_TOO_BIG = 1009
+    INTERNAL_ERROR = 1011
+    TRY_AGAIN_LATER = 1013
+
+
+# Server → client messages
+
+
+def iso_utc(timestamp: float | None = None) -> str:
+    """ISO 8601 UTC with a ``Z``, to the second, as in the seed: ``2026-11-25T12:00:00Z``."""
+    moment = datetime.datetime.fromtimestamp(
+        time.time() if timestamp is None else timestamp, datetime.timezone.utc
+    )
+    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def encode_message(message: Mapping[str, Any]) -> str:
+    """One compact JSON text message."""
+    return json.dumps(message, separators=(",", ":"), allow_nan=False)
+
+
+def metadata_message(
+    *, width: int, height: int, fps: float, quality: int, **extra: Any
+) -> dict[str, Any]:
+    """The ``metadata`` message: the first message of every connection, resent on changes."""
+    return {
+        "type": "metadata",
+        "protocol": PROTOCOL_VERSION,
+        "width": width,
+        "height": height,
+        "fps": _number(fps),
+        "format": "MJPEG",
+        "timestamp": iso_utc(),
+        "quality": quality,
+        **extra,
+    }
+
+
+def error_message(message: str) -> dict[str, Any]:
+    return {"type": "error", "message": message}
+
+
+def _number(value: float) -> float | int:
+    """30.0 → 30 and 7.5 → 7.5: what a reader of the JSON expects."""
+    return int(value) if float(value).is_integer() else round(float(value), 3)
+
+
+# Client → server messages
+
+CONTROL_TYPES = frozenset({"config", "pause", "resume", "snapshot", "ping"})
+
+MAX_FPS = 240.0
+MAX_SIDE = 8192
+MIN_MAX_BYTES = 4096
+
+
+class ProtocolInputError(ValueError):
+    """A client message camstream cannot act on; the text goes back in an ``error`` message."""
+
+
+@dataclass(frozen=True)
+class _Field:
+    kind: type
+    low: float
+    high: float
+    nullable: bool = False
+
+
+CONFIG_FIELDS: dict[str, _Field] = {
+    "fps": _Field(float, 0.1, MAX_FPS),
+    "quality": _Field(int, 1, 100),
+    "width": _Field(int, 16, MAX_SIDE, nullable=True),
+    "height": _Field(int, 16, MAX_SIDE, nullable=True),
+    "max_bytes": _Field(int, MIN_MAX_BYTES, 2**31 - 1, nullable=True),
+    "frame_info": _Field(bool, 0, 1),
+}
+"""The settings a client can choose, in a ``config`` message or as URL query parameters."""
+
+_TRUE_WORDS = {"1", "true", "yes", "on"}
+_FALSE_WORDS = {"0", "false", "no", "off"}
+
+
+def parse_control(text: str) -> dict[str, Any]:
+    """Parse one client text message into a dict with a known ``type``.
+
+    Raises:
+        ProtocolInputError: not JSON, not an object, or an unknown ``type``.
+    """
+    try:
+        message = json.loads(text)
+    except ValueError:
+        raise ProtocolInputError("message is not valid JSON") from None
+    if not isinstance(message, dict):
+        raise ProtocolInputError("message must be a JSON object with a \"type\"")
+    kind = message.get("type")
+    if kind not in CONTROL_TYPES:
+        known = ", ".join(sorted(CONTROL_TYPES))
+        raise ProtocolInputError(f"unknown message type {kind!r}; known types: {known}")
+    return message
+
+
+def parse_config(
+    values: Mapping[str, Any], *, from_url: bool = False
+) -> tuple[dict[str, Any], list[str]]:
+    """Validate client settings.
+
+    Args:
+        values: a ``config`` message's fields, or URL query parameters (``from_url=True``: the
+            values are strings, and keys camstream does not know are left alone, since URLs
+            carry other things such as ``token``).
+
+    Returns:
+        ``(settings, problems)``: the valid settings, and one sentence per value refused.
+    """
+    settings: dict[str, Any] = {}
+    problems: list[str] = []
+    for key, raw in values.items():
+        spec = CONFIG_FIELDS.get(key)
+        if spec is None:
+            if not from_url and key != "type":
+                problems.append(f"unknown config key {key!r}")
+            continue
+        try:
+            settings[key] = _convert(spec, raw, from_url)
+        except ValueError as exc:
+            problems.append(f"{key}: {exc}")
+    return settings, problems
+
+
+def _convert(spec: _Field, raw: Any, from_url: bool) -> Any:
+    if raw is None or (from_url and raw in ("", "none", "null")):
+        if spec.nullable:
+            return None
+        raise ValueError("a value is required")
+    if spec.kind is bool:
+        if isinstance(raw, bool):
+            return raw
+        if from_url and str(raw).lower() in _TRUE_WORDS | _FALSE_WORDS:
+            return str(raw).lower() in _TRUE_WORDS
+        raise ValueError(f"expected true or false, not {raw!r}")
+    if from_url:
+        try:
+            raw = float(raw) if spec.kind is float else int(raw)
+        except ValueError:
+            raise ValueError(f"expected a number, not {raw!r}") from None
+    if isinstance(raw, bool) or not isinstance(raw, (int, float)):
+        raise ValueError(f"expected a number, not {raw!r}")
+    if spec.kind is int and not float(raw).is_integer():
+        raise ValueError(f"expected a whole number, not {raw!r}")
+    if not spec.low <= raw <= spec.high:
+        raise ValueError(f"must be between {_number(spec.low)} and {_number(spec.high)}, not {raw!r}")
+    return spec.kind(raw)

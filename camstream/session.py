@@ -1,0 +1,344 @@
+"""One viewer: its settings, its sender thread and its control messages.
+
+Each :class:`ClientSession` owns one sender thread that wakes on every new camera frame, on
+control messages and on its own timer, and sends at most one frame per tick: always the newest
+frame, never one it already sent, never a backlog. A slow viewer only slows itself: while its
+``send`` is blocked, the camera moves on and the viewer skips to the newest frame afterwards.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Callable
+
+from . import protocol
+from .camera import CameraThread
+from .encoder import EncodeCache, EncodedFrame, Variant, fit_size
+from .errors import ConnectionClosedError
+from .protocol import CloseCode, ProtocolInputError
+
+if TYPE_CHECKING:
+    from .transport import Connection
+
+__all__ = ["ClientSettings", "ClientSession", "RateLimiter"]
+
+logger = logging.getLogger(__name__)
+
+_IDLE_WAKE_S = 1.0  # a sender with nothing to do still looks at its state this often
+
+
+@dataclass(frozen=True)
+class ClientSettings:
+    """What one viewer has chosen (see ``protocol.CONFIG_FIELDS``)."""
+
+    fps: float
+    quality: int
+    width: int | None = None
+    height: int | None = None
+    max_bytes: int | None = None
+    frame_info: bool = False
+
+    def variant(self) -> Variant:
+        return Variant(self.width, self.height, self.quality, self.max_bytes)
+
+
+class RateLimiter:
+    """A token bucket: ``rate`` events a second on average, bursts of up to ``burst``."""
+
+    def __init__(self, rate: float, burst: float) -> None:
+        self._rate = rate
+        self._burst = burst
+        self._tokens = burst
+        self._stamp = time.monotonic()
+
+    def allow(self) -> bool:
+        now = time.monotonic()
+        self._tokens = min(self._burst, self._tokens + (now - self._stamp) * self._rate)
+        self._stamp = now
+        if self._tokens < 1.0:
+            return False
+        self._tokens -= 1.0
+        return True
+
+
+@dataclass
+class ClientStats:
+    """Counters of one viewer, as reported by ``Streamer.stats()``."""
+
+    frames_sent: int = 0
+    frames_skipped: int = 0
+    bytes_sent: int = 0
+    connected_at: float = dataclasses.field(default_factory=time.time)
+
+
+class ClientSession:
+    """The server side of one WebSocket viewer.
+
+    Created by the Streamer when a connection opens; :meth:`start` starts the sender thread,
+    :meth:`stop` (idempotent, any thread) ends and joins it. Control messages arrive through
+    :meth:`handle_text` in the connection's reader thread; everything the session sends goes
+    out from the sender thread, so messages keep their order.
+    """
+
+    def __init__(
+        self,
+        connection: Connection,
+        camera: CameraThread,
+        cache: EncodeCache,
+        settings: ClientSettings,
+        *,
+        control_rate: float = 20.0,
+        control_burst: float = 40.0,
+        describe_camera: Callable[[], dict[str, Any]] | None = None,
+    ) -> None:
+        self.connection = connection
+        self.camera = camera
+        self.cache = cache
+        self.stats = ClientStats()
+        self._settings = settings
+        self._lock = threading.Lock()  # guards _settings, _paused, _outbox, _settings_changed
+        self._paused = False
+        self._settings_changed = True  # the first thing sent is the metadata
+        self._outbox: collections.deque[dict[str, Any]] = collections.deque(maxlen=64)
+        self._wake = threading.Event()
+        self._stopping = threading.Event()
+        self._limiter = RateLimiter(control_rate, control_burst)
+        self._describe_camera = describe_camera or (lambda: {})
+        self._announced: tuple[Any, ...] | None = None
+        self._thread = threading.Thread(
+            target=self._run, name=f"camstream-sender-{connection.id}", daemon=True
+        )  # daemon: a sender blocked on a dead socket must never hold the process open
+
+    # Lifecycle
+
+    def start(self) -> ClientSession:
+        self._thread.start()
+        return self
+
+    def stop(self, timeout: float = 2.0) -> None:
+        """Ask the sender to finish and join it. Idempotent; safe from any thread."""
+        self._stopping.set()
+        self._wake.set()
+        if self._thread.is_alive() and self._thread is not threading.current_thread():
+            self._thread.join(timeout)
+
+    @property
+    def is_alive(self) -> bool:
+        return self._thread.is_alive()
+
+    @property
+    def settings(self) -> ClientSettings:
+        return self._settings
+
+    @property
+    def paused(self) -> bool:
+        return self._paused
+
+    # Called from other threads
+
+    def wake(self) -> None:
+        """A new frame is there (called by the camera for every frame)."""
+        self._wake.set()
+
+    def post(self, message: dict[str, Any]) -> None:
+        """Queue a text message; the sender sends it before the next frame."""
+        with self._lock:
+            self._outbox.append(message)
+        self._wake.set()
+
+    def update(self, **changes: Any) -> None:
+        """Change settings; the viewer gets a new metadata message with the values in force."""
+        with self._lock:
+            self._settings = dataclasses.replace(self._settings, **changes)
+            self._settings_changed = True
+        self._wake.set()
+
+    def handle_text(self, text: str) -> None:
+        """Act on one control message (reader thread). Bad input gets an ``error`` message.
+
+        A viewer that floods control messages past the rate limit is closed with 1008.
+        """
+        if not self._limiter.allow():
+            logger.info("closing client %s: control message flood", self.connection.id)
+            self.connection.close(CloseCode.POLICY_VIOLATION, "too many messages")
+            return
+        try:
+            message = protocol.parse_control(text)
+        except ProtocolInputError as exc:
+            self.post(protocol.error_message(str(exc)))
+            return
+        kind = message["type"]
+        if kind == "config":
+            self.apply_config(message, from_url=False)
+        elif kind == "pause":
+            self._set_paused(True)
+        elif kind == "resume":
+            self._set_paused(False)
+        elif kind == "ping":
+            self.post({"type": "pong", "t": message.get("t"), "server_time": time.time()})
+        elif kind == "snapshot":
+            quality = message.get("quality", 95)
+            if isinstance(quality, bool) or not isinstance(quality, int) or not 1 <= quality <= 100:
+                self.post(protocol.error_message("snapshot quality must be a whole number 1-100"))
+            else:
+                self.post({"type": "_snapshot", "quality": quality})
+
+    def apply_config(self, values: dict[str, Any], *, from_url: bool) -> None:
+        """Apply settings from a ``config`` message or URL query; report refused values."""
+        changes, problems = protocol.parse_config(values, from_url=from_url)
+        for problem in problems:
+            self.post(protocol.error_message(problem))
+        if changes or not from_url:
+            self.update(**changes)  # a config message is always answered with metadata
+
+    def _set_paused(self, paused: bool) -> None:
+        with self._lock:
+            self._paused = paused
+            self._settings_changed = True
+        self._wake.set()
+
+    # The sender thread
+
+    def _run(self) -> None:
+        try:
+            self._send_loop()
+        except ConnectionClosedError:
+            pass  # the connection went away; the transport reports it
+        except Exception:
+            logger.exception("sender for client %s failed", self.connection.id)
+            self.connection.close(CloseCode.INTERNAL_ERROR, "internal error")
+
+    def _send_loop(self) -> None:
+        last_seq = 0
+        next_due = 0.0  # monotonic time this viewer may get its next frame (its own timer)
+        conn = self.connection
+        while not self._stopping.is_set() and conn.is_open:
+            wait = min(next_due - self._slack() - time.monotonic(), _IDLE_WAKE_S)
+            self._wake.wait(wait if wait > 0 else _IDLE_WAKE_S)
+            self._wake.clear()
+            if self._stopping.is_set():
+                return
+            self._flush_control()
+            if self._paused:
+                continue
+            frame = self.camera.latest()
+            now = time.monotonic()
+            if frame is None or frame.seq <= last_seq or now < next_due - self._slack():
+                continue
+            settings = self._settings
+            encoded = self.cache.get(frame, settings.variant())
+            self._announce_if_changed(encoded, settings)
+            skipped = frame.seq - last_seq - 1 if last_seq else 0
+            if settings.frame_info:
+                conn.send_text(protocol.encode_message(self._frame_info(encoded, skipped)))
+            conn.send_binary(encoded.data)
+            self.stats.frames_sent += 1
+            self.stats.frames_skipped += skipped
+            self.stats.bytes_sent += len(encoded.data)
+            last_seq = frame.seq
+            next_due = self._next_due(next_due, now, settings.fps)
+
+    def _slack(self) -> float:
+        """How early a frame may go: a quarter of a camera frame, absorbing timer jitter."""
+        return 0.25 / self.camera.fps
+
+    def _next_due(self, due: float, now: float, fps: float) -> float:
+        """When this viewer may get its next frame.
+
+        A viewer asking for the camera's rate or more gets every frame. A slower one is paced
+        by its own clock, which advances from the previous due time (not from the send time),
+        so the average rate is what it asked for even though frames arrive on the camera's grid.
+        """
+        if fps >= self.camera.fps * 0.999:
+            return 0.0
+        period = 1.0 / fps
+        due += period
+        if due < now - period:  # far behind (just started, paused, stalled): restart the clock
+            due = now + period
+        return due
+
+    def _flush_control(self) -> None:
+        """Send queued text messages and, if settings changed, fresh metadata."""
+        while True:
+            with self._lock:
+                if not self._outbox:
+                    break
+                message = self._outbox.popleft()
+            if message["type"] == "_snapshot":
+                self._send_snapshot(message["quality"])
+            else:
+                self.connection.send_text(protocol.encode_message(message))
+        if self._settings_changed:
+            self._settings_changed = False
+            self._announced = None  # force a metadata message
+            self._send_metadata(self._output_size(), self._settings)
+
+    def _output_size(self) -> tuple[int, int]:
+        """The size this viewer's frames will have (before any ``max_bytes`` shrinking)."""
+        latest, settings = self.camera.latest(), self._settings
+        width, height = (
+            (latest.width, latest.height) if latest is not None
+            else (self.camera.width, self.camera.height)
+        )
+        return fit_size(width, height, settings.width, settings.height)
+
+    def _announce_if_changed(self, encoded: EncodedFrame, settings: ClientSettings) -> None:
+        if self._announced != self._announcement_key((encoded.width, encoded.height), settings):
+            self._send_metadata((encoded.width, encoded.height), settings)
+
+    def _announcement_key(self, size: tuple[int, int], settings: ClientSettings) -> tuple[Any, ...]:
+        return (size, self._effective_fps(settings), settings, self._paused)
+
+    def _effective_fps(self, settings: ClientSettings) -> float:
+        return min(settings.fps, self.camera.fps)
+
+    def _send_metadata(self, size: tuple[int, int], settings: ClientSettings) -> None:
+        self._announced = self._announcement_key(size, settings)
+        message = protocol.metadata_message(
+            width=size[0],
+            height=size[1],
+            fps=self._effective_fps(settings),
+            quality=settings.quality,
+            max_bytes=settings.max_bytes,
+            frame_info=settings.frame_info,
+            paused=self._paused,
+            **self._describe_camera(),
+        )
+        self.connection.send_text(protocol.encode_message(message))
+
+    def _frame_info(self, encoded: EncodedFrame, skipped: int) -> dict[str, Any]:
+        return {
+            "type": "frame",
+            "seq": encoded.seq,
+            "captured_at": round(encoded.captured_at, 6),
+            "sent_at": round(time.time(), 6),
+            "skipped": skipped,
+            "bytes": len(encoded.data),
+            "width": encoded.width,
+            "height": encoded.height,
+        }
+
+    def _send_snapshot(self, quality: int) -> None:
+        frame = self.camera.latest()
+        if frame is None:
+            self.connection.send_text(
+                protocol.encode_message(protocol.error_message("no frame to snapshot yet"))
+            )
+            return
+        encoded = self.cache.get(frame, Variant(quality=quality))
+        message = {
+            "type": "snapshot",
+            "seq": encoded.seq,
+            "width": encoded.width,
+            "height": encoded.height,
+            "quality": quality,
+            "bytes": len(encoded.data),
+            "captured_at": round(encoded.captured_at, 6),
+        }
+        self.connection.send_text(protocol.encode_message(message))
+        self.connection.send_binary(encoded.data)

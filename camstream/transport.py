@@ -1,0 +1,1292 @@
+"""WebSocket transport: repaired subclasses of PyPI ``websocket-server`` 0.6.4.
+
+camstream's design builds on ``websocket_server.WebsocketServer`` / ``WebSocketHandler``. That
+package cannot send binary frames, writes with ``send()`` instead of ``sendall()``, parses only
+half of RFC 6455, hijacks logging at import time and falls back to plaintext when TLS fails (see
+``research/websocket-server.md``, defects #1-#20). This module keeps its ``socketserver``
+plumbing, its thread-per-connection model and its public API names, and replaces everything else.
+Nothing outside this module should import ``websocket_server``.
+
+Threads:
+
+* ``serve_forever()`` (the caller's thread) accepts connections.
+* One daemon *handler thread* per accepted socket runs the TLS handshake, the HTTP handshake and
+  then the frame reader. Every :class:`Application` callback for that connection runs in it.
+* Any number of application threads call :meth:`Connection.send_binary` and friends; frames are
+  written whole with ``sendall`` under a per-connection lock.
+* One *watchdog* thread per server (started by ``__init__``, stopped and joined by
+  ``server_close()``) sheds sockets whose ``sendall`` is blocked for longer than
+  ``send_timeout``, enforces handshake and closing deadlines, and sends keepalive pings.
+
+TLS caveat (defect #15): with ``ssl_context``, the handler thread sits in ``SSL_read`` while sender
+threads call ``SSL_write`` on the same ``SSL`` object. OpenSSL does not support that officially
+(openssl/openssl#20446; python-engineio#461 reports spurious disconnects). It was not reproduced
+on this project's test machine, but **for production, terminate TLS in a reverse proxy** (Caddy,
+nginx, stunnel) and run camstream in plaintext on localhost. Built-in TLS is a convenience.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import http
+import logging
+import os
+import re
+import select
+import socket
+import socketserver
+import ssl
+import struct
+import sys
+import threading
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Callable, Protocol
+from urllib.parse import parse_qs
+
+from .errors import ConfigError, ConnectionClosedError, ServerError
+
+# websocket_server calls logging.basicConfig() at import time (defect #17): remember the root
+# logger's handlers and level, import, and undo whatever the import added.
+_root = logging.getLogger()
+_saved_handlers, _saved_level = list(_root.handlers), _root.level
+try:
+    import websocket_server  # noqa: E402
+finally:
+    for _handler in _root.handlers[:]:
+        if _handler not in _saved_handlers:
+            _root.removeHandler(_handler)
+    _root.setLevel(_saved_level)
+    del _root, _saved_handlers, _saved_level
+
+__all__ = [
+    "Application",
+    "BaseApplication",
+    "Connection",
+    "HandshakeRejected",
+    "Headers",
+    "HttpExchange",
+    "Request",
+    "WebSocketHandler",
+    "WebSocketServer",
+    "make_ssl_context",
+]
+
+logger = logging.getLogger(__name__)
+
+OP_CONT, OP_TEXT, OP_BINARY, OP_CLOSE, OP_PING, OP_PONG = 0x0, 0x1, 0x2, 0x8, 0x9, 0xA
+_DATA_OPCODES = frozenset({OP_CONT, OP_TEXT, OP_BINARY})
+_CONTROL_OPCODES = frozenset({OP_CLOSE, OP_PING, OP_PONG})
+_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+_JOIN_LIMIT = 65536  # payloads up to this size are joined with their header: one sendall
+
+
+def _valid_close_code(code: int, *, sending: bool) -> bool:
+    """Return whether ``code`` may appear in a Close frame (RFC 6455 7.4, IANA registry)."""
+    if sending:
+        return code in (1000, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011, 1013) or (
+            3000 <= code <= 4999
+        )
+    return 1000 <= code <= 1003 or 1007 <= code <= 1014 or 3000 <= code <= 4999
+
+
+def _frame_header(opcode: int, length: int) -> bytes:
+    """Build an unmasked, unfragmented server frame header (FIN set, RSV clear)."""
+    if length < 126:
+        return struct.pack("!BB", 0x80 | opcode, length)
+    if length < 65536:
+        return struct.pack("!BBH", 0x80 | opcode, 126, length)
+    return struct.pack("!BBQ", 0x80 | opcode, 127, length)
+
+
+def _close_payload(code: int, reason: str | bytes) -> bytes:
+    """Encode a Close payload; ``reason`` is cut to 123 bytes on a UTF-8 character boundary."""
+    if isinstance(reason, (bytes, bytearray)):
+        reason = bytes(reason).decode("utf-8", "replace")
+    raw = reason.encode("utf-8")[:123].decode("utf-8", "ignore").encode("utf-8")
+    return struct.pack("!H", code) + raw
+
+
+def _unmask(payload: bytes, mask: bytes) -> bytes:
+    """XOR ``payload`` with the 4-byte ``mask`` as one big integer (defect #7: ~20x per-byte)."""
+    n = len(payload)
+    if not n:
+        return b""
+    key = int.from_bytes(mask * (n // 4) + mask[: n % 4], "big")
+    return (int.from_bytes(payload, "big") ^ key).to_bytes(n, "big")
+
+
+def _writable_now(sock: socket.socket) -> bool:
+    """Return whether a small write to ``sock`` would not block (used by non-blocking paths)."""
+    try:
+        if hasattr(select, "poll"):
+            poller = select.poll()
+            poller.register(sock, select.POLLOUT)
+            return any(ev & select.POLLOUT for _, ev in poller.poll(0))
+        return bool(select.select([], [sock], [], 0)[1])
+    except (OSError, ValueError):
+        return False
+
+
+# -- HTTP request ------------------------------------------------------------------------------
+
+
+class Headers(Mapping[str, str]):
+    """Case-insensitive, read-only HTTP headers; repeated headers are joined with ``", "``."""
+
+    def __init__(self, items: Sequence[tuple[str, str]] = ()) -> None:
+        self._items = list(items)
+        self._values: dict[str, list[str]] = {}
+        for name, value in self._items:
+            self._values.setdefault(name.lower(), []).append(value)
+
+    def __getitem__(self, name: str) -> str:
+        return ", ".join(self._values[name.lower()])
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._values)
+
+    def __len__(self) -> int:
+        return len(self._values)
+
+    def __contains__(self, name: object) -> bool:
+        return isinstance(name, str) and name.lower() in self._values
+
+    def get_all(self, name: str) -> list[str]:
+        """Return every value of ``name`` in request order (empty list if absent)."""
+        return list(self._values.get(name.lower(), ()))
+
+    def raw_items(self) -> list[tuple[str, str]]:
+        """Return the headers as received: original spelling, order and repeats."""
+        return list(self._items)
+
+    def tokens(self, name: str) -> list[str]:
+        """Return the comma-separated tokens of ``name``, stripped and lower-cased."""
+        return [t.strip().lower() for t in self.get(name, "").split(",") if t.strip()]
+
+    def __repr__(self) -> str:
+        return f"Headers({self._items!r})"
+
+
+@dataclass
+class Request:
+    """The request line and headers of one incoming HTTP request (WebSocket or plain)."""
+
+    method: str
+    path: str  # as sent, without the query string, e.g. "/" or "/stream.mjpg"
+    query: dict[str, str]  # parse_qs of the query string; for repeated names the last one wins
+    headers: Headers
+    remote_address: tuple[str, int]
+
+    @property
+    def origin(self) -> str | None:
+        """The ``Origin`` header (browsers send it; Godot and Python clients usually do not)."""
+        return self.headers.get("origin")
+
+
+class HandshakeRejected(Exception):
+    """Raised by :meth:`Application.authorize` to refuse a connection with an HTTP status.
+
+    Args:
+        status: HTTP status code of the refusal (4xx or 5xx), e.g. 401, 403 or 404.
+        message: Short plain-text body; also logged at INFO.
+        headers: Extra response headers, e.g. ``{"WWW-Authenticate": ...}``.
+    """
+
+    def __init__(self, status: int, message: str = "", headers: Mapping[str, str] | None = None):
+        super().__init__(status, message)
+        self.status = status if 400 <= status <= 599 else 403
+        self.message = message
+        self.headers = dict(headers or {})
+
+
+class _HTTPError(Exception):
+    """Internal: refuse the request with this status (a malformed or unsupported request)."""
+
+    def __init__(self, status: int, message: str, headers: Mapping[str, str] | None = None):
+        super().__init__(message)
+        self.status, self.message, self.headers = status, message, dict(headers or {})
+
+
+class _Lost(Exception):
+    """Internal: the peer went away (EOF, reset, timeout, or our own shutdown)."""
+
+
+class _Fail(Exception):
+    """Internal: the peer broke RFC 6455; fail the connection with ``code``."""
+
+    def __init__(self, code: int, reason: str) -> None:
+        super().__init__(reason)
+        self.code, self.reason = code, reason
+
+
+def _check_header_text(text: str) -> str:
+    if "\r" in text or "\n" in text:
+        raise ValueError(f"CR/LF in HTTP header text: {text!r}")
+    return text
+
+
+def _http_head(status: int, headers: Mapping[str, str]) -> bytes:
+    try:
+        phrase = http.HTTPStatus(status).phrase
+    except ValueError:
+        phrase = "Status"
+    lines = [f"HTTP/1.1 {status} {phrase}"]
+    lines += [f"{_check_header_text(k)}: {_check_header_text(v)}" for k, v in headers.items()]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+
+
+# -- Sockets, connections and HTTP exchanges ---------------------------------------------------
+
+
+class _Link:
+    """The socket of one accepted connection, shared by its reader, its senders and the watchdog.
+
+    Every write goes through :meth:`sendall` with :attr:`send_lock` held, and is stamped so the
+    watchdog can shed a write that blocks for longer than ``send_timeout``. Any failed write
+    marks the link dead and shuts the socket down, so a half-written frame is never followed by
+    another frame (defect #2).
+    """
+
+    def __init__(self, server: WebSocketServer, sock: socket.socket, deadline: float) -> None:
+        self.server = server
+        self.sock = sock
+        self.send_lock = threading.Lock()
+        self._fd_lock = threading.Lock()  # orders shutdown() against close(): no fd-reuse race
+        self.send_started: float | None = None
+        self.deadline: float | None = deadline  # handshake or closing deadline (monotonic)
+        self.writable = True
+        self.timed_out = False
+        self.fd_closed = False
+        self.conn: Connection | None = None
+        self.done = threading.Event()  # set when the handler thread has cleaned up
+
+    def sendall(self, *chunks: bytes | bytearray | memoryview) -> None:
+        """Write ``chunks`` completely; the caller holds :attr:`send_lock`.
+
+        Raises:
+            ConnectionClosedError: the link is dead, or the write failed or timed out (the link
+                is then dead).
+        """
+        if not self.writable:
+            raise ConnectionClosedError("connection is closed")
+        self.send_started = time.monotonic()
+        try:
+            for chunk in chunks:
+                self.sock.sendall(chunk)
+        except (OSError, ValueError) as exc:
+            self.abort()
+            why = "send timed out" if self.timed_out else f"send failed: {exc}"
+            raise ConnectionClosedError(why) from exc
+        finally:
+            self.send_started = None
+
+    def abort(self) -> None:
+        """Mark dead and ``shutdown(SHUT_RDWR)``: wakes the reader and any blocked sender.
+
+        Calls ``socket.socket.shutdown`` directly: ``SSLSocket.shutdown`` would first drop its
+        SSL object, letting a concurrent ``sendall`` fall through to a *plaintext* write.
+        Idempotent, thread-safe, never raises.
+        """
+        self.writable = False
+        with self._fd_lock:
+            if self.fd_closed:
+                return
+            try:
+                socket.socket.shutdown(self.sock, socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+
+class Connection:
+    """One open WebSocket connection.
+
+    Created by the server after the 101 response; the application receives it in
+    :meth:`Application.on_open` and may keep it until :meth:`Application.on_close`. The send
+    methods, :meth:`close` and :meth:`abort` are thread-safe.
+    """
+
+    def __init__(self, link: _Link, request: Request, subprotocol: str | None, conn_id: int):
+        self.id = conn_id
+        self.request = request
+        self.subprotocol = subprotocol
+        self.remote_address = request.remote_address
+        self.close_code: int | None = None  # from the peer's Close; 1005 if it had no code
+        self.close_reason = ""
+        self.session: object | None = None  # free slot for the application
+        self._link = link
+        self._state_lock = threading.Lock()
+        self._close_started = False  # a Close was queued/sent by us or received from the peer
+        self._close_frame: bytes | None = None  # queued Close, written by whoever holds send_lock
+        self._opened = False  # on_open was called → on_close is owed
+        self._last_recv = time.monotonic()
+        self._ping_payload: bytes | None = None
+        self._ping_sent_at: float | None = None
+        self._client: dict[str, Any] = {"id": conn_id, "handler": self, "address": request.remote_address}
+
+    def __repr__(self) -> str:
+        return f"<Connection {self.id} {self.remote_address} open={self.is_open}>"
+
+    @property
+    def is_open(self) -> bool:
+        """True until a Close was sent or received, or the socket failed."""
+        return not self._close_started and self._link.writable
+
+    # Sending
+
+    def send_text(self, text: str) -> None:
+        """Send one TEXT message.
+
+        Raises:
+            ConnectionClosedError: the connection is closed, or the send failed or timed out.
+        """
+        if not isinstance(text, str):
+            raise TypeError(f"send_text() needs str, not {type(text).__name__}")
+        self._send(OP_TEXT, text.encode("utf-8"))
+
+    def send_binary(self, data: bytes | bytearray | memoryview) -> None:
+        """Send one BINARY message (e.g. a whole JPEG); same contract as :meth:`send_text`."""
+        if isinstance(data, memoryview):
+            data = data.cast("B")
+        elif not isinstance(data, (bytes, bytearray)):
+            raise TypeError(f"send_binary() needs a bytes-like object, not {type(data).__name__}")
+        self._send(OP_BINARY, data)
+
+    def send_ping(self, payload: bytes = b"") -> None:
+        """Send a PING with ``payload`` (at most 125 bytes); same contract as :meth:`send_text`."""
+        if len(payload) > 125:
+            raise ValueError("ping payload is limited to 125 bytes")
+        self._send(OP_PING, bytes(payload))
+
+    def send_message(self, message: str | bytes | bytearray | memoryview) -> None:
+        """websocket-server API: ``str`` goes out as TEXT, bytes-like as BINARY (defect #1)."""
+        if isinstance(message, str):
+            self.send_text(message)
+        else:
+            self.send_binary(message)
+
+    def _send(self, opcode: int, payload: bytes | bytearray | memoryview) -> None:
+        header = _frame_header(opcode, len(payload))
+        chunks = (header + bytes(payload),) if len(payload) <= _JOIN_LIMIT else (header, payload)
+        link = self._link
+        with link.send_lock:
+            try:
+                if self._close_started:
+                    raise ConnectionClosedError(f"connection {self.id} is closed")
+                link.sendall(*chunks)
+            finally:
+                if self._close_frame is not None:  # close() queued it while we were writing
+                    self._flush_close_locked()
+
+    # Closing
+
+    def close(self, code: int = 1000, reason: str = "") -> None:
+        """Start the closing handshake: send a Close frame, then end the connection.
+
+        Thread-safe and idempotent; returns at once. The Close frame is written now if the socket
+        can take it, else by the thread currently sending (after its frame) or by a helper
+        thread. The reader then waits up to ``close_timeout`` for the peer's Close or EOF; after
+        that the watchdog shuts the socket down.
+
+        Args:
+            code: 1000-1003, 1007-1011, 1013 or 3000-4999.
+            reason: Cut to 123 bytes of UTF-8 on a character boundary.
+
+        Raises:
+            ValueError: ``code`` cannot be sent (a programming error); nothing else.
+        """
+        if not _valid_close_code(code, sending=True):
+            raise ValueError(f"invalid close code {code}")
+        if not self._queue_close(_close_payload(code, reason)):
+            return
+        lock = self._link.send_lock
+        if not lock.acquire(blocking=False):
+            return  # a sender holds the lock; it writes the Close after its current frame
+        try:
+            if self._close_frame is None or _writable_now(self._link.sock):
+                self._flush_close_locked()
+                return
+        finally:
+            lock.release()
+        # The socket buffer is full: write the Close from a helper so the caller does not block;
+        # the watchdog bounds that write by send_timeout.
+        threading.Thread(target=self._flush_close, name=f"camstream-close-{self.id}", daemon=True).start()
+
+    def abort(self) -> None:
+        """Shut the socket down without a Close frame (the peer sees 1006). Never raises."""
+        self._close_started = True
+        self._link.abort()
+
+    def _queue_close(self, payload: bytes) -> bool:
+        """Queue our Close frame and arm the closing deadline; False if closing already began."""
+        with self._state_lock:
+            if self._close_started:
+                return False
+            self._close_started = True
+            self._close_frame = _frame_header(OP_CLOSE, len(payload)) + payload
+        self._link.deadline = time.monotonic() + self._link.server.close_timeout
+        return True
+
+    def _flush_close(self) -> None:
+        """Write the queued Close frame, waiting for the send lock (bounded)."""
+        server = self._link.server
+        if self._link.send_lock.acquire(timeout=server.send_timeout + server.close_timeout):
+            try:
+                self._flush_close_locked()
+            finally:
+                self._link.send_lock.release()
+        else:
+            self._link.abort()
+
+    def _flush_close_locked(self) -> None:
+        frame, self._close_frame = self._close_frame, None
+        if frame is not None and self._link.writable:
+            try:
+                self._link.sendall(frame)
+            except ConnectionClosedError:
+                pass
+
+    def _keepalive_ping(self, now: float) -> None:
+        """Watchdog thread: send a keepalive ping if that cannot block; else retry next tick."""
+        link = self._link
+        if not link.send_lock.acquire(blocking=False):
+            return
+        try:
+            if self._close_started or not link.writable or not _writable_now(link.sock):
+                return
+            self._ping_payload, self._ping_sent_at = os.urandom(4), now
+            link.sendall(_frame_header(OP_PING, 4) + self._ping_payload)
+        except ConnectionClosedError:
+            pass
+        finally:
+            link.send_lock.release()
+
+
+class HttpExchange:
+    """A plain (non-upgrade) HTTP GET handed to :meth:`Application.on_http`.
+
+    Respond with :meth:`send_response`, or with :meth:`start_stream` followed by any number of
+    :meth:`write` calls (multipart MJPEG). Every response carries ``Connection: close``; the
+    transport closes the socket when ``on_http`` returns. Writes are bounded by ``send_timeout``.
+    """
+
+    def __init__(self, link: _Link, request: Request) -> None:
+        self.request = request
+        self._link = link
+        self.started = False
+
+    def send_response(
+        self,
+        status: int,
+        body: bytes = b"",
+        content_type: str = "text/plain; charset=utf-8",
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
+        """Send a complete response with ``Content-Length`` and ``Connection: close``.
+
+        Raises:
+            RuntimeError: a response was already started.
+            ConnectionClosedError: the write failed or timed out.
+        """
+        head = {"Content-Type": content_type, "Content-Length": str(len(body)), "Connection": "close"}
+        head.update(headers or {})
+        self._start(status, head)
+        self.write(body)
+
+    def start_stream(self, status: int, headers: Mapping[str, str]) -> None:
+        """Send the status line and ``headers`` (plus ``Connection: close``), no Content-Length."""
+        self._start(status, {**headers, "Connection": "close"})
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        """Write ``data`` completely.
+
+        Raises:
+            ConnectionClosedError: the client went away, or the write blocked > send_timeout.
+        """
+        if not self.started:
+            raise RuntimeError("write() before send_response()/start_stream()")
+        if data:
+            with self._link.send_lock:
+                self._link.sendall(data)
+
+    def _start(self, status: int, headers: Mapping[str, str]) -> None:
+        if self.started:
+            raise RuntimeError("the response was already started")
+        head = _http_head(status, headers)
+        self.started = True
+        with self._link.send_lock:
+            self._link.sendall(head)
+
+
+# -- Application -------------------------------------------------------------------------------
+
+
+class Application(Protocol):
+    """What the server calls. Every callback runs in the connection's own handler thread."""
+
+    def authorize(self, request: Request) -> None:
+        """Called before the 101; raise :class:`HandshakeRejected` to refuse."""
+
+    def on_open(self, conn: Connection) -> None:
+        """Called after the 101 was sent, before any message is read."""
+
+    def on_text(self, conn: Connection, text: str) -> None:
+        """Called for each complete TEXT message."""
+
+    def on_binary(self, conn: Connection, data: bytes) -> None:
+        """Called for each complete BINARY message."""
+
+    def on_close(self, conn: Connection) -> None:
+        """Called once for every connection that got on_open, after it left the registry."""
+
+    def on_http(self, exchange: HttpExchange) -> None:
+        """Called for a GET that is not a WebSocket upgrade."""
+
+
+class BaseApplication:
+    """An :class:`Application` whose callbacks do nothing.
+
+    ``on_http`` answers ``/`` with 426 Upgrade Required (``Sec-WebSocket-Version: 13``) and any
+    other path with 404.
+    """
+
+    def authorize(self, request: Request) -> None:
+        pass
+
+    def on_open(self, conn: Connection) -> None:
+        pass
+
+    def on_text(self, conn: Connection, text: str) -> None:
+        pass
+
+    def on_binary(self, conn: Connection, data: bytes) -> None:
+        pass
+
+    def on_close(self, conn: Connection) -> None:
+        pass
+
+    def on_http(self, exchange: HttpExchange) -> None:
+        if exchange.request.path == "/":
+            exchange.send_response(
+                426,
+                b"This is a WebSocket endpoint.\n",
+                headers={"Upgrade": "websocket", "Sec-WebSocket-Version": "13"},
+            )
+        else:
+            exchange.send_response(404, b"Not Found\n")
+
+
+# -- Handler -----------------------------------------------------------------------------------
+
+
+class WebSocketHandler(websocket_server.WebSocketHandler):
+    """Serves one accepted socket in its own thread: TLS, HTTP handshake, then frames.
+
+    Replaces the base handler's TLS setup (#5), handshake (#8-#10), frame reader (#3, #4, #6, #7,
+    #11, #18), send path (#1, #2) and termination (#12).
+    """
+
+    server: WebSocketServer
+    disable_nagle_algorithm = True  # StreamRequestHandler.setup() sets TCP_NODELAY (#20)
+
+    def __init__(self, request: Any, client_address: Any, server: WebSocketServer) -> None:
+        # Bypass WebSocketHandler.__init__: it calls ssl.wrap_socket and falls back to plaintext.
+        self._send_lock = threading.Lock()  # base-class attribute, unused here
+        self._link: _Link | None = None
+        self.ws: Connection | None = None
+        self.keep_alive = self.handshake_done = self.valid_client = False
+        self._frag_opcode: int | None = None
+        self._frag_chunks: list[bytes] = []
+        self._frag_size = 0
+        socketserver.StreamRequestHandler.__init__(self, request, client_address, server)
+
+    def setup(self) -> None:
+        server = self.server
+        self.request.settimeout(server.handshake_timeout)  # only until the handshake is done
+        if server.ssl_context is not None:
+            # TLS handshake in this thread under the timeout; on failure the connection is
+            # dropped (the exception goes to handle_error, logged at DEBUG): never plaintext.
+            self.request = server.ssl_context.wrap_socket(self.request, server_side=True)
+        try:
+            socketserver.StreamRequestHandler.setup(self)
+        except BaseException:
+            self.request.close()
+            raise
+        self._link = server._add_link(self.request)
+
+    def handle(self) -> None:
+        try:
+            self.handshake()
+            while self.keep_alive:
+                self.read_next_message()
+        except (_Lost, OSError) as exc:
+            state = "open" if self.ws is not None and self.ws.is_open else "closing"
+            logger.debug("%s: connection lost (%s): %s", self._name, state, exc or type(exc).__name__)
+
+    def finish(self) -> None:
+        """Single cleanup (#12): shut down, close the fd, unregister, then ``on_close``."""
+        link = self._link
+        if link is None:
+            self.request.close()
+            return
+        link.abort()
+        # Wait until no sender is inside sendall (it fails fast after the shutdown) before the
+        # fd is closed, so no thread ever writes to a recycled descriptor.
+        got = link.send_lock.acquire(timeout=self.server.send_timeout + 1.0)
+        try:
+            with link._fd_lock:
+                link.fd_closed = True
+                try:
+                    socketserver.StreamRequestHandler.finish(self)
+                except (OSError, ValueError):
+                    pass
+                self.request.close()
+        finally:
+            if got:
+                link.send_lock.release()
+        self.server._remove_link(link)
+
+    @property
+    def _name(self) -> str:
+        if self.ws is not None:
+            return f"connection {self.ws.id}"
+        return "%s:%s" % tuple(self.client_address[:2])
+
+    # -- HTTP handshake (#8, #9, #10) ----------------------------------------------------------
+
+    def _readline(self, status: int, what: str) -> str:
+        limit = self.server.max_request_line
+        try:
+            line = self.rfile.readline(limit + 1)
+        except (OSError, ValueError) as exc:
+            raise _Lost(f"during handshake: {exc!r}") from exc
+        if not line.endswith(b"\n"):
+            if len(line) > limit:
+                raise _HTTPError(status, f"{what} too long")
+            raise _Lost("connection closed during the handshake" if line else "closed without a request")
+        return line.rstrip(b"\r\n").decode("latin-1")
+
+    def _read_request(self) -> Request:
+        line = self._readline(414, "request line")
+        parts = line.split(" ")
+        if len(parts) != 3 or not _TOKEN.fullmatch(parts[0]) or not parts[2].startswith("HTTP/"):
+            raise _HTTPError(400, "malformed request line")
+        method, target, version = parts
+        items: list[tuple[str, str]] = []
+        while True:
+            line = self._readline(431, "header line")
+            if not line:
+                break
+            if len(items) >= self.server.max_headers:
+                raise _HTTPError(431, "too many header lines")
+            name, sep, value = line.partition(":")
+            if not sep or not _TOKEN.fullmatch(name):
+                raise _HTTPError(400, "malformed header line")
+            items.append((name, value.strip(" \t")))
+        if version != "HTTP/1.1":
+            raise _HTTPError(505, "HTTP/1.1 required")
+        if method != "GET":
+            raise _HTTPError(405, "only GET is supported", {"Allow": "GET"})
+        if not target.startswith("/"):
+            raise _HTTPError(400, "request target must be a path")
+        path, _, query = target.partition("#")[0].partition("?")
+        return Request(
+            method=method,
+            path=path,
+            query={k: v[-1] for k, v in parse_qs(query, keep_blank_values=True).items()},
+            headers=Headers(items),
+            remote_address=tuple(self.client_address[:2]),  # type: ignore[arg-type]
+        )
+
+    def _respond_error(self, status: int, message: str, headers: Mapping[str, str]) -> None:
+        """Send an error response, then half-close and drain briefly so the client reads it."""
+        body = (message + "\n").encode("utf-8", "replace")
+        head = {"Content-Type": "text/plain; charset=utf-8", "Content-Length": str(len(body)),
+                "Connection": "close", **headers}
+        assert self._link is not None
+        with self._link.send_lock:
+            self._link.sendall(_http_head(status, head) + body)
+        # Lingering close: the unread rest of the request would make close() send an RST that
+        # can destroy the response in the client's receive buffer.
+        try:
+            socket.socket.shutdown(self.request, socket.SHUT_WR)
+            deadline = time.monotonic() + self.server.close_timeout
+            for _ in range(64):
+                self.request.settimeout(max(0.01, deadline - time.monotonic()))
+                if not self.request.recv(4096) or time.monotonic() >= deadline:
+                    break
+        except (OSError, ValueError):
+            pass
+
+    def handshake(self) -> None:
+        """Read the request; answer 101, an HTTP error, or hand a plain GET to ``on_http``."""
+        server, link = self.server, self._link
+        assert link is not None
+        try:
+            request = self._read_request()
+            if "websocket" not in request.headers.tokens("upgrade"):
+                self._serve_http(request)
+                return
+            key, subprotocol = self._check_upgrade(request)
+        except _HTTPError as err:
+            logger.debug("%s: refused with %d: %s", self._name, err.status, err.message)
+            self._respond_error(err.status, err.message, err.headers)
+            return
+        try:
+            server.app.authorize(request)
+        except HandshakeRejected as rej:
+            logger.info("%s: %s refused with %d: %s", self._name, request.path, rej.status, rej.message)
+            self._respond_error(rej.status, rej.message or http.HTTPStatus(rej.status).phrase, rej.headers)
+            return
+        except Exception:
+            logger.error("%s: authorize() raised", self._name, exc_info=True)
+            self._respond_error(500, "internal server error", {})
+            return
+        accept = base64.b64encode(hashlib.sha1(key.encode("ascii") + _GUID).digest()).decode()
+        head = {"Upgrade": "websocket", "Connection": "Upgrade", "Sec-WebSocket-Accept": accept}
+        if subprotocol is not None:
+            head["Sec-WebSocket-Protocol"] = subprotocol
+        with link.send_lock:
+            link.sendall(_http_head(101, head))
+        # From here on reads block forever (the keepalive detects dead peers) and writes are
+        # bounded by the watchdog: a socket timeout would break both (#13).
+        self.request.settimeout(None)
+        link.deadline = None
+        self.handshake_done = self.valid_client = self.keep_alive = True
+        self.ws = conn = server._open_connection(link, request, subprotocol)
+        if server._deny_clients:
+            deny = server._deny_clients
+            conn.close(deny["status"], deny["reason"])
+            return
+        logger.debug("%s: open from %s, path %s", self._name, request.remote_address, request.path)
+        conn._opened = True
+        self._dispatch(server.app.on_open, conn)
+        self._dispatch(server.new_client, conn._client, server)
+
+    def _check_upgrade(self, request: Request) -> tuple[str, str | None]:
+        headers = request.headers
+        if "upgrade" not in headers.tokens("connection"):
+            raise _HTTPError(400, "missing 'Connection: Upgrade'")
+        if headers.get("sec-websocket-version", "").strip() != "13":
+            raise _HTTPError(426, "unsupported WebSocket version", {"Sec-WebSocket-Version": "13"})
+        key = headers.get("sec-websocket-key", "").strip()
+        try:
+            valid = len(base64.b64decode(key, validate=True)) == 16
+        except ValueError:
+            valid = False
+        if not valid:
+            raise _HTTPError(400, "invalid Sec-WebSocket-Key")
+        offered = [p.strip() for p in headers.get("sec-websocket-protocol", "").split(",")]
+        chosen = next((p for p in offered if p and p in self.server.subprotocols), None)
+        return key, chosen
+
+    def _serve_http(self, request: Request) -> None:
+        link = self._link
+        assert link is not None
+        self.request.settimeout(None)  # writes are bounded by the watchdog
+        link.deadline = None
+        exchange = HttpExchange(link, request)
+        try:
+            self.server.app.on_http(exchange)
+        except ConnectionClosedError as exc:
+            logger.debug("%s: HTTP client went away: %s", self._name, exc)
+            return
+        except Exception:
+            logger.error("%s: on_http() raised", self._name, exc_info=True)
+        else:
+            if exchange.started:
+                return
+            logger.error("%s: on_http() returned without a response", self._name)
+        if not exchange.started:
+            try:
+                exchange.send_response(500, b"internal server error\n")
+            except ConnectionClosedError:
+                pass
+
+    # -- Frames (#3, #4, #6, #7, #11, #18) -----------------------------------------------------
+
+    def _read_exact(self, n: int) -> bytes:
+        try:
+            data = self.rfile.read(n)
+        except (OSError, ValueError) as exc:
+            raise _Lost(repr(exc)) from exc
+        if len(data) < n:
+            raise _Lost("EOF")
+        return data
+
+    def _read_frame(self) -> tuple[bool, int, bytes]:
+        b1, b2 = self._read_exact(2)
+        fin, opcode, length = bool(b1 & 0x80), b1 & 0x0F, b2 & 0x7F
+        if b1 & 0x70:
+            raise _Fail(1002, "reserved bits must be 0")
+        if opcode not in _DATA_OPCODES and opcode not in _CONTROL_OPCODES:
+            raise _Fail(1002, f"unknown opcode {opcode:#x}")
+        if not b2 & 0x80:
+            raise _Fail(1002, "client frames must be masked")
+        if opcode in _CONTROL_OPCODES and (not fin or length > 125):
+            raise _Fail(1002, "control frames must be final and at most 125 bytes")
+        if length == 126:
+            (length,) = struct.unpack("!H", self._read_exact(2))
+        elif length == 127:
+            (length,) = struct.unpack("!Q", self._read_exact(8))
+            if length >> 63:
+                raise _Fail(1002, "invalid frame length")
+        if opcode in _DATA_OPCODES and self._frag_size + length > self.server.max_message_size:
+            # Checked before reading a single payload byte (#6).
+            raise _Fail(1009, f"message exceeds {self.server.max_message_size} bytes")
+        mask = self._read_exact(4)
+        return fin, opcode, _unmask(self._read_exact(length), mask)
+
+    def read_next_message(self) -> None:
+        """Read and handle one frame; clears ``keep_alive`` when the connection is done."""
+        conn = self.ws
+        assert conn is not None
+        try:
+            fin, opcode, payload = self._read_frame()
+            conn._last_recv = time.monotonic()
+            if opcode == OP_CLOSE:
+                self._on_close_frame(conn, payload)
+            elif opcode == OP_PING:
+                if not conn._close_started:
+                    with conn._link.send_lock:  # pong with the exact payload bytes (#4)
+                        conn._link.sendall(_frame_header(OP_PONG, len(payload)) + payload)
+            elif opcode == OP_PONG:
+                if payload == conn._ping_payload:
+                    conn._ping_sent_at = conn._ping_payload = None
+            else:
+                self._on_data_frame(conn, fin, opcode, payload)
+        except _Fail as exc:
+            self._fail(conn, exc.code, exc.reason)
+        except ConnectionClosedError as exc:
+            raise _Lost(str(exc)) from exc
+
+    def _on_data_frame(self, conn: Connection, fin: bool, opcode: int, payload: bytes) -> None:
+        if opcode == OP_CONT:
+            if self._frag_opcode is None:
+                raise _Fail(1002, "continuation frame without a message to continue")
+            opcode = self._frag_opcode
+        elif self._frag_opcode is not None:
+            raise _Fail(1002, "new message inside a fragmented message")
+        if not fin:
+            self._frag_opcode = opcode
+            self._frag_chunks.append(payload)
+            self._frag_size += len(payload)
+            return
+        if self._frag_chunks:
+            payload = b"".join((*self._frag_chunks, payload))
+            self._frag_opcode, self._frag_chunks, self._frag_size = None, [], 0
+        if conn._close_started:
+            return  # data after our Close is discarded (RFC 6455 1.4)
+        if opcode == OP_TEXT:
+            try:
+                text = payload.decode("utf-8")
+            except UnicodeDecodeError:
+                raise _Fail(1007, "invalid UTF-8 in a text message") from None
+            self._dispatch(self.server.app.on_text, conn, text)
+            self._dispatch(self.server.message_received, conn._client, self.server, text)
+        else:
+            self._dispatch(self.server.app.on_binary, conn, payload)
+
+    def _on_close_frame(self, conn: Connection, payload: bytes) -> None:
+        if len(payload) == 1:
+            raise _Fail(1002, "1-byte Close payload")
+        code = 1005
+        reason = ""
+        if payload:
+            (code,) = struct.unpack("!H", payload[:2])
+            if not _valid_close_code(code, sending=False):
+                raise _Fail(1002, f"invalid close code {code}")
+            try:
+                reason = payload[2:].decode("utf-8")
+            except UnicodeDecodeError:
+                raise _Fail(1002, "invalid UTF-8 in the close reason") from None
+        conn.close_code, conn.close_reason = code, reason
+        self.keep_alive = False
+        # Echo the peer's code (an empty Close is echoed empty), unless this is the answer to
+        # our own Close; then the server ends the TCP connection first (RFC 6455 7.1.1).
+        if conn._queue_close(payload[:2]):
+            conn._flush_close()
+        logger.debug("%s: closed by peer with %d %r", self._name, code, reason)
+
+    def _fail(self, conn: Connection, code: int, reason: str) -> None:
+        """Fail the connection: Close with ``code``, then discard input until EOF or deadline."""
+        logger.debug("%s: protocol error, closing with %d: %s", self._name, code, reason)
+        self.keep_alive = False
+        if conn._queue_close(_close_payload(code, reason)):
+            conn._flush_close()
+        # Lingering close; the watchdog shuts the socket down at the closing deadline.
+        deadline = conn._link.deadline or time.monotonic()
+        try:
+            while time.monotonic() < deadline and self.rfile.read1(65536):
+                pass
+        except (OSError, ValueError):
+            pass
+
+    def _dispatch(self, callback: Callable[..., object], *args: Any) -> None:
+        """Run an application callback; an exception is logged and closes with 1011."""
+        try:
+            callback(*args)
+        except Exception:
+            name = getattr(callback, "__qualname__", repr(callback))
+            logger.error("%s: %s() raised", self._name, name, exc_info=True)
+            if self.ws is not None:
+                self.ws.close(1011, "internal error")
+
+    # -- websocket-server handler API ----------------------------------------------------------
+
+    def send_message(self, message: str | bytes) -> None:
+        """Send ``str`` as TEXT and bytes-like as BINARY (the base only sent text)."""
+        self._require_ws().send_message(message)
+
+    def send_text(self, message: str | bytes, opcode: int = OP_TEXT) -> None:
+        conn = self._require_ws()
+        if opcode == OP_PONG:
+            self.send_pong(message)
+        elif isinstance(message, str):
+            conn.send_text(message)
+        else:
+            conn.send_binary(message)
+
+    def send_pong(self, message: str | bytes) -> None:
+        payload = message.encode("utf-8") if isinstance(message, str) else bytes(message)
+        link = self._require_ws()._link
+        with link.send_lock:
+            link.sendall(_frame_header(OP_PONG, len(payload)) + payload)
+
+    def send_close(self, status: int = 1000, reason: str | bytes = b"") -> None:
+        self._require_ws().close(status, reason)  # type: ignore[arg-type]
+
+    def _require_ws(self) -> Connection:
+        if self.ws is None:
+            raise ConnectionClosedError("no WebSocket connection")
+        return self.ws
+
+
+# -- Server ------------------------------------------------------------------------------------
+
+
+class WebSocketServer(websocket_server.WebsocketServer):
+    """A threaded WebSocket server for :class:`Application` ``app``.
+
+    Binds in ``__init__`` (port 0 picks a free port; ``"::"``/``"::1"`` listen on IPv6) and starts
+    the watchdog thread. Run :meth:`serve_forever` in a thread of your own; stop with
+    :meth:`shutdown`, :meth:`close_all`, :meth:`server_close`, in that order.
+
+    Raises:
+        ServerError: the address is in use or cannot be bound.
+        ConfigError: an argument is out of range.
+    """
+
+    allow_reuse_address = True  # rebinding over TIME_WAIT only; a live listener still fails
+    # Handler threads block in recv() for the life of a connection. Daemon threads let the
+    # process exit even if the host forgets to stop the server; close_all() is the orderly path.
+    daemon_threads = True
+    # socketserver would otherwise join every handler thread in server_close(), unbounded, so a
+    # single stuck peer could hang shutdown. close_all(timeout=...) does a bounded wait instead.
+    block_on_close = False
+
+    def __init__(
+        self,
+        app: Application,
+        host: str = "127.0.0.1",
+        port: int = 8765,
+        *,
+        ssl_context: ssl.SSLContext | None = None,
+        # Limits
+        max_message_size: int = 65536,  # bytes, client → server, total of all fragments
+        max_request_line: int = 8192,  # bytes, also per header line
+        max_headers: int = 100,
+        # Timeouts (seconds)
+        handshake_timeout: float = 10.0,
+        send_timeout: float = 5.0,
+        ping_interval: float | None = 20.0,
+        ping_timeout: float = 20.0,
+        close_timeout: float = 1.0,
+        subprotocols: Sequence[str] = (),
+        backlog: int = 128,
+    ) -> None:
+        if ssl_context is not None and not isinstance(ssl_context, ssl.SSLContext):
+            raise ConfigError("ssl_context must be an ssl.SSLContext (see make_ssl_context)")
+        if not isinstance(port, int) or not 0 <= port <= 65535:
+            raise ConfigError(f"port must be 0-65535, not {port!r}")
+        for name, value in (("max_message_size", max_message_size), ("max_request_line", max_request_line),
+                            ("max_headers", max_headers), ("backlog", backlog)):
+            if not isinstance(value, int) or value < 1:
+                raise ConfigError(f"{name} must be a positive integer, not {value!r}")
+        for name, fvalue in (("handshake_timeout", handshake_timeout), ("send_timeout", send_timeout),
+                             ("ping_timeout", ping_timeout), ("close_timeout", close_timeout),
+                             ("ping_interval", 1.0 if ping_interval is None else ping_interval)):
+            if not fvalue > 0:
+                raise ConfigError(f"{name} must be > 0, not {fvalue!r}")
+        self.app = app
+        self.ssl_context = ssl_context
+        self.max_message_size, self.max_request_line, self.max_headers = (
+            max_message_size, max_request_line, max_headers)
+        self.handshake_timeout, self.send_timeout, self.close_timeout = (
+            handshake_timeout, send_timeout, close_timeout)
+        self.ping_interval, self.ping_timeout = ping_interval, ping_timeout
+        self.subprotocols = tuple(subprotocols)
+        self.request_queue_size = backlog  # socketserver's default of 5 drops connect bursts (#16)
+        self.address_family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        self.host, self.key, self.cert = host, None, None  # base attributes; never TLS via key/cert
+        self.thread: threading.Thread | None = None
+        self._lock = threading.Lock()  # guards the registry, id_counter and serve state (#14)
+        self._connections: dict[int, Connection] = {}
+        self._links: set[_Link] = set()
+        self.id_counter = 0
+        self._deny_clients: Any = False
+        self._serving = self._stop_requested = self._closed = False
+        self._watchdog_stop = threading.Event()
+        self._watchdog: threading.Thread | None = None
+        # Bypass WebsocketServer.__init__: it hard-codes its handler and calls logger.setLevel.
+        try:
+            socketserver.TCPServer.__init__(self, (host, port), WebSocketHandler)
+        except OSError as exc:
+            raise ServerError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from exc
+        # Lifecycle: the watchdog lives from here until server_close(), which stops and joins it.
+        # Daemon, so a server that is never closed does not keep the process alive.
+        self._watchdog = threading.Thread(
+            target=self._watchdog_loop, name=f"camstream-ws-watchdog-{self.port}", daemon=True
+        )
+        self._watchdog.start()
+
+    @property
+    def port(self) -> int:
+        """The bound TCP port."""
+        return int(self.server_address[1])
+
+    @property
+    def clients(self) -> list[dict[str, Any]]:
+        """websocket-server API: a snapshot of ``{'id', 'handler', 'address'}`` dicts.
+
+        ``'handler'`` is the :class:`Connection`, which has the base ``send_message`` method.
+        """
+        return [conn._client for conn in self.connections()]
+
+    def connections(self) -> list[Connection]:
+        """Return a snapshot of the open connections (taken under the registry lock)."""
+        with self._lock:
+            return list(self._connections.values())
+
+    # -- Lifecycle -----------------------------------------------------------------------------
+
+    def serve_forever(self, poll_interval: float = 0.5) -> None:
+        """Accept connections until :meth:`shutdown` (socketserver semantics).
+
+        If :meth:`shutdown` was called before this started, return at once.
+        """
+        with self._lock:
+            if self._stop_requested or self._closed:
+                self._stop_requested = False
+                return
+            self._serving = True
+        logger.info("listening on %s port %d%s", self.host, self.port, " (TLS)" if self.ssl_context else "")
+        try:
+            super().serve_forever(poll_interval)
+        finally:
+            with self._lock:
+                self._serving = False
+
+    def shutdown(self) -> None:
+        """Stop :meth:`serve_forever` and wait for it to return; call from another thread.
+
+        Unlike socketserver's, does not hang if ``serve_forever`` is not running.
+        """
+        with self._lock:
+            serving = self._serving
+            self._stop_requested = not serving
+        if serving:
+            super().shutdown()
+
+    def close_all(self, code: int = 1001, reason: str = "server shutting down", timeout: float = 1.0) -> None:
+        """Close every WebSocket with ``code``/``reason``, abort HTTP exchanges and handshakes,
+        then wait up to ``timeout`` seconds for their threads to finish; stragglers are aborted.
+        """
+        deadline = time.monotonic() + timeout
+        with self._lock:
+            links = list(self._links)
+        for link in links:
+            if link.conn is not None:
+                link.conn.close(code, reason)
+            else:
+                link.abort()
+        for link in links:
+            if not link.done.wait(max(0.0, deadline - time.monotonic())):
+                link.abort()
+
+    def server_close(self) -> None:
+        """Close the listening socket, stop and join the watchdog. Idempotent.
+
+        Open connections are not touched: call :meth:`close_all` first.
+        """
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+        self._watchdog_stop.set()
+        if self._watchdog is not None and self._watchdog is not threading.current_thread():
+            self._watchdog.join()
+        super().server_close()
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """Socket and TLS failures of a single connection are routine: DEBUG, no traceback."""
+        exc = sys.exc_info()[1]
+        if isinstance(exc, (OSError, EOFError)):
+            logger.debug("connection from %s dropped: %r", client_address, exc)
+        else:
+            logger.error("unexpected error serving %s", client_address, exc_info=True)
+
+    # -- Registry ------------------------------------------------------------------------------
+
+    def _add_link(self, sock: socket.socket) -> _Link:
+        link = _Link(self, sock, time.monotonic() + self.handshake_timeout)
+        with self._lock:
+            self._links.add(link)
+        return link
+
+    def _open_connection(self, link: _Link, request: Request, subprotocol: str | None) -> Connection:
+        with self._lock:
+            self.id_counter += 1
+            conn = Connection(link, request, subprotocol, self.id_counter)
+            link.conn = conn
+            if not self._deny_clients:
+                self._connections[conn.id] = conn
+        return conn
+
+    def _remove_link(self, link: _Link) -> None:
+        """Handler thread, once: unregister, then ``on_close`` (only after ``on_open``)."""
+        conn = link.conn
+        with self._lock:
+            self._links.discard(link)
+            if conn is not None:
+                self._connections.pop(conn.id, None)
+        try:
+            if conn is not None and conn._opened:
+                logger.debug("connection %d: closed, code %s", conn.id, conn.close_code)
+                for callback, args in ((self.app.on_close, (conn,)), (self.client_left, (conn._client, self))):
+                    try:
+                        callback(*args)
+                    except Exception:
+                        logger.error("connection %d: on_close raised", conn.id, exc_info=True)
+        finally:
+            link.done.set()
+
+    # -- Watchdog and keepalive (#13) ----------------------------------------------------------
+
+    def _watchdog_loop(self) -> None:
+        tick = min(0.1, self.send_timeout / 4)
+        while not self._watchdog_stop.wait(tick):
+            now = time.monotonic()
+            with self._lock:
+                links = list(self._links)
+            for link in links:
+                try:
+                    self._watch(link, now)
+                except Exception:  # the watchdog must survive anything
+                    logger.error("watchdog error", exc_info=True)
+
+    def _watch(self, link: _Link, now: float) -> None:
+        started = link.send_started
+        if started is not None and now - started > self.send_timeout:
+            name = f"connection {link.conn.id}" if link.conn else "HTTP client"
+            logger.info("%s: send blocked for over %.1f s; dropping the client", name, self.send_timeout)
+            link.timed_out = True
+            link.abort()
+            return
+        if link.deadline is not None and now > link.deadline:
+            link.abort()
+            return
+        conn = link.conn
+        if conn is None or self.ping_interval is None or conn._close_started:
+            return
+        idle = now - conn._last_recv
+        if idle > self.ping_interval + self.ping_timeout:
+            logger.info("connection %d: no traffic for %.1f s; closing", conn.id, idle)
+            conn.close(1011, "keepalive ping timeout")
+        elif idle >= self.ping_interval and conn._ping_sent_at is None:
+            conn._keepalive_ping(now)
+
+    # -- websocket-server server API (#12, #14, #19) -------------------------------------------
+
+    def _run_forever(self, threaded: bool) -> None:
+        """Never ``sys.exit``; ``threaded=True`` runs :meth:`serve_forever` in ``self.thread``."""
+        if threaded:
+            self.thread = threading.Thread(target=self.serve_forever, name="camstream-ws-server", daemon=True)
+            self.thread.start()
+        else:
+            self.thread = threading.current_thread()
+            self.serve_forever()
+
+    @staticmethod
+    def _as_connection(client: Any) -> Connection:
+        if isinstance(client, dict):
+            client = client["handler"]
+        if isinstance(client, WebSocketHandler):
+            return client._require_ws()
+        if not isinstance(client, Connection):
+            raise TypeError(f"not a client: {client!r}")
+        return client
+
+    def handler_to_client(self, handler: Any) -> dict[str, Any] | None:
+        try:
+            return self._as_connection(handler)._client
+        except (TypeError, ConnectionClosedError):
+            return None
+
+    def _unicast(self, receiver_client: Any, msg: str | bytes) -> None:
+        self._as_connection(receiver_client).send_message(msg)
+
+    def _multicast(self, msg: str | bytes) -> None:
+        for conn in self.connections():
+            try:
+                conn.send_message(msg)
+            except ConnectionClosedError:
+                pass  # one dead client must not stop the broadcast
+
+    def _terminate_client_handler(self, handler: Any) -> None:
+        self._as_connection(handler).abort()
+
+    def _terminate_client_handlers(self) -> None:
+        with self._lock:
+            links = list(self._links)
+        for link in links:
+            link.abort()
+
+    def _disconnect_clients_gracefully(self, status: int = 1000, reason: str | bytes = b"") -> None:
+        self.close_all(status, reason)  # type: ignore[arg-type]
+
+    def _disconnect_clients_abruptly(self) -> None:
+        self._terminate_client_handlers()
+
+    def _shutdown_gracefully(self, status: int = 1000, reason: str | bytes = b"") -> None:
+        self.shutdown()
+        self.close_all(status, reason)  # type: ignore[arg-type]
+        self.server_close()
+
+    def _shutdown_abruptly(self) -> None:
+        self.shutdown()
+        self._terminate_client_handlers()
+        self.server_close()
+
+
+def make_ssl_context(certfile: str, keyfile: str | None = None) -> ssl.SSLContext:
+    """Build the server's single TLS context (TLS 1.2+), loading the certificate chain now.
+
+    Raises:
+        ServerError: a file is missing or unreadable, or the certificate/key is invalid; the
+            message names the file(s).
+    """
+    for path in (certfile, keyfile):
+        if path is not None and not os.path.isfile(path):
+            raise ServerError(f"TLS file not found: {path}")
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    try:
+        ctx.load_cert_chain(certfile, keyfile)
+    except (OSError, ValueError) as exc:
+        files = certfile if keyfile is None else f"{certfile} / {keyfile}"
+        raise ServerError(f"cannot load TLS certificate/key from {files}: {exc}") from exc
+    return ctx

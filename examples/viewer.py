@@ -1,0 +1,68 @@
+"""A Python viewer for a camstream server: a window, or a headless fps meter.
+
+    python examples/viewer.py                          # window (needs a desktop and opencv-python)
+    python examples/viewer.py --headless --seconds 5   # prints fps and latency once a second
+    python examples/viewer.py ws://127.0.0.1:8765/ --fps 10 --width 320
+
+Needs the client extra: pip install 'camstream[client]'.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+import cv2
+
+from camstream.client import Client
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description="View a camstream stream.")
+    parser.add_argument("url", nargs="?", default="ws://127.0.0.1:8765/")
+    parser.add_argument("--headless", action="store_true", help="no window: print fps")
+    parser.add_argument("--seconds", type=float, help="stop after this long")
+    parser.add_argument("--fps", type=float)
+    parser.add_argument("--width", type=int)
+    parser.add_argument("--token")
+    args = parser.parse_args()
+
+    started = time.monotonic()
+    window = "camstream" if not args.headless else None
+    count, window_start = 0, time.monotonic()
+    try:
+        with Client(args.url, token=args.token, fps=args.fps, width=args.width,
+                    frame_info=True) as client:
+            print(f"connected: {client.metadata}", flush=True)
+            for frame in client:
+                count += 1
+                now = time.monotonic()
+                if window is not None:
+                    cv2.imshow(window, frame.image)
+                    if cv2.waitKey(1) & 0xFF in (ord("q"), 27):
+                        break
+                if now - window_start >= 1.0:
+                    latency = ""
+                    if frame.info is not None:
+                        latency = f", latency {(time.time() - frame.info['captured_at']) * 1000:.1f} ms"
+                    print(f"{count / (now - window_start):.1f} fps, {frame.width}x{frame.height}, "
+                          f"{len(frame.jpeg)} bytes{latency}", flush=True)
+                    count, window_start = 0, now
+                if args.seconds is not None and now - started >= args.seconds:
+                    break
+            if client.close_code is not None:
+                print(f"server closed the connection: {client.close_code} {client.close_reason}")
+    except (OSError, ConnectionError) as exc:
+        print(f"viewer: cannot connect to {args.url}: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        pass
+    finally:
+        if window is not None:
+            cv2.destroyAllWindows()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

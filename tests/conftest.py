@@ -1,0 +1,100 @@
+"""Shared fixtures: real servers on port 0, real clients, video files made on the spot."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+import time
+from pathlib import Path
+from typing import Callable, Iterator
+
+import cv2
+import numpy as np
+import pytest
+
+# Every wait in the tests is a multiple of this; raise CAMSTREAM_TEST_TIMEOUT on a slow machine.
+TIMEOUT = float(os.environ.get("CAMSTREAM_TEST_TIMEOUT", "5"))
+
+
+def camstream_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name.startswith("camstream")]
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float = TIMEOUT, interval: float = 0.01) -> bool:
+    """Poll ``predicate`` until it is true or ``timeout`` passes; returns its last value.
+
+    For state that has no event to wait on (a thread ending, a counter reaching a value).
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        if predicate():
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(interval)
+
+
+@pytest.fixture(autouse=True)
+def no_leaked_threads() -> Iterator[None]:
+    """Every test stops what it started: no camstream thread outlives a test."""
+    before = set(camstream_threads())
+    yield
+    deadline = time.monotonic() + TIMEOUT
+    for thread in set(camstream_threads()) - before:
+        thread.join(max(deadline - time.monotonic(), 0.01))
+    left = [t.name for t in set(camstream_threads()) - before]
+    assert not left, f"threads left running: {left}"
+
+
+@pytest.fixture
+def streamer_factory() -> Iterator[Callable[..., object]]:
+    """Start Streamers on port 0; all are stopped (and checked stopped) at the end."""
+    from camstream import Streamer
+
+    started: list[Streamer] = []
+
+    def start(source: object = "test", **kwargs: object) -> Streamer:
+        kwargs.setdefault("port", 0)
+        streamer = Streamer(source, **kwargs)  # type: ignore[arg-type]
+        streamer.start()
+        started.append(streamer)
+        return streamer
+
+    yield start
+    for streamer in started:
+        streamer.stop()
+        assert not streamer.is_serving
+
+
+def write_video(path: Path, frames: int = 20, size: tuple[int, int] = (160, 120),
+                fps: float = 10.0) -> Path:
+    """A real video file written with cv2.VideoWriter (MJPG in AVI: needs no extra codec)."""
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), fps, size)
+    assert writer.isOpened(), "OpenCV cannot write MJPG/AVI here"
+    try:
+        for i in range(frames):
+            image = np.zeros((size[1], size[0], 3), np.uint8)
+            image[:] = (i * 12 % 256, 80, 160)
+            cv2.putText(image, str(i), (10, size[1] // 2), cv2.FONT_HERSHEY_SIMPLEX, 1,
+                        (255, 255, 255), 2)
+            writer.write(image)
+    finally:
+        writer.release()
+    return path
+
+
+@pytest.fixture
+def video_file(tmp_path: Path) -> Path:
+    return write_video(tmp_path / "clip.avi")
+
+
+@contextlib.contextmanager
+def joined(thread: threading.Thread, timeout: float = TIMEOUT) -> Iterator[threading.Thread]:
+    """Start ``thread`` and make sure it has ended when the block exits."""
+    thread.start()
+    try:
+        yield thread
+    finally:
+        thread.join(timeout)
+        assert not thread.is_alive(), f"{thread.name} did not end"

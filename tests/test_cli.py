@@ -1,0 +1,121 @@
+"""The camstream command, run as a real subprocess."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+from typing import Iterator
+
+import pytest
+from websockets.exceptions import ConnectionClosed
+from websockets.sync.client import connect
+
+from conftest import TIMEOUT
+
+URL = re.compile(r"ws://127\.0\.0\.1:(\d+)/")
+
+
+def run_cli(*args: str, timeout: float = TIMEOUT * 3) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "camstream", *args], capture_output=True, text=True,
+        timeout=timeout,
+    )
+
+
+def assert_one_clear_error(result: subprocess.CompletedProcess, *words: str) -> None:
+    assert result.returncode != 0
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert "Traceback" not in result.stderr, result.stderr
+    errors = [line for line in lines if line.startswith("camstream: error:")]
+    assert len(errors) == 1, result.stderr
+    for word in words:
+        assert word in errors[0], errors[0]
+
+
+@pytest.fixture
+def cli_server() -> Iterator[tuple[subprocess.Popen, str]]:
+    process = subprocess.Popen(
+        [sys.executable, "-m", "camstream", "--source", "test", "--port", "0",
+         "--log-level", "WARNING"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        line = process.stdout.readline()  # type: ignore[union-attr]
+        match = URL.search(line)
+        assert match, f"no URL in {line!r}; stderr: {process.stderr.read() if process.poll() is not None else ''}"  # type: ignore[union-attr]
+        yield process, match.group(0)
+    finally:
+        if process.poll() is None:
+            process.kill()
+        process.wait(TIMEOUT)
+        process.stdout.close()  # type: ignore[union-attr]
+        process.stderr.close()  # type: ignore[union-attr]
+
+
+def test_bad_source_is_one_line_and_nonzero_exit() -> None:
+    assert_one_clear_error(run_cli("--source", "/no/such/file.mp4", "--port", "0"), "no such file")
+
+
+def test_missing_camera_suggests_the_test_pattern() -> None:
+    assert_one_clear_error(run_cli("--source", "5", "--port", "0"), "camera 5", "test")
+
+
+def test_port_in_use_is_one_line_and_nonzero_exit() -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert_one_clear_error(run_cli("--source", "test", "--port", str(port)), str(port))
+
+
+def test_bad_option_values_are_usage_errors() -> None:
+    result = run_cli("--source", "test", "--quality", "500", "--port", "0")
+    assert_one_clear_error(result, "quality")
+    result = run_cli("--fps", "abc")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+
+
+def test_serves_the_test_pattern_and_stops_cleanly_on_ctrl_c(cli_server) -> None:
+    process, url = cli_server
+    with connect(url, open_timeout=TIMEOUT) as ws:
+        metadata = json.loads(ws.recv(timeout=TIMEOUT))
+        assert metadata["type"] == "metadata" and metadata["width"] == 640
+        assert isinstance(ws.recv(timeout=TIMEOUT), bytes)
+        process.send_signal(signal.SIGINT)
+        with pytest.raises(ConnectionClosed) as info:
+            while True:
+                ws.recv(timeout=TIMEOUT)
+        assert info.value.rcvd is not None and info.value.rcvd.code == 1001
+    assert process.wait(TIMEOUT) == 0
+    assert "Traceback" not in process.stderr.read()  # type: ignore[union-attr]
+
+
+def test_sigterm_stops_cleanly_too(cli_server) -> None:
+    process, url = cli_server
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(TIMEOUT) == 0
+
+
+@pytest.mark.skipif(os.path.exists("/dev/video0"), reason="this machine has a camera")
+def test_default_source_falls_back_to_the_test_pattern_without_a_camera() -> None:
+    process = subprocess.Popen(
+        [sys.executable, "-m", "camstream", "--port", "0"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        line = process.stdout.readline()  # type: ignore[union-attr]
+        assert URL.search(line), line
+        process.send_signal(signal.SIGINT)
+        assert process.wait(TIMEOUT) == 0
+        assert "test pattern" in process.stderr.read()  # type: ignore[union-attr]
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(TIMEOUT)
+        process.stdout.close()  # type: ignore[union-attr]
+        process.stderr.close()  # type: ignore[union-attr]

@@ -1,0 +1,283 @@
+"""Client control messages, per-client variants, and the security rules, with real clients."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from typing import Any
+
+import numpy as np
+import pytest
+from websockets.exceptions import ConnectionClosed
+from websockets.sync.client import connect
+
+from camstream import CloseCode
+from conftest import TIMEOUT
+from test_streaming import decode_jpeg, receive_for
+
+
+def next_text(ws: Any, kind: str | None = None, timeout: float = TIMEOUT) -> dict:
+    """The next JSON message (of type ``kind``), skipping binary frames and other types."""
+    deadline = time.monotonic() + timeout
+    while True:
+        message = ws.recv(timeout=max(deadline - time.monotonic(), 0.001))
+        if isinstance(message, str):
+            parsed = json.loads(message)
+            if kind is None or parsed.get("type") == kind:
+                return parsed
+
+
+def next_binary(ws: Any, timeout: float = TIMEOUT) -> bytes:
+    deadline = time.monotonic() + timeout
+    while True:
+        message = ws.recv(timeout=max(deadline - time.monotonic(), 0.001))
+        if isinstance(message, bytes):
+            return message
+
+
+def close_code_of(ws: Any) -> tuple[int, str]:
+    """Read until the server closes; return the code and reason it sent."""
+    with pytest.raises(ConnectionClosed) as info:
+        deadline = time.monotonic() + TIMEOUT
+        while time.monotonic() < deadline:
+            ws.recv(timeout=TIMEOUT)
+    received = info.value.rcvd
+    assert received is not None, "closed without a Close frame"
+    return received.code, received.reason
+
+
+# Control messages
+
+
+def test_pause_and_resume(streamer_factory) -> None:
+    streamer = streamer_factory("test", fps=30)
+    with connect(streamer.url, open_timeout=TIMEOUT) as ws:
+        next_binary(ws)
+        ws.send(json.dumps({"type": "pause"}))
+        assert next_text(ws, "metadata")["paused"] is True
+        texts, frames = receive_for(ws, 0.6)
+        assert len(frames) <= 1, "frames kept coming while paused"  # one may be in flight
+        ws.send(json.dumps({"type": "resume"}))
+        assert next_text(ws, "metadata")["paused"] is False
+        _, frames = receive_for(ws, 0.5)
+        assert len(frames) >= 10
+
+
+def test_snapshot_is_full_resolution_while_the_stream_stays_small(streamer_factory) -> None:
+    streamer = streamer_factory("test", width=640, height=480, fps=30)
+    with connect(streamer.url + "?width=160&quality=50", open_timeout=TIMEOUT) as ws:
+        assert next_text(ws, "metadata")["width"] == 160
+        assert decode_jpeg(next_binary(ws)).shape == (120, 160, 3)
+        ws.send(json.dumps({"type": "snapshot", "quality": 95}))
+        announced = next_text(ws, "snapshot")
+        assert (announced["width"], announced["height"], announced["quality"]) == (640, 480, 95)
+        snapshot = ws.recv(timeout=TIMEOUT)  # the very next message is the snapshot JPEG
+        assert len(snapshot) == announced["bytes"]
+        assert decode_jpeg(snapshot).shape == (480, 640, 3)
+        assert decode_jpeg(next_binary(ws)).shape == (120, 160, 3)  # the live stream is unchanged
+
+
+def test_ping_pong(streamer_factory) -> None:
+    streamer = streamer_factory("test")
+    with connect(streamer.url, open_timeout=TIMEOUT) as ws:
+        sent = time.time()
+        ws.send(json.dumps({"type": "ping", "t": 1234.5}))
+        pong = next_text(ws, "pong")
+        assert pong["t"] == 1234.5
+        assert sent - 1 <= pong["server_time"] <= time.time() + 1
+
+
+def test_frame_info_precedes_each_frame(streamer_factory) -> None:
+    streamer = streamer_factory("test", fps=30)
+    with connect(streamer.url, open_timeout=TIMEOUT) as ws:
+        next_text(ws, "metadata")
+        ws.send(json.dumps({"type": "config", "frame_info": True}))
+        assert next_text(ws, "metadata")["frame_info"] is True
+        info = next_text(ws, "frame")
+        frame = ws.recv(timeout=TIMEOUT)
+        assert isinstance(frame, bytes) and len(frame) == info["bytes"]
+        assert info["sent_at"] >= info["captured_at"] and info["skipped"] >= 0
+
+
+@pytest.mark.parametrize(
+    ("message", "words"),
+    [
+        ("not json", "not valid JSON"),
+        ("[1, 2]", "JSON object"),
+        ('{"type": "dance"}', "unknown message type"),
+        ('{"type": "config", "fps": "fast"}', "fps"),
+        ('{"type": "config", "quality": 0}', "quality"),
+        ('{"type": "config", "width": 3.5}', "width"),
+        ('{"type": "config", "frame_info": "yes"}', "frame_info"),
+        ('{"type": "config", "colour": "blue"}', "colour"),
+        ('{"type": "snapshot", "quality": 500}', "quality"),
+    ],
+)
+def test_bad_input_gets_an_error_and_the_stream_goes_on(streamer_factory, message, words) -> None:
+    streamer = streamer_factory("test")
+    with connect(streamer.url, open_timeout=TIMEOUT) as ws:
+        next_text(ws, "metadata")
+        ws.send(message)
+        error = next_text(ws, "error")
+        assert words in error["message"]
+        decode_jpeg(next_binary(ws))  # still streaming
+
+
+def test_bad_query_values_are_reported_and_ignored(streamer_factory) -> None:
+    streamer = streamer_factory("test", fps=30)
+    with connect(streamer.url + "?fps=zero&width=320", open_timeout=TIMEOUT) as ws:
+        first = [next_text(ws), next_text(ws)]
+        kinds = {m["type"] for m in first}
+        assert kinds == {"metadata", "error"}
+        metadata = next(m for m in first if m["type"] == "metadata")
+        assert metadata["width"] == 320 and metadata["fps"] == 30
+
+
+def test_control_flood_is_closed_with_1008(streamer_factory) -> None:
+    streamer = streamer_factory("test")
+    with connect(streamer.url, open_timeout=TIMEOUT) as ws:
+        next_text(ws, "metadata")
+        try:
+            for _ in range(200):
+                ws.send(json.dumps({"type": "ping", "t": 1}))
+        except ConnectionClosed:
+            pass  # the server may close before we finish flooding
+        assert close_code_of(ws) == (CloseCode.POLICY_VIOLATION, "too many messages")
+
+
+def test_binary_from_a_client_is_refused_with_1003(streamer_factory) -> None:
+    streamer = streamer_factory("test")
+    with connect(streamer.url, open_timeout=TIMEOUT) as ws:
+        next_text(ws, "metadata")
+        ws.send(b"\x00\x01binary")
+        assert close_code_of(ws)[0] == CloseCode.UNSUPPORTED_DATA
+
+
+def test_oversized_message_is_refused_with_1009(streamer_factory) -> None:
+    streamer = streamer_factory("test", max_message_size=4096)
+    with connect(streamer.url, open_timeout=TIMEOUT) as ws:
+        next_text(ws, "metadata")
+        ws.send(json.dumps({"type": "ping", "t": "x" * 10000}))
+        assert close_code_of(ws)[0] == CloseCode.MESSAGE_TOO_BIG
+
+
+# Variants and encodes
+
+
+def test_clients_on_different_variants_cost_one_encode_each_per_frame(streamer_factory) -> None:
+    streamer = streamer_factory("test", width=640, height=480, fps=30)
+    urls = [streamer.url + "?width=320&quality=60", streamer.url + "?width=320&quality=60",
+            streamer.url + "?fps=10&quality=90", streamer.url]
+    with connect(urls[0]) as a, connect(urls[1]) as b, connect(urls[2]) as c, connect(urls[3]) as d:
+        for ws in (a, b, c, d):
+            next_binary(ws)
+        before = streamer.stats()
+        for ws in (a, b, c, d):
+            receive_for(ws, 0.5)
+        after = streamer.stats()
+        assert decode_jpeg(next_binary(a)).shape == (240, 320, 3)
+        assert decode_jpeg(next_binary(c)).shape == (480, 640, 3)
+    by_variant = {(v["width"], v["quality"]): v["encodes"] for v in after["variants"]}
+    captured = after["frames_captured"]
+    # a and b share one variant; c (10 fps) encodes only the frames it sends; d its own
+    assert by_variant[(320, 60)] <= captured + 1
+    assert by_variant[(None, 90)] <= captured // 3 + 3
+    assert by_variant[(None, 80)] <= captured + 1
+    encoded = after["frames_encoded"] - before["frames_encoded"]
+    frames = after["frames_captured"] - before["frames_captured"]
+    assert encoded <= 2 * frames + frames // 3 + 4, (encoded, frames)
+
+
+def test_max_bytes_respected_on_a_detailed_1080p_source(streamer_factory) -> None:
+    streamer = streamer_factory("push", fps=30)
+    rng = np.random.default_rng(3)
+    with connect(streamer.url + "?max_bytes=65535", open_timeout=TIMEOUT,
+                 max_size=2**22) as small, \
+            connect(streamer.url, open_timeout=TIMEOUT, max_size=2**24) as full:
+        next_text(small, "metadata")
+        next_text(full, "metadata")
+        sizes = []
+        for _ in range(5):
+            streamer.publish(rng.integers(0, 256, (1080, 1920, 3), dtype=np.uint8))
+            data = next_binary(small)
+            sizes.append(len(data))
+            assert len(data) <= 65535
+            assert len(next_binary(full)) > 65535  # the same frames, unlimited
+        image = decode_jpeg(data)
+        assert abs(image.shape[1] / image.shape[0] - 16 / 9) < 0.02
+
+
+def test_an_encoder_error_closes_that_client_with_1011_and_the_server_lives(
+    streamer_factory, caplog
+) -> None:
+    streamer = streamer_factory("push")
+    with connect(streamer.url, open_timeout=TIMEOUT) as ws:
+        next_text(ws, "metadata")
+        streamer.publish(np.zeros((16, 70000, 3), np.uint8))  # wider than JPEG allows
+        with caplog.at_level(logging.ERROR, logger="camstream"):
+            assert close_code_of(ws)[0] == CloseCode.INTERNAL_ERROR
+    assert any("sender for client" in r.getMessage() for r in caplog.records)
+    streamer.publish(np.zeros((48, 64, 3), np.uint8))
+    with connect(streamer.url, open_timeout=TIMEOUT) as ws:
+        next_text(ws, "metadata")
+        assert decode_jpeg(next_binary(ws)).shape == (48, 64, 3)
+
+
+# Security
+
+
+def test_token_required(streamer_factory) -> None:
+    streamer = streamer_factory("test", token="s3cret")
+    with connect(streamer.url, open_timeout=TIMEOUT) as ws:
+        assert close_code_of(ws) == (CloseCode.POLICY_VIOLATION, "token required")
+    with connect(streamer.url + "?token=wrong", open_timeout=TIMEOUT) as ws:
+        assert close_code_of(ws) == (CloseCode.POLICY_VIOLATION, "invalid token")
+    with connect(streamer.url + "?token=s3cret", open_timeout=TIMEOUT) as ws:
+        assert next_text(ws)["type"] == "metadata"
+    headers = {"Authorization": "Bearer s3cret"}
+    with connect(streamer.url, open_timeout=TIMEOUT, additional_headers=headers) as ws:
+        assert next_text(ws)["type"] == "metadata"
+        decode_jpeg(next_binary(ws))
+
+
+def test_origin_allow_list(streamer_factory) -> None:
+    streamer = streamer_factory("test", allowed_origins=["http://good.example"])
+    with connect(streamer.url, open_timeout=TIMEOUT, origin="http://evil.example") as ws:
+        assert close_code_of(ws) == (CloseCode.POLICY_VIOLATION, "origin not allowed")
+    with connect(streamer.url, open_timeout=TIMEOUT, origin="http://good.example") as ws:
+        assert next_text(ws)["type"] == "metadata"
+    with connect(streamer.url, open_timeout=TIMEOUT) as ws:  # native clients send no Origin
+        assert next_text(ws)["type"] == "metadata"
+
+
+def test_max_clients(streamer_factory) -> None:
+    streamer = streamer_factory("test", max_clients=2)
+    with connect(streamer.url) as a, connect(streamer.url) as b:
+        next_text(a, "metadata")
+        next_text(b, "metadata")
+        with connect(streamer.url, open_timeout=TIMEOUT) as c:
+            assert close_code_of(c) == (CloseCode.TRY_AGAIN_LATER, "server full, try again later")
+    with connect(streamer.url, open_timeout=TIMEOUT) as d:  # room again once they left
+        assert next_text(d)["type"] == "metadata"
+
+
+def test_listening_beyond_loopback_without_token_warns(streamer_factory, caplog) -> None:
+    with caplog.at_level(logging.WARNING, logger="camstream"):
+        streamer_factory("test", host="0.0.0.0")
+    assert any("without a token" in r.getMessage() for r in caplog.records)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="camstream"):
+        streamer_factory("test")
+    assert not any("without a token" in r.getMessage() for r in caplog.records)
+
+
+def test_wrong_path_is_404(streamer_factory) -> None:
+    from websockets.exceptions import InvalidStatus
+
+    streamer = streamer_factory("test")
+    with pytest.raises(InvalidStatus) as info:
+        with connect(streamer.url + "nope", open_timeout=TIMEOUT):
+            pass
+    assert info.value.response.status_code == 404
+

@@ -1,0 +1,116 @@
+"""JPEG encoding: once per frame and variant, sizes, byte limits."""
+
+from __future__ import annotations
+
+import threading
+
+import cv2
+import numpy as np
+import pytest
+
+from camstream.camera import Frame
+from camstream.encoder import EncodeCache, Variant, encode_jpeg, fit_size
+
+
+def make_frame(seq: int, image: np.ndarray) -> Frame:
+    image.flags.writeable = False
+    return Frame(seq, image, 0.0, 0.0)
+
+
+def noise(width: int, height: int, seed: int = 1) -> np.ndarray:
+    """A worst case for JPEG: every pixel random."""
+    return np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8)
+
+
+def decode(data: bytes) -> np.ndarray:
+    assert data[:2] == b"\xff\xd8" and data[-2:] == b"\xff\xd9", "not a whole JPEG file"
+    image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    assert image is not None
+    return image
+
+
+@pytest.mark.parametrize(
+    ("size", "box", "expected"),
+    [
+        ((640, 480), (None, None), (640, 480)),
+        ((640, 480), (320, None), (320, 240)),
+        ((640, 480), (None, 120), (160, 120)),
+        ((640, 480), (320, 320), (320, 240)),  # fits the box, keeps the aspect ratio
+        ((640, 480), (1280, 960), (640, 480)),  # never enlarged
+        ((1920, 1080), (640, 640), (640, 360)),
+    ],
+)
+def test_fit_size(size, box, expected) -> None:
+    assert fit_size(*size, *box) == expected
+
+
+def test_variant_size_and_quality() -> None:
+    cache = EncodeCache()
+    frame = make_frame(1, noise(640, 480))
+    small = cache.get(frame, Variant(width=320, quality=50))
+    assert (small.width, small.height, small.quality) == (320, 240, 50)
+    assert decode(small.data).shape == (240, 320, 3)
+    full = cache.get(frame, Variant(quality=90))
+    assert decode(full.data).shape == (480, 640, 3)
+    assert len(full.data) > len(small.data)
+
+
+def test_one_encode_per_frame_and_variant_however_many_ask() -> None:
+    cache = EncodeCache()
+    frame = make_frame(7, noise(1280, 720))
+    barrier = threading.Barrier(20)
+    results: list[bytes] = []
+
+    def ask() -> None:
+        barrier.wait()
+        results.append(cache.get(frame, Variant(quality=80)).data)
+
+    threads = [threading.Thread(target=ask) for _ in range(20)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(10)
+    assert len(results) == 20 and len(set(results)) == 1
+    assert cache.encodes == 1
+    cache.get(frame, Variant(quality=60))
+    cache.get(make_frame(8, noise(1280, 720)), Variant(quality=80))
+    assert cache.encodes == 3
+    assert cache.encodes_by_variant[Variant(quality=80)] == 2
+
+
+def test_cache_is_bounded() -> None:
+    cache = EncodeCache(max_entries=4)
+    image = noise(64, 48)
+    for seq in range(1, 20):
+        cache.get(make_frame(seq, image.copy()), Variant())
+    assert len(cache._slots) <= 4
+
+
+@pytest.mark.parametrize("limit", [65535, 30000, 8000])
+def test_max_bytes_respected_on_a_detailed_1080p_source(limit: int) -> None:
+    cache = EncodeCache()
+    variant = Variant(quality=90, max_bytes=limit)
+    for seq in range(1, 6):
+        encoded = cache.get(make_frame(seq, noise(1920, 1080, seed=seq)), variant)
+        assert len(encoded.data) <= limit
+        image = decode(encoded.data)
+        assert image.shape[:2] == (encoded.height, encoded.width)
+        assert abs(encoded.width / encoded.height - 16 / 9) < 0.02  # aspect kept
+
+
+def test_max_bytes_returns_to_full_quality_when_the_picture_gets_simple() -> None:
+    cache = EncodeCache()
+    variant = Variant(quality=80, max_bytes=65535)
+    assert len(cache.get(make_frame(1, noise(1280, 720)), variant).data) <= 65535
+    flat = np.full((720, 1280, 3), 90, np.uint8)
+    last = None
+    for seq in range(2, 40):
+        last = cache.get(make_frame(seq, flat.copy()), variant)
+    assert last is not None and (last.width, last.height, last.quality) == (1280, 720, 80)
+
+
+def test_grayscale_and_bgra_frames_encode() -> None:
+    gray = np.full((48, 64), 128, np.uint8)
+    bgra = np.zeros((48, 64, 4), np.uint8)
+    for image in (gray, bgra):
+        assert decode(encode_jpeg(image, 80)).shape[:2] == (48, 64)
