@@ -135,17 +135,20 @@ class Client:
         while not self.metadata:
             message = self._receive()
             if message is None:
+                self.close()
                 raise ConnectionClosedError(self._closed_text())
         return self
 
     def close(self, code: int = 1000, reason: str = "") -> None:
         """Close the connection (idempotent)."""
-        if self._ws is not None:
+        ws, self._ws = self._ws, None
+        if ws is not None:
             try:
-                self._ws.close(status=code, reason=reason.encode(), timeout=1)
+                ws.close(status=code, reason=reason.encode(), timeout=1)
             except Exception:  # the socket may already be gone; closing must not raise
                 pass
-            self._ws = None
+            finally:
+                ws.shutdown()  # releases the socket even when close() had nothing to do
 
     def __enter__(self) -> Client:
         return self.connect() if self._ws is None else self
@@ -175,6 +178,8 @@ class Client:
         """The next message: JPEG bytes, or a JSON dict (metadata is stored); None when closed."""
         import websocket
 
+        if self._ws is None:
+            return None
         try:
             opcode, data = self._ws.recv_data(control_frame=False)
         except websocket.WebSocketConnectionClosedException:

@@ -21,6 +21,7 @@ from .encoder import EncodeCache
 from .errors import ConfigError
 from .protocol import CloseCode
 from .session import ClientSession, ClientSettings
+from .webroutes import HttpRoutes
 from .transport import (
     BaseApplication,
     Connection,
@@ -112,6 +113,7 @@ class Streamer(BaseApplication):
         )
         self.max_clients = max_clients
         self.cache = EncodeCache()
+        self._http = HttpRoutes(self)
         self._ssl_context = make_ssl_context(certfile, keyfile) if certfile else None
         self._requested_port = port
         self._transport_options: dict[str, Any] = {
@@ -256,6 +258,7 @@ class Streamer(BaseApplication):
             ],
             "client_count": len(sessions),
             "clients": [self._client_info(s, now) for s in sessions],
+            "http": self._http.stats(),
         }
 
     # Transport callbacks (each runs in that connection's reader thread)
@@ -265,7 +268,7 @@ class Streamer(BaseApplication):
             raise HandshakeRejected(404, f"no WebSocket endpoint at {request.path}")
 
     def on_open(self, conn: Connection) -> None:
-        refusal = self._refusal(conn)
+        refusal = self.access_refusal(conn.request)
         if refusal is not None:
             code, reason = refusal
             logger.info("refusing client %s from %s: %s", conn.id, conn.remote_address[0], reason)
@@ -308,17 +311,15 @@ class Streamer(BaseApplication):
             )
 
     def on_http(self, exchange: HttpExchange) -> None:
-        body = (
-            f"camstream is streaming here: connect a WebSocket client to {self.url}\n"
-        ).encode()
-        status = 426 if exchange.request.path in _WEBSOCKET_PATHS else 404
-        exchange.send_response(status, body, headers={"Sec-WebSocket-Version": "13"})
+        self._http.handle(exchange)
 
     # Internals
 
-    def _refusal(self, conn: Connection) -> tuple[int, str] | None:
-        """Why this connection may not watch, as (close code, reason), or None."""
-        request = conn.request
+    def access_refusal(self, request: Request) -> tuple[int, str] | None:
+        """Why this request may not watch, as (WebSocket close code, reason), or None.
+
+        The token and Origin rules, shared by WebSocket viewers and the HTTP endpoints.
+        """
         if self.token is not None:
             offered = request.query.get("token")
             authorization = request.headers.get("authorization", "")

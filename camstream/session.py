@@ -30,6 +30,7 @@ __all__ = ["ClientSettings", "ClientSession", "RateLimiter"]
 logger = logging.getLogger(__name__)
 
 _IDLE_WAKE_S = 1.0  # a sender with nothing to do still looks at its state this often
+_FIRST_FRAME_WAIT_S = 2.0  # a snapshot asked for before the first frame waits this long for it
 
 
 @dataclass(frozen=True)
@@ -324,7 +325,7 @@ class ClientSession:
         }
 
     def _send_snapshot(self, quality: int) -> None:
-        frame = self.camera.latest()
+        frame = self.camera.latest() or self.camera.wait_for_frame(0, _FIRST_FRAME_WAIT_S)
         if frame is None:
             self.connection.send_text(
                 protocol.encode_message(protocol.error_message("no frame to snapshot yet"))

@@ -41,9 +41,9 @@ import struct
 import sys
 import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Protocol
+from typing import Any, Protocol
 from urllib.parse import parse_qs
 
 from .errors import ConfigError, ConnectionClosedError, ServerError
@@ -53,7 +53,7 @@ from .errors import ConfigError, ConnectionClosedError, ServerError
 _root = logging.getLogger()
 _saved_handlers, _saved_level = list(_root.handlers), _root.level
 try:
-    import websocket_server  # noqa: E402
+    import websocket_server
 finally:
     for _handler in _root.handlers[:]:
         if _handler not in _saved_handlers:
@@ -284,6 +284,16 @@ class _Link:
         finally:
             self.send_started = None
 
+    def half_close(self) -> None:
+        """``shutdown(SHUT_WR)`` on the raw socket (see :meth:`abort`); never raises."""
+        self.writable = False
+        with self._fd_lock:
+            if not self.fd_closed:
+                try:
+                    socket.socket.shutdown(self.sock, socket.SHUT_WR)
+                except OSError:
+                    pass
+
     def abort(self) -> None:
         """Mark dead and ``shutdown(SHUT_RDWR)``: wakes the reader and any blocked sender.
 
@@ -447,7 +457,10 @@ class Connection:
             try:
                 self._link.sendall(frame)
             except ConnectionClosedError:
-                pass
+                return
+            # Nothing may follow a Close: half-close, so the peer sees EOF right after it and
+            # no RST from a later close() can destroy the Close frame in its receive buffer.
+            self._link.half_close()
 
     def _keepalive_ping(self, now: float) -> None:
         """Watchdog thread: send a keepalive ping if that cannot block; else retry next tick."""
@@ -590,6 +603,7 @@ class WebSocketHandler(websocket_server.WebSocketHandler):
     """
 
     server: WebSocketServer
+    request: socket.socket
     disable_nagle_algorithm = True  # StreamRequestHandler.setup() sets TCP_NODELAY (#20)
 
     def __init__(self, request: Any, client_address: Any, server: WebSocketServer) -> None:
@@ -653,7 +667,7 @@ class WebSocketHandler(websocket_server.WebSocketHandler):
     def _name(self) -> str:
         if self.ws is not None:
             return f"connection {self.ws.id}"
-        return "%s:%s" % tuple(self.client_address[:2])
+        return f"{self.client_address[0]}:{self.client_address[1]}"
 
     # -- HTTP handshake (#8, #9, #10) ----------------------------------------------------------
 
@@ -711,8 +725,8 @@ class WebSocketHandler(websocket_server.WebSocketHandler):
             self._link.sendall(_http_head(status, head) + body)
         # Lingering close: the unread rest of the request would make close() send an RST that
         # can destroy the response in the client's receive buffer.
+        self._link.half_close()
         try:
-            socket.socket.shutdown(self.request, socket.SHUT_WR)
             deadline = time.monotonic() + self.server.close_timeout
             for _ in range(64):
                 self.request.settimeout(max(0.01, deadline - time.monotonic()))
@@ -742,7 +756,7 @@ class WebSocketHandler(websocket_server.WebSocketHandler):
             self._respond_error(rej.status, rej.message or http.HTTPStatus(rej.status).phrase, rej.headers)
             return
         except Exception:
-            logger.error("%s: authorize() raised", self._name, exc_info=True)
+            logger.exception("%s: authorize() raised", self._name)
             self._respond_error(500, "internal server error", {})
             return
         accept = base64.b64encode(hashlib.sha1(key.encode("ascii") + _GUID).digest()).decode()
@@ -795,7 +809,7 @@ class WebSocketHandler(websocket_server.WebSocketHandler):
             logger.debug("%s: HTTP client went away: %s", self._name, exc)
             return
         except Exception:
-            logger.error("%s: on_http() raised", self._name, exc_info=True)
+            logger.exception("%s: on_http() raised", self._name)
         else:
             if exchange.started:
                 return
@@ -931,7 +945,7 @@ class WebSocketHandler(websocket_server.WebSocketHandler):
             callback(*args)
         except Exception:
             name = getattr(callback, "__qualname__", repr(callback))
-            logger.error("%s: %s() raised", self._name, name, exc_info=True)
+            logger.exception("%s: %s() raised", self._name, name)
             if self.ws is not None:
                 self.ws.close(1011, "internal error")
 
@@ -1137,7 +1151,7 @@ class WebSocketServer(websocket_server.WebsocketServer):
         if isinstance(exc, (OSError, EOFError)):
             logger.debug("connection from %s dropped: %r", client_address, exc)
         else:
-            logger.error("unexpected error serving %s", client_address, exc_info=True)
+            logger.exception("unexpected error serving %s", client_address)
 
     # -- Registry ------------------------------------------------------------------------------
 
@@ -1170,7 +1184,7 @@ class WebSocketServer(websocket_server.WebsocketServer):
                     try:
                         callback(*args)
                     except Exception:
-                        logger.error("connection %d: on_close raised", conn.id, exc_info=True)
+                        logger.exception("connection %d: on_close raised", conn.id)
         finally:
             link.done.set()
 
@@ -1186,7 +1200,7 @@ class WebSocketServer(websocket_server.WebsocketServer):
                 try:
                     self._watch(link, now)
                 except Exception:  # the watchdog must survive anything
-                    logger.error("watchdog error", exc_info=True)
+                    logger.exception("watchdog error")
 
     def _watch(self, link: _Link, now: float) -> None:
         started = link.send_started
