@@ -1,0 +1,684 @@
+"""Tests of the Godot 4 client (addons/camstream) and the example project (examples/godot).
+
+Three layers:
+
+* Lint: ``gdlint`` and ``gdformat --check`` (gdtoolkit, from PyPI) on every ``.gd`` file.
+  Skipped if gdtoolkit is not installed.
+* Engine parse check: ``godot --headless --check-only`` on every script.
+* End to end: a real :class:`camstream.Streamer` on 127.0.0.1 (test pattern), and a real Godot 4
+  running headless: the example project, the ``test_websocket.tscn`` debugging scene, and two
+  small SceneTree scripts written by these tests that drive the addon directly.
+
+The Godot binary comes from ``$GODOT_BIN`` or ``~/.cache/godot-sid/godot`` (made by
+``.ci/install_godot.sh``). Without it the Godot tests are skipped, never faked.
+
+Every subprocess has a timeout and every server is stopped. Timeouts scale with
+``CAMSTREAM_TEST_TIMEOUT`` (default 5), like the rest of the suite.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import queue
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pytest
+
+if TYPE_CHECKING:
+    from camstream import Streamer
+
+ROOT = Path(__file__).resolve().parent.parent
+ADDON_DIR = ROOT / "addons" / "camstream"
+EXAMPLE_DIR = ROOT / "examples" / "godot"
+# The example's own scripts; its addons/ folder is a symlink to ADDON_DIR, linted once.
+GD_FILES = sorted(ADDON_DIR.glob("*.gd")) + sorted(EXAMPLE_DIR.glob("*.gd"))
+
+# The suite's time unit (tests/conftest.py): 5 s by default; raise it on a slow machine.
+SCALE = float(os.environ.get("CAMSTREAM_TEST_TIMEOUT", "5")) / 5
+GODOT_TIMEOUT = 30 * SCALE  # hard limit for one Godot run (a normal run takes 1-4 s)
+RUN_TIMEOUT = 15 * SCALE  # the --timeout given to the example: it gives up by itself first
+
+SMOKE_RE = re.compile(r"^CAMSTREAM_SMOKE (?P<outcome>\w+) (?P<fields>.*)$", re.MULTILINE)
+NOT_FOUND = "Godot 4 not found: run .ci/install_godot.sh or set GODOT_BIN"
+
+
+# Finding the tools
+
+
+def _godot_candidates() -> list[str]:
+    env = os.environ.get("GODOT_BIN", "").strip()
+    if env:
+        return [env]
+    return [str(Path.home() / ".cache" / "godot-sid" / "godot")]
+
+
+@pytest.fixture(scope="session")
+def godot() -> str:
+    """Path of a working Godot 4 binary, or skip."""
+    for candidate in _godot_candidates():
+        if not (os.path.isfile(candidate) and os.access(candidate, os.X_OK)):
+            continue
+        try:
+            result = subprocess.run(
+                [candidate, "--headless", "--version"],
+                check=False,
+                capture_output=True,
+                text=True,
+                timeout=GODOT_TIMEOUT,
+            )
+        except (OSError, subprocess.TimeoutExpired):
+            continue
+        version = result.stdout.strip().splitlines()[-1:] or [""]
+        if result.returncode == 0 and version[0].startswith("4."):
+            return candidate
+        pytest.skip(f"{NOT_FOUND} ({candidate} reports {version[0]!r}, not Godot 4)")
+    pytest.skip(NOT_FOUND)
+
+
+def _gdtoolkit_command(tool: str) -> list[str]:
+    """``gdlint``/``gdformat`` next to this Python, on PATH, or skip."""
+    beside_python = Path(sys.executable).with_name(tool)
+    if beside_python.is_file():
+        return [str(beside_python)]
+    on_path = shutil.which(tool)
+    if on_path:
+        return [on_path]
+    pytest.skip(f"gdtoolkit not installed ({tool} not found): pip install 'gdtoolkit>=4.5,<5'")
+
+
+# Running Godot
+
+
+@pytest.fixture(scope="session")
+def godot_home(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """Environment for Godot with its user:// data, config and cache in a temporary folder."""
+    home = tmp_path_factory.mktemp("godot-home")
+    env = dict(os.environ)
+    env.update(
+        XDG_DATA_HOME=str(home / "data"),
+        XDG_CONFIG_HOME=str(home / "config"),
+        XDG_CACHE_HOME=str(home / "cache"),
+    )
+    return env
+
+
+@pytest.fixture(scope="session")
+def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A copy of the example project with the addon symlink resolved.
+
+    Godot may write a .godot/ cache into a project, and some tests add scripts to it, so the
+    tests never run the one in the repository.
+    """
+    copy = tmp_path_factory.mktemp("project") / "godot"
+    shutil.copytree(EXAMPLE_DIR, copy, symlinks=False, ignore=shutil.ignore_patterns(".godot"))
+    assert (copy / "addons" / "camstream" / "camstream_client.gd").is_file()
+    return copy
+
+
+def run_godot(
+    godot: str, env: dict[str, str], args: list[str], timeout: float = GODOT_TIMEOUT
+) -> subprocess.CompletedProcess[str]:
+    """Run Godot headless to completion; output is stdout and stderr interleaved."""
+    return subprocess.run(
+        [godot, "--headless", *args],
+        check=False,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        text=True,
+        timeout=timeout,
+        env=env,
+    )
+
+
+class GodotProcess:
+    """A Godot run in the background whose output lines can be waited for."""
+
+    def __init__(self, godot: str, env: dict[str, str], args: list[str]) -> None:
+        self.lines: list[str] = []
+        self._queue: queue.Queue[str | None] = queue.Queue()
+        self.proc = subprocess.Popen(
+            [godot, "--headless", *args],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            text=True,
+            env=env,
+        )
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self._queue.put(line.rstrip("\n"))
+        self._queue.put(None)
+
+    def wait_for(self, pattern: str, timeout: float) -> str:
+        """Return the first new output line matching ``pattern``; fail after ``timeout`` s."""
+        deadline = time.monotonic() + timeout * SCALE
+        regex = re.compile(pattern)
+        while True:
+            remaining = deadline - time.monotonic()
+            try:
+                line = self._queue.get(timeout=max(remaining, 0.0))
+            except queue.Empty:
+                raise AssertionError(f"no {pattern!r} within {timeout} s:\n{self.output}")
+            if line is None:
+                self._queue.put(None)
+                raise AssertionError(f"Godot exited before {pattern!r}:\n{self.output}")
+            self.lines.append(line)
+            if regex.search(line):
+                return line
+
+    def finish(self, timeout: float = GODOT_TIMEOUT) -> int:
+        """Wait for the exit (killing it after ``timeout`` s) and collect the rest of the output."""
+        try:
+            code = self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            code = self.proc.wait()
+        self._reader.join(timeout=5)
+        while True:
+            try:
+                line = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if line is not None:
+                self.lines.append(line)
+        assert self.proc.stdout is not None
+        self.proc.stdout.close()
+        return code
+
+    @property
+    def output(self) -> str:
+        return "\n".join(self.lines)
+
+
+@contextlib.contextmanager
+def godot_process(godot: str, env: dict[str, str], args: list[str]) -> Iterator[GodotProcess]:
+    process = GodotProcess(godot, env, args)
+    try:
+        yield process
+    finally:
+        if process.proc.poll() is None:
+            process.proc.kill()
+        process.finish(timeout=5)
+
+
+# The server
+
+
+@contextlib.contextmanager
+def streamer(**options: Any) -> Iterator[Streamer]:
+    """A real camstream server with the test pattern on 127.0.0.1, stopped on exit."""
+    from camstream import Streamer
+
+    options.setdefault("port", 0)
+    options.setdefault("fps", 30)
+    with Streamer(source="test", **options) as server:
+        yield server
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def smoke(output: str) -> tuple[str, dict[str, str]]:
+    """The outcome and fields of the example's CAMSTREAM_SMOKE line."""
+    match = SMOKE_RE.search(output)
+    assert match, f"no CAMSTREAM_SMOKE line in the output:\n{output}"
+    fields = dict(re.findall(r"(\w+)=('[^']*'|\S+)", match["fields"]))
+    return match["outcome"], fields
+
+
+def run_example(
+    godot: str, env: dict[str, str], project: Path, url: str, *args: str
+) -> tuple[subprocess.CompletedProcess[str], str, dict[str, str]]:
+    result = run_godot(
+        godot,
+        env,
+        ["--path", str(project), "--", f"--url={url}", f"--timeout={RUN_TIMEOUT}", *args],
+    )
+    outcome, fields = smoke(result.stdout)
+    return result, outcome, fields
+
+
+# 1. Lint
+
+
+def test_gdlint() -> None:
+    command = _gdtoolkit_command("gdlint")
+    result = subprocess.run(
+        [*command, *map(str, GD_FILES)], check=False, capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_gdformat_check() -> None:
+    command = _gdtoolkit_command("gdformat")
+    result = subprocess.run(
+        [*command, "--check", *map(str, GD_FILES)],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_example_uses_the_addon_through_a_symlink() -> None:
+    """examples/godot runs the repository's addon, not a copy that could drift."""
+    link = EXAMPLE_DIR / "addons" / "camstream"
+    assert link.is_symlink(), f"{link} should be a symlink to ../../../addons/camstream"
+    assert link.resolve() == ADDON_DIR.resolve()
+
+
+# 2. The engine's own parser and type checker
+
+
+# Each script's res:// path inside the example project.
+RES_PATHS = [
+    str(f.relative_to(EXAMPLE_DIR)) if f.parent == EXAMPLE_DIR else f"addons/camstream/{f.name}"
+    for f in GD_FILES
+]
+
+
+@pytest.mark.parametrize("script", RES_PATHS)
+def test_check_only(godot: str, godot_home: dict[str, str], project: Path, script: str) -> None:
+    result = run_godot(
+        godot, godot_home, ["--path", str(project), "--check-only", "--script", f"res://{script}"]
+    )
+    assert result.returncode == 0, result.stdout
+    assert "SCRIPT ERROR" not in result.stdout, result.stdout
+    assert "Parse Error" not in result.stdout, result.stdout
+
+
+# 3. The addon's logic without a server
+
+UNIT_SCRIPT = """\
+extends SceneTree
+# Calls CamstreamClient's message and close handling directly; prints UNIT lines.
+
+const Client: GDScript = preload("res://addons/camstream/camstream_client.gd")
+
+var metadata: Array = []
+var events: Array = []
+var closes: Array = []
+
+
+func _initialize() -> void:
+	var c: Node = Client.new()
+	c.autostart = false
+	root.add_child(c)
+	c.metadata_received.connect(func(m: Dictionary) -> void: metadata.append(m))
+	c.event_received.connect(func(e: Dictionary) -> void: events.append(e))
+	c.connection_closed.connect(func(code: int, r: String) -> void: closes.append(code))
+
+	c._handle_text('{"type":"metadata","protocol":1,"width":640,"height":480,"new_field":1}')
+	c._handle_text('{"width":320,"height":240,"fps":30,"format":"MJPEG"}')
+	c._handle_text('{"type":"camera_lost","reason":"unplugged"}')
+	c._handle_text('{"type":"something_new"}')
+	c._handle_text("not json")
+	print("UNIT metadata=%d last=%dx%d" % [metadata.size(), c.metadata.width, c.metadata.height])
+	print("UNIT events=%s" % ",".join(events.map(func(e: Dictionary) -> String: return e.type)))
+
+	print("UNIT query=" + c._with_query("ws://h:1/", {"fps": 15.0, "frame_info": true, "token": "a b"}))
+	print("UNIT query2=" + c._with_query("ws://h:1/?x=1", {"width": 320}))
+	c.set_config({"width": 320, "height": 240, "fps": 15})
+	c.set_config({"width": null, "height": null})
+	print("UNIT config=%s" % JSON.stringify(c.config))
+
+	c.inbound_buffer_size = 65535
+	c._finish_connection(1009, "Message too big")
+	print("UNIT after1009 inbound=%d state=%s" % [c.inbound_buffer_size, c.State.keys()[c.state]])
+	c.inbound_buffer_size = 48 * 1024 * 1024
+	c._finish_connection(1009, "Message too big")
+	print("UNIT cap inbound=%d" % c.inbound_buffer_size)
+	c._finish_connection(1008, "bad token")
+	print("UNIT after1008 state=%s" % c.State.keys()[c.state])
+	var before: int = Time.get_ticks_msec()
+	c._finish_connection(1013, "server full")
+	var wait_s: float = (c._retry_at_ms - before) / 1000.0
+	print("UNIT after1013 state=%s wait_ok=%s" % [c.State.keys()[c.state], wait_s >= 10.0])
+	print("UNIT closes=%s" % str(closes))
+	quit(0)
+"""
+
+
+def test_client_logic_offline(godot: str, godot_home: dict[str, str], project: Path) -> None:
+    script = project / "unit_test.gd"
+    script.write_text(UNIT_SCRIPT)
+    result = run_godot(
+        godot, godot_home, ["--path", str(project), "--script", "res://unit_test.gd"]
+    )
+    out = result.stdout
+    assert result.returncode == 0, out
+    assert "SCRIPT ERROR" not in out, out
+    # Metadata with and without "type" (servers written from the original protocol).
+    assert "UNIT metadata=2 last=320x240" in out, out
+    assert "UNIT events=camera_lost,something_new,invalid" in out, out
+    assert "UNIT query=ws://h:1/?fps=15&frame_info=true&token=a%20b" in out, out
+    assert "UNIT query2=ws://h:1/?x=1&width=320" in out, out
+    assert 'UNIT config={"fps":15}' in out, out  # null clears a setting
+    assert "UNIT after1009 inbound=131070 state=WAITING" in out, out
+    assert f"UNIT cap inbound={64 * 1024 * 1024}" in out, out
+    assert "UNIT after1008 state=STOPPED" in out, out
+    assert "UNIT after1013 state=WAITING wait_ok=true" in out, out
+    assert "UNIT closes=[1009, 1009, 1008, 1013]" in out, out
+
+
+# 4. End to end against a real server
+
+
+def test_example_streams_640x480(godot: str, godot_home: dict[str, str], project: Path) -> None:
+    with streamer(width=640, height=480) as server:
+        result, outcome, fields = run_example(
+            godot, godot_home, project, server.url, "--quit-after-frames=30"
+        )
+    assert result.returncode == 0, result.stdout
+    assert outcome == "OK", result.stdout
+    assert fields["size"] == "640x480", result.stdout
+    assert fields["metadata"] == fields["size"], result.stdout
+    assert fields["format"] == "RGB8", result.stdout
+    assert int(fields["frames"]) == 30 and fields["decode_errors"] == "0", result.stdout
+    assert '"type":"metadata"' in result.stdout, result.stdout
+
+
+def test_frames_larger_than_godot_default_buffer(
+    godot: str, godot_home: dict[str, str], project: Path
+) -> None:
+    """Frames > 65535 bytes: Godot's default inbound_buffer_size fails, the client's works.
+
+    The built-in test pattern compresses well (1280x720 at quality 95 is ~50 KB), so this uses
+    1920x1080 at quality 95 (~100 KB per frame).
+    """
+    with streamer(width=1920, height=1080, quality=95) as server:
+        # The debugging scene shows the packet sizes: proof the frames really are that big.
+        debug = run_godot(
+            godot,
+            godot_home,
+            ["--path", str(project), "res://test_websocket.tscn", "--", f"--url={server.url}"]
+            + ["--quit-after-packets=4", f"--timeout={RUN_TIMEOUT}"],
+        )
+        assert debug.returncode == 0, debug.stdout
+        sizes = [
+            int(s)
+            for s in re.findall(r"^packet \d+ binary (\d+) bytes$", debug.stdout, re.MULTILINE)
+        ]
+        assert sizes and min(sizes) > 65535, debug.stdout
+
+        # With Godot's default limit the connection dies with 1009 before anything arrives.
+        too_small = run_godot(
+            godot,
+            godot_home,
+            ["--path", str(project), "res://test_websocket.tscn", "--", f"--url={server.url}"]
+            + ["--inbound=65535", "--quit-after-packets=4", f"--timeout={RUN_TIMEOUT}"],
+        )
+        assert "closed code=1009 reason='Message too big'" in too_small.stdout, too_small.stdout
+        assert too_small.returncode == 1, too_small.stdout
+
+        # The addon sets its 4 MiB inbound_buffer_size before connecting.
+        result, outcome, fields = run_example(
+            godot, godot_home, project, server.url, "--quit-after-frames=10"
+        )
+    assert result.returncode == 0 and outcome == "OK", result.stdout
+    assert fields["size"] == fields["metadata"] == "1920x1080", result.stdout
+    assert "1009" not in result.stdout, result.stdout
+
+
+def test_1009_doubles_inbound_buffer_and_reconnects(
+    godot: str, godot_home: dict[str, str], project: Path
+) -> None:
+    with streamer(width=1920, height=1080, quality=95) as server:
+        result, outcome, fields = run_example(
+            godot, godot_home, project, server.url, "--inbound=65535", "--quit-after-frames=5"
+        )
+    assert result.returncode == 0 and outcome == "OK", result.stdout
+    assert "code 1009" in result.stdout, result.stdout
+    assert fields["inbound"] == "131070", result.stdout  # doubled once: enough for ~100 KB
+    assert fields["size"] == fields["metadata"] == "1920x1080", result.stdout
+
+
+def test_config_in_url_query(godot: str, godot_home: dict[str, str], project: Path) -> None:
+    config = '{"width":320,"height":240,"fps":15,"quality":60}'
+    with streamer(width=640, height=480) as server:
+        result, outcome, fields = run_example(
+            godot, godot_home, project, server.url, f"--config={config}", "--quit-after-frames=5"
+        )
+    assert result.returncode == 0 and outcome == "OK", result.stdout
+    assert fields["size"] == fields["metadata"] == "320x240", result.stdout
+
+
+@pytest.mark.parametrize("how", ["header", "query"])
+def test_token(godot: str, godot_home: dict[str, str], project: Path, how: str) -> None:
+    extra = ["--token-in-query"] if how == "query" else []
+    with streamer(width=320, height=240, token="s3cret") as server:
+        result, outcome, fields = run_example(
+            godot,
+            godot_home,
+            project,
+            server.url,
+            "--token=s3cret",
+            "--quit-after-frames=5",
+            *extra,
+        )
+    assert result.returncode == 0 and outcome == "OK", result.stdout
+    assert fields["size"] == "320x240", result.stdout
+
+
+def test_bad_token_stops_with_1008(godot: str, godot_home: dict[str, str], project: Path) -> None:
+    with streamer(width=320, height=240, token="s3cret") as server:
+        result, outcome, fields = run_example(
+            godot, godot_home, project, server.url, "--token=wrong", "--quit-after-frames=5"
+        )
+    assert result.returncode == 1, result.stdout
+    assert outcome == "STOPPED", result.stdout  # no reconnect loop: retrying cannot help
+    assert fields["close"] == "1008", result.stdout
+    assert fields["frames"] == "0", result.stdout
+
+
+def test_reconnects_with_backoff_and_reports_1001(
+    godot: str, godot_home: dict[str, str], project: Path
+) -> None:
+    """Client first (refused, backs off), then the server; then the server goes away."""
+    port = free_port()
+    args = ["--path", str(project), "--", f"--url=ws://127.0.0.1:{port}/", "--timeout=20"]
+    with godot_process(godot, godot_home, args) as proc:
+        proc.wait_for(r"code -1.*retrying in", timeout=10)
+        proc.wait_for(r"code -1.*retrying in", timeout=10)  # a second, longer wait
+        with streamer(port=port, width=320, height=240):
+            proc.wait_for(r"^camstream: connected to", timeout=15)
+            proc.wait_for(r"^camstream: metadata .*\"width\":320", timeout=10)
+            time.sleep(0.5)  # some frames
+        # Leaving the block stopped the server: the client must see 1001 and plan a retry.
+        line = proc.wait_for(r"^camstream: closed \(code", timeout=10)
+        assert "code 1001" in line, proc.output
+        assert "retrying in 0." in line, proc.output  # backoff was reset when the connection opened
+        proc.proc.kill()
+    delays = [float(d) for d in re.findall(r"code -1.*retrying in ([\d.]+) s", proc.output)]
+    assert len(delays) >= 2 and delays[1] > delays[0], proc.output
+
+
+@pytest.fixture(scope="session")
+def certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A self-signed certificate for localhost and 127.0.0.1 (made with the openssl CLI)."""
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        pytest.skip("openssl command not found (apt-get install openssl)")
+    folder = tmp_path_factory.mktemp("tls")
+    cert, key = folder / "cert.pem", folder / "key.pem"
+    subprocess.run(
+        [openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2"]
+        + ["-keyout", str(key), "-out", str(cert), "-subj", "/CN=localhost"]
+        + ["-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"],
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
+    return cert, key
+
+
+def test_wss_with_trusted_certificate(
+    godot: str, godot_home: dict[str, str], project: Path, certificate: tuple[Path, Path]
+) -> None:
+    cert, key = certificate
+    with streamer(width=320, height=240, certfile=str(cert), keyfile=str(key)) as server:
+        assert server.url.startswith("wss://"), server.url
+        result, outcome, fields = run_example(
+            godot, godot_home, project, server.url, f"--ca={cert}", "--quit-after-frames=5"
+        )
+        assert result.returncode == 0 and outcome == "OK", result.stdout
+        assert fields["size"] == "320x240", result.stdout
+        # Without the CA the certificate is not trusted: no frames, close code -1.
+        untrusted = run_godot(
+            godot,
+            godot_home,
+            ["--path", str(project), "--", f"--url={server.url}", "--timeout=2"],
+        )
+    outcome, fields = smoke(untrusted.stdout)
+    assert outcome == "TIMEOUT" and fields["frames"] == "0", untrusted.stdout
+    assert fields["close"] == "-1", untrusted.stdout
+
+
+CONTROL_SCRIPT = """\
+extends SceneTree
+# Drives CamstreamClient's control methods against a live server; prints CONTROL lines.
+
+const Client: GDScript = preload("res://addons/camstream/camstream_client.gd")
+
+var c: Node
+var metadata: Array = []
+var events: Array = []
+var snapshots: Array = []
+var frames: int = 0
+var opened: int = 0
+
+
+func _initialize() -> void:
+	_run.call_deferred()
+
+
+func _run() -> void:
+	c = Client.new()
+	c.autostart = false
+	c.url = OS.get_cmdline_user_args()[0]
+	c.heartbeat_interval_s = 0.25  # a server that ignored pings would be dropped (code -1)
+	root.add_child(c)
+	c.metadata_received.connect(func(m: Dictionary) -> void: metadata.append(m))
+	c.event_received.connect(func(e: Dictionary) -> void: events.append(e))
+	c.frame_received.connect(func(_t: ImageTexture) -> void: frames += 1)
+	c.connection_opened.connect(func() -> void: opened += 1)
+	c.snapshot_received.connect(func(i: Image, info: Dictionary) -> void: snapshots.append(i))
+	c.start()
+
+	await _until(func() -> bool: return frames > 0, "first frame")
+	var texture: ImageTexture = c.texture
+	print("CONTROL first %dx%d" % [texture.get_width(), texture.get_height()])
+
+	c.set_config({"width": 320, "height": 240})
+	await _until(func() -> bool: return c.image.get_width() == 320, "320x240 frame")
+	print("CONTROL resized %dx%d same_texture=%s metadata=%dx%d" % [
+		c.texture.get_width(), c.texture.get_height(), c.texture == texture,
+		metadata[-1].width, metadata[-1].height])
+
+	c.ping()
+	await _until(func() -> bool: return c.last_rtt_s >= 0.0, "pong")
+	print("CONTROL pong rtt_ok=%s" % (c.last_rtt_s < 1.0))
+
+	c.request_snapshot(95)
+	await _until(func() -> bool: return snapshots.size() > 0, "snapshot")
+	print("CONTROL snapshot %dx%d" % [snapshots[0].get_width(), snapshots[0].get_height()])
+
+	c.pause()
+	await _sleep(0.5)  # frames already on the way
+	var paused_at: int = frames
+	await _sleep(1.0)
+	print("CONTROL paused frames_during_pause=%d" % (frames - paused_at))
+	c.resume()
+	await _until(func() -> bool: return frames > paused_at + 2, "frames after resume")
+	print("CONTROL resumed")
+
+	c.stop()
+	await _until(func() -> bool: return c.state == Client.State.STOPPED, "stopped")
+	print("CONTROL stopped code=%d connections=%d" % [c.last_close_code, opened])
+	quit(0)
+
+
+func _until(condition: Callable, what: String, timeout_s: float = 8.0) -> void:
+	var deadline: int = Time.get_ticks_msec() + int(timeout_s * 1000)
+	while not condition.call():
+		if Time.get_ticks_msec() > deadline:
+			print("CONTROL FAILED waiting for %s; status: %s" % [what, c.status])
+			quit(1)
+			return
+		await process_frame
+
+
+func _sleep(seconds: float) -> void:
+	await create_timer(seconds).timeout
+"""
+
+
+def test_control_messages(godot: str, godot_home: dict[str, str], project: Path) -> None:
+    """set_config (resize in place), ping/pong, snapshot, pause/resume, heartbeat, stop."""
+    script = project / "control_test.gd"
+    script.write_text(CONTROL_SCRIPT)
+    with streamer(width=640, height=480) as server:
+        result = run_godot(
+            godot,
+            godot_home,
+            ["--path", str(project), "--script", "res://control_test.gd", "--", server.url],
+        )
+    out = result.stdout
+    assert "CONTROL FAILED" not in out, out
+    assert result.returncode == 0, out
+    assert "CONTROL first 640x480" in out, out
+    assert "CONTROL resized 320x240 same_texture=true metadata=320x240" in out, out
+    assert "CONTROL pong rtt_ok=true" in out, out
+    assert re.search(r"CONTROL snapshot \d+x\d+", out), out
+    assert "CONTROL paused frames_during_pause=0" in out, out
+    assert "CONTROL resumed" in out, out
+    assert "CONTROL stopped code=1000 connections=1" in out, out  # heartbeat answered
+
+
+def test_debug_scene_prints_states_packets_and_close(
+    godot: str, godot_home: dict[str, str], project: Path
+) -> None:
+    """test_websocket.tscn prints states, packets and the close, and nothing else."""
+    server_context: contextlib.AbstractContextManager[Streamer] | None
+    server_context = streamer(width=320, height=240)
+    server = server_context.__enter__()
+    try:
+        args = ["--path", str(project), "res://test_websocket.tscn", "--", f"--url={server.url}"]
+        with godot_process(godot, godot_home, args) as proc:
+            proc.wait_for(r"^packet 3 binary \d+ bytes$", timeout=10)
+            server_context.__exit__(None, None, None)  # stop the server: close 1001
+            server_context = None
+            proc.wait_for(r"^closed code=", timeout=10)
+    finally:
+        if server_context is not None:
+            server_context.__exit__(None, None, None)
+    lines = [line for line in proc.lines if line and not line.startswith("Godot Engine v4")]
+    assert lines[:3] == ["state CONNECTING", "state OPEN", lines[2]], proc.output
+    assert re.fullmatch(r"packet 1 text \d+ bytes", lines[2]), proc.output  # the metadata
+    assert re.fullmatch(r"packet 2 binary \d+ bytes", lines[3]), proc.output  # a JPEG
+    assert re.fullmatch(r"closed code=1001 reason='.*'", lines[-1]), proc.output
+    assert lines[-2] == "state CLOSED", proc.output
+    allowed = re.compile(
+        r"state (CONNECTING|OPEN|CLOSING|CLOSED)|packet \d+ (text|binary) \d+ bytes"
+        r"|closed code=-?\d+ reason='.*'"
+    )
+    assert all(allowed.fullmatch(line) for line in lines), proc.output
