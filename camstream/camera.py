@@ -365,7 +365,7 @@ class CameraThread:
                 f"stream URL, a camera index, or 'test' for the built-in test pattern.",
             )
         with _quiet_opencv():
-            capture = cv2.VideoCapture(target)
+            capture = cv2.VideoCapture(target)  # type: ignore[arg-type]  # int or str
             if not capture.isOpened():
                 capture.release()
                 raise SourceError(self.source, self._open_failure_message())

@@ -221,7 +221,10 @@ class Client:
         self.send({"type": "resume"})
 
     def snapshot(self, quality: int = 95) -> bytes:
-        """Ask for a full-resolution JPEG; returns it (live frames received meanwhile are dropped)."""
+        """Ask for a full-resolution JPEG and return it.
+
+        Live frames that arrive before it are dropped.
+        """
         self.send({"type": "snapshot", "quality": quality})
         announced = False
         while True:

@@ -126,7 +126,7 @@ class EncodeCache:
         self._hints: dict[Variant, _Hint] = {}
         self._max_entries = max_entries
         self.encodes = 0
-        """JPEG files produced (one per frame and variant; extra tries for max_bytes not counted)."""
+        """JPEG files made: one per frame and variant (max_bytes retries not counted)."""
         self.encodes_by_variant: collections.Counter[Variant] = collections.Counter()
 
     def get(self, frame: Frame, variant: Variant) -> EncodedFrame:

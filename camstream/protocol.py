@@ -178,5 +178,6 @@ def _convert(spec: _Field, raw: Any, from_url: bool) -> Any:
     if spec.kind is int and not float(raw).is_integer():
         raise ValueError(f"expected a whole number, not {raw!r}")
     if not spec.low <= raw <= spec.high:
-        raise ValueError(f"must be between {_number(spec.low)} and {_number(spec.high)}, not {raw!r}")
+        low, high = _number(spec.low), _number(spec.high)
+        raise ValueError(f"must be between {low} and {high}, not {raw!r}")
     return spec.kind(raw)

@@ -30,6 +30,8 @@ __all__ = ["ClientSettings", "ClientSession", "RateLimiter"]
 logger = logging.getLogger(__name__)
 
 _IDLE_WAKE_S = 1.0  # a sender with nothing to do still looks at its state this often
+_BEHIND_POLL_S = 0.005  # how often a viewer that is behind is looked at again
+_MAX_IN_FLIGHT_BYTES = 256 * 1024  # or two frames, if larger: unacknowledged data allowed
 _FIRST_FRAME_WAIT_S = 2.0  # a snapshot asked for before the first frame waits this long for it
 
 
@@ -216,10 +218,14 @@ class ClientSession:
 
     def _send_loop(self) -> None:
         last_seq = 0
+        last_size = 0
         next_due = 0.0  # monotonic time this viewer may get its next frame (its own timer)
+        behind = False  # the viewer has not taken the previous frames yet
         conn = self.connection
         while not self._stopping.is_set() and conn.is_open:
             wait = min(next_due - self._slack() - time.monotonic(), _IDLE_WAKE_S)
+            if behind:
+                wait = _BEHIND_POLL_S
             self._wake.wait(wait if wait > 0 else _IDLE_WAKE_S)
             self._wake.clear()
             if self._stopping.is_set():
@@ -231,6 +237,12 @@ class ClientSession:
             now = time.monotonic()
             if frame is None or frame.seq <= last_seq or now < next_due - self._slack():
                 continue
+            # Latest frame only: while what we sent is still in flight, newer frames replace
+            # this one rather than queueing behind it in the kernel's buffers.
+            unsent = conn.unsent_bytes()
+            behind = unsent is not None and unsent > max(2 * last_size, _MAX_IN_FLIGHT_BYTES)
+            if behind:
+                continue
             settings = self._settings
             encoded = self.cache.get(frame, settings.variant())
             self._announce_if_changed(encoded, settings)
@@ -241,7 +253,7 @@ class ClientSession:
             self.stats.frames_sent += 1
             self.stats.frames_skipped += skipped
             self.stats.bytes_sent += len(encoded.data)
-            last_seq = frame.seq
+            last_seq, last_size = frame.seq, len(encoded.data)
             next_due = self._next_due(next_due, now, settings.fps)
 
     def _slack(self) -> float:

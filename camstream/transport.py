@@ -41,6 +41,14 @@ import struct
 import sys
 import threading
 import time
+
+try:  # SIOCOUTQ (= TIOCOUTQ on Linux): unacknowledged bytes in a TCP socket's send queue
+    import fcntl
+    import termios
+
+    _SIOCOUTQ: int | None = termios.TIOCOUTQ if sys.platform.startswith("linux") else None
+except (ImportError, AttributeError):  # Windows, or a platform without the ioctl
+    _SIOCOUTQ = None
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -335,7 +343,11 @@ class Connection:
         self._last_recv = time.monotonic()
         self._ping_payload: bytes | None = None
         self._ping_sent_at: float | None = None
-        self._client: dict[str, Any] = {"id": conn_id, "handler": self, "address": request.remote_address}
+        self._client: dict[str, Any] = {
+            "id": conn_id,
+            "handler": self,
+            "address": request.remote_address,
+        }
 
     def __repr__(self) -> str:
         return f"<Connection {self.id} {self.remote_address} open={self.is_open}>"
@@ -344,6 +356,21 @@ class Connection:
     def is_open(self) -> bool:
         """True until a Close was sent or received, or the socket failed."""
         return not self._close_started and self._link.writable
+
+    def unsent_bytes(self) -> int | None:
+        """Bytes handed to the kernel that the peer has not acknowledged yet, or None if unknown.
+
+        A sender that wants "latest frame only" semantics looks at this before writing the next
+        frame: a large value means the viewer (or its network) is behind, so the frame is better
+        skipped than queued. Linux only (``SIOCOUTQ``); None elsewhere or on error.
+        """
+        if _SIOCOUTQ is None:
+            return None
+        try:
+            raw = fcntl.ioctl(self._link.sock.fileno(), _SIOCOUTQ, b"\0\0\0\0")
+        except (OSError, ValueError):
+            return None
+        return int(struct.unpack("i", raw)[0])
 
     # Sending
 
@@ -416,14 +443,18 @@ class Connection:
         if not lock.acquire(blocking=False):
             return  # a sender holds the lock; it writes the Close after its current frame
         try:
-            if self._close_frame is None or _writable_now(self._link.sock):
+            if self._close_frame is None or not self._link.writable:
+                return
+            if _writable_now(self._link.sock):
                 self._flush_close_locked()
                 return
         finally:
             lock.release()
         # The socket buffer is full: write the Close from a helper so the caller does not block;
         # the watchdog bounds that write by send_timeout.
-        threading.Thread(target=self._flush_close, name=f"camstream-close-{self.id}", daemon=True).start()
+        threading.Thread(
+            target=self._flush_close, name=f"camstream-close-{self.id}", daemon=True
+        ).start()
 
     def abort(self) -> None:
         """Shut the socket down without a Close frame (the peer sees 1006). Never raises."""
@@ -504,7 +535,11 @@ class HttpExchange:
             RuntimeError: a response was already started.
             ConnectionClosedError: the write failed or timed out.
         """
-        head = {"Content-Type": content_type, "Content-Length": str(len(body)), "Connection": "close"}
+        head = {
+            "Content-Type": content_type,
+            "Content-Length": str(len(body)),
+            "Connection": "close",
+        }
         head.update(headers or {})
         self._start(status, head)
         self.write(body)
@@ -619,17 +654,22 @@ class WebSocketHandler(websocket_server.WebSocketHandler):
 
     def setup(self) -> None:
         server = self.server
-        self.request.settimeout(server.handshake_timeout)  # only until the handshake is done
-        if server.ssl_context is not None:
-            # TLS handshake in this thread under the timeout; on failure the connection is
-            # dropped (the exception goes to handle_error, logged at DEBUG): never plaintext.
-            self.request = server.ssl_context.wrap_socket(self.request, server_side=True)
+        self.request.settimeout(server.handshake_timeout)  # per operation, until the handshake
+        # Registered first: the watchdog's handshake deadline covers the TLS handshake too.
+        link = server._add_link(self.request)
         try:
+            if server.ssl_context is not None:
+                # TLS handshake in this thread; on failure the connection is dropped (the
+                # exception goes to handle_error, logged at DEBUG): never plaintext.
+                self.request = link.sock = server.ssl_context.wrap_socket(
+                    self.request, server_side=True
+                )
             socketserver.StreamRequestHandler.setup(self)
         except BaseException:
             self.request.close()
+            server._remove_link(link)
             raise
-        self._link = server._add_link(self.request)
+        self._link = link
 
     def handle(self) -> None:
         try:
@@ -638,7 +678,9 @@ class WebSocketHandler(websocket_server.WebSocketHandler):
                 self.read_next_message()
         except (_Lost, OSError) as exc:
             state = "open" if self.ws is not None and self.ws.is_open else "closing"
-            logger.debug("%s: connection lost (%s): %s", self._name, state, exc or type(exc).__name__)
+            logger.debug(
+                "%s: connection lost (%s): %s", self._name, state, exc or type(exc).__name__
+            )
 
     def finish(self) -> None:
         """Single cleanup (#12): shut down, close the fd, unregister, then ``on_close``."""
@@ -680,7 +722,9 @@ class WebSocketHandler(websocket_server.WebSocketHandler):
         if not line.endswith(b"\n"):
             if len(line) > limit:
                 raise _HTTPError(status, f"{what} too long")
-            raise _Lost("connection closed during the handshake" if line else "closed without a request")
+            raise _Lost(
+                "connection closed during the handshake" if line else "closed without a request"
+            )
         return line.rstrip(b"\r\n").decode("latin-1")
 
     def _read_request(self) -> Request:
@@ -718,8 +762,12 @@ class WebSocketHandler(websocket_server.WebSocketHandler):
     def _respond_error(self, status: int, message: str, headers: Mapping[str, str]) -> None:
         """Send an error response, then half-close and drain briefly so the client reads it."""
         body = (message + "\n").encode("utf-8", "replace")
-        head = {"Content-Type": "text/plain; charset=utf-8", "Content-Length": str(len(body)),
-                "Connection": "close", **headers}
+        head = {
+            "Content-Type": "text/plain; charset=utf-8",
+            "Content-Length": str(len(body)),
+            "Connection": "close",
+            **headers,
+        }
         assert self._link is not None
         with self._link.send_lock:
             self._link.sendall(_http_head(status, head) + body)
@@ -752,8 +800,12 @@ class WebSocketHandler(websocket_server.WebSocketHandler):
         try:
             server.app.authorize(request)
         except HandshakeRejected as rej:
-            logger.info("%s: %s refused with %d: %s", self._name, request.path, rej.status, rej.message)
-            self._respond_error(rej.status, rej.message or http.HTTPStatus(rej.status).phrase, rej.headers)
+            logger.info(
+                "%s: %s refused with %d: %s", self._name, request.path, rej.status, rej.message
+            )
+            self._respond_error(
+                rej.status, rej.message or http.HTTPStatus(rej.status).phrase, rej.headers
+            )
             return
         except Exception:
             logger.exception("%s: authorize() raised", self._name)
@@ -921,9 +973,11 @@ class WebSocketHandler(websocket_server.WebSocketHandler):
         self.keep_alive = False
         # Echo the peer's code (an empty Close is echoed empty), unless this is the answer to
         # our own Close; then the server ends the TCP connection first (RFC 6455 7.1.1).
-        if conn._queue_close(payload[:2]):
+        initiated = conn._queue_close(payload[:2])
+        if initiated:
             conn._flush_close()
-        logger.debug("%s: closed by peer with %d %r", self._name, code, reason)
+        how = "closed by peer" if initiated else "peer answered our Close"
+        logger.debug("%s: %s with %d %r", self._name, how, code, reason)
 
     def _fail(self, conn: Connection, code: int, reason: str) -> None:
         """Fail the connection: Close with ``code``, then discard input until EOF or deadline."""
@@ -1026,21 +1080,35 @@ class WebSocketServer(websocket_server.WebsocketServer):
             raise ConfigError("ssl_context must be an ssl.SSLContext (see make_ssl_context)")
         if not isinstance(port, int) or not 0 <= port <= 65535:
             raise ConfigError(f"port must be 0-65535, not {port!r}")
-        for name, value in (("max_message_size", max_message_size), ("max_request_line", max_request_line),
-                            ("max_headers", max_headers), ("backlog", backlog)):
+        for name, value in (
+            ("max_message_size", max_message_size),
+            ("max_request_line", max_request_line),
+            ("max_headers", max_headers),
+            ("backlog", backlog),
+        ):
             if not isinstance(value, int) or value < 1:
                 raise ConfigError(f"{name} must be a positive integer, not {value!r}")
-        for name, fvalue in (("handshake_timeout", handshake_timeout), ("send_timeout", send_timeout),
-                             ("ping_timeout", ping_timeout), ("close_timeout", close_timeout),
-                             ("ping_interval", 1.0 if ping_interval is None else ping_interval)):
+        for name, fvalue in (
+            ("handshake_timeout", handshake_timeout),
+            ("send_timeout", send_timeout),
+            ("ping_timeout", ping_timeout),
+            ("close_timeout", close_timeout),
+            ("ping_interval", 1.0 if ping_interval is None else ping_interval),
+        ):
             if not fvalue > 0:
                 raise ConfigError(f"{name} must be > 0, not {fvalue!r}")
         self.app = app
         self.ssl_context = ssl_context
         self.max_message_size, self.max_request_line, self.max_headers = (
-            max_message_size, max_request_line, max_headers)
+            max_message_size,
+            max_request_line,
+            max_headers,
+        )
         self.handshake_timeout, self.send_timeout, self.close_timeout = (
-            handshake_timeout, send_timeout, close_timeout)
+            handshake_timeout,
+            send_timeout,
+            close_timeout,
+        )
         self.ping_interval, self.ping_timeout = ping_interval, ping_timeout
         self.subprotocols = tuple(subprotocols)
         self.request_queue_size = backlog  # socketserver's default of 5 drops connect bursts (#16)
@@ -1097,7 +1165,9 @@ class WebSocketServer(websocket_server.WebsocketServer):
                 self._stop_requested = False
                 return
             self._serving = True
-        logger.info("listening on %s port %d%s", self.host, self.port, " (TLS)" if self.ssl_context else "")
+        logger.debug(
+            "listening on %s port %d%s", self.host, self.port, " (TLS)" if self.ssl_context else ""
+        )
         try:
             super().serve_forever(poll_interval)
         finally:
@@ -1115,7 +1185,9 @@ class WebSocketServer(websocket_server.WebsocketServer):
         if serving:
             super().shutdown()
 
-    def close_all(self, code: int = 1001, reason: str = "server shutting down", timeout: float = 1.0) -> None:
+    def close_all(
+        self, code: int = 1001, reason: str = "server shutting down", timeout: float = 1.0
+    ) -> None:
         """Close every WebSocket with ``code``/``reason``, abort HTTP exchanges and handshakes,
         then wait up to ``timeout`` seconds for their threads to finish; stragglers are aborted.
         """
@@ -1161,7 +1233,9 @@ class WebSocketServer(websocket_server.WebsocketServer):
             self._links.add(link)
         return link
 
-    def _open_connection(self, link: _Link, request: Request, subprotocol: str | None) -> Connection:
+    def _open_connection(
+        self, link: _Link, request: Request, subprotocol: str | None
+    ) -> Connection:
         with self._lock:
             self.id_counter += 1
             conn = Connection(link, request, subprotocol, self.id_counter)
@@ -1180,7 +1254,10 @@ class WebSocketServer(websocket_server.WebsocketServer):
         try:
             if conn is not None and conn._opened:
                 logger.debug("connection %d: closed, code %s", conn.id, conn.close_code)
-                for callback, args in ((self.app.on_close, (conn,)), (self.client_left, (conn._client, self))):
+                for callback, args in (
+                    (self.app.on_close, (conn,)),
+                    (self.client_left, (conn._client, self)),
+                ):
                     try:
                         callback(*args)
                     except Exception:
@@ -1206,7 +1283,9 @@ class WebSocketServer(websocket_server.WebsocketServer):
         started = link.send_started
         if started is not None and now - started > self.send_timeout:
             name = f"connection {link.conn.id}" if link.conn else "HTTP client"
-            logger.info("%s: send blocked for over %.1f s; dropping the client", name, self.send_timeout)
+            logger.info(
+                "%s: send blocked for over %.1f s; dropping the client", name, self.send_timeout
+            )
             link.timed_out = True
             link.abort()
             return
@@ -1228,7 +1307,9 @@ class WebSocketServer(websocket_server.WebsocketServer):
     def _run_forever(self, threaded: bool) -> None:
         """Never ``sys.exit``; ``threaded=True`` runs :meth:`serve_forever` in ``self.thread``."""
         if threaded:
-            self.thread = threading.Thread(target=self.serve_forever, name="camstream-ws-server", daemon=True)
+            self.thread = threading.Thread(
+                target=self.serve_forever, name="camstream-ws-server", daemon=True
+            )
             self.thread.start()
         else:
             self.thread = threading.current_thread()

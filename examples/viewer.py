@@ -45,7 +45,8 @@ def main() -> int:
                 if now - window_start >= 1.0:
                     latency = ""
                     if frame.info is not None:
-                        latency = f", latency {(time.time() - frame.info['captured_at']) * 1000:.1f} ms"
+                        late_ms = (time.time() - frame.info["captured_at"]) * 1000
+                        latency = f", latency {late_ms:.1f} ms"
                     print(f"{count / (now - window_start):.1f} fps, {frame.width}x{frame.height}, "
                           f"{len(frame.jpeg)} bytes{latency}", flush=True)
                     count, window_start = 0, now

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
 import threading
 import time
@@ -21,7 +20,9 @@ def camstream_threads() -> list[threading.Thread]:
     return [t for t in threading.enumerate() if t.name.startswith("camstream")]
 
 
-def wait_until(predicate: Callable[[], bool], timeout: float = TIMEOUT, interval: float = 0.01) -> bool:
+def wait_until(
+    predicate: Callable[[], bool], timeout: float = TIMEOUT, interval: float = 0.01
+) -> bool:
     """Poll ``predicate`` until it is true or ``timeout`` passes; returns its last value.
 
     For state that has no event to wait on (a thread ending, a counter reaching a value).
@@ -87,14 +88,3 @@ def write_video(path: Path, frames: int = 20, size: tuple[int, int] = (160, 120)
 @pytest.fixture
 def video_file(tmp_path: Path) -> Path:
     return write_video(tmp_path / "clip.avi")
-
-
-@contextlib.contextmanager
-def joined(thread: threading.Thread, timeout: float = TIMEOUT) -> Iterator[threading.Thread]:
-    """Start ``thread`` and make sure it has ended when the block exits."""
-    thread.start()
-    try:
-        yield thread
-    finally:
-        thread.join(timeout)
-        assert not thread.is_alive(), f"{thread.name} did not end"

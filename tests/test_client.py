@@ -8,10 +8,10 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import TIMEOUT
 
 from camstream import CloseCode, ConnectionClosedError
 from camstream.client import Client
-from conftest import TIMEOUT
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
@@ -53,7 +53,7 @@ def test_client_token_and_refusal(streamer_factory) -> None:
     client = Client(streamer.url, token="nope", timeout=TIMEOUT)
     with pytest.raises(ConnectionClosedError, match="1008"):
         client.connect()
-    assert client.close_code == CloseCode.POLICY_VIOLATION and client.close_reason == "invalid token"
+    assert (client.close_code, client.close_reason) == (CloseCode.POLICY_VIOLATION, "invalid token")
     client.close()
 
 

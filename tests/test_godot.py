@@ -44,7 +44,9 @@ EXAMPLE_DIR = ROOT / "examples" / "godot"
 GD_FILES = sorted(ADDON_DIR.glob("*.gd")) + sorted(EXAMPLE_DIR.glob("*.gd"))
 
 # The suite's time unit (tests/conftest.py): 5 s by default; raise it on a slow machine.
-SCALE = float(os.environ.get("CAMSTREAM_TEST_TIMEOUT", "5")) / 5
+from conftest import TIMEOUT  # noqa: E402
+
+SCALE = TIMEOUT / 5
 GODOT_TIMEOUT = 30 * SCALE  # hard limit for one Godot run (a normal run takes 1-4 s)
 RUN_TIMEOUT = 15 * SCALE  # the --timeout given to the example: it gives up by itself first
 
@@ -173,7 +175,7 @@ class GodotProcess:
             try:
                 line = self._queue.get(timeout=max(remaining, 0.0))
             except queue.Empty:
-                raise AssertionError(f"no {pattern!r} within {timeout} s:\n{self.output}")
+                raise AssertionError(f"no {pattern!r} within {timeout} s:\n{self.output}") from None
             if line is None:
                 self._queue.put(None)
                 raise AssertionError(f"Godot exited before {pattern!r}:\n{self.output}")
