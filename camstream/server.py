@@ -21,7 +21,6 @@ from .encoder import EncodeCache
 from .errors import ConfigError
 from .protocol import CloseCode
 from .session import ClientSession, ClientSettings
-from .webroutes import HttpRoutes
 from .transport import (
     BaseApplication,
     Connection,
@@ -31,6 +30,7 @@ from .transport import (
     WebSocketServer,
     make_ssl_context,
 )
+from .webroutes import HttpRoutes
 
 __all__ = ["Streamer"]
 

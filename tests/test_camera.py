@@ -9,9 +9,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import TIMEOUT, write_video
 
 from camstream import CameraState, CameraThread, ConfigError, SourceError
-from conftest import TIMEOUT, write_video
 
 
 def frames_from(camera: CameraThread, count: int) -> list:

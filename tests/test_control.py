@@ -9,12 +9,12 @@ from typing import Any
 
 import numpy as np
 import pytest
+from conftest import TIMEOUT
+from test_streaming import decode_jpeg, receive_for
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
 from camstream import CloseCode
-from conftest import TIMEOUT
-from test_streaming import decode_jpeg, receive_for
 
 
 def next_text(ws: Any, kind: str | None = None, timeout: float = TIMEOUT) -> dict:
