@@ -10,6 +10,7 @@ import sys
 from typing import Sequence
 
 from . import __version__
+from .camera import describe_source
 from .errors import CamstreamError, SourceError
 from .server import Streamer
 
@@ -86,18 +87,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(
         level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    # SIGTERM (service managers, docker stop) stops as cleanly as Ctrl+C.
+    signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
+    streamer = None
     try:
         streamer = _start(args)
+        camera = streamer.camera
+        print(
+            f"camstream {__version__}: streaming {describe_source(camera.source)} "
+            f"{camera.width}x{camera.height} at {camera.fps:g} fps on {streamer.url} "
+            f"(Ctrl+C to stop)",
+            flush=True,
+        )
+        streamer.serve_forever()
     except CamstreamError as exc:
         print(f"camstream: error: {exc}", file=sys.stderr)
         return 1
-    # SIGTERM (service managers, docker stop) stops as cleanly as Ctrl+C.
-    signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
-    camera = streamer.camera
-    print(
-        f"camstream {__version__}: streaming {camera.width}x{camera.height} at "
-        f"{camera.fps:g} fps on {streamer.url} (Ctrl+C to stop)",
-        flush=True,
-    )
-    streamer.serve_forever()
+    except KeyboardInterrupt:  # before serve_forever() took over Ctrl+C: still stop cleanly
+        pass
+    finally:
+        if streamer is not None:
+            streamer.stop()
     return 0

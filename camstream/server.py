@@ -157,10 +157,11 @@ class Streamer(BaseApplication):
             raise
         self._warn_if_exposed()
         self._started_at = time.monotonic()
-        # Not a daemon: stop() joins it, and serve_forever() in the main thread waits for it.
+        # Daemon, like every camstream thread: a program that exits without stop() must not
+        # hang on it (its viewers are then dropped without a Close). stop() joins it.
         self._serve_thread = threading.Thread(
             target=self._server.serve_forever, kwargs={"poll_interval": 0.1},
-            name="camstream-server",
+            name="camstream-server", daemon=True,
         )
         self._serve_thread.start()
         logger.info("serving %s on %s", describe_source(self.camera.source), self.url)
