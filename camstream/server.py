@@ -112,6 +112,7 @@ class Streamer(BaseApplication):
             None if allowed_origins is None else {o.rstrip("/").lower() for o in allowed_origins}
         )
         self.max_clients = max_clients
+        self.send_timeout = send_timeout
         self.cache = EncodeCache()
         self._http = HttpRoutes(self)
         self._ssl_context = make_ssl_context(certfile, keyfile) if certfile else None
@@ -277,14 +278,17 @@ class Streamer(BaseApplication):
             return
         settings = ClientSettings(fps=self.camera.fps, quality=self.quality)
         session = ClientSession(
-            conn, self.camera, self.cache, settings, describe_camera=self._camera_state_fields
+            conn, self.camera, self.cache, settings, describe_camera=self._camera_state_fields,
+            stall_timeout=self.send_timeout,
         )
         session.apply_config(dict(conn.request.query), from_url=True)
         with self._sessions_lock:
             if self._stopped.is_set():
                 conn.close(CloseCode.GOING_AWAY, "server shutting down")
                 return
-            if self.max_clients is not None and len(self._sessions) >= self.max_clients:
+            if self.max_clients is not None and (
+                len(self._sessions) + self._http.active_streams >= self.max_clients
+            ):
                 conn.close(CloseCode.TRY_AGAIN_LATER, "server full, try again later")
                 return
             self._sessions[conn.id] = session

@@ -20,6 +20,7 @@ from . import protocol
 from .camera import CameraThread
 from .encoder import EncodeCache, EncodedFrame, Variant, fit_size
 from .errors import ConnectionClosedError
+from .pacing import BEHIND_POLL_S, Pacer
 from .protocol import CloseCode, ProtocolInputError
 
 if TYPE_CHECKING:
@@ -30,8 +31,6 @@ __all__ = ["ClientSettings", "ClientSession", "RateLimiter"]
 logger = logging.getLogger(__name__)
 
 _IDLE_WAKE_S = 1.0  # a sender with nothing to do still looks at its state this often
-_BEHIND_POLL_S = 0.005  # how often a viewer that is behind is looked at again
-_MAX_IN_FLIGHT_BYTES = 256 * 1024  # or two frames, if larger: unacknowledged data allowed
 _FIRST_FRAME_WAIT_S = 2.0  # a snapshot asked for before the first frame waits this long for it
 
 
@@ -97,6 +96,7 @@ class ClientSession:
         *,
         control_rate: float = 20.0,
         control_burst: float = 40.0,
+        stall_timeout: float = 5.0,
         describe_camera: Callable[[], dict[str, Any]] | None = None,
     ) -> None:
         self.connection = connection
@@ -111,6 +111,7 @@ class ClientSession:
         self._wake = threading.Event()
         self._stopping = threading.Event()
         self._limiter = RateLimiter(control_rate, control_burst)
+        self._stall_timeout = stall_timeout
         self._describe_camera = describe_camera or (lambda: {})
         self._announced: tuple[Any, ...] | None = None
         self._thread = threading.Thread(
@@ -217,63 +218,39 @@ class ClientSession:
             self.connection.close(CloseCode.INTERNAL_ERROR, "internal error")
 
     def _send_loop(self) -> None:
-        last_seq = 0
-        last_size = 0
-        next_due = 0.0  # monotonic time this viewer may get its next frame (its own timer)
+        pacer = Pacer(self._stall_timeout)
         behind = False  # the viewer has not taken the previous frames yet
-        conn = self.connection
+        conn, camera = self.connection, self.camera
         while not self._stopping.is_set() and conn.is_open:
-            wait = min(next_due - self._slack() - time.monotonic(), _IDLE_WAKE_S)
-            if behind:
-                wait = _BEHIND_POLL_S
-            self._wake.wait(wait if wait > 0 else _IDLE_WAKE_S)
+            wait = BEHIND_POLL_S if behind else pacer.wait_s(time.monotonic(), camera.fps)
+            self._wake.wait(min(wait, _IDLE_WAKE_S) if wait > 0 else _IDLE_WAKE_S)
             self._wake.clear()
             if self._stopping.is_set():
                 return
             self._flush_control()
             if self._paused:
                 continue
-            frame = self.camera.latest()
+            frame = camera.latest()
             now = time.monotonic()
-            if frame is None or frame.seq <= last_seq or now < next_due - self._slack():
+            if frame is None or not pacer.wants(frame.seq, now, camera.fps):
                 continue
-            # Latest frame only: while what we sent is still in flight, newer frames replace
-            # this one rather than queueing behind it in the kernel's buffers.
-            unsent = conn.unsent_bytes()
-            behind = unsent is not None and unsent > max(2 * last_size, _MAX_IN_FLIGHT_BYTES)
+            behind = pacer.behind(conn.unsent_bytes(), now)
             if behind:
+                if pacer.stalled(now):
+                    logger.info("dropping client %s: it stopped reading", conn.id)
+                    conn.abort()
+                    return
                 continue
             settings = self._settings
             encoded = self.cache.get(frame, settings.variant())
             self._announce_if_changed(encoded, settings)
-            skipped = frame.seq - last_seq - 1 if last_seq else 0
+            skipped = pacer.sent(frame.seq, len(encoded.data), now, settings.fps, camera.fps)
             if settings.frame_info:
                 conn.send_text(protocol.encode_message(self._frame_info(encoded, skipped)))
             conn.send_binary(encoded.data)
             self.stats.frames_sent += 1
             self.stats.frames_skipped += skipped
             self.stats.bytes_sent += len(encoded.data)
-            last_seq, last_size = frame.seq, len(encoded.data)
-            next_due = self._next_due(next_due, now, settings.fps)
-
-    def _slack(self) -> float:
-        """How early a frame may go: a quarter of a camera frame, absorbing timer jitter."""
-        return 0.25 / self.camera.fps
-
-    def _next_due(self, due: float, now: float, fps: float) -> float:
-        """When this viewer may get its next frame.
-
-        A viewer asking for the camera's rate or more gets every frame. A slower one is paced
-        by its own clock, which advances from the previous due time (not from the send time),
-        so the average rate is what it asked for even though frames arrive on the camera's grid.
-        """
-        if fps >= self.camera.fps * 0.999:
-            return 0.0
-        period = 1.0 / fps
-        due += period
-        if due < now - period:  # far behind (just started, paused, stalled): restart the clock
-            due = now + period
-        return due
 
     def _flush_control(self) -> None:
         """Send queued text messages and, if settings changed, fresh metadata."""

@@ -302,6 +302,16 @@ class _Link:
                 except OSError:
                     pass
 
+    def unsent_bytes(self) -> int | None:
+        """See :meth:`Connection.unsent_bytes`."""
+        if _SIOCOUTQ is None:
+            return None
+        try:
+            raw = fcntl.ioctl(self.sock.fileno(), _SIOCOUTQ, b"\0\0\0\0")
+        except (OSError, ValueError):
+            return None
+        return int(struct.unpack("i", raw)[0])
+
     def abort(self) -> None:
         """Mark dead and ``shutdown(SHUT_RDWR)``: wakes the reader and any blocked sender.
 
@@ -358,19 +368,13 @@ class Connection:
         return not self._close_started and self._link.writable
 
     def unsent_bytes(self) -> int | None:
-        """Bytes handed to the kernel that the peer has not acknowledged yet, or None if unknown.
+        """Bytes sent that the peer has not acknowledged yet, or None if unknown.
 
         A sender that wants "latest frame only" semantics looks at this before writing the next
         frame: a large value means the viewer (or its network) is behind, so the frame is better
         skipped than queued. Linux only (``SIOCOUTQ``); None elsewhere or on error.
         """
-        if _SIOCOUTQ is None:
-            return None
-        try:
-            raw = fcntl.ioctl(self._link.sock.fileno(), _SIOCOUTQ, b"\0\0\0\0")
-        except (OSError, ValueError):
-            return None
-        return int(struct.unpack("i", raw)[0])
+        return self._link.unsent_bytes()
 
     # Sending
 
@@ -559,6 +563,10 @@ class HttpExchange:
         if data:
             with self._link.send_lock:
                 self._link.sendall(data)
+
+    def unsent_bytes(self) -> int | None:
+        """See :meth:`Connection.unsent_bytes`."""
+        return self._link.unsent_bytes()
 
     def _start(self, status: int, headers: Mapping[str, str]) -> None:
         if self.started:

@@ -1,29 +1,425 @@
-"""HTTP endpoints on the WebSocket port (placeholder; the browser issue fills this in)."""
+"""HTTP endpoints on the WebSocket port: a browser viewer, a snapshot, MJPEG and stats.
+
+Every plain HTTP GET that is not a WebSocket upgrade lands in :meth:`HttpRoutes.handle`, in that
+connection's own handler thread (one thread per connection, see ``transport``):
+
+========================  ==========================================================================
+``/``                     the viewer page (``static/viewer.html``): one self-contained HTML file
+                          that connects to the WebSocket on the same host and port
+``/snapshot.jpg``         the newest frame as one JPEG (``quality``, ``width``, ``height``,
+                          ``max_bytes``); 503 if no frame arrives within two seconds
+``/stream.mjpg``          ``multipart/x-mixed-replace`` MJPEG for ``<img>``, VLC, OBS, Home
+                          Assistant and ``cv2.VideoCapture`` (``fps`` as well as the above);
+                          each part has ``Content-Type``, ``Content-Length`` and ``X-Timestamp``
+                          (capture time, Unix seconds)
+``/stats.json``           ``Streamer.stats()`` as JSON
+``/ws``                   426 Upgrade Required: that path is for WebSocket clients only
+anything else             404
+========================  ==========================================================================
+
+Query parameters mean what they mean for WebSocket viewers (``PROTOCOL.md``); unknown ones are
+ignored, a bad value is answered with 400 and the reason. Only GET is served (the transport
+answers other methods, HEAD included, with 405).
+
+Access rules: ``/snapshot.jpg``, ``/stream.mjpg`` and ``/stats.json`` follow the WebSocket rules
+(:meth:`Streamer.access_refusal`): a missing or wrong token is answered with 401 and
+``WWW-Authenticate: Bearer``, a foreign ``Origin`` with 403. **The viewer page is served to
+everyone**: it is the same static file for every caller and holds no frame, no setting and no
+secret. It reads the token from its own URL (``/?token=X``) and hands it to the WebSocket, which
+enforces the rules, so a visitor without the right token gets a page that says why it was refused
+(close code 1008, ``token required`` / ``invalid token``) instead of a bare 401. The page is sent
+with a Content-Security-Policy under which it loads nothing from elsewhere, and with
+``Referrer-Policy: no-referrer`` so the token in its URL is never passed on.
+
+Every MJPEG stream follows the rules of a WebSocket viewer (``session.py``): it takes its JPEGs
+from the Streamer's shared :class:`~camstream.encoder.EncodeCache` (viewers of the same variant
+share one encode, whatever the protocol), always sends the newest frame and never one it already
+sent, is paced by its own clock (:func:`next_due`), and queues nothing itself: a reader that
+stops reading blocks only its own handler thread, until the transport's send watchdog
+(``send_timeout``) drops it. Streams end within :data:`_POLL_S` seconds of ``Streamer.stop()``.
+MJPEG streams count against ``max_clients`` together with the WebSocket viewers.
+"""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+import contextlib
+import dataclasses
+import functools
+import importlib.resources
+import itertools
+import json
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping
 
-from .transport import HttpExchange
+from . import protocol
+from .camera import Frame
+from .encoder import Variant
+from .pacing import BEHIND_POLL_S, Pacer
+from .transport import HttpExchange, Request
 
 if TYPE_CHECKING:
     from .server import Streamer
 
 __all__ = ["HttpRoutes"]
 
+logger = logging.getLogger(__name__)
+
+_POLL_S = 0.1  # waiting loops look at Streamer.is_serving this often
+_FIRST_FRAME_WAIT_S = 2.0  # how long /snapshot.jpg waits for a first frame before a 503
+_QUERY_FIELDS = frozenset({"fps", "quality", "width", "height", "max_bytes"})
+_BOUNDARY = "camstream-frame"  # the MJPEG part boundary; parts carry Content-Length too
+
+_NO_STORE = {"Cache-Control": "no-store, no-cache, must-revalidate", "Pragma": "no-cache"}
+_PAGE_HEADERS = {
+    "Cache-Control": "no-cache",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    # The page is one file with inline script and style; it may talk to its own server only
+    # (ws:/wss: are listed because older browsers do not count them as 'self').
+    "Content-Security-Policy": (
+        "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; "
+        "img-src data: blob:; connect-src 'self' ws: wss:; base-uri 'none'; form-action 'none'"
+    ),
+}
+
+
+@functools.cache
+def _static_file(name: str) -> bytes:
+    """The bytes of ``camstream/static/<name>`` (read once, then kept).
+
+    Raises:
+        OSError: the file is not installed (a broken package).
+    """
+    return importlib.resources.files(__package__).joinpath("static", name).read_bytes()
+
+
+@dataclass
+class _StreamStats:
+    """Counters of one MJPEG stream, as reported in ``stats()["http"]["mjpeg_streams"]``."""
+
+    id: int
+    address: str
+    fps: float
+    variant: Variant
+    frames_sent: int = 0
+    frames_skipped: int = 0
+    bytes_sent: int = 0
+    connected_at: float = dataclasses.field(default_factory=time.time)
+
+    def info(self, now: float) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "address": self.address,
+            "fps": self.fps,
+            "width": self.variant.width,
+            "height": self.variant.height,
+            "quality": self.variant.quality,
+            "max_bytes": self.variant.max_bytes,
+            "frames_sent": self.frames_sent,
+            "frames_skipped": self.frames_skipped,
+            "bytes_sent": self.bytes_sent,
+            "connected_s": round(now - self.connected_at, 3),
+        }
+
+
+class _BadQuery(ValueError):
+    """A query parameter could not be used; the message is the 400 response body."""
+
+
+class _Full(Exception):
+    """No room for another viewer under ``max_clients``."""
+
 
 class HttpRoutes:
-    """Answers plain HTTP GETs that are not WebSocket upgrades."""
+    """Answers plain HTTP GETs that are not WebSocket upgrades (see the module docstring).
+
+    Created by the :class:`~camstream.server.Streamer` it serves. :meth:`handle` runs in each
+    connection's own handler thread, any number at a time; :meth:`stats` and
+    :attr:`active_streams` are safe from any thread.
+    """
 
     def __init__(self, streamer: Streamer) -> None:
         self.streamer = streamer
+        self._routes: dict[str, Callable[[HttpExchange], None]] = {
+            "/snapshot.jpg": self._snapshot,
+            "/stream.mjpg": self._stream,
+            "/stats.json": self._stats_json,
+        }
+        self._lock = threading.Lock()  # guards everything below
+        self._streams: dict[int, _StreamStats] = {}
+        self._stream_ids = itertools.count(1)
+        self._counters = {
+            "requests": 0,
+            "pages": 0,
+            "snapshots": 0,
+            "refused": 0,
+            "not_found": 0,
+            "mjpeg_opened": 0,
+            "mjpeg_full": 0,
+        }
+        # Frames and bytes of MJPEG streams that have ended (live ones are summed on demand).
+        self._ended = {"frames_sent": 0, "frames_skipped": 0, "bytes_sent": 0}
+
+    # Interface used by the Streamer
 
     def handle(self, exchange: HttpExchange) -> None:
-        """Answer one request (runs in that connection's handler thread)."""
-        body = f"camstream: connect a WebSocket client to {self.streamer.url}\n".encode()
-        status = 426 if exchange.request.path == "/" else 404
-        exchange.send_response(status, body, headers={"Sec-WebSocket-Version": "13"})
+        """Answer one request (runs in that connection's handler thread).
+
+        Returns when the response is complete: at once for everything but ``/stream.mjpg``,
+        whose loop returns when the client goes away or the Streamer stops.
+
+        Raises:
+            ConnectionClosedError: the client went away (the transport expects this).
+        """
+        request = exchange.request
+        self._count("requests")
+        path = request.path
+        if path == "/":
+            self._count("pages")
+            self._page(exchange)
+            return
+        if path == "/ws":
+            exchange.send_response(
+                426,
+                f"connect a WebSocket client to {self.streamer.url}\n".encode(),
+                headers={"Upgrade": "websocket", "Sec-WebSocket-Version": "13"},
+            )
+            return
+        route = self._routes.get(path)
+        if route is None:
+            self._count("not_found")
+            exchange.send_response(
+                404, b"not found: try / (viewer), /snapshot.jpg, /stream.mjpg or /stats.json\n"
+            )
+            return
+        if self._refuse(exchange):
+            return
+        try:
+            route(exchange)
+        except _BadQuery as exc:
+            exchange.send_response(400, f"{exc}\n".encode())
 
     def stats(self) -> dict[str, Any]:
-        """Counters of the HTTP endpoints, for ``Streamer.stats()``."""
-        return {}
+        """Counters of the HTTP endpoints, for ``Streamer.stats()["http"]``.
+
+        ``mjpeg_active`` is the number of open MJPEG streams, ``mjpeg_streams`` one entry per
+        open stream; ``mjpeg_frames_sent`` / ``_skipped`` / ``mjpeg_bytes_sent`` cover every
+        stream since the start, open or ended.
+        """
+        now = time.time()
+        with self._lock:
+            streams = list(self._streams.values())
+            result: dict[str, Any] = dict(self._counters)
+            totals = dict(self._ended)
+        for stream in streams:
+            totals["frames_sent"] += stream.frames_sent
+            totals["frames_skipped"] += stream.frames_skipped
+            totals["bytes_sent"] += stream.bytes_sent
+        result.update(
+            mjpeg_active=len(streams),
+            mjpeg_frames_sent=totals["frames_sent"],
+            mjpeg_frames_skipped=totals["frames_skipped"],
+            mjpeg_bytes_sent=totals["bytes_sent"],
+            mjpeg_streams=[s.info(now) for s in streams],
+        )
+        return result
+
+    @property
+    def active_streams(self) -> int:
+        """The number of open MJPEG streams (they count against ``max_clients``)."""
+        with self._lock:
+            return len(self._streams)
+
+    # Endpoints
+
+    def _page(self, exchange: HttpExchange) -> None:
+        try:
+            body = _static_file("viewer.html")
+        except OSError:
+            logger.error("viewer.html is missing from the camstream package", exc_info=True)
+            exchange.send_response(500, b"viewer page not installed\n")
+            return
+        exchange.send_response(200, body, "text/html; charset=utf-8", headers=_PAGE_HEADERS)
+
+    def _snapshot(self, exchange: HttpExchange) -> None:
+        variant, _ = self._parse_query(exchange.request.query)
+        frame = self.streamer.camera.latest() or self._wait_for_frame(0, _FIRST_FRAME_WAIT_S)
+        if frame is None:
+            exchange.send_response(
+                503,
+                b"no frame yet: the camera has not delivered one\n",
+                headers={"Retry-After": "1", **_NO_STORE},
+            )
+            return
+        encoded = self.streamer.cache.get(frame, variant)
+        self._count("snapshots")
+        exchange.send_response(200, encoded.data, "image/jpeg", headers=_NO_STORE)
+
+    def _stats_json(self, exchange: HttpExchange) -> None:
+        body = json.dumps(self.streamer.stats(), indent=1).encode()
+        exchange.send_response(200, body, "application/json", headers=_NO_STORE)
+
+    def _stream(self, exchange: HttpExchange) -> None:
+        variant, fps = self._parse_query(exchange.request.query)
+        try:
+            with self._admitted(exchange.request, variant, fps) as stream:
+                exchange.start_stream(
+                    200,
+                    {
+                        "Content-Type": f"multipart/x-mixed-replace; boundary={_BOUNDARY}",
+                        "X-Accel-Buffering": "no",  # tell nginx not to buffer the stream
+                        **_NO_STORE,
+                    },
+                )
+                self._send_frames(exchange, stream)
+        except _Full:
+            self._count("mjpeg_full")
+            logger.info(
+                "MJPEG client from %s refused: server full", exchange.request.remote_address[0]
+            )
+            exchange.send_response(
+                503, b"server full, try again later\n", headers={"Retry-After": "5", **_NO_STORE}
+            )
+
+    def _send_frames(self, exchange: HttpExchange, stream: _StreamStats) -> None:
+        """The MJPEG loop: the newest frame, never one already sent, at the stream's rate.
+
+        Returns when the Streamer stops; raises ConnectionClosedError when the client leaves
+        or its writes block for longer than ``send_timeout``.
+        """
+        streamer = self.streamer
+        camera, cache = streamer.camera, streamer.cache
+        pacer = Pacer(streamer.send_timeout)
+        while streamer.is_serving:
+            frame = camera.wait_for_frame(pacer.last_seq, _POLL_S)
+            if frame is None:
+                continue
+            wait = pacer.wait_s(time.monotonic(), camera.fps)
+            if wait > 0:
+                if not self._sleep(wait):
+                    return
+                frame = camera.latest() or frame  # the newest, after the wait
+            if pacer.behind(exchange.unsent_bytes(), time.monotonic()):
+                if pacer.stalled(time.monotonic()):
+                    logger.info("MJPEG stream %d dropped: it stopped reading", stream.id)
+                    return
+                if not self._sleep(BEHIND_POLL_S):
+                    return
+                continue
+            encoded = cache.get(frame, stream.variant)
+            exchange.write(_part(encoded.data, encoded.captured_at))
+            now = time.monotonic()
+            stream.frames_skipped += pacer.sent(
+                frame.seq, len(encoded.data), now, stream.fps, camera.fps
+            )
+            stream.frames_sent += 1
+            stream.bytes_sent += len(encoded.data)
+
+    # Helpers
+
+    def _refuse(self, exchange: HttpExchange) -> bool:
+        """Answer 401 / 403 if the token or Origin rules refuse this request; True if so."""
+        refusal = self.streamer.access_refusal(exchange.request)
+        if refusal is None:
+            return False
+        _, reason = refusal
+        self._count("refused")
+        logger.info(
+            "HTTP %s from %s refused: %s",
+            exchange.request.path,
+            exchange.request.remote_address[0],
+            reason,
+        )
+        if "token" in reason:
+            challenge = {"WWW-Authenticate": 'Bearer realm="camstream"'}
+            exchange.send_response(401, f"{reason}\n".encode(), headers=challenge)
+        else:
+            exchange.send_response(403, f"{reason}\n".encode())
+        return True
+
+    def _parse_query(self, query: Mapping[str, str]) -> tuple[Variant, float]:
+        """The variant and rate a snapshot or stream request asks for.
+
+        Raises:
+            _BadQuery: a known parameter has a bad value.
+        """
+        wanted = {k: v for k, v in query.items() if k in _QUERY_FIELDS}
+        settings, problems = protocol.parse_config(wanted, from_url=True)
+        if problems:
+            raise _BadQuery("; ".join(problems))
+        variant = Variant(
+            width=settings.get("width"),
+            height=settings.get("height"),
+            quality=settings.get("quality", self.streamer.quality),
+            max_bytes=settings.get("max_bytes"),
+        )
+        camera_fps = self.streamer.camera.fps
+        return variant, min(settings.get("fps", camera_fps), camera_fps)
+
+    @contextlib.contextmanager
+    def _admitted(self, request: Request, variant: Variant, fps: float) -> Iterator[_StreamStats]:
+        """Register an MJPEG stream for the duration of the block.
+
+        Raises:
+            _Full: WebSocket viewers plus MJPEG streams already reach ``max_clients``.
+        """
+        limit = self.streamer.max_clients
+        websocket_viewers = self.streamer.stats()["client_count"] if limit is not None else 0
+        with self._lock:  # stats() takes this lock too: it was called before, not under it
+            if limit is not None and websocket_viewers + len(self._streams) >= limit:
+                raise _Full
+            stream = _StreamStats(next(self._stream_ids), request.remote_address[0], fps, variant)
+            self._streams[stream.id] = stream
+            self._counters["mjpeg_opened"] += 1
+        logger.info("MJPEG stream %d opened by %s", stream.id, stream.address)
+        try:
+            yield stream
+        finally:
+            with self._lock:
+                self._streams.pop(stream.id, None)
+                for key in self._ended:
+                    self._ended[key] += getattr(stream, key)
+            logger.info(
+                "MJPEG stream %d closed: %d frames sent, %d skipped",
+                stream.id,
+                stream.frames_sent,
+                stream.frames_skipped,
+            )
+
+    def _wait_for_frame(self, after_seq: int, timeout: float) -> Frame | None:
+        """A frame newer than ``after_seq``, waiting up to ``timeout`` s while serving."""
+        deadline = time.monotonic() + timeout
+        while self.streamer.is_serving and (left := deadline - time.monotonic()) > 0:
+            frame = self.streamer.camera.wait_for_frame(after_seq, min(left, _POLL_S))
+            if frame is not None:
+                return frame
+        return None
+
+    def _sleep(self, seconds: float) -> bool:
+        """Sleep while serving; returns False if the Streamer stopped meanwhile."""
+        deadline = time.monotonic() + seconds
+        while (left := deadline - time.monotonic()) > 0:
+            if not self.streamer.is_serving:
+                return False
+            time.sleep(min(left, _POLL_S))
+        return self.streamer.is_serving
+
+    def _count(self, name: str) -> None:
+        with self._lock:
+            self._counters[name] += 1
+
+
+def _part(jpeg: bytes, captured_at: float) -> bytes:
+    """One multipart part: boundary line, part headers, the JPEG, CRLF.
+
+    ``X-Timestamp`` is the capture time in Unix seconds, as mjpg-streamer sends it; readers
+    that do not know it ignore it.
+    """
+    head = (
+        f"--{_BOUNDARY}\r\nContent-Type: image/jpeg\r\nContent-Length: {len(jpeg)}\r\n"
+        f"X-Timestamp: {captured_at:.6f}\r\n\r\n"
+    ).encode("ascii")
+    return head + jpeg + b"\r\n"

@@ -1,0 +1,418 @@
+"""HTTP endpoints on the WebSocket port: viewer page, snapshot, MJPEG, stats, access rules.
+
+Real servers on port 0, real clients: ``http.client``, ``cv2.VideoCapture`` (OpenCV's FFmpeg
+backend reading MJPEG over HTTP), a raw-socket multipart reader, and ``websockets``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import http.client
+import json
+import re
+import socket
+import threading
+import time
+from dataclasses import dataclass
+from typing import Iterator
+
+import cv2
+import numpy as np
+import pytest
+from conftest import TIMEOUT, wait_until
+from websockets.sync.client import connect
+
+from camstream import Streamer
+
+
+@dataclass
+class Response:
+    status: int
+    headers: dict[str, str]  # lower-case names
+    body: bytes
+
+
+def get(port: int, target: str, headers: dict[str, str] | None = None) -> Response:
+    """One GET with ``http.client``; the whole body is read."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=TIMEOUT)
+    try:
+        conn.request("GET", target, headers=headers or {})
+        response = conn.getresponse()
+        body = response.read()
+        return Response(response.status, {k.lower(): v for k, v in response.getheaders()}, body)
+    finally:
+        conn.close()
+
+
+def decode(data: bytes) -> np.ndarray:
+    assert data[:2] == b"\xff\xd8" and data[-2:] == b"\xff\xd9", "not a whole JPEG file"
+    image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    assert image is not None, "JPEG does not decode"
+    return image
+
+
+class MjpegReader:
+    """A raw-socket ``multipart/x-mixed-replace`` reader: exactly what goes over the wire."""
+
+    def __init__(
+        self,
+        port: int,
+        target: str = "/stream.mjpg",
+        *,
+        rcvbuf: int | None = None,
+        read: bool = True,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        if rcvbuf is not None:  # a small receive window makes a stalled reader stall quickly
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+        self.sock.settimeout(TIMEOUT)
+        self.sock.connect(("127.0.0.1", port))
+        lines = [f"GET {target} HTTP/1.1", "Host: 127.0.0.1"]
+        lines += [f"{k}: {v}" for k, v in (headers or {}).items()]
+        self.sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode())
+        self.file = self.sock.makefile("rb")
+        self.status = 0
+        self.headers: dict[str, str] = {}
+        self.boundary = b""
+        if read:
+            self.read_head()
+
+    def read_head(self) -> None:
+        self.status = int(self.file.readline().split()[1])
+        self.headers = self._read_headers()
+        match = re.search(r"boundary=([^;\s]+)", self.headers.get("content-type", ""))
+        if match:
+            self.boundary = match.group(1).strip('"').encode()
+
+    def _read_headers(self) -> dict[str, str]:
+        headers = {}
+        while line := self.file.readline().rstrip(b"\r\n"):
+            name, _, value = line.decode("latin-1").partition(":")
+            headers[name.strip().lower()] = value.strip()
+        return headers
+
+    def next_part(self) -> tuple[dict[str, str], bytes]:
+        """The next part's headers and body; raises EOFError at the end of the stream."""
+        line = self.file.readline()
+        if not line:
+            raise EOFError("stream ended")
+        assert line.rstrip(b"\r\n") == b"--" + self.boundary, line
+        headers = self._read_headers()
+        size = int(headers["content-length"])
+        body = self.file.read(size)
+        tail = self.file.read(2)
+        if len(body) < size or len(tail) < 2:
+            raise EOFError("stream ended inside a part")
+        assert tail == b"\r\n", tail
+        return headers, body
+
+    def close(self) -> None:
+        self.file.close()
+        self.sock.close()
+
+    def __enter__(self) -> MjpegReader:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+@contextlib.contextmanager
+def reading_in_background(reader: MjpegReader, frames: int) -> Iterator[list[bytes]]:
+    """Read ``frames`` parts in a thread; the block's exit waits for it and re-raises errors."""
+    got: list[bytes] = []
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            for _ in range(frames):
+                got.append(reader.next_part()[1])
+        except BaseException as exc:  # reported by the test thread
+            errors.append(exc)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    try:
+        yield got
+    finally:
+        thread.join(TIMEOUT * 3)
+    assert not thread.is_alive(), "MJPEG reader did not finish"
+    assert not errors, errors
+
+
+# The viewer page
+
+
+def test_viewer_page_is_self_contained(streamer_factory) -> None:
+    streamer = streamer_factory("test", width=320, height=240)
+    response = get(streamer.port, "/")
+    assert response.status == 200
+    assert response.headers["content-type"] == "text/html; charset=utf-8"
+    page = response.body.decode("utf-8")
+    assert "<canvas" in page and "createImageBitmap" in page and "camstreamStats" in page
+    assert not re.search(r"https?://", page), "the page must not reference anything external"
+    assert not re.search(r"""\b(src|href)\s*=\s*["'](?!data:)""", page), "no external resources"
+    assert "default-src 'none'" in response.headers["content-security-policy"]
+    assert response.headers["referrer-policy"] == "no-referrer"  # the URL may carry a token
+
+
+def test_unknown_paths_are_404_and_ws_path_wants_an_upgrade(streamer_factory) -> None:
+    streamer = streamer_factory("test", width=160, height=120)
+    for path in ("/nope", "/favicon.ico", "/snapshot.png", "/static/viewer.html"):
+        assert get(streamer.port, path).status == 404, path
+    response = get(streamer.port, "/ws")
+    assert response.status == 426 and response.headers["sec-websocket-version"] == "13"
+    assert streamer.stats()["http"]["not_found"] == 4
+
+
+# Snapshot
+
+
+def test_snapshot_is_the_latest_frame_at_the_requested_size(streamer_factory) -> None:
+    streamer = streamer_factory("test", width=640, height=480, fps=30)
+    full = get(streamer.port, "/snapshot.jpg")
+    assert full.status == 200 and full.headers["content-type"] == "image/jpeg"
+    assert "no-store" in full.headers["cache-control"]
+    assert decode(full.body).shape == (480, 640, 3)
+    small = get(streamer.port, "/snapshot.jpg?width=320&quality=40")
+    assert decode(small.body).shape == (240, 320, 3)
+    boxed = get(streamer.port, "/snapshot.jpg?height=120")
+    assert decode(boxed.body).shape == (120, 160, 3)
+    variants = {(v["width"], v["height"], v["quality"]) for v in streamer.stats()["variants"]}
+    assert {(None, None, 80), (320, None, 40), (None, 120, 80)} <= variants
+
+
+def test_snapshot_bad_parameters_are_400_with_the_reason(streamer_factory) -> None:
+    streamer = streamer_factory("test", width=160, height=120)
+    response = get(streamer.port, "/snapshot.jpg?quality=0")
+    assert response.status == 400 and b"quality" in response.body
+    response = get(streamer.port, "/stream.mjpg?fps=abc")
+    assert response.status == 400 and b"fps" in response.body
+
+
+def test_snapshot_without_a_frame_is_503_after_a_short_wait(streamer_factory) -> None:
+    streamer = streamer_factory("push")  # nothing published: no frame, ever
+    started = time.monotonic()
+    response = get(streamer.port, "/snapshot.jpg")
+    waited = time.monotonic() - started
+    assert response.status == 503 and response.headers["retry-after"] == "1"
+    assert 1.5 <= waited <= 3.5, waited
+    # ... and a frame published while it waits is served at once
+    result: list[Response] = []
+    thread = threading.Thread(target=lambda: result.append(get(streamer.port, "/snapshot.jpg")))
+    thread.start()
+    assert wait_until(lambda: streamer.stats()["http"]["requests"] == 2)  # it is waiting now
+    streamer.publish(np.full((90, 120, 3), 200, np.uint8))
+    thread.join(TIMEOUT)
+    assert result and result[0].status == 200 and decode(result[0].body).shape == (90, 120, 3)
+
+
+# MJPEG
+
+
+def test_opencv_reads_the_mjpeg_stream(streamer_factory) -> None:
+    streamer = streamer_factory("test", width=640, height=480, fps=30)
+    capture = cv2.VideoCapture(
+        f"http://127.0.0.1:{streamer.port}/stream.mjpg?width=320", cv2.CAP_FFMPEG
+    )
+    try:
+        assert capture.isOpened(), "OpenCV (FFmpeg backend) could not open the MJPEG URL"
+        ok, image = capture.read()
+        assert ok and image.shape == (240, 320, 3)
+        started, frames = time.monotonic(), 0
+        while frames < 45:
+            ok, image = capture.read()
+            assert ok, f"read failed after {frames} frames"
+            assert image.shape == (240, 320, 3)
+            frames += 1
+        fps = frames / (time.monotonic() - started)
+    finally:
+        capture.release()
+    assert 15 <= fps <= 40, fps  # the camera's 30 fps, as OpenCV sees it
+
+
+def test_mjpeg_parts_are_whole_jpegs_at_the_requested_rate(streamer_factory) -> None:
+    streamer = streamer_factory("test", width=320, height=240, fps=30)
+    with MjpegReader(streamer.port, "/stream.mjpg?fps=10&quality=50&width=160") as reader:
+        assert reader.status == 200
+        assert reader.headers["content-type"].startswith("multipart/x-mixed-replace; boundary=")
+        assert "no-store" in reader.headers["cache-control"]
+        assert "content-length" not in reader.headers
+        reader.next_part()  # the first frame starts the clock
+        started, parts = time.monotonic(), []
+        while time.monotonic() - started < 2.0:
+            parts.append(reader.next_part())
+    for headers, body in parts:
+        assert headers["content-type"] == "image/jpeg"
+        assert int(headers["content-length"]) == len(body)
+        assert decode(body).shape == (120, 160, 3)
+    assert 17 <= len(parts) <= 23, len(parts)  # 10 fps for 2 s, not the camera's 30
+    stream = streamer.stats()["http"]
+    assert stream["mjpeg_frames_skipped"] > 0  # it took every third frame or so
+
+
+def test_mjpeg_and_websocket_viewers_share_one_encode_per_frame(streamer_factory) -> None:
+    streamer = streamer_factory("test", width=640, height=480, fps=30)
+    before = streamer.stats()
+    with (
+        MjpegReader(streamer.port, "/stream.mjpg?width=320") as one,
+        MjpegReader(streamer.port, "/stream.mjpg?width=320") as two,
+        connect(streamer.url + "?width=320", open_timeout=TIMEOUT) as ws,
+    ):
+        assert json.loads(ws.recv(timeout=TIMEOUT))["type"] == "metadata"
+        with reading_in_background(one, 45) as got_one, reading_in_background(two, 45) as got_two:
+            ws_frames = sum(isinstance(ws.recv(timeout=TIMEOUT), bytes) for _ in range(45))
+        assert len(got_one) == len(got_two) == 45 and ws_frames == 45
+        after = streamer.stats()
+    captured = after["frames_captured"] - before["frames_captured"]
+    encoded = after["frames_encoded"] - before["frames_encoded"]
+    assert captured >= 45
+    assert encoded <= captured + 1, (encoded, captured)  # one encode per frame, not per viewer
+    assert [(v["width"], v["quality"]) for v in after["variants"]] == [(320, 80)]
+
+
+def test_stats_json_counts_mjpeg_streams(streamer_factory) -> None:
+    streamer = streamer_factory("test", width=160, height=120, fps=30)
+    with MjpegReader(streamer.port, "/stream.mjpg?fps=15") as reader:
+        for _ in range(3):
+            reader.next_part()
+        response = get(streamer.port, "/stats.json")
+        assert response.status == 200 and response.headers["content-type"] == "application/json"
+        stats = json.loads(response.body)
+        http_stats = stats["http"]
+        assert http_stats["mjpeg_active"] == 1 and http_stats["mjpeg_opened"] == 1
+        (stream,) = http_stats["mjpeg_streams"]
+        assert stream["fps"] == 15 and stream["frames_sent"] >= 2  # the 3rd may be uncounted yet
+        assert stats["frames_captured"] >= 3 and stats["client_count"] == 0
+    assert wait_until(lambda: streamer.stats()["http"]["mjpeg_active"] == 0), (
+        "the stream did not end when its reader left"
+    )
+    assert streamer.stats()["http"]["mjpeg_frames_sent"] >= 3
+
+
+# Access rules
+
+
+@pytest.mark.parametrize("path", ["/snapshot.jpg", "/stream.mjpg", "/stats.json"])
+def test_token_is_required_by_the_data_endpoints(streamer_factory, path: str) -> None:
+    streamer = streamer_factory("test", width=160, height=120, token="s3cret")
+    for target, headers in (
+        (path, {}),
+        (path + "?token=wrong", {}),
+        (path, {"Authorization": "Bearer wrong"}),
+    ):
+        if path == "/stream.mjpg":
+            with MjpegReader(streamer.port, target, headers=headers) as reader:
+                status, answer = reader.status, reader.headers
+        else:
+            response = get(streamer.port, target, headers)
+            status, answer = response.status, response.headers
+        assert status == 401, (target, headers)
+        assert answer["www-authenticate"].startswith("Bearer"), answer
+    for target, headers in (
+        (path + "?token=s3cret", {}),
+        (path, {"Authorization": "Bearer s3cret"}),
+    ):
+        if path == "/stream.mjpg":
+            with MjpegReader(streamer.port, target, headers=headers) as reader:
+                assert reader.status == 200
+                decode(reader.next_part()[1])
+        else:
+            assert get(streamer.port, target, headers).status == 200, (target, headers)
+
+
+def test_viewer_page_is_served_without_a_token(streamer_factory) -> None:
+    """The page holds no data; the WebSocket it opens enforces the token (see webroutes)."""
+    streamer = streamer_factory("test", width=160, height=120, token="s3cret")
+    assert get(streamer.port, "/").status == 200
+    assert get(streamer.port, "/?token=s3cret").status == 200
+
+
+def test_foreign_origin_is_403(streamer_factory) -> None:
+    streamer = streamer_factory(
+        "test", width=160, height=120, allowed_origins=["http://good.example"]
+    )
+    assert get(streamer.port, "/snapshot.jpg", {"Origin": "http://evil.example"}).status == 403
+    assert get(streamer.port, "/stats.json", {"Origin": "http://evil.example"}).status == 403
+    assert get(streamer.port, "/snapshot.jpg", {"Origin": "http://good.example"}).status == 200
+    assert get(streamer.port, "/snapshot.jpg").status == 200  # tools send no Origin
+    assert streamer.stats()["http"]["refused"] == 2
+
+
+def test_max_clients_counts_mjpeg_streams(streamer_factory) -> None:
+    streamer = streamer_factory("test", width=160, height=120, max_clients=1)
+    with MjpegReader(streamer.port) as first:
+        first.next_part()
+        with MjpegReader(streamer.port) as second:
+            assert second.status == 503
+        assert streamer.stats()["http"]["mjpeg_full"] == 1
+    assert wait_until(lambda: streamer.stats()["http"]["mjpeg_active"] == 0)
+    with connect(streamer.url, open_timeout=TIMEOUT) as ws:
+        ws.recv(timeout=TIMEOUT)
+        with MjpegReader(streamer.port) as refused:
+            assert refused.status == 503
+
+
+def test_websocket_viewer_is_refused_when_mjpeg_streams_fill_the_server(streamer_factory) -> None:
+    from websockets.exceptions import ConnectionClosed
+
+    streamer = streamer_factory("test", width=160, height=120, max_clients=1)
+    with MjpegReader(streamer.port) as reader:
+        reader.next_part()
+        with connect(streamer.url, open_timeout=TIMEOUT) as ws:
+            with pytest.raises(ConnectionClosed) as closed:
+                for _ in range(10):
+                    ws.recv(timeout=TIMEOUT)
+    assert closed.value.rcvd is not None and closed.value.rcvd.code == 1013
+
+
+# Slow readers and shutdown
+
+
+def test_stalled_mjpeg_reader_is_shed_and_slows_no_one(streamer_factory) -> None:
+    streamer = streamer_factory("test", width=640, height=480, fps=30, send_timeout=1)
+    # A reader that never reads, with a tiny receive window, asking for big frames.
+    stalled = MjpegReader(streamer.port, "/stream.mjpg?quality=100", rcvbuf=4096, read=False)
+    try:
+        assert wait_until(lambda: streamer.stats()["http"]["mjpeg_active"] == 1)
+        with connect(streamer.url + "?width=320", open_timeout=TIMEOUT) as ws:
+            ws.recv(timeout=TIMEOUT)  # metadata
+            # Watch the viewer while the stalled stream fills its socket buffers, blocks, and
+            # is dropped by the send watchdog one send_timeout later.
+            started, frames = time.monotonic(), 0
+            while (
+                streamer.stats()["http"]["mjpeg_active"]
+                and time.monotonic() - started < TIMEOUT * 2
+            ):
+                frames += isinstance(ws.recv(timeout=TIMEOUT), bytes)
+            elapsed = time.monotonic() - started
+        assert streamer.stats()["http"]["mjpeg_active"] == 0, (
+            "the stalled MJPEG reader was not dropped after send_timeout"
+        )
+        assert elapsed > 1.0  # it was blocked for a while: the viewer was watched meanwhile
+        assert frames >= 0.7 * 30 * elapsed, (frames, elapsed)  # the viewer kept its 30 fps
+    finally:
+        stalled.close()
+
+
+def test_stop_ends_mjpeg_streams_promptly() -> None:
+    streamer = Streamer("test", port=0, width=160, height=120, fps=30).start()
+    readers: list[MjpegReader] = []
+    try:
+        readers = [MjpegReader(streamer.port), MjpegReader(streamer.port, "/stream.mjpg?fps=1")]
+        for reader in readers:
+            reader.next_part()
+        started = time.monotonic()
+        streamer.stop()
+        stop_took = time.monotonic() - started
+        for reader in readers:
+            with pytest.raises((EOFError, ConnectionError)):
+                for _ in range(100):  # parts already in flight may still arrive; then EOF
+                    reader.next_part()
+    finally:
+        streamer.stop()
+        for reader in readers:
+            reader.close()
+    assert stop_took < 1.0, stop_took
+    assert streamer.stats()["http"]["mjpeg_active"] == 0
