@@ -132,10 +132,6 @@ class ClientSession:
             self._thread.join(timeout)
 
     @property
-    def is_alive(self) -> bool:
-        return self._thread.is_alive()
-
-    @property
     def settings(self) -> ClientSettings:
         return self._settings
 
@@ -186,11 +182,11 @@ class ClientSession:
         elif kind == "ping":
             self.post({"type": "pong", "t": message.get("t"), "server_time": time.time()})
         elif kind == "snapshot":
-            quality = message.get("quality", 95)
-            if isinstance(quality, bool) or not isinstance(quality, int) or not 1 <= quality <= 100:
-                self.post(protocol.error_message("snapshot quality must be a whole number 1-100"))
-            else:
-                self.post({"type": "_snapshot", "quality": quality})
+            wanted, problems = protocol.parse_config({"quality": message.get("quality", 95)})
+            for problem in problems:
+                self.post(protocol.error_message(f"snapshot {problem}"))
+            if wanted:
+                self.post({"type": "_snapshot", "quality": wanted["quality"]})
 
     def apply_config(self, values: dict[str, Any], *, from_url: bool) -> None:
         """Apply settings from a ``config`` message or URL query; report refused values."""
