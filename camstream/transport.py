@@ -28,11 +28,9 @@ nginx, stunnel) and run camstream in plaintext on localhost. Built-in TLS is a c
 from __future__ import annotations
 
 import base64
-import hashlib
 import http
 import logging
 import os
-import re
 import select
 import socket
 import socketserver
@@ -49,12 +47,27 @@ try:  # SIOCOUTQ (= TIOCOUTQ on Linux): unacknowledged bytes in a TCP socket's s
     _SIOCOUTQ: int | None = termios.TIOCOUTQ if sys.platform.startswith("linux") else None
 except (ImportError, AttributeError):  # Windows, or a platform without the ioctl
     _SIOCOUTQ = None
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol
 from urllib.parse import parse_qs
 
 from .errors import ConfigError, ConnectionClosedError, ServerError
+from .frames import (
+    CONTROL_OPCODES,
+    DATA_OPCODES,
+    OP_BINARY,
+    OP_CLOSE,
+    OP_CONT,
+    OP_PING,
+    OP_PONG,
+    OP_TEXT,
+    accept_key,
+    close_payload,
+    frame_header,
+    unmask,
+    valid_close_code,
+)
+from .httpmsg import TOKEN, HandshakeRejected, Headers, Request, http_head
 
 # websocket_server calls logging.basicConfig() at import time (defect #17): remember the root
 # logger's handlers and level, import, and undo whatever the import added.
@@ -84,47 +97,7 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-OP_CONT, OP_TEXT, OP_BINARY, OP_CLOSE, OP_PING, OP_PONG = 0x0, 0x1, 0x2, 0x8, 0x9, 0xA
-_DATA_OPCODES = frozenset({OP_CONT, OP_TEXT, OP_BINARY})
-_CONTROL_OPCODES = frozenset({OP_CLOSE, OP_PING, OP_PONG})
-_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
-_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _JOIN_LIMIT = 65536  # payloads up to this size are joined with their header: one sendall
-
-
-def _valid_close_code(code: int, *, sending: bool) -> bool:
-    """Return whether ``code`` may appear in a Close frame (RFC 6455 7.4, IANA registry)."""
-    if sending:
-        return code in (1000, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011, 1013) or (
-            3000 <= code <= 4999
-        )
-    return 1000 <= code <= 1003 or 1007 <= code <= 1014 or 3000 <= code <= 4999
-
-
-def _frame_header(opcode: int, length: int) -> bytes:
-    """Build an unmasked, unfragmented server frame header (FIN set, RSV clear)."""
-    if length < 126:
-        return struct.pack("!BB", 0x80 | opcode, length)
-    if length < 65536:
-        return struct.pack("!BBH", 0x80 | opcode, 126, length)
-    return struct.pack("!BBQ", 0x80 | opcode, 127, length)
-
-
-def _close_payload(code: int, reason: str | bytes) -> bytes:
-    """Encode a Close payload; ``reason`` is cut to 123 bytes on a UTF-8 character boundary."""
-    if isinstance(reason, (bytes, bytearray)):
-        reason = bytes(reason).decode("utf-8", "replace")
-    raw = reason.encode("utf-8")[:123].decode("utf-8", "ignore").encode("utf-8")
-    return struct.pack("!H", code) + raw
-
-
-def _unmask(payload: bytes, mask: bytes) -> bytes:
-    """XOR ``payload`` with the 4-byte ``mask`` as one big integer (defect #7: ~20x per-byte)."""
-    n = len(payload)
-    if not n:
-        return b""
-    key = int.from_bytes(mask * (n // 4) + mask[: n % 4], "big")
-    return (int.from_bytes(payload, "big") ^ key).to_bytes(n, "big")
 
 
 def _writable_now(sock: socket.socket) -> bool:
@@ -137,78 +110,6 @@ def _writable_now(sock: socket.socket) -> bool:
         return bool(select.select([], [sock], [], 0)[1])
     except (OSError, ValueError):
         return False
-
-
-# -- HTTP request ------------------------------------------------------------------------------
-
-
-class Headers(Mapping[str, str]):
-    """Case-insensitive, read-only HTTP headers; repeated headers are joined with ``", "``."""
-
-    def __init__(self, items: Sequence[tuple[str, str]] = ()) -> None:
-        self._items = list(items)
-        self._values: dict[str, list[str]] = {}
-        for name, value in self._items:
-            self._values.setdefault(name.lower(), []).append(value)
-
-    def __getitem__(self, name: str) -> str:
-        return ", ".join(self._values[name.lower()])
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._values)
-
-    def __len__(self) -> int:
-        return len(self._values)
-
-    def __contains__(self, name: object) -> bool:
-        return isinstance(name, str) and name.lower() in self._values
-
-    def get_all(self, name: str) -> list[str]:
-        """Return every value of ``name`` in request order (empty list if absent)."""
-        return list(self._values.get(name.lower(), ()))
-
-    def raw_items(self) -> list[tuple[str, str]]:
-        """Return the headers as received: original spelling, order and repeats."""
-        return list(self._items)
-
-    def tokens(self, name: str) -> list[str]:
-        """Return the comma-separated tokens of ``name``, stripped and lower-cased."""
-        return [t.strip().lower() for t in self.get(name, "").split(",") if t.strip()]
-
-    def __repr__(self) -> str:
-        return f"Headers({self._items!r})"
-
-
-@dataclass
-class Request:
-    """The request line and headers of one incoming HTTP request (WebSocket or plain)."""
-
-    method: str
-    path: str  # as sent, without the query string, e.g. "/" or "/stream.mjpg"
-    query: dict[str, str]  # parse_qs of the query string; for repeated names the last one wins
-    headers: Headers
-    remote_address: tuple[str, int]
-
-    @property
-    def origin(self) -> str | None:
-        """The ``Origin`` header (browsers send it; Godot and Python clients usually do not)."""
-        return self.headers.get("origin")
-
-
-class HandshakeRejected(Exception):
-    """Raised by :meth:`Application.authorize` to refuse a connection with an HTTP status.
-
-    Args:
-        status: HTTP status code of the refusal (4xx or 5xx), e.g. 401, 403 or 404.
-        message: Short plain-text body; also logged at INFO.
-        headers: Extra response headers, e.g. ``{"WWW-Authenticate": ...}``.
-    """
-
-    def __init__(self, status: int, message: str = "", headers: Mapping[str, str] | None = None):
-        super().__init__(status, message)
-        self.status = status if 400 <= status <= 599 else 403
-        self.message = message
-        self.headers = dict(headers or {})
 
 
 class _HTTPError(Exception):
@@ -229,22 +130,6 @@ class _Fail(Exception):
     def __init__(self, code: int, reason: str) -> None:
         super().__init__(reason)
         self.code, self.reason = code, reason
-
-
-def _check_header_text(text: str) -> str:
-    if "\r" in text or "\n" in text:
-        raise ValueError(f"CR/LF in HTTP header text: {text!r}")
-    return text
-
-
-def _http_head(status: int, headers: Mapping[str, str]) -> bytes:
-    try:
-        phrase = http.HTTPStatus(status).phrase
-    except ValueError:
-        phrase = "Status"
-    lines = [f"HTTP/1.1 {status} {phrase}"]
-    lines += [f"{_check_header_text(k)}: {_check_header_text(v)}" for k, v in headers.items()]
-    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
 
 
 # -- Sockets, connections and HTTP exchanges ---------------------------------------------------
@@ -410,7 +295,7 @@ class Connection:
             self.send_binary(message)
 
     def _send(self, opcode: int, payload: bytes | bytearray | memoryview) -> None:
-        header = _frame_header(opcode, len(payload))
+        header = frame_header(opcode, len(payload))
         chunks = (header + bytes(payload),) if len(payload) <= _JOIN_LIMIT else (header, payload)
         link = self._link
         with link.send_lock:
@@ -439,9 +324,9 @@ class Connection:
         Raises:
             ValueError: ``code`` cannot be sent (a programming error); nothing else.
         """
-        if not _valid_close_code(code, sending=True):
+        if not valid_close_code(code, sending=True):
             raise ValueError(f"invalid close code {code}")
-        if not self._queue_close(_close_payload(code, reason)):
+        if not self._queue_close(close_payload(code, reason)):
             return
         lock = self._link.send_lock
         if not lock.acquire(blocking=False):
@@ -471,7 +356,7 @@ class Connection:
             if self._close_started:
                 return False
             self._close_started = True
-            self._close_frame = _frame_header(OP_CLOSE, len(payload)) + payload
+            self._close_frame = frame_header(OP_CLOSE, len(payload)) + payload
         self._link.deadline = time.monotonic() + self._link.server.close_timeout
         return True
 
@@ -506,7 +391,7 @@ class Connection:
             if self._close_started or not link.writable or not _writable_now(link.sock):
                 return
             self._ping_payload, self._ping_sent_at = os.urandom(4), now
-            link.sendall(_frame_header(OP_PING, 4) + self._ping_payload)
+            link.sendall(frame_header(OP_PING, 4) + self._ping_payload)
         except ConnectionClosedError:
             pass
         finally:
@@ -571,7 +456,7 @@ class HttpExchange:
     def _start(self, status: int, headers: Mapping[str, str]) -> None:
         if self.started:
             raise RuntimeError("the response was already started")
-        head = _http_head(status, headers)
+        head = http_head(status, headers)
         self.started = True
         with self._link.send_lock:
             self._link.sendall(head)
@@ -738,7 +623,7 @@ class WebSocketHandler(websocket_server.WebSocketHandler):
     def _read_request(self) -> Request:
         line = self._readline(414, "request line")
         parts = line.split(" ")
-        if len(parts) != 3 or not _TOKEN.fullmatch(parts[0]) or not parts[2].startswith("HTTP/"):
+        if len(parts) != 3 or not TOKEN.fullmatch(parts[0]) or not parts[2].startswith("HTTP/"):
             raise _HTTPError(400, "malformed request line")
         method, target, version = parts
         items: list[tuple[str, str]] = []
@@ -749,7 +634,7 @@ class WebSocketHandler(websocket_server.WebSocketHandler):
             if len(items) >= self.server.max_headers:
                 raise _HTTPError(431, "too many header lines")
             name, sep, value = line.partition(":")
-            if not sep or not _TOKEN.fullmatch(name):
+            if not sep or not TOKEN.fullmatch(name):
                 raise _HTTPError(400, "malformed header line")
             items.append((name, value.strip(" \t")))
         if version != "HTTP/1.1":
@@ -778,7 +663,7 @@ class WebSocketHandler(websocket_server.WebSocketHandler):
         }
         assert self._link is not None
         with self._link.send_lock:
-            self._link.sendall(_http_head(status, head) + body)
+            self._link.sendall(http_head(status, head) + body)
         # Lingering close: the unread rest of the request would make close() send an RST that
         # can destroy the response in the client's receive buffer.
         self._link.half_close()
@@ -819,12 +704,12 @@ class WebSocketHandler(websocket_server.WebSocketHandler):
             logger.exception("%s: authorize() raised", self._name)
             self._respond_error(500, "internal server error", {})
             return
-        accept = base64.b64encode(hashlib.sha1(key.encode("ascii") + _GUID).digest()).decode()
+        accept = accept_key(key)
         head = {"Upgrade": "websocket", "Connection": "Upgrade", "Sec-WebSocket-Accept": accept}
         if subprotocol is not None:
             head["Sec-WebSocket-Protocol"] = subprotocol
         with link.send_lock:
-            link.sendall(_http_head(101, head))
+            link.sendall(http_head(101, head))
         # From here on reads block forever (the keepalive detects dead peers) and writes are
         # bounded by the watchdog: a socket timeout would break both (#13).
         self.request.settimeout(None)
@@ -896,11 +781,11 @@ class WebSocketHandler(websocket_server.WebSocketHandler):
         fin, opcode, length = bool(b1 & 0x80), b1 & 0x0F, b2 & 0x7F
         if b1 & 0x70:
             raise _Fail(1002, "reserved bits must be 0")
-        if opcode not in _DATA_OPCODES and opcode not in _CONTROL_OPCODES:
+        if opcode not in DATA_OPCODES and opcode not in CONTROL_OPCODES:
             raise _Fail(1002, f"unknown opcode {opcode:#x}")
         if not b2 & 0x80:
             raise _Fail(1002, "client frames must be masked")
-        if opcode in _CONTROL_OPCODES and (not fin or length > 125):
+        if opcode in CONTROL_OPCODES and (not fin or length > 125):
             raise _Fail(1002, "control frames must be final and at most 125 bytes")
         if length == 126:
             (length,) = struct.unpack("!H", self._read_exact(2))
@@ -908,11 +793,11 @@ class WebSocketHandler(websocket_server.WebSocketHandler):
             (length,) = struct.unpack("!Q", self._read_exact(8))
             if length >> 63:
                 raise _Fail(1002, "invalid frame length")
-        if opcode in _DATA_OPCODES and self._frag_size + length > self.server.max_message_size:
+        if opcode in DATA_OPCODES and self._frag_size + length > self.server.max_message_size:
             # Checked before reading a single payload byte (#6).
             raise _Fail(1009, f"message exceeds {self.server.max_message_size} bytes")
         mask = self._read_exact(4)
-        return fin, opcode, _unmask(self._read_exact(length), mask)
+        return fin, opcode, unmask(self._read_exact(length), mask)
 
     def read_next_message(self) -> None:
         """Read and handle one frame; clears ``keep_alive`` when the connection is done."""
@@ -926,7 +811,7 @@ class WebSocketHandler(websocket_server.WebSocketHandler):
             elif opcode == OP_PING:
                 if not conn._close_started:
                     with conn._link.send_lock:  # pong with the exact payload bytes (#4)
-                        conn._link.sendall(_frame_header(OP_PONG, len(payload)) + payload)
+                        conn._link.sendall(frame_header(OP_PONG, len(payload)) + payload)
             elif opcode == OP_PONG:
                 if payload == conn._ping_payload:
                     conn._ping_sent_at = conn._ping_payload = None
@@ -971,7 +856,7 @@ class WebSocketHandler(websocket_server.WebSocketHandler):
         reason = ""
         if payload:
             (code,) = struct.unpack("!H", payload[:2])
-            if not _valid_close_code(code, sending=False):
+            if not valid_close_code(code, sending=False):
                 raise _Fail(1002, f"invalid close code {code}")
             try:
                 reason = payload[2:].decode("utf-8")
@@ -991,7 +876,7 @@ class WebSocketHandler(websocket_server.WebSocketHandler):
         """Fail the connection: Close with ``code``, then discard input until EOF or deadline."""
         logger.debug("%s: protocol error, closing with %d: %s", self._name, code, reason)
         self.keep_alive = False
-        if conn._queue_close(_close_payload(code, reason)):
+        if conn._queue_close(close_payload(code, reason)):
             conn._flush_close()
         # Lingering close; the watchdog shuts the socket down at the closing deadline.
         deadline = conn._link.deadline or time.monotonic()
@@ -1030,7 +915,7 @@ class WebSocketHandler(websocket_server.WebSocketHandler):
         payload = message.encode("utf-8") if isinstance(message, str) else bytes(message)
         link = self._require_ws()._link
         with link.send_lock:
-            link.sendall(_frame_header(OP_PONG, len(payload)) + payload)
+            link.sendall(frame_header(OP_PONG, len(payload)) + payload)
 
     def send_close(self, status: int = 1000, reason: str | bytes = b"") -> None:
         self._require_ws().close(status, reason)  # type: ignore[arg-type]
