@@ -114,17 +114,20 @@ class _Slot:
 class EncodeCache:
     """Encodes each (frame, variant) once and hands the JPEG to every client that asks.
 
-    Thread-safe. Bounded: it keeps the results of the last ``max_entries`` encodes; older ones
-    are dropped (a client only ever asks for recent frames).
+    Thread-safe. Bounded: it keeps the last ``max_entries`` encodes, and no more than
+    ``max_total_bytes`` of JPEG data; older ones are dropped first (clients only ever ask for
+    recent frames, so a dropped entry is at worst encoded again).
     """
 
-    def __init__(self, max_entries: int = 64) -> None:
+    def __init__(self, max_entries: int = 64, max_total_bytes: int = 32 * 1024 * 1024) -> None:
         self._lock = threading.Lock()
         self._slots: collections.OrderedDict[tuple[int, Variant], _Slot] = (
             collections.OrderedDict()
         )
         self._hints: dict[Variant, _Hint] = {}
         self._max_entries = max_entries
+        self._max_total_bytes = max_total_bytes
+        self._total_bytes = 0  # JPEG bytes held in _slots
         self.encodes = 0
         """JPEG files made: one per frame and variant (max_bytes retries not counted)."""
         self.encodes_by_variant: collections.Counter[Variant] = collections.Counter()
@@ -141,13 +144,12 @@ class EncodeCache:
             owner = slot is None
             if slot is None:
                 slot = self._slots[key] = _Slot()
-                while len(self._slots) > self._max_entries:
-                    self._slots.popitem(last=False)
         if not owner:
             slot.done.wait()
         else:
             try:
                 slot.result = self._encode(frame, variant)
+                self._keep(key, slot)
             except BaseException as exc:
                 slot.error = exc
                 with self._lock:
@@ -159,6 +161,20 @@ class EncodeCache:
             raise ValueError(f"could not encode frame {frame.seq}: {slot.error}")
         assert slot.result is not None
         return slot.result
+
+    def _keep(self, key: tuple[int, Variant], slot: _Slot) -> None:
+        """Account for a finished encode; drop the oldest entries beyond the bounds."""
+        assert slot.result is not None
+        with self._lock:
+            slots = self._slots
+            if slots.get(key) is slot:  # not already dropped while it was being encoded
+                self._total_bytes += len(slot.result.data)
+            while len(slots) > 1 and (
+                len(slots) > self._max_entries or self._total_bytes > self._max_total_bytes
+            ):
+                _, old = slots.popitem(last=False)
+                if old.result is not None:
+                    self._total_bytes -= len(old.result.data)
 
     def _encode(self, frame: Frame, variant: Variant) -> EncodedFrame:
         width, height = fit_size(frame.width, frame.height, variant.width, variant.height)

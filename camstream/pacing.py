@@ -35,9 +35,18 @@ class Pacer:
         """Seconds until the next frame may go (zero or less: now)."""
         return self.due - 0.25 / camera_fps - now
 
-    def wants(self, seq: int, now: float, camera_fps: float) -> bool:
-        """Whether frame ``seq`` should go now: newer than the last one, and due."""
-        return seq > self.last_seq and self.wait_s(now, camera_fps) <= 0
+    def wake_after(self, camera_fps: float) -> float:
+        """The ``time.monotonic()`` before which new camera frames are of no interest."""
+        return self.due - 0.25 / camera_fps if self.due else 0.0
+
+    def wants(self, seq: int, captured_monotonic: float, camera_fps: float) -> bool:
+        """Whether this frame should go: newer than the last one, and captured once due.
+
+        A viewer slower than the camera waits for the first frame captured after its due time
+        rather than taking the one captured just before it, which would be up to a camera
+        period old by the time it goes.
+        """
+        return seq > self.last_seq and captured_monotonic >= self.wake_after(camera_fps)
 
     def behind(self, unsent_bytes: int | None, now: float) -> bool:
         """Whether the viewer has not yet taken what it was sent, so this frame should be skipped.

@@ -11,6 +11,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import logging
+import math
 import threading
 import time
 from dataclasses import dataclass
@@ -113,7 +114,9 @@ class ClientSession:
         self._limiter = RateLimiter(control_rate, control_burst)
         self._stall_timeout = stall_timeout
         self._describe_camera = describe_camera or (lambda: {})
-        self._announced: tuple[Any, ...] | None = None
+        self._version = 0  # counts settings changes; metadata is resent when it moves
+        self._announced: tuple[int, int, int] | None = None  # (width, height, _version) sent
+        self._wake_after = 0.0  # time.monotonic() from which new frames wake the sender
         self._thread = threading.Thread(
             target=self._run, name=f"camstream-sender-{connection.id}", daemon=True
         )  # daemon: a sender blocked on a dead socket must never hold the process open
@@ -142,8 +145,13 @@ class ClientSession:
     # Called from other threads
 
     def wake(self) -> None:
-        """A new frame is there (called by the camera for every frame)."""
-        self._wake.set()
+        """A new frame is there (called by the camera for every frame, for every viewer).
+
+        Wakes the sender only if it could use the frame: a viewer on a slower timer, paused or
+        behind is left asleep, which saves most of the thread switches at high viewer counts.
+        """
+        if time.monotonic() >= self._wake_after:
+            self._wake.set()
 
     def post(self, message: dict[str, Any]) -> None:
         """Queue a text message; the sender sends it before the next frame."""
@@ -218,6 +226,9 @@ class ClientSession:
         behind = False  # the viewer has not taken the previous frames yet
         conn, camera = self.connection, self.camera
         while not self._stopping.is_set() and conn.is_open:
+            # Frames wake this thread only once it is due (see wake()); its own timer and the
+            # behind-poll cover the rest.
+            self._wake_after = math.inf if behind or self._paused else pacer.wake_after(camera.fps)
             wait = BEHIND_POLL_S if behind else pacer.wait_s(time.monotonic(), camera.fps)
             self._wake.wait(min(wait, _IDLE_WAKE_S) if wait > 0 else _IDLE_WAKE_S)
             self._wake.clear()
@@ -227,9 +238,9 @@ class ClientSession:
             if self._paused:
                 continue
             frame = camera.latest()
-            now = time.monotonic()
-            if frame is None or not pacer.wants(frame.seq, now, camera.fps):
+            if frame is None or not pacer.wants(frame.seq, frame.captured_monotonic, camera.fps):
                 continue
+            now = time.monotonic()
             behind = pacer.behind(conn.unsent_bytes(), now)
             if behind:
                 if pacer.stalled(now):
@@ -239,14 +250,16 @@ class ClientSession:
                 continue
             settings = self._settings
             encoded = self.cache.get(frame, settings.variant())
-            self._announce_if_changed(encoded, settings)
+            if (encoded.width, encoded.height, self._version) != self._announced:
+                self._send_metadata((encoded.width, encoded.height), settings)
             skipped = pacer.sent(frame.seq, len(encoded.data), now, settings.fps, camera.fps)
             if settings.frame_info:
                 conn.send_text(protocol.encode_message(self._frame_info(encoded, skipped)))
             conn.send_binary(encoded.data)
-            self.stats.frames_sent += 1
-            self.stats.frames_skipped += skipped
-            self.stats.bytes_sent += len(encoded.data)
+            stats = self.stats
+            stats.frames_sent += 1
+            stats.frames_skipped += skipped
+            stats.bytes_sent += len(encoded.data)
 
     def _flush_control(self) -> None:
         """Send queued text messages and, if settings changed, fresh metadata."""
@@ -261,7 +274,7 @@ class ClientSession:
                 self.connection.send_text(protocol.encode_message(message))
         if self._settings_changed:
             self._settings_changed = False
-            self._announced = None  # force a metadata message
+            self._version += 1
             self._send_metadata(self._output_size(), self._settings)
 
     def _output_size(self) -> tuple[int, int]:
@@ -273,18 +286,11 @@ class ClientSession:
         )
         return fit_size(width, height, settings.width, settings.height)
 
-    def _announce_if_changed(self, encoded: EncodedFrame, settings: ClientSettings) -> None:
-        if self._announced != self._announcement_key((encoded.width, encoded.height), settings):
-            self._send_metadata((encoded.width, encoded.height), settings)
-
-    def _announcement_key(self, size: tuple[int, int], settings: ClientSettings) -> tuple[Any, ...]:
-        return (size, self._effective_fps(settings), settings, self._paused)
-
     def _effective_fps(self, settings: ClientSettings) -> float:
         return min(settings.fps, self.camera.fps)
 
     def _send_metadata(self, size: tuple[int, int], settings: ClientSettings) -> None:
-        self._announced = self._announcement_key(size, settings)
+        self._announced = (size[0], size[1], self._version)
         message = protocol.metadata_message(
             width=size[0],
             height=size[1],

@@ -293,15 +293,17 @@ class HttpRoutes:
         streamer = self.streamer
         camera, cache = streamer.camera, streamer.cache
         pacer = Pacer(streamer.send_timeout)
+        seen = 0  # the newest frame looked at, sent or not
         while streamer.is_serving:
-            frame = camera.wait_for_frame(pacer.last_seq, _POLL_S)
+            wait = pacer.wait_s(time.monotonic(), camera.fps)
+            if wait > 0 and not self._sleep(wait):
+                return
+            frame = camera.wait_for_frame(seen, _POLL_S)
             if frame is None:
                 continue
-            wait = pacer.wait_s(time.monotonic(), camera.fps)
-            if wait > 0:
-                if not self._sleep(wait):
-                    return
-                frame = camera.latest() or frame  # the newest, after the wait
+            seen = frame.seq
+            if not pacer.wants(frame.seq, frame.captured_monotonic, camera.fps):
+                continue
             if pacer.behind(exchange.unsent_bytes(), time.monotonic()):
                 if pacer.stalled(time.monotonic()):
                     logger.info("MJPEG stream %d dropped: it stopped reading", stream.id)
@@ -309,9 +311,9 @@ class HttpRoutes:
                 if not self._sleep(BEHIND_POLL_S):
                     return
                 continue
+            now = time.monotonic()
             encoded = cache.get(frame, stream.variant)
             exchange.write(_part(encoded.data, encoded.captured_at))
-            now = time.monotonic()
             stream.frames_skipped += pacer.sent(
                 frame.seq, len(encoded.data), now, stream.fps, camera.fps
             )

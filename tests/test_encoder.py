@@ -114,3 +114,12 @@ def test_grayscale_and_bgra_frames_encode() -> None:
     bgra = np.zeros((48, 64, 4), np.uint8)
     for image in (gray, bgra):
         assert decode(encode_jpeg(image, 80)).shape[:2] == (48, 64)
+
+
+def test_cache_is_bounded_in_bytes_too() -> None:
+    cache = EncodeCache(max_entries=64, max_total_bytes=200_000)
+    for seq in range(1, 30):
+        cache.get(make_frame(seq, noise(320, 240, seed=seq)), Variant(quality=95))
+    held = sum(len(s.result.data) for s in cache._slots.values() if s.result is not None)
+    assert held == cache._total_bytes <= 200_000 + 100_000  # one frame may exceed the bound
+    assert len(cache._slots) >= 1

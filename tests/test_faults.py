@@ -1,0 +1,482 @@
+"""Faults under real load: a camera that vanishes, a viewer that stops reading, connection churn,
+shutdown while streaming, and a crash in application code.
+
+Real servers (``streamer_factory``, or a ``python -m camstream`` subprocess), real clients
+(``websockets`` or raw sockets). Nothing is mocked and nothing sleeps in place of waiting: every
+wait is on a message, a socket read with a timeout, or a bounded poll of state that has no event.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import json
+import logging
+import os
+import re
+import select
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import pytest
+from conftest import TIMEOUT, camstream_threads, wait_until, write_video
+from websockets.exceptions import ConnectionClosed
+from websockets.sync.client import connect
+
+from camstream import CloseCode, Streamer
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+# -- helpers -----------------------------------------------------------------------------------
+
+
+def proc_status(field: str) -> int:
+    """A numeric field of /proc/self/status (VmRSS in kB, Threads, ...)."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise KeyError(field)
+
+
+def open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+def next_message(ws: Any, kind: str | None = None, timeout: float = TIMEOUT) -> Any:
+    """The next JSON message of type ``kind`` (any type if None), skipping frames."""
+    deadline = time.monotonic() + timeout
+    while True:
+        message = ws.recv(timeout=max(deadline - time.monotonic(), 0.001))
+        if isinstance(message, str):
+            parsed = json.loads(message)
+            if kind is None or parsed.get("type") == kind:
+                return parsed
+
+
+def next_frame(ws: Any, timeout: float = TIMEOUT) -> bytes:
+    deadline = time.monotonic() + timeout
+    while True:
+        message = ws.recv(timeout=max(deadline - time.monotonic(), 0.001))
+        if isinstance(message, bytes):
+            return message
+
+
+class RawViewer:
+    """A WebSocket viewer on a bare socket: handshake, then exactly the reads a test asks for."""
+
+    def __init__(self, port: int, *, rcvbuf: int | None = None, timeout: float = TIMEOUT) -> None:
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        if rcvbuf is not None:  # before connect, so the window is small from the start
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+        self.sock.settimeout(timeout)
+        self.sock.connect(("127.0.0.1", port))
+        key = base64.b64encode(os.urandom(16)).decode()
+        self.sock.sendall(
+            f"GET / HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\n"
+            f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
+            f"Sec-WebSocket-Version: 13\r\n\r\n".encode()
+        )
+        self.buf = b""
+        while b"\r\n\r\n" not in self.buf:
+            self.buf += self._recv()
+        head, self.buf = self.buf.split(b"\r\n\r\n", 1)
+        assert head.startswith(b"HTTP/1.1 101"), head
+
+    def _recv(self) -> bytes:
+        chunk = self.sock.recv(65536)
+        if not chunk:
+            raise EOFError("server closed the connection")
+        return chunk
+
+    def read_exact(self, n: int) -> bytes:
+        while len(self.buf) < n:
+            self.buf += self._recv()
+        data, self.buf = self.buf[:n], self.buf[n:]
+        return data
+
+    def read_header(self) -> tuple[int, int]:
+        """Read one frame header; returns (opcode, payload length)."""
+        b1, b2 = self.read_exact(2)
+        n = b2 & 0x7F
+        if n == 126:
+            (n,) = struct.unpack("!H", self.read_exact(2))
+        elif n == 127:
+            (n,) = struct.unpack("!Q", self.read_exact(8))
+        return b1 & 0x0F, n
+
+    def read_message(self) -> tuple[int, bytes]:
+        opcode, n = self.read_header()
+        return opcode, self.read_exact(n)
+
+    def send_close(self, code: int = 1000) -> None:
+        payload = struct.pack("!H", code)
+        mask = os.urandom(4)
+        masked = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+        self.sock.sendall(bytes((0x88, 0x80 | len(payload))) + mask + masked)
+
+    def reset(self) -> None:
+        """Close abruptly: SO_LINGER 0 makes close() send a RST instead of a FIN."""
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        self.sock.close()
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+class Counter(threading.Thread):
+    """A websockets viewer in its own thread, stamping the arrival time of every frame."""
+
+    def __init__(self, url: str) -> None:
+        super().__init__(name="test-viewer", daemon=True)  # daemon: a failed test must not hang
+        self.url = url
+        self.arrivals: list[float] = []
+        self.close_code: int | None = None
+        self.closed_at: float | None = None
+        self.ready = threading.Event()  # set once the first frame arrived
+        self.stop = threading.Event()
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            with connect(self.url, open_timeout=TIMEOUT, max_size=2**24) as ws:
+                while not self.stop.is_set():
+                    try:
+                        message = ws.recv(timeout=0.2)
+                    except TimeoutError:
+                        continue
+                    except ConnectionClosed as exc:
+                        self.closed_at = time.monotonic()
+                        self.close_code = exc.rcvd.code if exc.rcvd is not None else None
+                        return
+                    if isinstance(message, bytes):
+                        self.arrivals.append(time.monotonic())
+                        self.ready.set()
+        except BaseException as exc:  # reported by the test
+            self.error = exc
+            self.ready.set()
+
+    def frames_between(self, t0: float, t1: float) -> int:
+        return sum(1 for t in list(self.arrivals) if t0 <= t < t1)
+
+
+class Publisher(threading.Thread):
+    """Publishes the given images in turn at ``fps`` (push source), stamping each publish time."""
+
+    def __init__(self, streamer: Streamer, images: list[np.ndarray], fps: float) -> None:
+        super().__init__(name="test-publisher", daemon=True)
+        self.streamer, self.images, self.period = streamer, images, 1.0 / fps
+        self.published: list[float] = []
+        self.stop = threading.Event()
+
+    def run(self) -> None:
+        deadline = time.monotonic()
+        i = 0
+        while not self.stop.is_set():
+            self.streamer.publish(self.images[i % len(self.images)], copy=False)
+            self.published.append(time.monotonic())
+            i += 1
+            deadline = max(deadline + self.period, time.monotonic() - self.period)
+            # The publisher's clock (a camera's frame period), not a wait for some state.
+            self.stop.wait(max(deadline - time.monotonic(), 0.0))
+
+    def count_between(self, t0: float, t1: float) -> int:
+        return sum(1 for t in list(self.published) if t0 <= t < t1)
+
+
+@contextlib.contextmanager
+def running(*threads: threading.Thread) -> Iterator[None]:
+    """Start the threads; on exit set their ``stop`` event and join them (bounded)."""
+    for thread in threads:
+        thread.start()
+    try:
+        yield
+    finally:
+        for thread in threads:
+            thread.stop.set()  # type: ignore[attr-defined]
+        for thread in threads:
+            thread.join(TIMEOUT)
+            assert not thread.is_alive(), f"{thread.name} did not stop"
+
+
+# -- camera loss -------------------------------------------------------------------------------
+
+
+def test_a_vanished_video_file_is_reported_lost_then_restored_and_frames_resume(
+    streamer_factory, tmp_path: Path
+) -> None:
+    clip = write_video(tmp_path / "clip.avi", frames=10, fps=10.0)  # 1 s, looped
+    away = tmp_path / "gone.avi"
+    streamer = streamer_factory(str(clip))
+    with connect(streamer.url, open_timeout=TIMEOUT) as a, \
+            connect(streamer.url, open_timeout=TIMEOUT) as b:
+        for ws in (a, b):
+            assert next_message(ws)["type"] == "metadata"
+            next_frame(ws)
+        # The open capture reads on to the end of the file; the reopen that follows fails.
+        os.rename(clip, away)
+        for ws in (a, b):
+            lost = next_message(ws, timeout=3 * TIMEOUT)
+            assert lost["type"] == "camera_lost", lost
+        assert streamer.camera.state.value == "lost"
+        os.rename(away, clip)
+        back = time.monotonic()
+        for ws in (a, b):
+            assert next_message(ws, "camera_restored", timeout=TIMEOUT)["type"] == "camera_restored"
+            next_frame(ws, timeout=TIMEOUT)
+            assert time.monotonic() - back < 2.0, "frames did not resume within 2 s"
+        assert streamer.stats()["client_count"] == 2  # both stayed connected throughout
+
+
+# -- a viewer that stops reading ---------------------------------------------------------------
+
+
+def _stalled_viewer_scenario(streamer_factory: Any, **options: Any) -> float:
+    """Two viewers read, one stops reading; returns how long until the stalled one was shed.
+
+    Checks on the way that the readers kept their rate through the stall and that memory stayed
+    flat.
+    """
+    rng = np.random.default_rng(7)
+    # Noise does not compress: each 1280x720 JPEG is about 600 KB, so buffers fill in a few frames.
+    images = [rng.integers(0, 256, (720, 1280, 3), dtype=np.uint8) for _ in range(4)]
+    for image in images:
+        image.flags.writeable = False
+    fps = 15.0
+    streamer = streamer_factory("push", fps=fps, **options)
+    publisher = Publisher(streamer, images, fps)
+    viewers = [Counter(streamer.url) for _ in range(2)]
+    with running(publisher, *viewers):
+        for viewer in viewers:
+            assert viewer.ready.wait(TIMEOUT) and viewer.error is None, viewer.error
+        # Steady state first, for the memory baseline: the encode cache keeps the last 64 JPEGs
+        # (~40 MB of them here), so it must be full before memory can be called flat.
+        assert wait_until(lambda: streamer.stats()["frames_encoded"] >= 70, timeout=3 * TIMEOUT)
+        rss_before = proc_status("VmRSS")
+        stalled = RawViewer(streamer.port, rcvbuf=16384)  # handshake, then never reads
+        try:
+            t0 = time.monotonic()
+            assert wait_until(lambda: streamer.stats()["client_count"] == 3)
+            shed = wait_until(lambda: streamer.stats()["client_count"] == 2, timeout=2 * TIMEOUT)
+            shed_after = time.monotonic() - t0
+            # Keep streaming a while after the shed, then compare the window with what was sent.
+            t1 = time.monotonic() + 1.0
+            assert wait_until(lambda: time.monotonic() >= t1 + 0.5, timeout=TIMEOUT)
+            published = publisher.count_between(t0, t1)
+            for viewer in viewers:
+                got = viewer.frames_between(t0, t1 + 0.2)
+                assert got >= 0.9 * published - 1, (got, published, shed_after)
+        finally:
+            stalled.close()
+        rss_after = proc_status("VmRSS")
+    assert rss_after - rss_before < 8 * 1024, (rss_before, rss_after)  # kB
+    assert shed, f"the stalled viewer was still connected after {shed_after:.1f} s"
+    return shed_after
+
+
+def test_a_viewer_that_stops_reading_is_shed_and_the_others_keep_their_rate(
+    streamer_factory,
+) -> None:
+    # Short keepalive too: whichever of the send timeout and the keepalive notices first.
+    shed_after = _stalled_viewer_scenario(
+        streamer_factory, send_timeout=1, ping_interval=1, ping_timeout=1
+    )
+    assert 1.0 <= shed_after < 1.0 + 2 * TIMEOUT
+
+
+def test_a_viewer_that_stops_reading_is_shed_after_the_send_timeout(streamer_factory) -> None:
+    shed_after = _stalled_viewer_scenario(streamer_factory, send_timeout=1)
+    assert 1.0 <= shed_after < 1.0 + TIMEOUT
+
+
+# -- connection churn --------------------------------------------------------------------------
+
+
+def _cycle(port: int, kind: int) -> None:
+    """One connect/disconnect of the given kind (0-3)."""
+    viewer = RawViewer(port)
+    try:
+        if kind == 3:  # gone right after the handshake, without reading anything
+            viewer.close()
+            return
+        opcode, _ = viewer.read_message()
+        assert opcode == 0x1  # metadata
+        if kind == 0:  # clean: Close, then read until the server's Close (or its EOF)
+            viewer.send_close(1000)
+            for _ in range(1000):
+                opcode, _ = viewer.read_message()
+                if opcode == 0x8:
+                    break
+            viewer.close()
+        elif kind == 1:  # abrupt: RST
+            viewer.reset()
+        else:  # mid-frame: part of a binary message read, then RST
+            for _ in range(1000):
+                opcode, n = viewer.read_header()
+                if opcode == 0x2:
+                    viewer.read_exact(n // 2)
+                    break
+                viewer.read_exact(n)
+            viewer.reset()
+    except EOFError:
+        viewer.close()  # the server may close first (a Close crossing ours); that is fine
+    except BaseException:
+        viewer.close()
+        raise
+
+
+def test_a_thousand_connects_and_disconnects_leak_no_thread_fd_or_memory(streamer_factory) -> None:
+    streamer = streamer_factory("test", width=160, height=120, fps=30)
+    port = streamer.port
+    for i in range(40):  # warm up allocators and thread stacks before the baseline
+        _cycle(port, i % 4)
+    settled = lambda: streamer.stats()["client_count"] == 0  # noqa: E731
+    assert wait_until(settled, timeout=2 * TIMEOUT)
+    base_threads, base_fds, base_rss = proc_status("Threads"), open_fds(), proc_status("VmRSS")
+
+    errors: list[BaseException] = []
+    cycles, workers = 1000, 4
+
+    def work(offset: int) -> None:
+        try:
+            for i in range(offset, cycles, workers):
+                _cycle(port, i % 4)
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+
+    started = time.monotonic()
+    threads = [threading.Thread(target=work, args=(k,), name=f"test-churn-{k}")
+               for k in range(workers)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60 * TIMEOUT / 5)
+    assert not any(t.is_alive() for t in threads), "churn did not finish"
+    assert not errors, errors[:3]
+    elapsed = time.monotonic() - started
+
+    def back_to_baseline() -> bool:
+        return (settled() and proc_status("Threads") <= base_threads
+                and open_fds() <= base_fds)
+
+    assert wait_until(back_to_baseline, timeout=2 * TIMEOUT), (
+        f"threads {proc_status('Threads')} (was {base_threads}), fds {open_fds()} "
+        f"(was {base_fds}), clients {streamer.stats()['client_count']}"
+    )
+    growth = proc_status("VmRSS") - base_rss
+    assert growth < 10 * 1024, f"RSS grew by {growth} kB over {cycles} cycles"
+    assert elapsed < 60, elapsed
+    # The server still streams.
+    with connect(streamer.url, open_timeout=TIMEOUT) as ws:
+        next_message(ws, "metadata")
+        next_frame(ws)
+
+
+# -- shutdown under load -----------------------------------------------------------------------
+
+
+def test_stop_with_twenty_viewers_streaming_closes_each_with_1001_within_a_second(
+    streamer_factory,
+) -> None:
+    streamer = streamer_factory("test", fps=30)
+    viewers = [Counter(streamer.url) for _ in range(20)]
+    with running(*viewers):
+        for viewer in viewers:
+            assert viewer.ready.wait(TIMEOUT) and viewer.error is None, viewer.error
+        assert wait_until(lambda: all(len(v.arrivals) >= 3 for v in viewers))
+        threads_before = {t for t in camstream_threads()}
+        assert len(threads_before) >= 20 + 2  # senders, readers, camera, server, watchdog
+        started = time.monotonic()
+        streamer.stop()
+        assert wait_until(lambda: all(v.closed_at is not None for v in viewers), timeout=TIMEOUT)
+    assert [v.close_code for v in viewers] == [CloseCode.GOING_AWAY] * 20
+    assert max(v.closed_at for v in viewers) - started < 1.0  # type: ignore[type-var]
+    assert wait_until(lambda: not (set(camstream_threads()) & threads_before)), \
+        [t.name for t in set(camstream_threads()) & threads_before]
+    assert streamer.camera.state.value == "stopped"
+
+
+def test_sigint_stops_the_command_cleanly_and_viewers_get_1001(tmp_path: Path) -> None:
+    log = open(tmp_path / "stderr.txt", "w+")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "camstream", "--source", "test", "--port", "0"],
+        cwd=REPO, stdout=subprocess.PIPE, stderr=log, text=True,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
+    try:
+        assert proc.stdout is not None
+        ready, _, _ = select.select([proc.stdout], [], [], 4 * TIMEOUT)
+        assert ready, "no startup line"
+        line = proc.stdout.readline()
+        match = re.search(r"ws://\S+/", line)
+        assert match, line
+        with connect(match.group(0), open_timeout=TIMEOUT) as ws:
+            assert next_message(ws)["type"] == "metadata"
+            next_frame(ws)
+            proc.send_signal(signal.SIGINT)
+            with pytest.raises(ConnectionClosed) as info:
+                for _ in range(10_000):
+                    ws.recv(timeout=TIMEOUT)
+            assert info.value.rcvd is not None and info.value.rcvd.code == CloseCode.GOING_AWAY
+        assert proc.wait(2 * TIMEOUT) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        proc.stdout.close()  # type: ignore[union-attr]
+        log.seek(0)
+        stderr = log.read()
+        log.close()
+    assert "Traceback" not in stderr, stderr
+
+
+# -- a crash in application code ---------------------------------------------------------------
+
+
+class CrashingStreamer(Streamer):
+    """An application that extends Streamer with its own control message, and has a bug in it."""
+
+    def on_text(self, conn: Any, text: str) -> None:
+        if json.loads(text).get("type") == "app_command":
+            raise RuntimeError("bug in the application's handler")
+        super().on_text(conn, text)
+
+
+def test_an_exception_in_an_application_callback_closes_that_client_with_1011_only(
+    caplog,
+) -> None:
+    # (The encoder-error path of the sender thread is covered in test_control.py; this is the
+    # transport's callback path, from a real client's message.)
+    streamer = CrashingStreamer("test", port=0, fps=30)
+    streamer.start()
+    try:
+        with connect(streamer.url, open_timeout=TIMEOUT) as victim, \
+                connect(streamer.url, open_timeout=TIMEOUT) as bystander:
+            for ws in (victim, bystander):
+                next_message(ws, "metadata")
+                next_frame(ws)
+            with caplog.at_level(logging.ERROR, logger="camstream"):
+                victim.send(json.dumps({"type": "app_command"}))
+                with pytest.raises(ConnectionClosed) as info:
+                    for _ in range(10_000):
+                        victim.recv(timeout=TIMEOUT)
+            assert info.value.rcvd is not None
+            assert info.value.rcvd.code == CloseCode.INTERNAL_ERROR
+            failures = [r for r in caplog.records if "raised" in r.getMessage()]
+            assert failures and failures[0].exc_info is not None  # logged with the traceback
+            for _ in range(5):  # the other viewer never noticed
+                next_frame(bystander)
+        with connect(streamer.url, open_timeout=TIMEOUT) as newcomer:
+            next_message(newcomer, "metadata")
+            next_frame(newcomer)
+    finally:
+        streamer.stop()
