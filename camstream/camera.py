@@ -36,6 +36,7 @@ Source = Union[int, str, None]
 """A device index, a file path or URL, ``"test"``, or ``"push"``/``None``."""
 
 _DEFAULT_SIZE = (640, 480)
+_MAX_SIDE = 65500  # the largest picture a JPEG can hold
 _URL_SCHEMES = ("rtsp://", "rtsps://", "rtmp://", "http://", "https://", "udp://", "tcp://")
 
 
@@ -275,10 +276,11 @@ class CameraThread:
 
     # Readers
 
-    def latest(self) -> Frame | None:
-        """The newest frame, or ``None`` before the first one."""
+    def latest(self, wait: float = 0.0) -> Frame | None:
+        """The newest frame; before the first one, wait up to ``wait`` s for it (else None)."""
         with self._cond:
-            return self._latest
+            latest = self._latest
+        return latest if latest is not None or wait <= 0 else self.wait_for_frame(0, wait)
 
     def wait_for_frame(self, after_seq: int, timeout: float | None) -> Frame | None:
         """Wait for a frame whose ``seq`` is greater than ``after_seq`` and return the newest.
@@ -316,6 +318,8 @@ class CameraThread:
             raise ConfigError("publish() takes an 8-bit BGR or grayscale numpy array")
         if image.ndim == 3 and image.shape[2] not in (1, 3, 4):
             raise ConfigError("publish() takes 1, 3 or 4 colour channels")
+        if image.size == 0 or max(image.shape[:2]) > _MAX_SIDE:
+            raise ConfigError(f"publish() takes a non-empty image at most {_MAX_SIDE} px a side")
         if self._stopping.is_set():
             raise ConfigError("publish() after stop()")
         return self._store(image.copy() if copy else image)
@@ -336,9 +340,10 @@ class CameraThread:
         return frame
 
     def _set_state(self, state: CameraState) -> None:
-        previous, self._state = self._state, state
-        if previous is state:
+        previous = self._state
+        if previous is state or previous is CameraState.STOPPED:  # stopped is final
             return
+        self._state = state
         event = None
         if state is CameraState.LOST:
             event = "camera_lost"
@@ -409,8 +414,10 @@ class CameraThread:
             else:
                 self._run_capture()
         except Exception:
-            # A bug, not a source failure (those are handled in the loop): keep it visible.
+            # A bug, not a source failure (those are handled in the loop): keep it visible, and
+            # tell viewers there will be no more frames.
             logger.exception("camera thread crashed")
+            self._set_state(CameraState.LOST)
         finally:
             if self._capture is not None:
                 self._capture.release()
@@ -440,19 +447,18 @@ class CameraThread:
         deadline = time.monotonic()
         frames_since_open = 0
         while not self._stopping.is_set():
-            capture = self._capture
-            ok, image = capture.read() if capture is not None else (False, None)
+            ok, image = self._read()
             if ok and image is not None:
                 if self._state is not CameraState.STREAMING:
                     self._set_state(CameraState.STREAMING)
-                self._store(self._fit(image))
+                self._store(image)
                 self._retry_delay = 0.25
                 frames_since_open += 1
                 if paced:
                     deadline = self._next_deadline(deadline, 1.0 / self.fps)
                 continue
-            if capture is not None:
-                capture.release()
+            if self._capture is not None:
+                self._capture.release()
                 self._capture = None
             # A file that played to its end starts again (or ends) without fuss; anything else,
             # including a file that opened but gave no frame, is a lost source.
@@ -464,6 +470,20 @@ class CameraThread:
                 return
             frames_since_open = 0
             deadline = time.monotonic()
+
+    def _read(self) -> tuple[bool, np.ndarray | None]:
+        """One frame from the capture, scaled; a failing or broken read is (False, None)."""
+        capture = self._capture
+        if capture is None:
+            return False, None
+        try:
+            ok, image = capture.read()
+            if not ok or image is None or image.size == 0:
+                return False, None
+            return True, self._fit(image)
+        except cv2.error as exc:  # a broken stream: treated like any failed read (reopen)
+            logger.debug("read failed: %s", exc)
+            return False, None
 
     def _reopen(self, wait_first: bool, quietly: bool) -> bool:
         """Reopen the source with backoff until it works or stop() is called.

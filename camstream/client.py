@@ -75,7 +75,9 @@ class Client:
         sslopt: passed to websocket-client for ``wss://`` (e.g. ``{"ca_certs": path}``).
 
     Iterating ends when the server closes the connection; :attr:`close_code` and
-    :attr:`close_reason` then say why.
+    :attr:`close_reason` then say why. If no message arrives for ``timeout`` seconds (a camera
+    lost, a paused stream), iterating raises ``TimeoutError``; the connection stays open and
+    iterating again goes on.
     """
 
     def __init__(
@@ -132,11 +134,13 @@ class Client:
             self.url, timeout=self._timeout, header=headers, sslopt=self._sslopt,
             enable_multithread=True,
         )
-        while not self.metadata:
-            message = self._receive()
-            if message is None:
-                self.close()
-                raise ConnectionClosedError(self._closed_text())
+        try:
+            while not self.metadata:
+                if self._receive() is None:
+                    raise ConnectionClosedError(self._closed_text())
+        except BaseException:
+            self.close()
+            raise
         return self
 
     def close(self, code: int = 1000, reason: str = "") -> None:
@@ -182,6 +186,8 @@ class Client:
             return None
         try:
             opcode, data = self._ws.recv_data(control_frame=False)
+        except websocket.WebSocketTimeoutException:
+            raise TimeoutError(f"no message from the server in {self._timeout} s") from None
         except websocket.WebSocketConnectionClosedException:
             self.close_code = self.close_code or 1006
             return None

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import collections
 import logging
+import math
 import threading
 from dataclasses import dataclass, field
 
@@ -176,6 +177,22 @@ class EncodeCache:
                 if old.result is not None:
                     self._total_bytes -= len(old.result.data)
 
+    def _nearest_hint(self, variant: Variant) -> _Hint:
+        """A starting point for a new byte limit: the setting found for the nearest limit on the
+        same size and quality (the caller holds the lock). Without it, every new limit a client
+        asks for would cost a full search of several encodes."""
+        assert variant.max_bytes is not None
+        limit = variant.max_bytes
+        best: tuple[float, _Hint] | None = None
+        for known, hint in self._hints.items():
+            if (known.width, known.height, known.quality) == (
+                variant.width, variant.height, variant.quality
+            ) and known.max_bytes is not None:
+                distance = abs(math.log(known.max_bytes / limit))
+                if best is None or distance < best[0]:
+                    best = (distance, hint)
+        return best[1] if best is not None else _Hint(variant.quality)
+
     def _encode(self, frame: Frame, variant: Variant) -> EncodedFrame:
         width, height = fit_size(frame.width, frame.height, variant.width, variant.height)
         if variant.max_bytes is None:
@@ -205,7 +222,7 @@ class EncodeCache:
         assert variant.max_bytes is not None
         limit = variant.max_bytes
         with self._lock:
-            hint = self._hints.setdefault(variant, _Hint(variant.quality))
+            hint = self._hints.get(variant) or self._nearest_hint(variant)
             quality, scale = hint.quality, hint.scale
         data = b""
         while True:

@@ -117,8 +117,8 @@ def parse_control(text: str) -> dict[str, Any]:
         ProtocolInputError: not JSON, not an object, or an unknown ``type``.
     """
     try:
-        message = json.loads(text)
-    except ValueError:
+        message = json.loads(text, parse_constant=_refuse_constant)
+    except (ValueError, RecursionError):
         raise ProtocolInputError("message is not valid JSON") from None
     if not isinstance(message, dict):
         raise ProtocolInputError("message must be a JSON object with a \"type\"")
@@ -127,6 +127,11 @@ def parse_control(text: str) -> dict[str, Any]:
         known = ", ".join(sorted(CONTROL_TYPES))
         raise ProtocolInputError(f"unknown message type {kind!r}; known types: {known}")
     return message
+
+
+def _refuse_constant(name: str) -> None:
+    """NaN and Infinity are not JSON, whatever Python's json module accepts."""
+    raise ValueError(f"{name} is not JSON")
 
 
 def parse_config(

@@ -11,6 +11,7 @@ import ipaddress
 import logging
 import threading
 import time
+import urllib.parse
 from typing import Any, Iterable
 
 import numpy as np
@@ -123,13 +124,15 @@ class Streamer(BaseApplication):
             "ping_timeout": ping_timeout,
             "handshake_timeout": handshake_timeout,
             "max_message_size": max_message_size,
+            # Every connection costs a thread before any check runs: cap them well above the
+            # viewers we admit (refused and closing connections need room too).
+            "max_connections": 512 if max_clients is None else 2 * max_clients + 64,
         }
         self._server: WebSocketServer | None = None
         self._serve_thread: threading.Thread | None = None
         self._sessions: dict[int, ClientSession] = {}
         self._sessions_lock = threading.Lock()
         self._stopped = threading.Event()
-        self._stop_lock = threading.Lock()
         self._started_at: float | None = None
 
     # Lifecycle
@@ -185,10 +188,10 @@ class Streamer(BaseApplication):
 
         Safe from any thread, including a callback thread of this Streamer.
         """
-        with self._stop_lock:
-            if self._stopped.is_set():
-                return
-            self._stopped.set()
+        # No early return when a stop is already under way: a second stop() (a second Ctrl+C
+        # that interrupted the first, __exit__ after stop()) runs the same idempotent steps, so
+        # whichever finishes, everything is closed.
+        self._stopped.set()
         server = self._server
         if server is not None:
             server.shutdown()  # stop accepting; returns once serve_forever has left its loop
@@ -197,7 +200,7 @@ class Streamer(BaseApplication):
             session.stop(timeout)
         if server is not None:
             server.server_close()
-        self.camera.stop()
+        self.camera.stop(timeout)
         thread = self._serve_thread
         if thread is not None and thread is not threading.current_thread():
             thread.join(timeout)
@@ -334,11 +337,21 @@ class Streamer(BaseApplication):
                 return CloseCode.POLICY_VIOLATION, "token required"
             if not hmac.compare_digest(offered.encode(), self.token.encode()):
                 return CloseCode.POLICY_VIOLATION, "invalid token"
+        host = request.headers.get("host", "").strip().lower()
+        if host and self._loopback and not _is_loopback_name(host):
+            # A browser sent here through a name that is not this machine's: DNS rebinding.
+            return CloseCode.POLICY_VIOLATION, "host not allowed"
         origin = request.origin
-        if self.allowed_origins is not None and origin is not None:
-            if origin.rstrip("/").lower() not in self.allowed_origins:
-                return CloseCode.POLICY_VIOLATION, "origin not allowed"
+        if origin is not None and not self._origin_allowed(origin.rstrip("/").lower(), host):
+            return CloseCode.POLICY_VIOLATION, "origin not allowed"
         return None
+
+    def _origin_allowed(self, origin: str, host: str) -> bool:
+        """Same-origin pages always; other pages only if listed (``"*"``: any page)."""
+        if urllib.parse.urlsplit(origin).netloc == host:
+            return True
+        allowed = self.allowed_origins
+        return allowed is not None and ("*" in allowed or origin in allowed)
 
     def _take_sessions(self) -> list[ClientSession]:
         with self._sessions_lock:
@@ -395,16 +408,33 @@ class Streamer(BaseApplication):
             "connected_s": round(now - stats.connected_at, 3),
         }
 
-    def _warn_if_exposed(self) -> None:
-        if self.token is not None:
-            return
+    @property
+    def _loopback(self) -> bool:
+        """Whether the server listens on a loopback address only."""
         try:
-            loopback = ipaddress.ip_address(self.host).is_loopback
+            return ipaddress.ip_address(self.host).is_loopback
         except ValueError:
-            loopback = self.host == "localhost"
-        if not loopback:
+            return self.host == "localhost"
+
+    def _warn_if_exposed(self) -> None:
+        if self.token is None and not self._loopback:
             logger.warning(
                 "listening on %s without a token: anyone who can reach this port can watch. "
                 "Set token=... (CLI: --token or CAMSTREAM_TOKEN).", self.host,
             )
 
+
+
+
+def _is_loopback_name(host: str) -> bool:
+    """Whether a Host header value names this machine: ``localhost``, ``127.x.y.z``, ``[::1]``."""
+    if host.startswith("["):
+        name = host[1:].split("]", 1)[0]
+    else:
+        name = host.rsplit(":", 1)[0] if host.count(":") == 1 else host
+    if name == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False

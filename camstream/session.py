@@ -32,6 +32,7 @@ __all__ = ["ClientSettings", "ClientSession", "RateLimiter"]
 logger = logging.getLogger(__name__)
 
 _IDLE_WAKE_S = 1.0  # a sender with nothing to do still looks at its state this often
+_OUTBOX_LIMIT = 64  # queued replies beyond this are dropped (events are kept)
 _FIRST_FRAME_WAIT_S = 2.0  # a snapshot asked for before the first frame waits this long for it
 
 
@@ -108,11 +109,11 @@ class ClientSession:
         self._lock = threading.Lock()  # guards _settings, _paused, _outbox, _settings_changed
         self._paused = False
         self._settings_changed = True  # the first thing sent is the metadata
-        self._outbox: collections.deque[dict[str, Any]] = collections.deque(maxlen=64)
+        self._outbox: collections.deque[dict[str, Any]] = collections.deque()
         self._wake = threading.Event()
         self._stopping = threading.Event()
         self._limiter = RateLimiter(control_rate, control_burst)
-        self._stall_timeout = stall_timeout
+        self._pacer = Pacer(stall_timeout)  # used by the sender thread only
         self._describe_camera = describe_camera or (lambda: {})
         self._version = 0  # counts settings changes; metadata is resent when it moves
         self._announced: tuple[int, int, int] | None = None  # (width, height, _version) sent
@@ -153,9 +154,15 @@ class ClientSession:
         if time.monotonic() >= self._wake_after:
             self._wake.set()
 
-    def post(self, message: dict[str, Any]) -> None:
-        """Queue a text message; the sender sends it before the next frame."""
+    def post(self, message: dict[str, Any], *, droppable: bool = False) -> None:
+        """Queue a text message; the sender sends it before the next frame.
+
+        ``droppable`` messages (replies to the client's own requests) are dropped when the
+        queue is full, so a client that floods requests cannot push out events.
+        """
         with self._lock:
+            if droppable and len(self._outbox) >= _OUTBOX_LIMIT:
+                return
             self._outbox.append(message)
         self._wake.set()
 
@@ -178,7 +185,7 @@ class ClientSession:
         try:
             message = protocol.parse_control(text)
         except ProtocolInputError as exc:
-            self.post(protocol.error_message(str(exc)))
+            self.post(protocol.error_message(str(exc)), droppable=True)
             return
         kind = message["type"]
         if kind == "config":
@@ -188,19 +195,20 @@ class ClientSession:
         elif kind == "resume":
             self._set_paused(False)
         elif kind == "ping":
-            self.post({"type": "pong", "t": message.get("t"), "server_time": time.time()})
+            pong = {"type": "pong", "t": message.get("t"), "server_time": time.time()}
+            self.post(pong, droppable=True)
         elif kind == "snapshot":
             wanted, problems = protocol.parse_config({"quality": message.get("quality", 95)})
             for problem in problems:
-                self.post(protocol.error_message(f"snapshot {problem}"))
+                self.post(protocol.error_message(f"snapshot {problem}"), droppable=True)
             if wanted:
-                self.post({"type": "_snapshot", "quality": wanted["quality"]})
+                self.post({"type": "_snapshot", "quality": wanted["quality"]}, droppable=True)
 
     def apply_config(self, values: dict[str, Any], *, from_url: bool) -> None:
         """Apply settings from a ``config`` message or URL query; report refused values."""
         changes, problems = protocol.parse_config(values, from_url=from_url)
         for problem in problems:
-            self.post(protocol.error_message(problem))
+            self.post(protocol.error_message(problem), droppable=True)
         if changes or not from_url:
             self.update(**changes)  # a config message is always answered with metadata
 
@@ -222,7 +230,7 @@ class ClientSession:
             self.connection.close(CloseCode.INTERNAL_ERROR, "internal error")
 
     def _send_loop(self) -> None:
-        pacer = Pacer(self._stall_timeout)
+        pacer = self._pacer
         behind = False  # the viewer has not taken the previous frames yet
         conn, camera = self.connection, self.camera
         while not self._stopping.is_set() and conn.is_open:
@@ -239,6 +247,7 @@ class ClientSession:
                 continue
             frame = camera.latest()
             if frame is None or not pacer.wants(frame.seq, frame.captured_monotonic, camera.fps):
+                behind = False  # nothing to send: look again when a frame is wanted
                 continue
             now = time.monotonic()
             behind = pacer.behind(conn.unsent_bytes(), now)
@@ -275,6 +284,7 @@ class ClientSession:
         if self._settings_changed:
             self._settings_changed = False
             self._version += 1
+            self._pacer.due = 0.0  # a new rate starts now, not when the old timer runs out
             self._send_metadata(self._output_size(), self._settings)
 
     def _output_size(self) -> tuple[int, int]:
@@ -316,13 +326,14 @@ class ClientSession:
         }
 
     def _send_snapshot(self, quality: int) -> None:
-        frame = self.camera.latest() or self.camera.wait_for_frame(0, _FIRST_FRAME_WAIT_S)
+        frame = self.camera.latest(wait=_FIRST_FRAME_WAIT_S)
         if frame is None:
             self.connection.send_text(
                 protocol.encode_message(protocol.error_message("no frame to snapshot yet"))
             )
             return
-        encoded = self.cache.get(frame, Variant(quality=quality))
+        variant = Variant(quality=quality, max_bytes=self._settings.max_bytes)
+        encoded = self.cache.get(frame, variant)
         message = {
             "type": "snapshot",
             "seq": encoded.seq,

@@ -98,6 +98,7 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 _JOIN_LIMIT = 65536  # payloads up to this size are joined with their header: one sendall
+_MAX_FRAGMENTS = 1024  # a client message may come in at most this many frames
 
 
 def _writable_now(sock: socket.socket) -> bool:
@@ -156,6 +157,7 @@ class _Link:
         self.fd_closed = False
         self.conn: Connection | None = None
         self.done = threading.Event()  # set when the handler thread has cleaned up
+        self.owner = threading.current_thread()  # the handler thread (it creates the link)
 
     def sendall(self, *chunks: bytes | bytearray | memoryview) -> None:
         """Write ``chunks`` completely; the caller holds :attr:`send_lock`.
@@ -330,7 +332,13 @@ class Connection:
             return
         lock = self._link.send_lock
         if not lock.acquire(blocking=False):
-            return  # a sender holds the lock; it writes the Close after its current frame
+            # Someone is writing (a frame, a pong, a keepalive ping). A frame sender writes the
+            # queued Close after its frame; for the others, a helper waits for the lock. Whoever
+            # comes second finds nothing queued.
+            threading.Thread(
+                target=self._flush_close, name=f"camstream-close-{self.id}", daemon=True
+            ).start()
+            return
         try:
             if self._close_frame is None or not self._link.writable:
                 return
@@ -830,6 +838,8 @@ class WebSocketHandler(websocket_server.WebSocketHandler):
         elif self._frag_opcode is not None:
             raise _Fail(1002, "new message inside a fragmented message")
         if not fin:
+            if len(self._frag_chunks) >= _MAX_FRAGMENTS:  # empty fragments cost memory too
+                raise _Fail(1009, f"message in more than {_MAX_FRAGMENTS} fragments")
             self._frag_opcode = opcode
             self._frag_chunks.append(payload)
             self._frag_size += len(payload)
@@ -941,7 +951,9 @@ class WebSocketServer(websocket_server.WebsocketServer):
         ConfigError: an argument is out of range.
     """
 
-    allow_reuse_address = True  # rebinding over TIME_WAIT only; a live listener still fails
+    # Rebinding over TIME_WAIT only; a live listener still fails. Not on Windows, where
+    # SO_REUSEADDR would let another process bind a port that is in use.
+    allow_reuse_address = os.name != "nt"
     # Handler threads block in recv() for the life of a connection. Daemon threads let the
     # process exit even if the host forgets to stop the server; close_all() is the orderly path.
     daemon_threads = True
@@ -968,6 +980,7 @@ class WebSocketServer(websocket_server.WebsocketServer):
         close_timeout: float = 1.0,
         subprotocols: Sequence[str] = (),
         backlog: int = 128,
+        max_connections: int = 512,
     ) -> None:
         if ssl_context is not None and not isinstance(ssl_context, ssl.SSLContext):
             raise ConfigError("ssl_context must be an ssl.SSLContext (see make_ssl_context)")
@@ -978,6 +991,7 @@ class WebSocketServer(websocket_server.WebsocketServer):
             ("max_request_line", max_request_line),
             ("max_headers", max_headers),
             ("backlog", backlog),
+            ("max_connections", max_connections),
         ):
             if not isinstance(value, int) or value < 1:
                 raise ConfigError(f"{name} must be a positive integer, not {value!r}")
@@ -1004,6 +1018,8 @@ class WebSocketServer(websocket_server.WebsocketServer):
         )
         self.ping_interval, self.ping_timeout = ping_interval, ping_timeout
         self.subprotocols = tuple(subprotocols)
+        self.max_connections = max_connections
+        self._active = 0  # accepted sockets whose handler thread has not finished
         self.request_queue_size = backlog  # socketserver's default of 5 drops connect bursts (#16)
         self.address_family = socket.AF_INET6 if ":" in host else socket.AF_INET
         self.host, self.key, self.cert = host, None, None  # base attributes; never TLS via key/cert
@@ -1092,7 +1108,10 @@ class WebSocketServer(websocket_server.WebsocketServer):
                 link.conn.close(code, reason)
             else:
                 link.abort()
+        me = threading.current_thread()
         for link in links:
+            if link.owner is me:  # stop() called from this link's own callback: cannot wait
+                continue
             if not link.done.wait(max(0.0, deadline - time.monotonic())):
                 link.abort()
 
@@ -1117,6 +1136,38 @@ class WebSocketServer(websocket_server.WebsocketServer):
             logger.debug("connection from %s dropped: %r", client_address, exc)
         else:
             logger.exception("unexpected error serving %s", client_address)
+
+    # -- Admission -----------------------------------------------------------------------------
+
+    def verify_request(self, request: Any, client_address: Any) -> bool:
+        """Accepting thread: refuse a socket beyond ``max_connections`` before it gets a thread.
+
+        Each connection costs a thread from accept on, before any token or ``max_clients`` check
+        can run, so this is what keeps a flood of idle connections from exhausting threads.
+        """
+        with self._lock:
+            if self._active >= self.max_connections:
+                logger.debug("refusing %s: %d connections open", client_address, self._active)
+                return False
+            self._active += 1
+        return True
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request(request, client_address)
+        except BaseException:  # the handler thread did not start: it will not count down
+            self._connection_done()
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._connection_done()
+
+    def _connection_done(self) -> None:
+        with self._lock:
+            self._active -= 1
 
     # -- Registry ------------------------------------------------------------------------------
 

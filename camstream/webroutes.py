@@ -23,7 +23,7 @@ answers other methods, HEAD included, with 405).
 
 Access rules: ``/snapshot.jpg``, ``/stream.mjpg`` and ``/stats.json`` follow the WebSocket rules
 (:meth:`Streamer.access_refusal`): a missing or wrong token is answered with 401 and
-``WWW-Authenticate: Bearer``, a foreign ``Origin`` with 403. **The viewer page is served to
+``WWW-Authenticate: Bearer``, a foreign ``Origin`` or ``Host`` with 403. **The viewer page is served to
 everyone**: it is the same static file for every caller and holds no frame, no setting and no
 secret. It reads the token from its own URL (``/?token=X``) and hands it to the WebSocket, which
 enforces the rules, so a visitor without the right token gets a page that says why it was refused
@@ -34,9 +34,9 @@ with a Content-Security-Policy under which it loads nothing from elsewhere, and 
 Every MJPEG stream follows the rules of a WebSocket viewer (``session.py``): it takes its JPEGs
 from the Streamer's shared :class:`~camstream.encoder.EncodeCache` (viewers of the same variant
 share one encode, whatever the protocol), always sends the newest frame and never one it already
-sent, is paced by its own clock (:func:`next_due`), and queues nothing itself: a reader that
-stops reading blocks only its own handler thread, until the transport's send watchdog
-(``send_timeout``) drops it. Streams end within :data:`_POLL_S` seconds of ``Streamer.stop()``.
+sent, is paced by its own clock (:class:`~camstream.pacing.Pacer`), skips frames while what it
+sent is still unacknowledged, and queues nothing itself: a reader that stops reading is dropped
+after ``send_timeout``. Streams end within :data:`_POLL_S` seconds of ``Streamer.stop()``.
 MJPEG streams count against ``max_clients`` together with the WebSocket viewers.
 """
 

@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 import websocket  # websocket-client
-from conftest import TIMEOUT  # noqa: E402
+from conftest import TIMEOUT, wait_until  # noqa: E402
 from websockets.sync.client import connect as ws_connect
 from wsraw import (
     OP_BINARY,
@@ -31,6 +31,7 @@ from wsraw import (
     OP_PONG,
     OP_TEXT,
     RawClient,
+    build_frame,
     upgrade_request,
 )
 
@@ -775,3 +776,26 @@ def test_import_leaves_root_logging_alone() -> None:
     )
     assert result.returncode == 0, result.stderr
     assert result.stderr == ""
+
+
+def test_many_empty_fragments_are_refused_with_1009(app: Recorder) -> None:
+    with run_server(app) as server, RawClient(server.port) as client:
+        client.handshake()
+        frames = build_frame(OP_TEXT, b"", fin=False) + build_frame(OP_CONT, b"", fin=False) * 2000
+        client.send(frames)
+        assert client.recv_close()[0] == 1009
+
+
+def test_connections_beyond_the_cap_are_refused_before_they_cost_a_thread(app: Recorder) -> None:
+    with run_server(app, max_connections=3) as server:
+        idle = [socket.create_connection(("127.0.0.1", server.port), TIMEOUT) for _ in range(3)]
+        try:
+            with RawClient(server.port) as extra:
+                assert extra.expect_eof(), "a fourth connection was kept open"
+        finally:
+            for sock in idle:
+                sock.close()
+        # the slots come back once those connections are gone
+        assert wait_until(lambda: server._active == 0)
+        with RawClient(server.port) as client:
+            assert client.handshake()
