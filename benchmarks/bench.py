@@ -35,8 +35,8 @@ import os
 import platform
 import queue
 import subprocess
-import tempfile
 import sys
+import tempfile
 import threading
 import time
 from dataclasses import dataclass

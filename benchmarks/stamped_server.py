@@ -27,8 +27,9 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(1, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from camstream import Streamer  # noqa: E402
 from stamp import FrameSource  # noqa: E402
+
+from camstream import Streamer  # noqa: E402
 
 
 class Publisher:
