@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import functools
 import logging
 import math
 import threading
@@ -47,7 +48,9 @@ class ClientSettings:
     max_bytes: int | None = None
     frame_info: bool = False
 
+    @functools.cached_property
     def variant(self) -> Variant:
+        """The encode these settings ask for (made once: it is looked up for every frame)."""
         return Variant(self.width, self.height, self.quality, self.max_bytes)
 
 
@@ -258,7 +261,7 @@ class ClientSession:
                     return
                 continue
             settings = self._settings
-            encoded = self.cache.get(frame, settings.variant())
+            encoded = self.cache.get(frame, settings.variant)
             if (encoded.width, encoded.height, self._version) != self._announced:
                 self._send_metadata((encoded.width, encoded.height), settings)
             skipped = pacer.sent(frame.seq, len(encoded.data), now, settings.fps, camera.fps)

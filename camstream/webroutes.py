@@ -22,14 +22,14 @@ ignored, a bad value is answered with 400 and the reason. Only GET is served (th
 answers other methods, HEAD included, with 405).
 
 Access rules: ``/snapshot.jpg``, ``/stream.mjpg`` and ``/stats.json`` follow the WebSocket rules
-(:meth:`Streamer.access_refusal`): a missing or wrong token is answered with 401 and
-``WWW-Authenticate: Bearer``, a foreign ``Origin`` or ``Host`` with 403. **The viewer page is served to
+(:meth:`Streamer.access_refusal`): a missing or wrong token is answered with 401 and ``WWW-
+Authenticate: Bearer``, a foreign ``Origin`` or ``Host`` with 403. **The viewer page is served to
 everyone**: it is the same static file for every caller and holds no frame, no setting and no
 secret. It reads the token from its own URL (``/?token=X``) and hands it to the WebSocket, which
 enforces the rules, so a visitor without the right token gets a page that says why it was refused
 (close code 1008, ``token required`` / ``invalid token``) instead of a bare 401. The page is sent
-with a Content-Security-Policy under which it loads nothing from elsewhere, and with
-``Referrer-Policy: no-referrer`` so the token in its URL is never passed on.
+with a Content-Security-Policy under which it loads nothing from elsewhere, and with ``Referrer-
+Policy: no-referrer`` so the token in its URL is never passed on.
 
 Every MJPEG stream follows the rules of a WebSocket viewer (``session.py``): it takes its JPEGs
 from the Streamer's shared :class:`~camstream.encoder.EncodeCache` (viewers of the same variant

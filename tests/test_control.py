@@ -124,7 +124,9 @@ def test_bad_input_gets_an_error_and_the_stream_goes_on(streamer_factory, messag
         decode_jpeg(next_binary(ws))  # still streaming
 
 
-@pytest.mark.parametrize("message", ['{"type": "ping", "t": NaN}', "[" * 60_000], ids=["nan", "deep"])
+@pytest.mark.parametrize(
+    "message", ['{"type": "ping", "t": NaN}', "[" * 60_000], ids=["nan", "deep"]
+)
 def test_json_python_accepts_but_json_does_not_is_an_error_not_a_crash(
     streamer_factory, message
 ) -> None:
