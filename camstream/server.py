@@ -232,6 +232,12 @@ class Streamer(BaseApplication):
         return f"{scheme}://{host}:{self.port}/"
 
     @property
+    def client_count(self) -> int:
+        """WebSocket viewers connected now."""
+        with self._sessions_lock:
+            return len(self._sessions)
+
+    @property
     def is_serving(self) -> bool:
         return self._server is not None and not self._stopped.is_set()
 

@@ -369,7 +369,7 @@ class HttpRoutes:
             _Full: WebSocket viewers plus MJPEG streams already reach ``max_clients``.
         """
         limit = self.streamer.max_clients
-        websocket_viewers = self.streamer.stats()["client_count"] if limit is not None else 0
+        websocket_viewers = self.streamer.client_count if limit is not None else 0
         with self._lock:  # stats() takes this lock too: it was called before, not under it
             if limit is not None and websocket_viewers + len(self._streams) >= limit:
                 raise _Full
