@@ -461,7 +461,8 @@ def main() -> int:
     parser.add_argument("--duration", type=float, help="measurement window per point, seconds")
     parser.add_argument("--warmup", type=float, default=2.0)
     parser.add_argument("--out", help="results JSON (default benchmarks/results/<date>.json)")
-    parser.add_argument("--plot", help="PNG (default docs/images/benchmark.png; none for --quick)")
+    parser.add_argument("--plot", help="PNG (default docs/images/benchmark.png, or no plot with "
+                        "--quick); 'none': no plot")
     parser.add_argument("--only", help="run only points whose label contains this text")
     args = parser.parse_args()
     if args.duration is None:
@@ -470,6 +471,8 @@ def main() -> int:
     out = args.out or os.path.join(HERE, "results", f"{today}{'-quick' if args.quick else ''}.json")
     plot_path = args.plot or (None if args.quick else os.path.join(REPO, "docs", "images",
                                                                    "benchmark.png"))
+    if plot_path == "none":
+        plot_path = None
     workdir = os.path.join(tempfile.gettempdir(), "camstream-bench")  # child logs, scratch
     os.makedirs(workdir, exist_ok=True)
     os.makedirs(os.path.dirname(out), exist_ok=True)

@@ -168,7 +168,7 @@ def test_never_the_same_frame_twice_and_no_backlog(streamer_factory) -> None:
         infos = [t for t in texts if t["type"] == "frame"]
         seqs = [i["seq"] for i in infos]
         assert len(seqs) >= 30 and seqs == sorted(set(seqs))
-        assert len(frames) == len(infos)
+        assert len(infos) - len(frames) in (0, 1)  # the window may end between the two
         # a client that stops reading for a while then resumes gets the newest frame, not a queue
         stalled_at = time.time()
         time.sleep(2.0)  # the stall under test: this client deliberately reads nothing
