@@ -28,6 +28,7 @@ from typing import Any, Iterator
 import numpy as np
 import pytest
 from conftest import TIMEOUT, camstream_threads, wait_until, write_video
+from test_control import next_binary, next_text
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
@@ -50,25 +51,6 @@ def proc_status(field: str) -> int:
 
 def open_fds() -> int:
     return len(os.listdir("/proc/self/fd"))
-
-
-def next_message(ws: Any, kind: str | None = None, timeout: float = TIMEOUT) -> Any:
-    """The next JSON message of type ``kind`` (any type if None), skipping frames."""
-    deadline = time.monotonic() + timeout
-    while True:
-        message = ws.recv(timeout=max(deadline - time.monotonic(), 0.001))
-        if isinstance(message, str):
-            parsed = json.loads(message)
-            if kind is None or parsed.get("type") == kind:
-                return parsed
-
-
-def next_frame(ws: Any, timeout: float = TIMEOUT) -> bytes:
-    deadline = time.monotonic() + timeout
-    while True:
-        message = ws.recv(timeout=max(deadline - time.monotonic(), 0.001))
-        if isinstance(message, bytes):
-            return message
 
 
 class RawViewer:
@@ -220,19 +202,19 @@ def test_a_vanished_video_file_is_reported_lost_then_restored_and_frames_resume(
     with connect(streamer.url, open_timeout=TIMEOUT) as a, \
             connect(streamer.url, open_timeout=TIMEOUT) as b:
         for ws in (a, b):
-            assert next_message(ws)["type"] == "metadata"
-            next_frame(ws)
+            assert next_text(ws)["type"] == "metadata"
+            next_binary(ws)
         # The open capture reads on to the end of the file; the reopen that follows fails.
         os.rename(clip, away)
         for ws in (a, b):
-            lost = next_message(ws, timeout=3 * TIMEOUT)
+            lost = next_text(ws, timeout=3 * TIMEOUT)
             assert lost["type"] == "camera_lost", lost
         assert streamer.camera.state.value == "lost"
         os.rename(away, clip)
         back = time.monotonic()
         for ws in (a, b):
-            assert next_message(ws, "camera_restored", timeout=TIMEOUT)["type"] == "camera_restored"
-            next_frame(ws, timeout=TIMEOUT)
+            assert next_text(ws, "camera_restored", timeout=TIMEOUT)["type"] == "camera_restored"
+            next_binary(ws, timeout=TIMEOUT)
             assert time.monotonic() - back < 2.0, "frames did not resume within 2 s"
         assert streamer.stats()["client_count"] == 2  # both stayed connected throughout
 
@@ -377,8 +359,8 @@ def test_a_thousand_connects_and_disconnects_leak_no_thread_fd_or_memory(streame
     assert elapsed < 60, elapsed
     # The server still streams.
     with connect(streamer.url, open_timeout=TIMEOUT) as ws:
-        next_message(ws, "metadata")
-        next_frame(ws)
+        next_text(ws, "metadata")
+        next_binary(ws)
 
 
 # -- shutdown under load -----------------------------------------------------------------------
@@ -420,8 +402,8 @@ def test_sigint_stops_the_command_cleanly_and_viewers_get_1001(tmp_path: Path) -
         match = re.search(r"ws://\S+/", line)
         assert match, line
         with connect(match.group(0), open_timeout=TIMEOUT) as ws:
-            assert next_message(ws)["type"] == "metadata"
-            next_frame(ws)
+            assert next_text(ws)["type"] == "metadata"
+            next_binary(ws)
             proc.send_signal(signal.SIGINT)
             with pytest.raises(ConnectionClosed) as info:
                 for _ in range(10_000):
@@ -462,8 +444,8 @@ def test_an_exception_in_an_application_callback_closes_that_client_with_1011_on
         with connect(streamer.url, open_timeout=TIMEOUT) as victim, \
                 connect(streamer.url, open_timeout=TIMEOUT) as bystander:
             for ws in (victim, bystander):
-                next_message(ws, "metadata")
-                next_frame(ws)
+                next_text(ws, "metadata")
+                next_binary(ws)
             with caplog.at_level(logging.ERROR, logger="camstream"):
                 victim.send(json.dumps({"type": "app_command"}))
                 with pytest.raises(ConnectionClosed) as info:
@@ -474,9 +456,9 @@ def test_an_exception_in_an_application_callback_closes_that_client_with_1011_on
             failures = [r for r in caplog.records if "raised" in r.getMessage()]
             assert failures and failures[0].exc_info is not None  # logged with the traceback
             for _ in range(5):  # the other viewer never noticed
-                next_frame(bystander)
+                next_binary(bystander)
         with connect(streamer.url, open_timeout=TIMEOUT) as newcomer:
-            next_message(newcomer, "metadata")
-            next_frame(newcomer)
+            next_text(newcomer, "metadata")
+            next_binary(newcomer)
     finally:
         streamer.stop()
