@@ -131,7 +131,8 @@ class Streamer(BaseApplication):
         self._server: WebSocketServer | None = None
         self._serve_thread: threading.Thread | None = None
         self._sessions: dict[int, ClientSession] = {}
-        self._sessions_lock = threading.Lock()
+        self._sessions_lock = threading.Lock()  # guards _sessions and _other_viewers
+        self._other_viewers = 0  # viewers that are not WebSocket sessions (MJPEG streams)
         self._stopped = threading.Event()
         self._started_at: float | None = None
 
@@ -231,6 +232,24 @@ class Streamer(BaseApplication):
             host = f"[{host}]"
         return f"{scheme}://{host}:{self.port}/"
 
+    def reserve_viewer(self) -> bool:
+        """Take a ``max_clients`` place for a viewer that is not a WebSocket (an MJPEG stream).
+
+        Returns False when the server is full. Give the place back with :meth:`release_viewer`.
+        """
+        with self._sessions_lock:
+            if self.max_clients is not None and (
+                len(self._sessions) + self._other_viewers >= self.max_clients
+            ):
+                return False
+            self._other_viewers += 1
+            return True
+
+    def release_viewer(self) -> None:
+        """Give back a place taken with :meth:`reserve_viewer`."""
+        with self._sessions_lock:
+            self._other_viewers -= 1
+
     @property
     def client_count(self) -> int:
         """WebSocket viewers connected now."""
@@ -296,7 +315,7 @@ class Streamer(BaseApplication):
                 conn.close(CloseCode.GOING_AWAY, "server shutting down")
                 return
             if self.max_clients is not None and (
-                len(self._sessions) + self._http.active_streams >= self.max_clients
+                len(self._sessions) + self._other_viewers >= self.max_clients
             ):
                 conn.close(CloseCode.TRY_AGAIN_LATER, "server full, try again later")
                 return

@@ -368,11 +368,9 @@ class HttpRoutes:
         Raises:
             _Full: WebSocket viewers plus MJPEG streams already reach ``max_clients``.
         """
-        limit = self.streamer.max_clients
-        websocket_viewers = self.streamer.client_count if limit is not None else 0
-        with self._lock:  # stats() takes this lock too: it was called before, not under it
-            if limit is not None and websocket_viewers + len(self._streams) >= limit:
-                raise _Full
+        if not self.streamer.reserve_viewer():
+            raise _Full
+        with self._lock:
             stream = _StreamStats(next(self._stream_ids), request.remote_address[0], fps, variant)
             self._streams[stream.id] = stream
             self._counters["mjpeg_opened"] += 1
@@ -380,6 +378,7 @@ class HttpRoutes:
         try:
             yield stream
         finally:
+            self.streamer.release_viewer()
             with self._lock:
                 self._streams.pop(stream.id, None)
                 for key in self._ended:
