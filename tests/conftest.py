@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import subprocess
 import threading
 import time
 from pathlib import Path
@@ -66,6 +67,16 @@ def streamer_factory() -> Iterator[Callable[..., object]]:
     for streamer in started:
         streamer.stop()
         assert not streamer.is_serving
+
+
+def stop_process(process: subprocess.Popen) -> None:
+    """End a test's subprocess if it is still running, reap it and close its pipes."""
+    if process.poll() is None:
+        process.kill()
+    process.wait(TIMEOUT)
+    for pipe in (process.stdin, process.stdout, process.stderr):
+        if pipe is not None:
+            pipe.close()
 
 
 def write_video(path: Path, frames: int = 20, size: tuple[int, int] = (160, 120),

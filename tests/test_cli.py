@@ -12,7 +12,7 @@ import sys
 from typing import Iterator
 
 import pytest
-from conftest import TIMEOUT
+from conftest import TIMEOUT, stop_process
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
@@ -49,11 +49,7 @@ def cli_server() -> Iterator[tuple[subprocess.Popen, str]]:
         assert match, f"no URL in {line!r}"
         yield process, match.group(0)
     finally:
-        if process.poll() is None:
-            process.kill()
-        process.wait(TIMEOUT)
-        process.stdout.close()  # type: ignore[union-attr]
-        process.stderr.close()  # type: ignore[union-attr]
+        stop_process(process)
 
 
 def test_bad_source_is_one_line_and_nonzero_exit() -> None:
@@ -113,8 +109,4 @@ def test_default_source_falls_back_to_the_test_pattern_without_a_camera() -> Non
         assert process.wait(TIMEOUT) == 0
         assert "test pattern" in process.stderr.read()  # type: ignore[union-attr]
     finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait(TIMEOUT)
-        process.stdout.close()  # type: ignore[union-attr]
-        process.stderr.close()  # type: ignore[union-attr]
+        stop_process(process)

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import TIMEOUT
+from conftest import TIMEOUT, stop_process
 
 from camstream import CloseCode, ConnectionClosedError
 from camstream.client import Client
@@ -108,8 +108,4 @@ def test_push_frames_example() -> None:
         assert process.wait(TIMEOUT * 2) == 0
         assert "published" in process.stdout.read()  # type: ignore[union-attr]
     finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait(TIMEOUT)
-        process.stdout.close()  # type: ignore[union-attr]
-        process.stderr.close()  # type: ignore[union-attr]
+        stop_process(process)
