@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import logging
 
-from .camera import CameraState, CameraThread, Frame
+from .camera import CameraState, CameraThread
+from .frame import Frame
 from .errors import (
     CamstreamError,
     ConfigError,

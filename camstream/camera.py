@@ -19,13 +19,14 @@ import logging
 import os
 import threading
 import time
-from dataclasses import dataclass
 from typing import Callable, Iterator, Union
 
 import cv2
 import numpy as np
 
 from .errors import ConfigError, SourceError
+from .frame import Frame
+from .jpeg import CorruptJpeg, inspect_jpeg
 from .testpattern import TestPattern
 
 __all__ = ["CameraThread", "CameraState", "Frame", "Source", "describe_source"]
@@ -38,27 +39,6 @@ Source = Union[int, str, None]
 _DEFAULT_SIZE = (640, 480)
 _MAX_SIDE = 65500  # the largest picture a JPEG can hold
 _URL_SCHEMES = ("rtsp://", "rtsps://", "rtmp://", "http://", "https://", "udp://", "tcp://")
-
-
-@dataclass(frozen=True)
-class Frame:
-    """One captured frame. ``image`` is a read-only BGR array shared by every reader."""
-
-    seq: int
-    """Increases by one per frame, starting at 1."""
-    image: np.ndarray
-    captured_at: float
-    """Wall-clock capture time, seconds since the epoch (``time.time()``)."""
-    captured_monotonic: float
-    """Capture time on ``time.monotonic()``'s clock, for measuring durations."""
-
-    @property
-    def width(self) -> int:
-        return int(self.image.shape[1])
-
-    @property
-    def height(self) -> int:
-        return int(self.image.shape[0])
 
 
 class CameraState(str, enum.Enum):
@@ -192,6 +172,10 @@ class CameraThread:
         self.width, self.height = width or _DEFAULT_SIZE[0], height or _DEFAULT_SIZE[1]
         self.fps = self._requested_fps
         self.frames_captured = 0
+        self.frames_dropped_corrupt = 0
+        """JPEG frames from the source that were not whole JPEG files: dropped, never sent."""
+        self.decodes = 0
+        """JPEG frames decoded to pixels (only when something needed the pixels)."""
 
     # Lifecycle
 
@@ -324,6 +308,27 @@ class CameraThread:
             raise ConfigError("publish() after stop()")
         return self._store(image.copy() if copy else image)
 
+    def publish_jpeg(self, data: bytes) -> Frame | None:
+        """Hand in a JPEG file (push mode only). Thread-safe.
+
+        Viewers that take frames as the source makes them get these exact bytes; the pixels are
+        decoded only if a viewer, a snapshot or a listener needs another size or quality.
+
+        Returns:
+            The stored :class:`Frame`, or None if ``data`` is not one whole JPEG file (it is
+            dropped and counted in :attr:`frames_dropped_corrupt`).
+
+        Raises:
+            ConfigError: not a push source, or ``data`` is not bytes.
+        """
+        if self._kind is not _SourceKind.PUSH:
+            raise ConfigError("publish_jpeg() works only with source='push'")
+        if not isinstance(data, (bytes, bytearray, memoryview)):
+            raise ConfigError(f"publish_jpeg() takes bytes, not {type(data).__name__}")
+        if self._stopping.is_set():
+            raise ConfigError("publish_jpeg() after stop()")
+        return self._store_jpeg(bytes(data))
+
     # Internals
 
     def _store(self, image: np.ndarray) -> Frame:
@@ -331,13 +336,43 @@ class CameraThread:
         with self._cond:
             self._seq += 1
             frame = Frame(self._seq, image, time.time(), time.monotonic())
-            self._latest = frame
-            self.frames_captured += 1
-            self.width, self.height = frame.width, frame.height
-            self._cond.notify_all()
+            self._publish_locked(frame)
+        self._notify_frame(frame)
+        return frame
+
+    def _store_jpeg(self, data: bytes) -> Frame | None:
+        """Store a JPEG file from the source as the latest frame; None if it is corrupt."""
+        try:
+            info = inspect_jpeg(data)
+        except CorruptJpeg as exc:
+            with self._cond:
+                self.frames_dropped_corrupt += 1
+            logger.debug("dropped a corrupt JPEG from %s: %s", describe_source(self.source), exc)
+            return None
+        with self._cond:
+            self._seq += 1
+            frame = Frame(
+                self._seq, None, time.time(), time.monotonic(), jpeg=data,
+                width=info.width, height=info.height, on_decode=self._count_decode,
+            )
+            self._publish_locked(frame)
+        self._notify_frame(frame)
+        return frame
+
+    def _count_decode(self) -> None:
+        with self._cond:
+            self.decodes += 1
+
+    def _publish_locked(self, frame: Frame) -> None:
+        """Make ``frame`` the latest (the caller holds the condition)."""
+        self._latest = frame
+        self.frames_captured += 1
+        self.width, self.height = frame.width, frame.height
+        self._cond.notify_all()
+
+    def _notify_frame(self, frame: Frame) -> None:
         for listener in self._frame_listeners:
             listener(frame)
-        return frame
 
     def _set_state(self, state: CameraState) -> None:
         previous = self._state

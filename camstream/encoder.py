@@ -18,7 +18,7 @@ import cv2
 import imutils
 import numpy as np
 
-from .camera import Frame
+from .frame import Frame
 
 __all__ = ["Variant", "EncodedFrame", "EncodeCache", "encode_jpeg", "fit_size"]
 

@@ -268,6 +268,16 @@ class Streamer(BaseApplication):
         """
         return self.camera.publish(image, copy=copy)
 
+    def publish_jpeg(self, data: bytes) -> Frame | None:
+        """Hand a JPEG file to every viewer (push mode), untouched where a viewer takes it as is.
+
+        Returns None (and counts it in ``stats()``) if ``data`` is not one whole JPEG file.
+
+        Raises:
+            ConfigError: the Streamer's source is not ``"push"``.
+        """
+        return self.camera.publish_jpeg(data)
+
     def stats(self) -> dict[str, Any]:
         """Counters for monitoring: camera, encodes, and per-client sent/skipped frames."""
         with self._sessions_lock:

@@ -55,7 +55,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping
 
 from . import protocol
-from .camera import Frame
+from .frame import Frame
 from .encoder import Variant
 from .pacing import BEHIND_POLL_S, Pacer
 from .transport import HttpExchange, Request

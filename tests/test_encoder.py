@@ -8,7 +8,7 @@ import cv2
 import numpy as np
 import pytest
 
-from camstream.camera import Frame
+from camstream.frame import Frame
 from camstream.encoder import EncodeCache, Variant, encode_jpeg, fit_size
 
 
