@@ -79,6 +79,8 @@ const FATAL_CLOSE_CODES: Array[int] = [1002, 1003, 1007, 1008]
 @export var token_in_query: bool = false
 ## Stream settings to request on every connection, sent as URL query parameters, e.g.
 ## [code]{"fps": 15, "width": 320, "height": 240, "quality": 70, "max_bytes": 65535}[/code].
+## Without [code]max_bytes[/code] the client sends [code]max_bytes=0[/code] (no limit: the
+## full frames; the server's default for clients that say nothing is 65535 bytes).
 ## [method set_config] updates it.
 @export var config: Dictionary = {}
 
@@ -312,6 +314,11 @@ func _connect() -> void:
 		headers.append("Authorization: Bearer " + token)
 	_ws.handshake_headers = headers
 	var query: Dictionary = config.duplicate()
+	if not query.has("max_bytes"):
+		# This client takes frames up to inbound_buffer_size (and grows it after a 1009), so it
+		# asks for the source's full frames; servers send clients that say nothing at most
+		# 65535-byte frames, Godot's default limit.
+		query["max_bytes"] = 0
 	if not token.is_empty() and use_query_token:
 		query["token"] = token
 	_timed_out = false
