@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import logging
 import os
 import re
@@ -18,6 +19,11 @@ from .server import GODOT_MAX_MESSAGE, Streamer
 logger = logging.getLogger(__name__)
 
 AUTO_SOURCE = "auto"
+# All of them install the same cv2 package; with two, cv2 is a mix of both (setup.py, README).
+OPENCV_WHEELS = (
+    "opencv-python", "opencv-python-headless", "opencv-contrib-python",
+    "opencv-contrib-python-headless",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -92,6 +98,23 @@ def _with_option_names(message: str, parser: argparse.ArgumentParser) -> str:
     return message
 
 
+def _warn_if_several_opencv_wheels() -> None:
+    installed = []
+    for name in OPENCV_WHEELS:
+        try:
+            importlib.metadata.distribution(name)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+        installed.append(name)
+    if len(installed) > 1:
+        logger.warning(
+            "several OpenCV wheels are installed (%s): they all write the same cv2 module, "
+            "which is then a mix of them. Remove them (pip uninstall -y %s), then install one: "
+            "opencv-python on a desktop, opencv-python-headless on a server (README: Install)",
+            ", ".join(installed), " ".join(installed),
+        )
+
+
 def _raise_keyboard_interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
@@ -111,6 +134,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(
         level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    _warn_if_several_opencv_wheels()
     # SIGTERM (service managers, docker stop) stops as cleanly as Ctrl+C.
     signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
     streamer = None

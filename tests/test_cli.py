@@ -154,3 +154,31 @@ def test_max_bytes_option_sets_the_default_for_silent_clients() -> None:
             assert json.loads(ws.recv(timeout=TIMEOUT))["max_bytes"] == 65535
     finally:
         stop_process(process)
+
+
+def test_warns_when_two_opencv_wheels_write_cv2(tmp_path) -> None:
+    """A second OpenCV distribution (its real dist-info on the path) next to this one's."""
+    from importlib.metadata import PackageNotFoundError, distribution
+
+    try:
+        ours = distribution("opencv-python").metadata["Name"]
+    except PackageNotFoundError:
+        ours = distribution("opencv-python-headless").metadata["Name"]
+    other = "opencv-python-headless" if ours == "opencv-python" else "opencv-python"
+    info = tmp_path / f"{other.replace('-', '_')}-4.99.0.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {other}\nVersion: 4.99.0\n")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(tmp_path), *sys.path]))
+    process = subprocess.Popen(
+        [sys.executable, "-m", "camstream", "--source", "test", "--port", "0"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+    )
+    try:
+        assert URL.search(process.stdout.readline())  # type: ignore[union-attr]
+        process.send_signal(signal.SIGINT)
+        assert process.wait(TIMEOUT) == 0
+        stderr = process.stderr.read()  # type: ignore[union-attr]
+    finally:
+        stop_process(process)
+    assert "several OpenCV wheels are installed" in stderr, stderr
+    assert other in stderr and ours in stderr, stderr
