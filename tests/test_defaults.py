@@ -13,11 +13,13 @@ import sys
 import textwrap
 import threading
 import urllib.request
+from pathlib import Path
 from typing import Any, Iterator
 
 import numpy as np
 import pytest
 from conftest import TIMEOUT, stop_process, wait_until
+from test_browser import browser, page, wait_for  # noqa: F401 - fixtures used below
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 from wsraw import OP_CLOSE, OP_TEXT, RawClient
@@ -131,6 +133,23 @@ def test_the_bundled_python_client_asks_for_the_full_frames(streamer_factory) ->
         assert client.metadata["max_bytes"] is None
     with Client(streamer.url, max_bytes=None, timeout=TIMEOUT) as client:
         assert client.metadata["max_bytes"] == GODOT_LIMIT  # the server's default
+
+
+def test_the_viewer_page_asks_for_the_full_frames(noisy_push, page: Any) -> None:  # noqa: F811
+    streamer = noisy_push()
+    page.goto(f"http://127.0.0.1:{streamer.port}/", timeout=TIMEOUT * 3000)
+    wait_for(page, "() => camstreamStats.frames >= 3")
+    (client,) = streamer.stats()["clients"]
+    assert client["max_bytes"] is None and client["bytes_sent"] > 100_000 * client["frames_sent"]
+
+
+def test_install_hints_work_from_a_checkout() -> None:
+    """camstream is not on PyPI: no hint may say ``pip install camstream[client]``."""
+    root = Path(__file__).resolve().parent.parent
+    files = [root / "README.md", *root.glob("examples/*.py"), *root.glob("camstream/*.py")]
+    offenders = [f.name for f in files if "camstream[client]" in f.read_text(encoding="utf-8")]
+    assert not offenders
+    assert "pip install '.[client]'" in (root / "README.md").read_text(encoding="utf-8")
 
 
 # Item 2: metadata first, then the errors about the query
