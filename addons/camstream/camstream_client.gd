@@ -211,13 +211,13 @@ func is_open() -> bool:
 ## Updates the stream settings: sends a [code]config[/code] message now (if connected) and
 ## remembers the keys for reconnections. Keys: [code]fps[/code], [code]width[/code],
 ## [code]height[/code], [code]quality[/code], [code]max_bytes[/code], [code]frame_info[/code];
-## [code]null[/code] returns [code]width[/code], [code]height[/code] or [code]max_bytes[/code]
-## to the server's default. The server answers with new metadata. Returns the result of
-## sending (OK if not connected).
+## [code]null[/code] clears [code]width[/code] or [code]height[/code] (the source's size) or
+## [code]max_bytes[/code] (no limit, as this client asks by default). The server answers with
+## new metadata. Returns the result of sending (OK if not connected).
 func set_config(changes: Dictionary) -> Error:
 	for key in changes.keys():
 		if changes[key] == null:
-			config.erase(key)  # null: back to the server's default
+			config.erase(key)  # null: no box, no byte limit
 		else:
 			config[key] = changes[key]
 	if state != State.OPEN:
