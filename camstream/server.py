@@ -12,12 +12,13 @@ import logging
 import threading
 import time
 import urllib.parse
-from typing import Any, Iterable
+from typing import Any, Iterable, Mapping
 
 import numpy as np
 
 from . import protocol
 from .camera import CameraThread, Frame, Source, describe_source
+from .devices import CaptureFactory
 from .encoder import EncodeCache
 from .errors import ConfigError
 from .protocol import CloseCode
@@ -45,15 +46,21 @@ class Streamer(BaseApplication):
     """Streams one frame source to every WebSocket client that connects.
 
     Args:
-        source: a camera index, a video file or stream URL, ``"test"`` for the built-in test
-            pattern, or ``"push"`` to hand frames in with :meth:`publish`.
+        source: ``"auto"`` (default: camera 0, else the built-in test pattern with a WARNING),
+            a camera index (strict: no fallback) or device path, a video file or stream URL
+            (an MJPEG one is passed through untouched), ``"test"`` for the test pattern, or
+            ``"push"`` to hand frames in with :meth:`publish`.
         host: the address to listen on. The default, ``127.0.0.1``, admits this machine only;
             ``0.0.0.0`` admits the network (set a ``token`` then).
         port: the TCP port; ``0`` picks a free one (see :attr:`port`).
         fps: the camera's frame rate, and the rate a client gets unless it asks for less.
-        width, height: the capture size requested from the source.
+        width, height: the capture size requested from the source (16-8192; one side alone
+            keeps the source's aspect ratio).
         quality: the default JPEG quality, 1-100.
-        loop: play files again from the start when they end.
+        loop: play files again from the start when they end (else viewers get
+            ``source_ended``).
+        pixel_format, backend, camera_settings, capture_factory: how a camera is opened: see
+            :class:`~camstream.camera.CameraThread` (MJPEG by default, the platform's backend).
         token: if set, clients must present it (``?token=`` or ``Authorization: Bearer``);
             others are closed with 1008.
         allowed_origins: browser origins admitted (e.g. ``["https://example.com"]``); pages from
@@ -73,7 +80,7 @@ class Streamer(BaseApplication):
 
     def __init__(
         self,
-        source: Source = 0,
+        source: Source = "auto",
         *,
         host: str = "127.0.0.1",
         port: int = 8765,
@@ -82,6 +89,10 @@ class Streamer(BaseApplication):
         height: int | None = None,
         quality: int = 80,
         loop: bool = True,
+        pixel_format: str = "auto",
+        backend: str = "auto",
+        camera_settings: Mapping[str, Any] | Iterable[str] | None = None,
+        capture_factory: CaptureFactory | None = None,
         # Security
         token: str | None = None,
         allowed_origins: Iterable[str] | None = None,
@@ -105,7 +116,10 @@ class Streamer(BaseApplication):
             raise ConfigError(f"port must be 0-65535, not {port}")
         if token is not None and not token:
             raise ConfigError("token must not be empty")
-        self.camera = CameraThread(source, width=width, height=height, fps=fps, loop=loop)
+        self.camera = CameraThread(
+            source, width=width, height=height, fps=fps, loop=loop, pixel_format=pixel_format,
+            backend=backend, camera_settings=camera_settings, capture_factory=capture_factory,
+        )
         self.host = host
         self.quality = quality
         self.token = token
@@ -412,6 +426,8 @@ class Streamer(BaseApplication):
         return {
             "source_width": camera.width,
             "source_height": camera.height,
+            "source_format": camera.pixel_format,
+            "source_fps": camera.fps,
             "camera": camera.state.value,
         }
 
@@ -423,6 +439,16 @@ class Streamer(BaseApplication):
             "width": camera.width,
             "height": camera.height,
             "fps": camera.fps,
+            "format": camera.pixel_format,
+            "backend": camera.backend,
+            "jpeg_passthrough": camera.jpeg_passthrough,
+            "frames_dropped_corrupt": camera.frames_dropped_corrupt,
+            "controls": [
+                {"name": c.name, "requested": c.requested, "actual": c.actual,
+                 "granted": c.granted}
+                for c in camera.controls
+            ],
+            "failure_reason": camera.failure_reason,
         }
 
     @staticmethod

@@ -117,8 +117,6 @@ def test_missing_file_and_bad_arguments() -> None:
     with pytest.raises(ConfigError):
         CameraThread("test", fps=0)
     with pytest.raises(ConfigError):
-        CameraThread("test", width=320)  # height missing
-    with pytest.raises(ConfigError):
         CameraThread(3.5)  # type: ignore[arg-type]
 
 
