@@ -379,21 +379,34 @@ class CameraThread:
         """Hand in a frame (push mode only). Thread-safe; returns the stored :class:`Frame`.
 
         Args:
-            image: an 8-bit BGR (H x W x 3) or grayscale (H x W) array.
+            image: an 8-bit (``uint8``) numpy array: BGR (H x W x 3), BGRA (H x W x 4; the
+                alpha channel is dropped when encoding) or grayscale (H x W or H x W x 1), at
+                most 65500 pixels a side.
             copy: copy the array, so the caller may keep drawing into its own buffer. Pass
                 ``False`` only if the caller never touches the array again.
 
         Raises:
-            ConfigError: not a push source, or not an 8-bit image.
+            ConfigError: not a push source, or not such an image (the message says what it got).
         """
         if self._kind is not _SourceKind.PUSH:
             raise ConfigError("publish() works only with source='push'")
-        if not isinstance(image, np.ndarray) or image.dtype != np.uint8 or image.ndim not in (2, 3):
-            raise ConfigError("publish() takes an 8-bit BGR or grayscale numpy array")
+        if not isinstance(image, np.ndarray):
+            raise ConfigError(
+                f"publish() takes a numpy array (8-bit BGR, BGRA or grayscale), "
+                f"not {type(image).__name__}"
+            )
+        got = f"got dtype {image.dtype}, shape {image.shape}"
+        if image.dtype != np.uint8 or image.ndim not in (2, 3):
+            raise ConfigError(
+                f"publish() takes an 8-bit BGR (HxWx3), BGRA (HxWx4) or grayscale (HxW) "
+                f"array; {got}"
+            )
         if image.ndim == 3 and image.shape[2] not in (1, 3, 4):
-            raise ConfigError("publish() takes 1, 3 or 4 colour channels")
+            raise ConfigError(f"publish() takes 1, 3 or 4 colour channels; {got}")
         if image.size == 0 or max(image.shape[:2]) > _MAX_SIDE:
-            raise ConfigError(f"publish() takes a non-empty image at most {_MAX_SIDE} px a side")
+            raise ConfigError(
+                f"publish() takes a non-empty image at most {_MAX_SIDE} px a side; {got}"
+            )
         if self._stopping.is_set():
             raise ConfigError("publish() after stop()")
         return self._store(image.copy() if copy else image)
