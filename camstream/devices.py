@@ -104,7 +104,7 @@ def opencv_capture(target: int | str, api_preference: int) -> VideoCaptureLike:
     Without them a relay whose upstream stops answering (rather than closing) would block in
     ``read()`` for FFmpeg's default of 30 s.
     """
-    if isinstance(target, str) and "://" in target:
+    if isinstance(target, str) and "://" in target and hasattr(cv2, "CAP_PROP_READ_TIMEOUT_MSEC"):
         params = [
             cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, _URL_TIMEOUT_MS,
             cv2.CAP_PROP_READ_TIMEOUT_MSEC, _URL_TIMEOUT_MS,
