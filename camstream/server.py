@@ -277,8 +277,11 @@ class Streamer(BaseApplication):
     def publish(self, image: np.ndarray, *, copy: bool = True) -> Frame:
         """Hand a frame to every viewer (push mode: ``Streamer("push")``). Thread-safe.
 
+        ``image`` is an 8-bit BGR, BGRA or grayscale array (see :meth:`CameraThread.publish`).
+
         Raises:
-            ConfigError: the Streamer's source is not ``"push"``, or not an 8-bit image.
+            ConfigError: the Streamer's source is not ``"push"``, or not such an image (the
+                message gives the dtype and shape it got).
         """
         return self.camera.publish(image, copy=copy)
 
