@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import websocket
 from conftest import TIMEOUT, wait_until, write_video
 
 from camstream import CameraState, CameraThread, ConfigError, SourceError
@@ -247,7 +248,6 @@ class _BrokenCapture:
 
 
 def test_crashed_camera_thread_is_visible_to_viewers_and_stats(streamer_factory) -> None:
-    websocket = pytest.importorskip("websocket")
     streamer = streamer_factory(5, capture_factory=lambda target, api: _BrokenCapture())
     assert wait_until(lambda: streamer.camera.state is CameraState.FAILED)
     ws = websocket.create_connection(streamer.url, timeout=TIMEOUT)
@@ -262,7 +262,6 @@ def test_crashed_camera_thread_is_visible_to_viewers_and_stats(streamer_factory)
 
 
 def test_crash_event_reaches_a_connected_viewer(streamer_factory) -> None:
-    websocket = pytest.importorskip("websocket")
     release = threading.Event()
 
     class LateBug(_BrokenCapture):
@@ -285,7 +284,6 @@ def test_crash_event_reaches_a_connected_viewer(streamer_factory) -> None:
 
 def test_file_without_loop_tells_viewers_it_ended(streamer_factory, tmp_path: Path,
                                                   caplog) -> None:
-    websocket = pytest.importorskip("websocket")
     caplog.set_level("INFO", "camstream")
     path = write_video(tmp_path / "short.avi", frames=15, fps=10)
     streamer = streamer_factory(str(path), loop=False)

@@ -13,6 +13,7 @@ import time
 
 import cv2
 import pytest
+import websocket
 from conftest import TIMEOUT
 from fake_capture import FakeWebcam, pictures, strip_dht
 
@@ -221,7 +222,6 @@ def test_720p_is_full_rate_in_the_camera_thread() -> None:
 
 
 def test_720p_is_full_rate_for_a_real_viewer(streamer_factory) -> None:
-    websocket = pytest.importorskip("websocket")
     webcam = FakeWebcam(truncated_every=0)
     streamer = streamer_factory(0, width=1280, height=720, capture_factory=webcam.factory)
     ws = websocket.create_connection(streamer.url, timeout=TIMEOUT)
