@@ -253,7 +253,7 @@ class CameraThread:
         """The pixel format the source delivers (``"MJPG"``, ``"YUYV"``, ...), if known."""
         if self.mode is not None:
             return self.mode.pixel_format or None
-        return "BGR" if self._kind in (_SourceKind.TEST, _SourceKind.AUTO) else None
+        return "BGR" if self._kind is _SourceKind.TEST else None
 
     @property
     def backend(self) -> str | None:
@@ -537,12 +537,10 @@ class CameraThread:
         else:
             api = devices.backend_for_stream(self._backend_name)
         with _quiet_opencv():
-            capture = self._factory(target, api)  # type: ignore[arg-type]  # int or str
-            if not capture.isOpened() and not is_device and self._backend_name == "auto":
-                capture.release()  # FFmpeg could not: let OpenCV try its other backends
-                capture = self._factory(target, cv2.CAP_ANY)  # type: ignore[arg-type]
-            if not capture.isOpened():
-                capture.release()
+            capture = self._create(target, api)
+            if capture is None and not is_device and self._backend_name == "auto":
+                capture = self._create(target, cv2.CAP_ANY)  # FFmpeg could not: try the others
+            if capture is None:
                 raise SourceError(self.source, self._open_failure_message())
             if is_device:
                 mode = self._negotiate_device(capture, first_time)
@@ -550,6 +548,9 @@ class CameraThread:
                 mode = self._negotiate_stream(capture)
             if is_device and self._camera_settings:
                 self.controls = apply_controls(capture, self._camera_settings)
+            elif self._camera_settings and first_time:
+                logger.warning("camera settings apply to cameras only; ignored for %s",
+                               description)
         previous, self.mode = self.mode, mode
         self.fps = mode.fps
         if self._kind is not _SourceKind.DEVICE and self._requested_size[0] is not None:
@@ -559,6 +560,18 @@ class CameraThread:
         if first_time or mode != previous:
             logger.info("opened %s: %s", description, mode.describe())
         return capture
+
+    def _create(self, target: int | str, api: int) -> VideoCaptureLike | None:
+        """The factory's capture if it opened, else None (released)."""
+        try:
+            capture = self._factory(target, api)
+        except cv2.error as exc:  # OpenCV refuses some targets outright
+            logger.debug("cannot open %r: %s", target, exc)
+            return None
+        if capture.isOpened():
+            return capture
+        capture.release()
+        return None
 
     def _negotiate_device(self, capture: VideoCaptureLike, first_time: bool) -> CaptureMode:
         width, height = self._requested_size
@@ -656,7 +669,8 @@ class CameraThread:
                 if self._state is not CameraState.STREAMING:
                     self._set_state(CameraState.STREAMING)
                 if isinstance(payload, bytes):
-                    self._store_jpeg(payload)  # a corrupt one is dropped and counted
+                    if self._matches_stream(payload):
+                        self._store_jpeg(payload)  # a corrupt one is dropped and counted
                 else:
                     self._store(payload)
                 self._retry_delay = 0.25
@@ -700,6 +714,27 @@ class CameraThread:
         except cv2.error as exc:  # a broken stream: treated like any failed read (reopen)
             logger.debug("read failed: %s", exc)
             return False, None
+
+    def _matches_stream(self, data: bytes) -> bool:
+        """A camera's JPEG must have the size the camera granted; others are dropped, counted.
+
+        (V4L2 fixes the size when the format is set; a frame header that says otherwise is a
+        damaged buffer. Files and streams may change size between frames: not checked.)
+        """
+        mode = self.mode
+        if self._kind is not _SourceKind.DEVICE or mode is None or not mode.width:
+            return True
+        try:
+            info = inspect_jpeg(data)
+        except CorruptJpeg:
+            return True  # _store_jpeg drops and counts it
+        if (info.width, info.height) == (mode.width, mode.height):
+            return True
+        with self._cond:
+            self.frames_dropped_corrupt += 1
+        logger.debug("dropped a %dx%d JPEG from a %dx%d camera stream",
+                     info.width, info.height, mode.width, mode.height)
+        return False
 
     def _reopen(self, wait_first: bool, quietly: bool) -> bool:
         """Reopen the source with backoff until it works or stop() is called.

@@ -105,6 +105,8 @@ class FakeWebcam:
         formats: the pixel formats it offers.
         dht_less_every, truncated_every: every n-th MJPEG frame lacks DHT / is cut short
             (0: never).
+        wrong_size_every: every n-th MJPEG frame is a whole JPEG of another size than the
+            stream's (a damaged buffer whose header lies; 0: never).
         honours_convert_rgb: False models a backend that accepts ``CONVERT_RGB = 0`` and goes on
             returning BGR anyway.
     """
@@ -115,8 +117,10 @@ class FakeWebcam:
         formats: tuple[str, ...] = ("YUYV", "MJPG"),
         dht_less_every: int = 3,
         truncated_every: int = 10,
+        wrong_size_every: int = 0,
         honours_convert_rgb: bool = True,
     ) -> None:
+        self.wrong_size_every = wrong_size_every
         self.formats = formats
         self.dht_less_every = dht_less_every
         self.truncated_every = truncated_every
@@ -150,8 +154,10 @@ class FakeWebcam:
             self.calls.append((name, value))
 
     def jpeg_for(self, size: tuple[int, int], index: int) -> bytes:
-        data = pictures(size)[1][index % POOL]
         n = index + 1
+        if self.wrong_size_every and n % self.wrong_size_every == 0:
+            size = SIZES[(SIZES.index(size) + 1) % len(SIZES)]
+        data = pictures(size)[1][index % POOL]
         if self.dht_less_every and n % self.dht_less_every == 0:
             data = strip_dht(data)
         if self.truncated_every and n % self.truncated_every == 0:
