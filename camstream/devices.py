@@ -214,7 +214,9 @@ def negotiate_device(
     ``CAP_PROP_CONVERT_RGB`` is turned off: cap_v4l.cpp then skips its ``imdecode`` and
     ``v4l2_create_frame`` hands out the buffer itself as a 1 x ``bytesused`` single-channel
     8-bit image — the camera's JPEG file. Other backends may ignore the setting and keep
-    returning BGR: the reader accepts either, frame by frame.
+    returning BGR: the reader accepts either, frame by frame. (Read in opencv/opencv
+    ``modules/videoio/src/cap_v4l.cpp`` at 02b4975: ``setProperty`` for FOURCC / CONVERT_RGB,
+    ``v4l2_create_frame``, ``convertToRgb``, ``autosetup_capture_mode_v4l2``.)
     """
     if pixel_format is not None:
         capture.set(cv2.CAP_PROP_FOURCC, fourcc_code(pixel_format))

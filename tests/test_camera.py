@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -11,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import websocket
-from conftest import TIMEOUT, wait_until, write_video
+from conftest import TIMEOUT, stop_process, wait_until, write_video
 
 from camstream import CameraState, CameraThread, ConfigError, SourceError
 
@@ -299,3 +301,18 @@ def test_file_without_loop_tells_viewers_it_ended(streamer_factory, tmp_path: Pa
     assert event is not None and event["source"] == f"file {path}"
     assert streamer.stats()["camera"]["state"] == "ended"
     assert any("ended (no loop)" in r.getMessage() for r in caplog.records)
+
+
+def test_cli_width_alone_streams_at_4_3_without_a_camera() -> None:
+    """`camstream --width 320` on a machine without a camera: the test pattern at 320x240."""
+    root = Path(__file__).resolve().parent.parent
+    process = subprocess.Popen(
+        [sys.executable, "-m", "camstream", "--width", "320", "--port", "0"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True,
+        env={**os.environ, "PYTHONPATH": str(root)},
+    )
+    try:
+        line = process.stdout.readline()  # the banner, printed once it is serving
+    finally:
+        stop_process(process)
+    assert "320x240" in line, line
