@@ -51,6 +51,7 @@ AUTO = "auto"
 _DEFAULT_SIZE = (640, 480)
 _MAX_SIDE = 65500  # the largest picture a JPEG can hold
 _DEVICE_PREFIXES = ("/dev/video", "/dev/v4l/")
+_MAX_JPEG_BYTES = 64 * 1024 * 1024  # far above an 8192x8192 JPEG at quality 100
 _URL_SCHEMES = ("rtsp://", "rtsps://", "rtmp://", "http://", "https://", "udp://", "tcp://")
 
 
@@ -510,9 +511,8 @@ class CameraThread:
     def _open_auto(self) -> None:
         """Source ``"auto"``: camera 0 if it opens, else the test pattern (one WARNING)."""
         try:
-            self._kind, self._target = _SourceKind.DEVICE, 0
+            self._kind, self._target, self.source = _SourceKind.DEVICE, 0, 0
             self._capture = self._open_capture(first_time=True)
-            self.source = 0
         except SourceError:
             logger.warning("no camera found at index 0: streaming the built-in test pattern")
             self._kind, self._target, self.source = _SourceKind.TEST, "test", "test"
@@ -542,15 +542,13 @@ class CameraThread:
                 capture = self._create(target, cv2.CAP_ANY)  # FFmpeg could not: try the others
             if capture is None:
                 raise SourceError(self.source, self._open_failure_message())
-            if is_device:
-                mode = self._negotiate_device(capture, first_time)
-            else:
-                mode = self._negotiate_stream(capture)
-            if is_device and self._camera_settings:
-                self.controls = apply_controls(capture, self._camera_settings)
-            elif self._camera_settings and first_time:
-                logger.warning("camera settings apply to cameras only; ignored for %s",
-                               description)
+            try:
+                mode = self._configure(capture, first_time)
+            except BaseException as exc:
+                capture.release()
+                if isinstance(exc, cv2.error):  # the driver refused a setting outright
+                    raise SourceError(self.source, f"cannot set up {description}: {exc}") from exc
+                raise
         previous, self.mode = self.mode, mode
         self.fps = mode.fps
         if self._kind is not _SourceKind.DEVICE and self._requested_size[0] is not None:
@@ -560,6 +558,18 @@ class CameraThread:
         if first_time or mode != previous:
             logger.info("opened %s: %s", description, mode.describe())
         return capture
+
+    def _configure(self, capture: VideoCaptureLike, first_time: bool) -> CaptureMode:
+        """Negotiate the mode of a just-opened capture and apply the camera settings."""
+        if self._kind is not _SourceKind.DEVICE:
+            if self._camera_settings and first_time:
+                logger.warning("camera settings apply to cameras only; ignored for %s",
+                               describe_source(self.source))
+            return self._negotiate_stream(capture)
+        mode = self._negotiate_device(capture, first_time)
+        if self._camera_settings:
+            self.controls = apply_controls(capture, self._camera_settings)
+        return mode
 
     def _create(self, target: int | str, api: int) -> VideoCaptureLike | None:
         """The factory's capture if it opened, else None (released)."""
@@ -706,6 +716,10 @@ class CameraThread:
             if not ok or not isinstance(image, np.ndarray) or image.size == 0:
                 return False, None
             if self.jpeg_passthrough and _is_buffer(image):
+                if image.size > _MAX_JPEG_BYTES:  # no real frame is this big: a broken stream
+                    with self._cond:
+                        self.frames_dropped_corrupt += 1
+                    return True, None
                 return True, image.tobytes()
             if image.dtype != np.uint8 or image.ndim not in (2, 3) or _is_buffer(image):
                 logger.debug("dropped a %s %s frame", image.dtype, image.shape)

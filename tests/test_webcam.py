@@ -12,12 +12,13 @@ import threading
 import time
 
 import cv2
+import numpy as np
 import pytest
 import websocket
-from conftest import TIMEOUT
-from fake_capture import FakeWebcam, pictures, strip_dht
+from conftest import TIMEOUT, wait_until
+from fake_capture import FakeCapture, FakeWebcam, pictures, strip_dht
 
-from camstream import CameraState, CameraThread, ConfigError
+from camstream import CameraState, CameraThread, ConfigError, SourceError
 from camstream.camera import describe_source
 from camstream.jpeg import inspect_jpeg
 
@@ -255,3 +256,34 @@ def test_720p_is_full_rate_for_a_real_viewer(streamer_factory) -> None:
     assert rate >= 29.5, rate
     assert stats["format"] == "MJPG" and stats["jpeg_passthrough"] is True
     assert (stats["width"], stats["height"], stats["fps"]) == (1280, 720, 30.0)
+
+
+def test_a_driver_that_throws_while_being_set_up_is_a_source_error() -> None:
+    webcam = FakeWebcam()
+    released = []
+
+    class Throwing(FakeCapture):
+        def set(self, prop: int, value: float) -> bool:
+            raise cv2.error("VIDIOC_S_FMT: Device or resource busy")
+
+        def release(self) -> None:
+            released.append(True)
+            super().release()
+
+    with pytest.raises(SourceError, match="cannot set up camera 0: .*busy"):
+        CameraThread(0, capture_factory=lambda target, api: Throwing(webcam)).start()
+    assert released == [True]
+
+
+def test_oversized_buffers_are_dropped() -> None:
+    class Flooding(FakeCapture):
+        def read(self) -> tuple:
+            ok, buffer = super().read()
+            if ok and buffer.ndim == 2 and buffer.shape[0] == 1:
+                return True, np.zeros((1, 65 * 1024 * 1024), np.uint8)
+            return ok, buffer
+
+    webcam = FakeWebcam()
+    with CameraThread(0, capture_factory=lambda t, a: Flooding(webcam)) as camera:
+        assert wait_until(lambda: camera.frames_dropped_corrupt >= 2)
+        assert camera.latest() is None
