@@ -2,10 +2,16 @@
 
 Sources (see :func:`describe_source`):
 
-* a device index (``0`` or ``"0"``) — a webcam through OpenCV;
-* a file path or stream URL — files play at their own frame rate and loop by default;
+* ``"auto"`` (the default) — camera 0, or the built-in test pattern (with one WARNING) if there
+  is no camera;
+* a device index (``0`` or ``"0"``, strict: no fallback), a device path (``/dev/video2``) or a
+  stable name (``/dev/v4l/by-id/...``) — a webcam through OpenCV, in MJPEG mode when it has it
+  (see :mod:`camstream.devices`);
+* a file path or stream URL — files play at their own frame rate and loop by default; MJPEG
+  files and MJPEG streams (another camstream's ``/stream.mjpg``, mjpg-streamer, ustreamer, IP
+  cameras) are read as raw JPEG files and passed through untouched;
 * ``"test"`` — the built-in animated test pattern, needing no camera;
-* ``"push"`` (or ``None``) — the application hands frames in with :meth:`CameraThread.publish`.
+* ``"push"`` — the application hands frames in with :meth:`CameraThread.publish`.
 
 Only the newest frame is kept (no queue): readers ask for "a frame newer than the one I had"
 and always get the latest, so a slow reader skips frames instead of falling behind.
@@ -16,28 +22,36 @@ from __future__ import annotations
 import contextlib
 import enum
 import logging
+import math
 import os
 import threading
 import time
-from typing import Callable, Iterator, Union
+from typing import Callable, Iterable, Iterator, Mapping, Union
 
 import cv2
 import numpy as np
 
+from . import devices
+from .controls import ControlResult, ControlValue, apply_controls, parse_controls
+from .devices import CaptureFactory, CaptureMode, VideoCaptureLike
 from .errors import ConfigError, SourceError
 from .frame import Frame
 from .jpeg import CorruptJpeg, inspect_jpeg
+from .protocol import MAX_FPS, MAX_SIDE
 from .testpattern import TestPattern
 
 __all__ = ["CameraThread", "CameraState", "Frame", "Source", "describe_source"]
 
 logger = logging.getLogger(__name__)
 
-Source = Union[int, str, None]
-"""A device index, a file path or URL, ``"test"``, or ``"push"``/``None``."""
+Source = Union[int, str]
+"""``"auto"``, a device index or path, a file path or URL, ``"test"``, or ``"push"``."""
 
+AUTO = "auto"
 _DEFAULT_SIZE = (640, 480)
 _MAX_SIDE = 65500  # the largest picture a JPEG can hold
+_DEVICE_PREFIXES = ("/dev/video", "/dev/v4l/")
+_MAX_JPEG_BYTES = 64 * 1024 * 1024  # far above an 8192x8192 JPEG at quality 100
 _URL_SCHEMES = ("rtsp://", "rtsps://", "rtmp://", "http://", "https://", "udp://", "tcp://")
 
 
@@ -48,14 +62,17 @@ class CameraState(str, enum.Enum):
     STREAMING = "streaming"
     LOST = "lost"  # the source stopped delivering; it is being reopened with backoff
     ENDED = "ended"  # a file that does not loop reached its end
+    FAILED = "failed"  # the camera thread crashed (a bug): see CameraThread.failure_reason
     STOPPED = "stopped"
 
 
 CameraListener = Callable[[str, dict], None]
-"""Called from the camera thread with ``("camera_lost" | "camera_restored", details)``."""
+"""Called from the camera thread with ``(event, details)``: ``camera_lost`` (details has a
+``reason``), ``camera_restored`` or ``source_ended``."""
 
 
 class _SourceKind(str, enum.Enum):
+    AUTO = "auto"
     DEVICE = "device"
     FILE = "file"
     URL = "url"
@@ -63,19 +80,33 @@ class _SourceKind(str, enum.Enum):
     PUSH = "push"
 
 
+_SOURCE_HELP = "a camera index (0), a device path, a video file, a stream URL, 'test' or 'push'"
+
+
 def _classify(source: Source) -> tuple[_SourceKind, Union[int, str, None]]:
-    if source is None or source == "push":
-        return _SourceKind.PUSH, None
+    if source is None:
+        # None used to mean push; with "auto" as the default it is more likely a mistake.
+        raise ConfigError(
+            f"source is None: give 'auto', 'push' (to publish frames) or {_SOURCE_HELP}"
+        )
     if isinstance(source, bool):
-        raise ConfigError(f"unknown source {source!r}")
+        raise ConfigError(f"unknown source {source!r}: give {_SOURCE_HELP}")
     if isinstance(source, int):
+        if source < 0:
+            raise ConfigError(f"camera index must be 0 or more, not {source}")
         return _SourceKind.DEVICE, source
     if not isinstance(source, str):
-        raise ConfigError(
-            f"source must be a device index, a path, a URL, 'test' or 'push', not {source!r}"
-        )
+        raise ConfigError(f"source must be {_SOURCE_HELP}, not {type(source).__name__}")
+    if not source.strip():
+        raise ConfigError(f"source is empty: give {_SOURCE_HELP}")
+    if source == "push":
+        return _SourceKind.PUSH, None
+    if source == AUTO:
+        return _SourceKind.AUTO, 0
     if source.strip().isdigit():
         return _SourceKind.DEVICE, int(source)
+    if source.startswith(_DEVICE_PREFIXES):
+        return _SourceKind.DEVICE, source
     if source == "test":
         return _SourceKind.TEST, source
     if source.lower().startswith(_URL_SCHEMES):
@@ -86,6 +117,8 @@ def _classify(source: Source) -> tuple[_SourceKind, Union[int, str, None]]:
 def describe_source(source: Source) -> str:
     """A short human description of ``source``, for logs and error messages."""
     kind, value = _classify(source)
+    if kind is _SourceKind.AUTO:
+        return "camera 0 or the test pattern"
     if kind is _SourceKind.DEVICE:
         return f"camera {value}"
     if kind is _SourceKind.TEST:
@@ -123,37 +156,68 @@ class CameraThread:
     thread keeps running; listeners hear ``camera_lost`` and ``camera_restored``.
 
     Args:
-        source: see :data:`Source`.
-        width, height: requested frame size. Applied to devices (the device may choose another
-            size: :attr:`width` / :attr:`height` report what it really gives); files and streams
-            are scaled to it; the test pattern is drawn at it (default 640x480).
+        source: see :data:`Source`. ``"auto"`` (default): camera 0, else the test pattern.
+        width, height: requested frame size, 16 to 8192 (:data:`camstream.protocol.MAX_SIDE`).
+            Applied to devices (the device may choose another size: :attr:`width` /
+            :attr:`height` report what it really gives, and a WARNING says so); files and
+            streams are scaled to it; the test pattern is drawn at it (default 640x480). One
+            side alone keeps the source's aspect ratio (4:3 where it is not known in advance).
         fps: requested frame rate. Applied to devices (:attr:`fps` reports what they give);
             the test pattern runs at it; files play at their own rate unless it is unknown.
-        loop: files start again at their end (default); otherwise the state becomes ENDED.
+        loop: files start again at their end (default); otherwise the state becomes ENDED and
+            listeners hear ``source_ended``.
         reconnect_delay_max: the longest wait, in seconds, between two attempts to reopen a lost
             source (the wait starts at a quarter second and doubles).
+        pixel_format: for devices, the format to ask for: ``"auto"`` (MJPEG if the camera has it,
+            else what it gives), ``"mjpeg"``, ``"yuyv"``, ``"native"`` (ask for nothing), or a
+            FOURCC. See :data:`camstream.devices.PIXEL_FORMATS`.
+        backend: the OpenCV backend: ``"auto"`` (V4L2 on Linux, DirectShow on Windows,
+            AVFoundation on macOS; FFmpeg for files and URLs) or a name from
+            :data:`camstream.devices.BACKENDS`.
+        camera_settings: camera controls applied after every (re)open, as ``{"exposure": 100}``
+            or ``["exposure=100", "autofocus=off"]``; names in :data:`camstream.controls.CONTROLS`.
+        capture_factory: ``factory(target, api_preference)`` returning a
+            ``cv2.VideoCapture``-like object (see :class:`camstream.devices.VideoCaptureLike`);
+            for tests (a fake camera) and unusual backends. Default: ``cv2.VideoCapture``.
+
+    Raises:
+        ConfigError: an argument is out of range (checked here, before anything is opened).
     """
 
     def __init__(
         self,
-        source: Source = 0,
+        source: Source = AUTO,
         *,
         width: int | None = None,
         height: int | None = None,
         fps: float = 30.0,
         loop: bool = True,
         reconnect_delay_max: float = 1.0,
+        pixel_format: str = "auto",
+        backend: str = "auto",
+        camera_settings: Mapping[str, ControlValue] | Iterable[str] | None = None,
+        capture_factory: CaptureFactory | None = None,
     ) -> None:
         self._kind, self._target = _classify(source)
         self.source = source
-        if fps <= 0:
-            raise ConfigError(f"fps must be positive, not {fps}")
-        if (width is None) != (height is None) and self._kind is not _SourceKind.DEVICE:
-            raise ConfigError("give both width and height, or neither")
+        if isinstance(fps, bool) or not isinstance(fps, (int, float)) or not (
+            math.isfinite(fps) and 0 < fps <= MAX_FPS
+        ):
+            raise ConfigError(f"fps must be above 0 and at most {MAX_FPS:g}, not {fps!r}")
         for name, value in (("width", width), ("height", height)):
-            if value is not None and value < 16:
-                raise ConfigError(f"{name} must be at least 16 pixels, not {value}")
-        self._requested_size = (width, height)
+            if value is None:
+                continue
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise ConfigError(f"{name} must be a whole number of pixels, not {value!r}")
+            if not 16 <= value <= MAX_SIDE:
+                raise ConfigError(f"{name} must be 16 to {MAX_SIDE} pixels, not {value}")
+        self._pixel_format_name = pixel_format
+        self._pixel_format = devices.pixel_format_code(pixel_format)
+        self._backend_name = devices.check_backend(backend)
+        self._camera_settings = parse_controls(camera_settings)
+        self._factory: CaptureFactory = capture_factory or devices.opencv_capture
+        self._given_size = (width, height)
+        self._requested_size = _complete_size(width, height, 4, 3)
         self._requested_fps = float(fps)
         self._loop = loop
         self._reconnect_delay_max = reconnect_delay_max
@@ -165,17 +229,42 @@ class CameraThread:
         self._state = CameraState.NEW
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
-        self._capture: cv2.VideoCapture | None = None
+        self._capture: VideoCaptureLike | None = None
         self._pattern: TestPattern | None = None
         self._listeners: list[CameraListener] = []
         self._frame_listeners: list[Callable[[Frame], None]] = []
-        self.width, self.height = width or _DEFAULT_SIZE[0], height or _DEFAULT_SIZE[1]
+        self.width = self._requested_size[0] or _DEFAULT_SIZE[0]
+        self.height = self._requested_size[1] or _DEFAULT_SIZE[1]
         self.fps = self._requested_fps
+        self.mode: CaptureMode | None = None
+        """What the source granted at the last open (format, size, fps, passthrough, backend);
+        None for the test pattern and pushed frames."""
+        self.controls: list[ControlResult] = []
+        """The camera settings as applied at the last open, each granted or refused."""
+        self.failure_reason: str | None = None
+        """Why the camera thread stopped, if it crashed (state FAILED)."""
         self.frames_captured = 0
         self.frames_dropped_corrupt = 0
         """JPEG frames from the source that were not whole JPEG files: dropped, never sent."""
         self.decodes = 0
         """JPEG frames decoded to pixels (only when something needed the pixels)."""
+
+    @property
+    def pixel_format(self) -> str | None:
+        """The pixel format the source delivers (``"MJPG"``, ``"YUYV"``, ...), if known."""
+        if self.mode is not None:
+            return self.mode.pixel_format or None
+        return "BGR" if self._kind is _SourceKind.TEST else None
+
+    @property
+    def backend(self) -> str | None:
+        """The OpenCV backend reading the source (``"V4L2"``, ``"FFMPEG"``, ...), if any."""
+        return self.mode.backend if self.mode is not None else None
+
+    @property
+    def jpeg_passthrough(self) -> bool:
+        """Whether frames are the source's own JPEG files (not decoded to be stored)."""
+        return self.mode is not None and self.mode.jpeg_passthrough
 
     # Lifecycle
 
@@ -191,9 +280,11 @@ class CameraThread:
         if self._kind is _SourceKind.PUSH:
             self._set_state(CameraState.STREAMING)
             return self
+        if self._kind is _SourceKind.AUTO:
+            self._open_auto()
         if self._kind is _SourceKind.TEST:
             self._pattern = TestPattern(self.width, self.height)
-        else:
+        elif self._capture is None:
             self._capture = self._open_capture(first_time=True)
         self._set_state(CameraState.STREAMING)
         # Daemon: a thread blocked in a driver's read() must not keep the interpreter alive
@@ -289,21 +380,34 @@ class CameraThread:
         """Hand in a frame (push mode only). Thread-safe; returns the stored :class:`Frame`.
 
         Args:
-            image: an 8-bit BGR (H x W x 3) or grayscale (H x W) array.
+            image: an 8-bit (``uint8``) numpy array: BGR (H x W x 3), BGRA (H x W x 4; the
+                alpha channel is dropped when encoding) or grayscale (H x W or H x W x 1), at
+                most 65500 pixels a side.
             copy: copy the array, so the caller may keep drawing into its own buffer. Pass
                 ``False`` only if the caller never touches the array again.
 
         Raises:
-            ConfigError: not a push source, or not an 8-bit image.
+            ConfigError: not a push source, or not such an image (the message says what it got).
         """
         if self._kind is not _SourceKind.PUSH:
             raise ConfigError("publish() works only with source='push'")
-        if not isinstance(image, np.ndarray) or image.dtype != np.uint8 or image.ndim not in (2, 3):
-            raise ConfigError("publish() takes an 8-bit BGR or grayscale numpy array")
+        if not isinstance(image, np.ndarray):
+            raise ConfigError(
+                f"publish() takes a numpy array (8-bit BGR, BGRA or grayscale), "
+                f"not {type(image).__name__}"
+            )
+        got = f"got dtype {image.dtype}, shape {image.shape}"
+        if image.dtype != np.uint8 or image.ndim not in (2, 3):
+            raise ConfigError(
+                f"publish() takes an 8-bit BGR (HxWx3), BGRA (HxWx4) or grayscale (HxW) "
+                f"array; {got}"
+            )
         if image.ndim == 3 and image.shape[2] not in (1, 3, 4):
-            raise ConfigError("publish() takes 1, 3 or 4 colour channels")
+            raise ConfigError(f"publish() takes 1, 3 or 4 colour channels; {got}")
         if image.size == 0 or max(image.shape[:2]) > _MAX_SIDE:
-            raise ConfigError(f"publish() takes a non-empty image at most {_MAX_SIDE} px a side")
+            raise ConfigError(
+                f"publish() takes a non-empty image at most {_MAX_SIDE} px a side; {got}"
+            )
         if self._stopping.is_set():
             raise ConfigError("publish() after stop()")
         return self._store(image.copy() if copy else image)
@@ -374,69 +478,156 @@ class CameraThread:
         for listener in self._frame_listeners:
             listener(frame)
 
-    def _set_state(self, state: CameraState) -> None:
+    def _set_state(self, state: CameraState, reason: str | None = None) -> None:
         previous = self._state
         if previous is state or previous is CameraState.STOPPED:  # stopped is final
             return
         self._state = state
         event = None
+        description = describe_source(self.source)
         if state is CameraState.LOST:
             event = "camera_lost"
-            logger.warning("%s stopped delivering frames; reopening", describe_source(self.source))
+            reason = reason or "the source stopped delivering frames"
+            logger.warning("%s stopped delivering frames; reopening", description)
+        elif state is CameraState.FAILED:
+            event = "camera_lost"
+            logger.error("%s: the camera thread failed (%s); no more frames", description, reason)
+        elif state is CameraState.ENDED:
+            event = "source_ended"
+            logger.info("%s ended (no loop): no more frames", description)
         elif state is CameraState.STREAMING and previous is CameraState.LOST:
             event = "camera_restored"
-            logger.info("%s is back", describe_source(self.source))
+            logger.info("%s is back", description)
         if event is not None:
-            details = {"source": describe_source(self.source)}
+            details = {"source": description}
+            if reason is not None:
+                details["reason"] = reason
             for listener in list(self._listeners):
                 try:
                     listener(event, details)
                 except Exception:
                     logger.exception("camera listener failed on %s", event)
 
-    def _open_capture(self, first_time: bool) -> cv2.VideoCapture:
-        """Open the OpenCV capture, apply the requested settings and read them back."""
-        target = self._target
+    def _open_auto(self) -> None:
+        """Source ``"auto"``: camera 0 if it opens, else the test pattern (one WARNING)."""
+        try:
+            self._kind, self._target, self.source = _SourceKind.DEVICE, 0, 0
+            self._capture = self._open_capture(first_time=True)
+        except SourceError:
+            logger.warning("no camera found at index 0: streaming the built-in test pattern")
+            self._kind, self._target, self.source = _SourceKind.TEST, "test", "test"
+
+    def _open_capture(self, first_time: bool) -> VideoCaptureLike:
+        """Open the capture, negotiate its mode, apply the camera settings, read them back."""
         description = describe_source(self.source)
+        target = self._target
         if self._kind is _SourceKind.FILE and not os.path.exists(str(target)):
             raise SourceError(
                 self.source,
                 f"cannot open {description}: no such file. Give an existing video file, a "
                 f"stream URL, a camera index, or 'test' for the built-in test pattern.",
             )
+        is_device = self._kind is _SourceKind.DEVICE
+        if is_device and isinstance(target, str):
+            # A stable name (/dev/v4l/by-id/...) points at whichever /dev/videoN the camera got
+            # this time it was plugged in: resolve it at every open.
+            target = os.path.realpath(target)
+        if is_device:
+            api = devices.backend_for_device(self._backend_name)
+        else:
+            api = devices.backend_for_stream(self._backend_name)
         with _quiet_opencv():
-            capture = cv2.VideoCapture(target)  # type: ignore[arg-type]  # int or str
-            if not capture.isOpened():
-                capture.release()
+            capture = self._create(target, api)
+            if capture is None and not is_device and self._backend_name == "auto":
+                capture = self._create(target, cv2.CAP_ANY)  # FFmpeg could not: try the others
+            if capture is None:
                 raise SourceError(self.source, self._open_failure_message())
-            if self._kind is _SourceKind.DEVICE:
-                width, height = self._requested_size
-                if width is not None:
-                    capture.set(cv2.CAP_PROP_FRAME_WIDTH, width)
-                if height is not None:
-                    capture.set(cv2.CAP_PROP_FRAME_HEIGHT, height)
-                capture.set(cv2.CAP_PROP_FPS, self._requested_fps)
-        reported_fps = capture.get(cv2.CAP_PROP_FPS)
-        if self._kind is _SourceKind.DEVICE or (self._kind is _SourceKind.FILE and reported_fps):
-            self.fps = reported_fps if 0 < reported_fps <= 1000 else self._requested_fps
-        if first_time and self._kind is not _SourceKind.DEVICE and self._requested_size[0]:
+            try:
+                mode = self._configure(capture, first_time)
+            except BaseException as exc:
+                capture.release()
+                if isinstance(exc, cv2.error):  # the driver refused a setting outright
+                    raise SourceError(self.source, f"cannot set up {description}: {exc}") from exc
+                raise
+        previous, self.mode = self.mode, mode
+        self.fps = mode.fps
+        if self._kind is not _SourceKind.DEVICE and self._requested_size[0] is not None:
             self.width, self.height = self._requested_size  # type: ignore[assignment]
-        elif first_time:
-            self.width = int(capture.get(cv2.CAP_PROP_FRAME_WIDTH)) or self.width
-            self.height = int(capture.get(cv2.CAP_PROP_FRAME_HEIGHT)) or self.height
-        if first_time:
-            logger.info(
-                "opened %s: %dx%d at %.3g fps", description, self.width, self.height, self.fps
-            )
+        elif mode.width and mode.height:
+            self.width, self.height = mode.width, mode.height
+        if first_time or mode != previous:
+            logger.info("opened %s: %s", description, mode.describe())
         return capture
+
+    def _configure(self, capture: VideoCaptureLike, first_time: bool) -> CaptureMode:
+        """Negotiate the mode of a just-opened capture and apply the camera settings."""
+        if self._kind is not _SourceKind.DEVICE:
+            if self._camera_settings and first_time:
+                logger.warning("camera settings apply to cameras only; ignored for %s",
+                               describe_source(self.source))
+            return self._negotiate_stream(capture)
+        mode = self._negotiate_device(capture, first_time)
+        if self._camera_settings:
+            self.controls = apply_controls(capture, self._camera_settings)
+        return mode
+
+    def _create(self, target: int | str, api: int) -> VideoCaptureLike | None:
+        """The factory's capture if it opened, else None (released)."""
+        try:
+            capture = self._factory(target, api)
+        except cv2.error as exc:  # OpenCV refuses some targets outright
+            logger.debug("cannot open %r: %s", target, exc)
+            return None
+        if capture.isOpened():
+            return capture
+        capture.release()
+        return None
+
+    def _negotiate_device(self, capture: VideoCaptureLike, first_time: bool) -> CaptureMode:
+        width, height = self._requested_size
+        mode = devices.negotiate_device(
+            capture, self._pixel_format, width, height, self._requested_fps
+        )
+        forced = self._pixel_format_name.lower() != "auto"
+        gaps = devices.shortfall(
+            mode, self._pixel_format, *self._given_size, self._requested_fps,
+            format_forced=forced,
+        )
+        if gaps and (first_time or mode != self.mode):
+            logger.warning(
+                "%s gives %s: %s", describe_source(self.source), mode.describe(), "; ".join(gaps)
+            )
+        return mode
+
+    def _negotiate_stream(self, capture: VideoCaptureLike) -> CaptureMode:
+        """Files and URLs: MJPEG ones are read as raw JPEG packets unless they must be scaled."""
+        source_size = (
+            int(capture.get(cv2.CAP_PROP_FRAME_WIDTH)), int(capture.get(cv2.CAP_PROP_FRAME_HEIGHT))
+        )
+        if all(source_size) and (self._given_size[0] is None) != (self._given_size[1] is None):
+            # One side given: keep the source's aspect ratio.
+            self._requested_size = _complete_size(*self._given_size, *source_size)
+        wanted = self._requested_size
+        needs_scaling = wanted[0] is not None and wanted != source_size
+        codec, raw = devices.fourcc_name(capture.get(cv2.CAP_PROP_FOURCC)), False
+        if not needs_scaling:
+            codec, raw = devices.open_raw_jpeg_stream(capture)
+        reported_fps = capture.get(cv2.CAP_PROP_FPS)
+        fps = reported_fps if 0 < reported_fps <= 1000 else self._requested_fps
+        return CaptureMode(
+            pixel_format=codec, width=source_size[0], height=source_size[1],
+            fps=fps if self._kind is _SourceKind.FILE else self._requested_fps,
+            jpeg_passthrough=raw, backend=devices.backend_name(capture),
+        )
 
     def _open_failure_message(self) -> str:
         description = describe_source(self.source)
         if self._kind is _SourceKind.DEVICE:
+            where = self._target if isinstance(self._target, str) else f"/dev/video{self._target}"
             return (
                 f"cannot open {description}: no camera there, or it is busy or not permitted. "
-                f"Check the index (/dev/video{self._target} on Linux) or use source 'test' "
-                f"(camstream --source test) for the built-in test pattern."
+                f"Check the device ({where} on Linux; camstream --list-cameras lists them) or "
+                f"use source 'test' (camstream --source test) for the built-in test pattern."
             )
         if self._kind is _SourceKind.URL:
             return f"cannot open {description}: the stream did not answer or is not a video."
@@ -448,11 +639,12 @@ class CameraThread:
                 self._run_test_pattern()
             else:
                 self._run_capture()
-        except Exception:
+        except Exception as exc:
             # A bug, not a source failure (those are handled in the loop): keep it visible, and
             # tell viewers there will be no more frames.
             logger.exception("camera thread crashed")
-            self._set_state(CameraState.LOST)
+            self.failure_reason = f"camera thread crashed: {type(exc).__name__}: {exc}"[:200]
+            self._set_state(CameraState.FAILED, self.failure_reason)
         finally:
             if self._capture is not None:
                 self._capture.release()
@@ -482,11 +674,15 @@ class CameraThread:
         deadline = time.monotonic()
         frames_since_open = 0
         while not self._stopping.is_set():
-            ok, image = self._read()
-            if ok and image is not None:
+            ok, payload = self._read()
+            if ok and payload is not None:
                 if self._state is not CameraState.STREAMING:
                     self._set_state(CameraState.STREAMING)
-                self._store(image)
+                if isinstance(payload, bytes):
+                    if self._matches_stream(payload):
+                        self._store_jpeg(payload)  # a corrupt one is dropped and counted
+                else:
+                    self._store(payload)
                 self._retry_delay = 0.25
                 frames_since_open += 1
                 if paced:
@@ -506,19 +702,53 @@ class CameraThread:
             frames_since_open = 0
             deadline = time.monotonic()
 
-    def _read(self) -> tuple[bool, np.ndarray | None]:
-        """One frame from the capture, scaled; a failing or broken read is (False, None)."""
+    def _read(self) -> tuple[bool, np.ndarray | bytes | None]:
+        """One frame: the source's JPEG file (bytes) or pixels, scaled; a failure is (False, None).
+
+        In passthrough mode the backend hands out a 1xN uint8 array holding one JPEG file; a
+        backend that ignored ``CONVERT_RGB = 0`` hands out BGR pixels instead, taken as such.
+        """
         capture = self._capture
         if capture is None:
             return False, None
         try:
             ok, image = capture.read()
-            if not ok or image is None or image.size == 0:
+            if not ok or not isinstance(image, np.ndarray) or image.size == 0:
                 return False, None
+            if self.jpeg_passthrough and _is_buffer(image):
+                if image.size > _MAX_JPEG_BYTES:  # no real frame is this big: a broken stream
+                    with self._cond:
+                        self.frames_dropped_corrupt += 1
+                    return True, None
+                return True, image.tobytes()
+            if image.dtype != np.uint8 or image.ndim not in (2, 3) or _is_buffer(image):
+                logger.debug("dropped a %s %s frame", image.dtype, image.shape)
+                return True, None
             return True, self._fit(image)
         except cv2.error as exc:  # a broken stream: treated like any failed read (reopen)
             logger.debug("read failed: %s", exc)
             return False, None
+
+    def _matches_stream(self, data: bytes) -> bool:
+        """A camera's JPEG must have the size the camera granted; others are dropped, counted.
+
+        (V4L2 fixes the size when the format is set; a frame header that says otherwise is a
+        damaged buffer. Files and streams may change size between frames: not checked.)
+        """
+        mode = self.mode
+        if self._kind is not _SourceKind.DEVICE or mode is None or not mode.width:
+            return True
+        try:
+            info = inspect_jpeg(data)
+        except CorruptJpeg:
+            return True  # _store_jpeg drops and counts it
+        if (info.width, info.height) == (mode.width, mode.height):
+            return True
+        with self._cond:
+            self.frames_dropped_corrupt += 1
+        logger.debug("dropped a %dx%d JPEG from a %dx%d camera stream",
+                     info.width, info.height, mode.width, mode.height)
+        return False
 
     def _reopen(self, wait_first: bool, quietly: bool) -> bool:
         """Reopen the source with backoff until it works or stop() is called.
@@ -550,3 +780,21 @@ class CameraThread:
         if image.shape[1] == width and image.shape[0] == height:
             return image
         return cv2.resize(image, (width, height), interpolation=cv2.INTER_AREA)
+
+
+def _is_buffer(image: np.ndarray) -> bool:
+    """A 1xN (or N) uint8 array: an encoded buffer, not a picture."""
+    return image.dtype == np.uint8 and (
+        image.ndim == 1 or (image.ndim == 2 and image.shape[0] == 1)
+    )
+
+
+def _complete_size(
+    width: int | None, height: int | None, ratio_w: int, ratio_h: int
+) -> tuple[int | None, int | None]:
+    """Fill in the missing side of a size from an aspect ratio (even, at least 16)."""
+    if width is not None and height is None:
+        height = max(16, int(round(width * ratio_h / ratio_w / 2)) * 2)
+    elif height is not None and width is None:
+        width = max(16, int(round(height * ratio_w / ratio_h / 2)) * 2)
+    return width, height

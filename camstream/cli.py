@@ -13,7 +13,10 @@ from typing import Sequence
 
 from . import __version__
 from .camera import describe_source
-from .errors import CamstreamError, ConfigError, SourceError
+from .controls import CONTROLS
+from .devices import BACKENDS, PIXEL_FORMATS
+from .discovery import format_cameras, list_cameras
+from .errors import CamstreamError, ConfigError
 from .server import GODOT_MAX_MESSAGE, Streamer
 
 logger = logging.getLogger(__name__)
@@ -51,6 +54,25 @@ def build_parser() -> argparse.ArgumentParser:
         f"(default {GODOT_MAX_MESSAGE}: what Godot's WebSocketPeer takes by default; "
         "0: no limit). Clients ask with ?max_bytes=; the bundled clients ask for 0",
     )
+    camera = parser.add_argument_group("camera")
+    camera.add_argument(
+        "--list-cameras", action="store_true",
+        help="list the cameras (index, name, device paths, formats and rates) and exit",
+    )
+    camera.add_argument(
+        "--pixel-format", default="auto", metavar="FORMAT",
+        help=f"camera pixel format: {', '.join(PIXEL_FORMATS)} or a FOURCC (default auto: "
+        "MJPEG if the camera has it, passed through without re-encoding)",
+    )
+    camera.add_argument(
+        "--backend", default="auto", choices=["auto", *BACKENDS],
+        help="OpenCV backend (default auto: V4L2 on Linux, DirectShow on Windows, AVFoundation "
+        "on macOS, FFmpeg for files and URLs)",
+    )
+    camera.add_argument(
+        "--camera-set", action="append", metavar="NAME=VALUE", dest="camera_settings",
+        help=f"set a camera control after every open (repeatable): {', '.join(CONTROLS)}",
+    )
     security = parser.add_argument_group("security")
     security.add_argument(
         "--token", default=os.environ.get("CAMSTREAM_TOKEN") or None,
@@ -73,20 +95,17 @@ def _make_streamer(args: argparse.Namespace, source: object) -> Streamer:
     return Streamer(
         source,  # type: ignore[arg-type]
         host=args.host, port=args.port, fps=args.fps, width=args.width, height=args.height,
-        quality=args.quality, max_bytes=args.max_bytes, loop=not args.no_loop, token=args.token,
+        quality=args.quality, max_bytes=args.max_bytes, loop=not args.no_loop,
+        pixel_format=args.pixel_format, backend=args.backend,
+        camera_settings=args.camera_settings, token=args.token,
         allowed_origins=args.allow_origin, max_clients=args.max_clients,
         certfile=args.certfile, keyfile=args.keyfile,
     )
 
 
 def _start(args: argparse.Namespace) -> Streamer:
-    if args.source != AUTO_SOURCE:
-        return _make_streamer(args, args.source).start()
-    try:
-        return _make_streamer(args, 0).start()
-    except SourceError:
-        logger.warning("no camera found at index 0: streaming the built-in test pattern")
-        return _make_streamer(args, "test").start()
+    # "auto" (camera 0, else the test pattern) is the library's own default now.
+    return _make_streamer(args, args.source).start()
 
 
 def _with_option_names(message: str, parser: argparse.ArgumentParser) -> str:
@@ -123,6 +142,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the command; returns the exit status."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.list_cameras:
+        print(format_cameras(list_cameras()), flush=True)
+        return 0
     if args.certfile is None and args.keyfile is not None:
         parser.error("--keyfile needs --certfile")
     if args.source.strip().lower() == "push":

@@ -14,12 +14,13 @@ import signal
 import threading
 import time
 import urllib.parse
-from typing import Any, Iterable, Iterator
+from typing import Any, Iterable, Iterator, Mapping
 
 import numpy as np
 
 from . import protocol
 from .camera import CameraThread, Frame, Source, describe_source
+from .devices import CaptureFactory
 from .encoder import EncodeCache
 from .errors import ConfigError
 from .protocol import CloseCode
@@ -49,14 +50,17 @@ class Streamer(BaseApplication):
     """Streams one frame source to every WebSocket client that connects.
 
     Args:
-        source: a camera index, a video file or stream URL, ``"test"`` for the built-in test
-            pattern, or ``"push"`` to hand frames in with :meth:`publish`.
+        source: what to stream (default auto: camera 0, else the built-in test pattern with a
+            WARNING), a camera index (strict: no fallback) or device path, a video file or stream URL
+            (an MJPEG one is passed through untouched), ``"test"`` for the test pattern, or
+            ``"push"`` to hand frames in with :meth:`publish`.
         host: the address to listen on. The default, ``127.0.0.1``, admits this machine only;
             ``0.0.0.0`` admits the network (set a ``token`` then).
         port: the TCP port (default 8765); ``0`` picks a free one (see :attr:`port`).
         fps: the camera's frame rate (default 30), and the rate a client gets unless it asks
             for less.
-        width, height: the capture size requested from the source (default: the source's own).
+        width, height: the capture size requested from the source (16-8192; default: the
+            source's own; one side alone keeps the source's aspect ratio).
         quality: the default JPEG quality, 1-100 (default 80).
         max_bytes: the largest JPEG a WebSocket client gets unless it asks for another limit
             (``?max_bytes=``; ``0`` there means no limit). The default, 65535, is Godot 4's
@@ -64,7 +68,10 @@ class Streamer(BaseApplication):
             frames over it are re-encoded at a lower quality, then a smaller size. ``None`` or
             ``0``: no limit. The HTTP endpoints (``/stream.mjpg``, ``/snapshot.jpg``) are not
             limited unless asked (``?max_bytes=``).
-        loop: play files again from the start when they end (default True).
+        loop: play files again from the start when they end (default True; else viewers get
+            ``source_ended``).
+        pixel_format, backend, camera_settings, capture_factory: how a camera is opened: see
+            :class:`~camstream.camera.CameraThread` (MJPEG by default, the platform's backend).
         token: if set, clients must present it (``?token=`` or ``Authorization: Bearer``);
             others are closed with 1008. Default None: no token.
         allowed_origins: browser origins admitted besides the server's own pages (e.g.
@@ -90,7 +97,7 @@ class Streamer(BaseApplication):
 
     def __init__(
         self,
-        source: Source = 0,
+        source: Source = "auto",
         *,
         host: str = "127.0.0.1",
         port: int = 8765,
@@ -100,6 +107,10 @@ class Streamer(BaseApplication):
         quality: int = 80,
         max_bytes: int | None = GODOT_MAX_MESSAGE,
         loop: bool = True,
+        pixel_format: str = "auto",
+        backend: str = "auto",
+        camera_settings: Mapping[str, Any] | Iterable[str] | None = None,
+        capture_factory: CaptureFactory | None = None,
         # Security
         token: str | None = None,
         allowed_origins: Iterable[str] | None = None,
@@ -130,7 +141,10 @@ class Streamer(BaseApplication):
                 f"max_bytes must be 0 (no limit) or {protocol.MIN_MAX_BYTES}-{2**31 - 1}, "
                 f"not {max_bytes}"
             )
-        self.camera = CameraThread(source, width=width, height=height, fps=fps, loop=loop)
+        self.camera = CameraThread(
+            source, width=width, height=height, fps=fps, loop=loop, pixel_format=pixel_format,
+            backend=backend, camera_settings=camera_settings, capture_factory=capture_factory,
+        )
         self.host = host
         self.quality = quality
         self.max_bytes = max_bytes or None  # None: no limit
@@ -304,8 +318,11 @@ class Streamer(BaseApplication):
     def publish(self, image: np.ndarray, *, copy: bool = True) -> Frame:
         """Hand a frame to every viewer (push mode: ``Streamer("push")``). Thread-safe.
 
+        ``image`` is an 8-bit BGR, BGRA or grayscale array (see :meth:`CameraThread.publish`).
+
         Raises:
-            ConfigError: the Streamer's source is not ``"push"``, or not an 8-bit image.
+            ConfigError: the Streamer's source is not ``"push"``, or not such an image (the
+                message gives the dtype and shape it got).
         """
         return self.camera.publish(image, copy=copy)
 
@@ -455,6 +472,8 @@ class Streamer(BaseApplication):
         return {
             "source_width": camera.width,
             "source_height": camera.height,
+            "source_format": camera.pixel_format,
+            "source_fps": camera.fps,
             "camera": camera.state.value,
         }
 
@@ -466,6 +485,16 @@ class Streamer(BaseApplication):
             "width": camera.width,
             "height": camera.height,
             "fps": camera.fps,
+            "format": camera.pixel_format,
+            "backend": camera.backend,
+            "jpeg_passthrough": camera.jpeg_passthrough,
+            "frames_dropped_corrupt": camera.frames_dropped_corrupt,
+            "controls": [
+                {"name": c.name, "requested": c.requested, "actual": c.actual,
+                 "granted": c.granted}
+                for c in camera.controls
+            ],
+            "failure_reason": camera.failure_reason,
         }
 
     @staticmethod
