@@ -51,9 +51,9 @@ class Streamer(BaseApplication):
 
     Args:
         source: what to stream (default auto: camera 0, else the built-in test pattern with a
-            WARNING), a camera index (strict: no fallback) or device path, a video file or stream URL
-            (an MJPEG one is passed through untouched), ``"test"`` for the test pattern, or
-            ``"push"`` to hand frames in with :meth:`publish`.
+            WARNING), a camera index (strict: no fallback) or device path, a video file or
+            stream URL (an MJPEG one is passed through untouched), ``"test"`` for the test
+            pattern, or ``"push"`` to hand frames in with :meth:`publish`.
         host: the address to listen on. The default, ``127.0.0.1``, admits this machine only;
             ``0.0.0.0`` admits the network (set a ``token`` then).
         port: the TCP port (default 8765); ``0`` picks a free one (see :attr:`port`).
