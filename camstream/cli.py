@@ -48,6 +48,16 @@ def build_parser() -> argparse.ArgumentParser:
     security.add_argument("--max-clients", type=int, help="most viewers at once (more get 1013)")
     security.add_argument("--certfile", help="TLS certificate (PEM): serve wss://")
     security.add_argument("--keyfile", help="TLS private key (PEM), if not in --certfile")
+    security.add_argument(
+        "--trusted-proxy", action="append", metavar="ADDR",
+        help="believe X-Forwarded-For/-Proto/-Host (or Forwarded) from this reverse proxy's "
+        "address or CIDR network (repeatable), e.g. 127.0.0.1 for nginx on this machine",
+    )
+    parser.add_argument(
+        "--check-config", action="store_true",
+        help="check every option and exit (for ExecStartPre): prints OK or one error line, "
+        "exit status 0 or 1. Opens no camera, stream or port; a file source must exist.",
+    )
     parser.add_argument("--log-level", default="INFO",
                         choices=["DEBUG", "INFO", "WARNING", "ERROR"], type=str.upper)
     parser.add_argument("--version", action="version", version=f"camstream {__version__}")
@@ -60,7 +70,7 @@ def _make_streamer(args: argparse.Namespace, source: object) -> Streamer:
         host=args.host, port=args.port, fps=args.fps, width=args.width, height=args.height,
         quality=args.quality, loop=not args.no_loop, token=args.token,
         allowed_origins=args.allow_origin, max_clients=args.max_clients,
-        certfile=args.certfile, keyfile=args.keyfile,
+        certfile=args.certfile, keyfile=args.keyfile, trusted_proxies=args.trusted_proxy,
     )
 
 
@@ -81,6 +91,9 @@ def _raise_keyboard_interrupt(signum: int, frame: object) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command; returns the exit status."""
     parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if "--check-config" in argv:
+        return check_config(parser, argv)
     args = parser.parse_args(argv)
     if args.certfile is None and args.keyfile is not None:
         parser.error("--keyfile needs --certfile")
@@ -108,4 +121,37 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         if streamer is not None:
             streamer.stop()
+    return 0
+
+
+class _BadOption(Exception):
+    """An option argparse refused, in --check-config mode (one line, no usage text)."""
+
+
+def check_config(parser: argparse.ArgumentParser, argv: Sequence[str]) -> int:
+    """``--check-config``: validate every option as a start would, without starting.
+
+    Builds the Streamer (every range, the token, the TLS files, the trusted proxies) but opens
+    no source and binds no port: at boot a camera may still be settling and a relay's upstream
+    may be down, and camstream waits for both anyway. A file source must exist and be readable.
+    Prints ``camstream: configuration OK`` (exit 0) or one ``camstream: error: ...`` line (1).
+    """
+
+    def refuse(message: str) -> None:
+        raise _BadOption(message)
+
+    parser.error = refuse  # type: ignore[method-assign]
+    try:
+        args = parser.parse_args(argv)
+        if args.certfile is None and args.keyfile is not None:
+            refuse("--keyfile needs --certfile")
+        source = "test" if args.source == AUTO_SOURCE else args.source
+        _make_streamer(args, source)  # validates; opens nothing until start()
+        is_file = describe_source(source).startswith("file ")
+        if is_file and not (os.path.isfile(source) and os.access(source, os.R_OK)):
+            refuse(f"--source {source}: no such readable file")
+    except (_BadOption, CamstreamError) as exc:
+        print(f"camstream: error: {' '.join(str(exc).split())}", file=sys.stderr)
+        return 1
+    print("camstream: configuration OK", flush=True)
     return 0
