@@ -369,12 +369,24 @@ def topology(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Topology]:
             stop_process(process)
 
 
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def test_40_viewers_through_nginx_each_get_29_fps(topology: Topology) -> None:
+    processes = {"origin": topology.origin, "relay A": topology.relays[0],
+                 "relay B": topology.relays[1]}
+    cpu_before = {name: cpu_seconds(p.pid) for name, p in processes.items()}
     start = time.monotonic()
     origin_before = stats(topology.origin_port)
     time.sleep(WINDOW_S)  # the measurement window itself; nothing to wait for
     end = time.monotonic()
+    cpu = {name: f"{(cpu_seconds(p.pid) - cpu_before[name]) / (end - start):.0%}"
+           for name, p in processes.items()}
     rates = [v.frames_between(start, end) / WINDOW_S for v in topology.viewers]
+    print(f"fps per viewer: min {min(rates):.2f}, mean {sum(rates) / len(rates):.2f}; "
+          f"CPU (one core = 100 %): {cpu}")
     slow = [(i, v.kind, v.context is not None, round(r, 1))
             for i, (v, r) in enumerate(zip(topology.viewers, rates)) if r < MIN_FPS]
     assert not slow, f"viewers under {MIN_FPS} fps (index, kind, tls, fps): {slow}"
@@ -475,6 +487,8 @@ def test_killing_a_relay_moves_its_viewers_to_the_other_within_2s(topology: Topo
         assert closed - killed_at < 1.0, "the viewer was not closed at once"
         first = next(t for t in viewer.frames if t > closed)
         gaps.append(round(first - closed, 2))
+    print(f"relay killed: {len(gaps)} viewers moved; close to first frame again: "
+          f"max {max(gaps)} s, all {sorted(gaps)}")
     assert max(gaps) <= RECONNECT_S, f"seconds from close to first frame again: {gaps}"
 
 
@@ -502,6 +516,8 @@ def test_restarting_the_origin_reports_lost_then_restored_to_every_viewer(
         6 * TIMEOUT, 0.1,
     ), [v.event_types()[n:] for v, n in zip(ws_viewers, events_before)]
     resumed_after = time.monotonic()
+    print(f"origin restarted: every WebSocket viewer got camera_lost then camera_restored "
+          f"{resumed_after - stopped_at:.2f} s after the stop")
     # Frames flow again to every viewer, WebSocket and MJPEG alike, through the same connection
     # or a new one.
     assert wait_until(
