@@ -252,7 +252,7 @@ def test_log_names_client_and_proxy(streamer_factory, caplog) -> None:
     assert any("from 203.0.113.9 via 127.0.0.1" in r.getMessage() for r in caplog.records)
 
 
-def test_is_trusted_proxy_is_the_accept_time_exemption(streamer_factory) -> None:
+def test_is_trusted_proxy_is_the_accept_time_exemption() -> None:
     streamer = Streamer("push", trusted_proxies=["127.0.0.0/8"])
     assert streamer.is_trusted_proxy("127.0.0.5")
     assert not streamer.is_trusted_proxy("192.0.2.1")
