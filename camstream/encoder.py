@@ -9,6 +9,7 @@ depends on the camera rate and the number of distinct variants, never on the num
 from __future__ import annotations
 
 import collections
+import dataclasses
 import logging
 import math
 import threading
@@ -139,6 +140,10 @@ class EncodeCache:
         Raises:
             ValueError: the frame cannot be encoded.
         """
+        if variant.max_bytes is not None:
+            whole = self._whole_if_it_fits(frame, variant)
+            if whole is not None:
+                return whole
         key = (frame.seq, variant)
         with self._lock:
             slot = self._slots.get(key)
@@ -162,6 +167,31 @@ class EncodeCache:
             raise ValueError(f"could not encode frame {frame.seq}: {slot.error}")
         assert slot.result is not None
         return slot.result
+
+    def _whole_if_it_fits(self, frame: Frame, variant: Variant) -> EncodedFrame | None:
+        """The encode without a byte limit, if it fits under ``variant.max_bytes``.
+
+        Clients with and without a limit (Godot's default one, the bundled clients' none, the
+        HTTP endpoints) then share one encode whenever the frame fits. It is made here only
+        while the limit's own search is at full quality and size; else looked up, not made.
+        """
+        assert variant.max_bytes is not None
+        whole_variant = dataclasses.replace(variant, max_bytes=None)
+        with self._lock:
+            slot = self._slots.get((frame.seq, whole_variant))
+            hint = self._hints.get(variant)
+        at_full = hint is None or (hint.quality >= variant.quality and hint.scale >= 1.0)
+        made = slot is not None and slot.done.is_set() and slot.result is not None
+        if not (made or at_full):
+            return None
+        whole = self.get(frame, whole_variant)
+        if len(whole.data) <= variant.max_bytes:
+            return whole
+        if at_full:  # the limit's search starts one step down, not with this encode again
+            step = _step_down(variant.quality, 1.0, min(whole.width, whole.height))
+            with self._lock:
+                self._hints[variant] = _Hint(*step)
+        return None
 
     def _keep(self, key: tuple[int, Variant], slot: _Slot) -> None:
         """Account for a finished encode; drop the oldest entries beyond the bounds."""

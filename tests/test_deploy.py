@@ -669,9 +669,12 @@ def test_the_units_own_check_config_line_passes(name: str) -> None:
     (["--port", "x" * 10000], "--port"),
     (["--no-such-option"], "unrecognized"),
     (["--token", ""], "token"),
+    (["--max-clients", "0"], "--max-clients"),
+    (["--max-bytes", "5"], "--max-bytes"),
+    (["--source", "push"], "--source push"),
 ])
 def test_check_config_prints_one_error_line_and_exits_1(args: list[str], words: str) -> None:
-    result = check_config("--source", "test", *args)
+    result = check_config("--source", "test", *args)  # a later --source wins
     assert result.returncode == 1
     assert result.stdout == ""
     lines = result.stderr.strip().splitlines()
