@@ -437,6 +437,11 @@ def test_access_rules_hold_through_the_proxy(topology: Topology) -> None:
     with RawClient(http, timeout=TIMEOUT) as client:
         client.send(b"GET /healthz HTTP/1.0\r\nHost: evil.example\r\n\r\n")
         assert client.expect_eof()
+    unverified = ssl.create_default_context()
+    unverified.check_hostname, unverified.verify_mode = False, ssl.CERT_NONE
+    with RawClient(tls, timeout=TIMEOUT) as client:
+        with pytest.raises(ssl.SSLError, match="UNRECOGNIZED_NAME"):  # not even a certificate
+            unverified.wrap_socket(client.sock, server_hostname="evil.example")
     # /healthz needs no token through nginx either.
     assert http_get(http, "/healthz") == (200, b"ok\n")
 
