@@ -83,6 +83,16 @@ def build_parser() -> argparse.ArgumentParser:
     security.add_argument("--max-clients", type=int, help="most viewers at once (more get 1013)")
     security.add_argument("--certfile", help="TLS certificate (PEM): serve wss://")
     security.add_argument("--keyfile", help="TLS private key (PEM), if not in --certfile")
+    security.add_argument(
+        "--trusted-proxy", action="append", metavar="ADDR",
+        help="believe X-Forwarded-For/-Proto/-Host (or Forwarded) from this reverse proxy's "
+        "address or CIDR network (repeatable), e.g. 127.0.0.1 for nginx on this machine",
+    )
+    parser.add_argument(
+        "--check-config", action="store_true",
+        help="check every option and exit (for ExecStartPre): prints OK or one error line, "
+        "exit status 0 or 1. Opens no camera, stream or port; a file source must exist.",
+    )
     parser.add_argument("--log-level", default="INFO",
                         choices=["DEBUG", "INFO", "WARNING", "ERROR"], type=str.upper,
                         help="how much to log on stderr (default INFO: start, stop, clients "
@@ -99,7 +109,7 @@ def _make_streamer(args: argparse.Namespace, source: object) -> Streamer:
         pixel_format=args.pixel_format, backend=args.backend,
         camera_settings=args.camera_settings, token=args.token,
         allowed_origins=args.allow_origin, max_clients=args.max_clients,
-        certfile=args.certfile, keyfile=args.keyfile,
+        certfile=args.certfile, keyfile=args.keyfile, trusted_proxies=args.trusted_proxy,
     )
 
 
@@ -138,13 +148,8 @@ def _raise_keyboard_interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Run the command; returns the exit status."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if args.list_cameras:
-        print(format_cameras(list_cameras()), flush=True)
-        return 0
+def _check_combinations(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """What argparse cannot check alone; ``parser.error()`` on a bad combination."""
     if args.certfile is None and args.keyfile is not None:
         parser.error("--keyfile needs --certfile")
     if args.source.strip().lower() == "push":
@@ -153,6 +158,19 @@ def main(argv: Sequence[str] | None = None) -> int:
             "the command has none to hand. Use a camera index, a video file, a stream URL or "
             "'test'"
         )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command; returns the exit status."""
+    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if "--check-config" in argv:
+        return check_config(parser, argv)
+    args = parser.parse_args(argv)
+    if args.list_cameras:
+        print(format_cameras(list_cameras()), flush=True)
+        return 0
+    _check_combinations(parser, args)
     logging.basicConfig(
         level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
@@ -181,4 +199,37 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         if streamer is not None:
             streamer.stop()
+    return 0
+
+
+class _BadOption(Exception):
+    """An option argparse refused, in --check-config mode (one line, no usage text)."""
+
+
+def check_config(parser: argparse.ArgumentParser, argv: Sequence[str]) -> int:
+    """``--check-config``: validate every option as a start would, without starting.
+
+    Builds the Streamer (every range, the token, the TLS files, the trusted proxies) but opens
+    no source and binds no port: at boot a camera may still be settling and a relay's upstream
+    may be down, and camstream waits for both anyway. A file source must exist and be readable.
+    Prints ``camstream: configuration OK`` (exit 0) or one ``camstream: error: ...`` line (1).
+    """
+
+    def refuse(message: str) -> None:
+        raise _BadOption(message)
+
+    parser.error = refuse  # type: ignore[method-assign]
+    try:
+        args = parser.parse_args(argv)
+        _check_combinations(parser, args)
+        source = "test" if args.source == AUTO_SOURCE else args.source
+        _make_streamer(args, source)  # validates; opens nothing until start()
+        is_file = describe_source(source).startswith("file ")
+        if is_file and not (os.path.isfile(source) and os.access(source, os.R_OK)):
+            refuse(f"--source {source}: no such readable file")
+    except (_BadOption, CamstreamError) as exc:
+        message = _with_option_names(str(exc), parser) if isinstance(exc, ConfigError) else exc
+        print(f"camstream: error: {' '.join(str(message).split())}", file=sys.stderr)
+        return 1
+    print("camstream: configuration OK", flush=True)
     return 0

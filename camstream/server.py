@@ -24,6 +24,7 @@ from .devices import CaptureFactory
 from .encoder import EncodeCache
 from .errors import ConfigError
 from .protocol import CloseCode
+from .proxy import ClientView, is_trusted, parse_trusted_proxies, resolve
 from .session import ClientSession, ClientSettings
 from .transport import (
     BaseApplication,
@@ -89,6 +90,11 @@ class Streamer(BaseApplication):
         handshake_timeout: seconds a client may take to complete its handshake (default 10).
         max_message_size: the largest message a client may send, in bytes (default 65536;
             larger ones are closed with 1009).
+        trusted_proxies: addresses or CIDR networks of reverse proxies (nginx) whose
+            ``X-Forwarded-For/-Proto/-Host`` or ``Forwarded`` headers are believed: for logs,
+            ``stats()``, per-address limits, the Origin rule and the URLs camstream serves.
+            From any other peer those headers are ignored (default None: no proxy is trusted).
+            See :mod:`camstream.proxy`.
 
     Raises:
         ConfigError: an argument is out of range.
@@ -123,6 +129,7 @@ class Streamer(BaseApplication):
         ping_timeout: float = 20.0,
         handshake_timeout: float = 10.0,
         max_message_size: int = 65536,
+        trusted_proxies: Iterable[str] | None = None,
     ) -> None:
         if not 1 <= quality <= 100:
             raise ConfigError(f"quality must be 1-100, not {quality}")
@@ -141,6 +148,7 @@ class Streamer(BaseApplication):
                 f"max_bytes must be 0 (no limit) or {protocol.MIN_MAX_BYTES}-{2**31 - 1}, "
                 f"not {max_bytes}"
             )
+        self.trusted_proxies = parse_trusted_proxies(trusted_proxies)
         self.camera = CameraThread(
             source, width=width, height=height, fps=fps, loop=loop, pixel_format=pixel_format,
             backend=backend, camera_settings=camera_settings, capture_factory=capture_factory,
@@ -369,7 +377,9 @@ class Streamer(BaseApplication):
         refusal = self.access_refusal(conn.request)
         if refusal is not None:
             code, reason = refusal
-            logger.info("refusing client %s from %s: %s", conn.id, conn.remote_address[0], reason)
+            logger.info(
+                "refusing client %s from %s: %s", conn.id, self._describe(conn.request), reason
+            )
             conn.close(code, reason)
             return
         settings = ClientSettings(
@@ -391,7 +401,7 @@ class Streamer(BaseApplication):
                 return
             self._sessions[conn.id] = session
         conn.session = session
-        logger.info("client %s connected from %s", conn.id, conn.remote_address[0])
+        logger.info("client %s connected from %s", conn.id, self._describe(conn.request))
         session.start()
 
     def on_text(self, conn: Connection, text: str) -> None:
@@ -418,10 +428,44 @@ class Streamer(BaseApplication):
 
     # Internals
 
+    def client_of(self, request: Request) -> ClientView:
+        """The client behind ``request``: its address, scheme and host (see camstream.proxy).
+
+        The one place that decides which address a connection is, for logs, ``stats()`` and
+        per-address limits: the TCP peer, or the forwarded client if the peer is a trusted
+        proxy.
+        """
+        return resolve(
+            request.remote_address[0], request.headers, self.trusted_proxies,
+            tls=self._ssl_context is not None,
+        )
+
+    def is_trusted_proxy(self, address: str) -> bool:
+        """Whether a TCP peer is a trusted proxy: exempt from per-address limits at accept
+        time, its connections counted by their forwarded address once the headers are read."""
+        return is_trusted(address, self.trusted_proxies)
+
+    def url_for(self, request: Request) -> str:
+        """The WebSocket URL as the client of ``request`` reaches it (through a proxy or not)."""
+        client = self.client_of(request)
+        if not client.host:
+            return self.url
+        return f"{'wss' if client.secure else 'ws'}://{client.host}/"
+
+    def _describe(self, request: Request) -> str:
+        """The client's address for logs; ``"<client> via <proxy>"`` through a trusted proxy."""
+        client = self.client_of(request)
+        if client.via_proxy:
+            return f"{client.address} via {request.remote_address[0]}"
+        return client.address
+
     def access_refusal(self, request: Request) -> tuple[int, str] | None:
         """Why this request may not watch, as (WebSocket close code, reason), or None.
 
         The token and Origin rules, shared by WebSocket viewers and the HTTP endpoints.
+        The DNS-rebinding Host rule looks at the ``Host`` header as received (a trusted proxy
+        sends its upstream's name, e.g. ``localhost``); the same-origin test compares the page's
+        origin with the host the client asked for (``X-Forwarded-Host`` through a proxy).
         """
         if self.token is not None:
             offered = request.query.get("token")
@@ -437,7 +481,9 @@ class Streamer(BaseApplication):
             # A browser sent here through a name that is not this machine's: DNS rebinding.
             return CloseCode.POLICY_VIOLATION, "host not allowed"
         origin = request.origin
-        if origin is not None and not self._origin_allowed(origin.rstrip("/").lower(), host):
+        if origin is not None and not self._origin_allowed(
+            origin.rstrip("/").lower(), self.client_of(request).host
+        ):
             return CloseCode.POLICY_VIOLATION, "origin not allowed"
         return None
 
@@ -497,12 +543,11 @@ class Streamer(BaseApplication):
             "failure_reason": camera.failure_reason,
         }
 
-    @staticmethod
-    def _client_info(session: ClientSession, now: float) -> dict[str, Any]:
+    def _client_info(self, session: ClientSession, now: float) -> dict[str, Any]:
         settings, stats = session.settings, session.stats
         return {
             "id": session.connection.id,
-            "address": session.connection.remote_address[0],
+            "address": self.client_of(session.connection.request).address,
             "fps": settings.fps,
             "width": settings.width,
             "height": settings.height,

@@ -13,6 +13,8 @@ connection's own handler thread (one thread per connection, see ``transport``):
                           each part has ``Content-Type``, ``Content-Length`` and ``X-Timestamp``
                           (capture time, Unix seconds)
 ``/stats.json``           ``Streamer.stats()`` as JSON
+``/healthz``              200 ``ok`` while frames flow (one within 2 s or 3 frame periods), else
+                          503 ``no frames``; needs no token and reveals nothing else
 ``/ws``                   426 Upgrade Required: that path is for WebSocket clients only
 anything else             404
 ========================  ==========================================================================
@@ -70,6 +72,7 @@ logger = logging.getLogger(__name__)
 _POLL_S = 0.1  # waiting loops look at Streamer.is_serving this often
 _FIRST_FRAME_WAIT_S = 2.0  # how long /snapshot.jpg waits for a first frame before a 503
 _QUERY_FIELDS = frozenset({"fps", "quality", "width", "height", "max_bytes"})
+_HEALTHY_FRAME_AGE_S = 2.0  # /healthz: 200 while the newest frame is younger (or 3 periods)
 _BOUNDARY = "camstream-frame"  # the MJPEG part boundary; parts carry Content-Length too
 
 _NO_STORE = {"Cache-Control": "no-store, no-cache, must-revalidate", "Pragma": "no-cache"}
@@ -181,10 +184,13 @@ class HttpRoutes:
             self._count("pages")
             self._page(exchange)
             return
+        if path == "/healthz":
+            self._healthz(exchange)
+            return
         if path == "/ws":
             exchange.send_response(
                 426,
-                f"connect a WebSocket client to {self.streamer.url}\n".encode(),
+                f"connect a WebSocket client to {self.streamer.url_for(request)}\n".encode(),
                 headers={"Upgrade": "websocket", "Sec-WebSocket-Version": "13"},
             )
             return
@@ -258,6 +264,15 @@ class HttpRoutes:
         self._count("snapshots")
         exchange.send_response(200, encoded.data, "image/jpeg", headers=_NO_STORE)
 
+    def _healthz(self, exchange: HttpExchange) -> None:
+        """200 ``ok`` while frames flow, else 503 ``no frames``; no token: it reveals one bit."""
+        frame = self.streamer.camera.latest()
+        limit = max(_HEALTHY_FRAME_AGE_S, 3.0 / self.streamer.camera.fps)
+        if frame is not None and time.monotonic() - frame.captured_monotonic <= limit:
+            exchange.send_response(200, b"ok\n", headers=_NO_STORE)
+        else:
+            exchange.send_response(503, b"no frames\n", headers={"Retry-After": "1", **_NO_STORE})
+
     def _stats_json(self, exchange: HttpExchange) -> None:
         body = json.dumps(self.streamer.stats(), indent=1).encode()
         exchange.send_response(200, body, "application/json", headers=_NO_STORE)
@@ -278,7 +293,8 @@ class HttpRoutes:
         except _Full:
             self._count("mjpeg_full")
             logger.info(
-                "MJPEG client from %s refused: server full", exchange.request.remote_address[0]
+                "MJPEG client from %s refused: server full",
+                self.streamer.client_of(exchange.request).address,
             )
             exchange.send_response(
                 503, b"server full, try again later\n", headers={"Retry-After": "5", **_NO_STORE}
@@ -332,7 +348,7 @@ class HttpRoutes:
         logger.info(
             "HTTP %s from %s refused: %s",
             exchange.request.path,
-            exchange.request.remote_address[0],
+            self.streamer.client_of(exchange.request).address,
             reason,
         )
         if "token" in reason:
@@ -371,7 +387,8 @@ class HttpRoutes:
         if not self.streamer.reserve_viewer():
             raise _Full
         with self._lock:
-            stream = _StreamStats(next(self._stream_ids), request.remote_address[0], fps, variant)
+            address = self.streamer.client_of(request).address
+            stream = _StreamStats(next(self._stream_ids), address, fps, variant)
             self._streams[stream.id] = stream
             self._counters["mjpeg_opened"] += 1
         logger.info("MJPEG stream %d opened by %s", stream.id, stream.address)
