@@ -20,6 +20,7 @@ from . import protocol
 from .camera import CameraThread, Frame, Source, describe_source
 from .encoder import EncodeCache
 from .errors import ConfigError
+from .pacing import CounterRates
 from .protocol import CloseCode
 from .session import ClientSession, ClientSettings
 from .transport import (
@@ -65,6 +66,10 @@ class Streamer(BaseApplication):
         send_timeout: seconds a single frame may take to send before the viewer is dropped.
         ping_interval, ping_timeout: keepalive for idle connections, in seconds.
         max_message_size: the largest message a client may send, in bytes (else 1009).
+        max_variants: distinct sizes/qualities/limits encoded at once besides the default one;
+            a viewer asking for another gets the nearest one in use (its metadata says which).
+        max_encodes_per_s: JPEG encodes a second for non-default variants and snapshots, all
+            viewers together (default: ``fps * (max_variants + 1)``); past it, frames are skipped.
 
     Raises:
         ConfigError: an argument is out of range.
@@ -94,6 +99,8 @@ class Streamer(BaseApplication):
         ping_timeout: float = 20.0,
         handshake_timeout: float = 10.0,
         max_message_size: int = 65536,
+        max_variants: int = 4,
+        max_encodes_per_s: float | None = None,
     ) -> None:
         if not 1 <= quality <= 100:
             raise ConfigError(f"quality must be 1-100, not {quality}")
@@ -105,6 +112,10 @@ class Streamer(BaseApplication):
             raise ConfigError(f"port must be 0-65535, not {port}")
         if token is not None and not token:
             raise ConfigError("token must not be empty")
+        if not 0 <= max_variants <= 64:
+            raise ConfigError(f"max_variants must be 0-64, not {max_variants}")
+        if max_encodes_per_s is not None and not 1 <= max_encodes_per_s <= 100_000:
+            raise ConfigError(f"max_encodes_per_s must be 1-100000, not {max_encodes_per_s}")
         self.camera = CameraThread(source, width=width, height=height, fps=fps, loop=loop)
         self.host = host
         self.quality = quality
@@ -114,7 +125,14 @@ class Streamer(BaseApplication):
         )
         self.max_clients = max_clients
         self.send_timeout = send_timeout
-        self.cache = EncodeCache()
+        self.cache = EncodeCache(
+            default_quality=quality,
+            max_variants=max_variants,
+            max_encodes_per_s=(
+                fps * (max_variants + 1) if max_encodes_per_s is None else max_encodes_per_s
+            ),
+        )
+        self._rates = CounterRates()  # encodes and decodes per second
         self._http = HttpRoutes(self)
         self._ssl_context = make_ssl_context(certfile, keyfile) if certfile else None
         self._requested_port = port
@@ -284,11 +302,21 @@ class Streamer(BaseApplication):
             sessions = list(self._sessions.values())
         cache = self.cache
         now = time.time()
+        encodes_per_s, decodes_per_s = self._rates.per_s(
+            time.monotonic(), (cache.encodes, self.camera.decodes)
+        )
         return {
             "uptime_s": round(time.monotonic() - self._started_at, 3) if self._started_at else 0,
             "camera": self._camera_info(),
             "frames_captured": self.camera.frames_captured,
+            "frames_dropped_corrupt": self.camera.frames_dropped_corrupt,
             "frames_encoded": cache.encodes,
+            "encodes": cache.encodes,
+            "decodes": self.camera.decodes,
+            "encodes_per_s": encodes_per_s,
+            "decodes_per_s": decodes_per_s,
+            "encodes_refused": cache.encodes_refused,
+            "live_variants": cache.live_variants,
             "variants": [
                 {
                     "width": v.width, "height": v.height, "quality": v.quality,
@@ -314,7 +342,7 @@ class Streamer(BaseApplication):
             logger.info("refusing client %s from %s: %s", conn.id, conn.remote_address[0], reason)
             conn.close(code, reason)
             return
-        settings = ClientSettings(fps=self.camera.fps, quality=self.quality)
+        settings = ClientSettings(fps=self.camera.fps)
         session = ClientSession(
             conn, self.camera, self.cache, settings, describe_camera=self._camera_state_fields,
             stall_timeout=self.send_timeout,
@@ -395,6 +423,7 @@ class Streamer(BaseApplication):
         return sessions
 
     def _on_frame(self, frame: Frame) -> None:
+        self._rates.sample(time.monotonic(), (self.cache.encodes, self.camera.decodes))
         with self._sessions_lock:
             sessions = list(self._sessions.values())
         for session in sessions:
