@@ -8,8 +8,8 @@ import cv2
 import numpy as np
 import pytest
 
-from camstream.frame import Frame
 from camstream.encoder import EncodeCache, Variant, encode_jpeg, fit_size
+from camstream.frame import Frame
 
 
 def make_frame(seq: int, image: np.ndarray) -> Frame:

@@ -112,6 +112,7 @@ def test_dht_less_frames_pass_through_untouched_and_decode_in_opencv(
             assert np.array_equal(opencv_decode(got), opencv_decode(with_dht))
         # Re-encoding (another size) decodes them too.
         viewer.ws.send('{"type": "config", "width": 320}')
+        assert viewer.next_text("metadata")["width"] == 320
         streamer.publish_jpeg(sources[0][1])
         assert opencv_decode(viewer.next_frame()).shape == (240, 320, 3)
     assert streamer.stats()["frames_dropped_corrupt"] == 0
