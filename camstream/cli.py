@@ -46,6 +46,11 @@ def build_parser() -> argparse.ArgumentParser:
     security.add_argument("--allow-origin", action="append", metavar="ORIGIN",
                           help="admit browser pages from this origin (repeatable)")
     security.add_argument("--max-clients", type=int, help="most viewers at once (more get 1013)")
+    security.add_argument(
+        "--max-variants", type=int, default=4, metavar="N",
+        help="distinct sizes/qualities encoded at once besides the default (default 4); "
+        "a viewer asking for another gets the nearest one in use",
+    )
     security.add_argument("--certfile", help="TLS certificate (PEM): serve wss://")
     security.add_argument("--keyfile", help="TLS private key (PEM), if not in --certfile")
     parser.add_argument("--log-level", default="INFO",
@@ -60,7 +65,7 @@ def _make_streamer(args: argparse.Namespace, source: object) -> Streamer:
         host=args.host, port=args.port, fps=args.fps, width=args.width, height=args.height,
         quality=args.quality, loop=not args.no_loop, token=args.token,
         allowed_origins=args.allow_origin, max_clients=args.max_clients,
-        certfile=args.certfile, keyfile=args.keyfile,
+        max_variants=args.max_variants, certfile=args.certfile, keyfile=args.keyfile,
     )
 
 
