@@ -344,8 +344,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     viewers = []
     for i in range(args.clients):
         fps = rates[i % len(rates)]
-        url = args.url + (f"?fps={fps:g}" if fps is not None else "")
+        query = [f"fps={fps:g}"] if fps is not None else []
+        query += [args.query] if args.query else []
+        url = args.url + ("?" + "&".join(query) if query else "")
         viewers.append(Viewer(i, url, fps or args.camera_fps))
+    if args.extra:  # one more viewer with its own settings (a smaller size, say)
+        viewers.append(Viewer(len(viewers), f"{args.url}?{args.extra}", args.camera_fps))
     loop = Loop()
     for viewer in viewers:
         viewer.begin_connect(args.connect_timeout)
@@ -399,6 +403,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         latencies += lat
         per_client.append({
             "index": v.index,
+            "query": urlsplit(v.url).query,
             "fps_requested": v.fps,
             "frames": v.frames,
             "fps": v.frames / window,
@@ -436,6 +441,9 @@ def main() -> int:
     parser.add_argument("--fps", default="",
                         help="comma-separated ?fps= values assigned round-robin (default: none)")
     parser.add_argument("--camera-fps", type=float, default=30.0)
+    parser.add_argument("--query", default="", help="more query parameters for every viewer")
+    parser.add_argument("--extra", default="",
+                        help="query of one more viewer (e.g. width=320); default: none")
     parser.add_argument("--connect-timeout", type=float, default=60.0)
     parser.add_argument("--warmup", type=float, default=2.0)
     parser.add_argument("--duration", type=float, default=10.0)
