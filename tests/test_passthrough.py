@@ -7,9 +7,11 @@ server's counters show how many decodes and encodes were spent.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
-from typing import Any
+import threading
+from typing import Any, Iterator
 
 import cv2
 import numpy as np
@@ -84,6 +86,27 @@ class Viewer:
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
+
+
+@contextlib.contextmanager
+def publishing(streamer: Streamer, frames: list[bytes]) -> Iterator[None]:
+    """Publish ``frames`` round and round at about 30 fps until the block ends."""
+    stop = threading.Event()
+
+    def run() -> None:
+        i = 0
+        while not stop.wait(1 / 30):
+            streamer.publish_jpeg(frames[i % len(frames)])
+            i += 1
+
+    thread = threading.Thread(target=run, name="test-publisher")
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join(TIMEOUT)
+    assert not thread.is_alive()
 
 
 def push_streamer(streamer_factory, **kwargs: Any) -> Streamer:
@@ -233,3 +256,17 @@ def test_corrupt_files_are_dropped_and_counted_in_stats(streamer_factory, broken
         assert viewer.next_frame() == good  # the broken one never went out
     stats = streamer.stats()
     assert stats["frames_dropped_corrupt"] == 1 and stats["frames_captured"] == 1
+
+
+def test_stats_show_decodes_and_encodes_per_second(streamer_factory) -> None:
+    streamer = push_streamer(streamer_factory)
+    sources = [webcam_like_jpeg(i) for i in range(5)]
+    with Viewer(streamer) as native, Viewer(streamer, "?width=320") as small:
+        with publishing(streamer, sources):
+            for _ in range(45):  # 1.5 s of frames at 30 fps
+                native.next_frame()
+                small.next_frame()
+            stats = streamer.stats()
+    assert 15 <= stats["decodes_per_s"] <= 35, stats["decodes_per_s"]
+    assert 15 <= stats["encodes_per_s"] <= 35, stats["encodes_per_s"]
+    assert stats["decodes"] == stats["encodes"] >= 40

@@ -11,10 +11,8 @@ OpenCV's libjpeg writes the standard tables (no ``optimize``), which the first t
 
 from __future__ import annotations
 
-import contextlib
 import re
 import struct
-import threading
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -24,9 +22,7 @@ import pytest
 from conftest import TIMEOUT
 from test_browser import browser, page, wait_for  # noqa: F401 - fixtures
 from test_godot import godot, godot_home, project, run_godot  # noqa: F401 - fixtures
-from test_passthrough import Viewer, webcam_like_jpeg
-
-from camstream import Streamer
+from test_passthrough import Viewer, publishing, webcam_like_jpeg
 
 _DHT = 0xC4
 # JPEG spec Annex K.3, table K.3 (DC luminance): code counts per length, then the symbols.
@@ -65,27 +61,6 @@ def opencv_decode(jpeg: bytes) -> np.ndarray:
 def sources() -> list[tuple[bytes, bytes]]:
     """(with DHT, without DHT) pairs of webcam-like 640x480 frames."""
     return [(jpeg, without_huffman_tables(jpeg)) for jpeg in map(webcam_like_jpeg, range(4))]
-
-
-@contextlib.contextmanager
-def publishing(streamer: Streamer, frames: list[bytes]) -> Iterator[None]:
-    """Publish ``frames`` round and round at about 30 fps until the block ends."""
-    stop = threading.Event()
-
-    def run() -> None:
-        i = 0
-        while not stop.wait(1 / 30):
-            streamer.publish_jpeg(frames[i % len(frames)])
-            i += 1
-
-    thread = threading.Thread(target=run, name="test-publisher")
-    thread.start()
-    try:
-        yield
-    finally:
-        stop.set()
-        thread.join(TIMEOUT)
-    assert not thread.is_alive()
 
 
 def test_opencv_writes_the_standard_tables_so_cutting_them_out_keeps_the_picture(
