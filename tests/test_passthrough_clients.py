@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 from conftest import TIMEOUT
 from test_browser import browser, page, wait_for  # noqa: F401 - fixtures
-from test_godot import godot, godot_home, project, run_godot  # noqa: F401 - fixtures
+from test_godot import godot, godot_home, project, run_example, run_godot  # noqa: F401
 from test_passthrough import Viewer, publishing, webcam_like_jpeg
 
 _DHT = 0xC4
@@ -179,3 +179,19 @@ def test_dht_less_frames_decode_in_godot(
         assert (int(size), int(err), int(width), int(height)) == (len(without_dht), 0, 640, 480)
         assert np.abs(np.array(pixel, int) - expected).max() <= 8, (pixel, expected)
     assert streamer.camera.decodes == 0 and streamer.cache.encodes == 0
+
+
+def test_the_godot_example_streams_passthrough_frames(
+    streamer_factory, sources, godot: str, godot_home: dict, project: Path  # noqa: F811
+) -> None:
+    """The example project, unchanged, on untouched DHT-less frames (metadata quality null)."""
+    streamer = streamer_factory("push", fps=30)
+    with publishing(streamer, [without for _, without in sources]):
+        result, outcome, fields = run_example(
+            godot, godot_home, project, streamer.url, "--quit-after-frames=30"
+        )
+    assert "SCRIPT ERROR" not in result.stdout, result.stdout
+    assert result.returncode == 0 and outcome == "OK", result.stdout
+    assert fields["size"] == "640x480" and fields["decode_errors"] == "0", result.stdout
+    assert '"quality":null' in result.stdout, result.stdout
+    assert streamer.camera.decodes == 0
