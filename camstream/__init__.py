@@ -11,7 +11,6 @@ from __future__ import annotations
 import logging
 
 from .camera import CameraState, CameraThread
-from .frame import Frame
 from .errors import (
     CamstreamError,
     ConfigError,
@@ -19,6 +18,7 @@ from .errors import (
     ServerError,
     SourceError,
 )
+from .frame import Frame
 from .protocol import PROTOCOL_VERSION, CloseCode
 from .server import Streamer
 

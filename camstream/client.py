@@ -1,4 +1,7 @@
-"""A small synchronous client for camstream servers (``pip install camstream[client]``).
+"""A small synchronous client for camstream servers.
+
+Needs ``websocket-client``: ``pip install '.[client]'`` in a camstream checkout (camstream is not
+on PyPI), or ``pip install websocket-client``.
 
     from camstream.client import Client
 
@@ -16,15 +19,33 @@ import collections
 import json
 import time
 import urllib.parse
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
 
 import cv2
 import numpy as np
 
-from .errors import CamstreamError, ConnectionClosedError
+from .errors import CamstreamError, ConfigError, ConnectionClosedError
 
-__all__ = ["Client", "ReceivedFrame"]
+__all__ = ["Client", "ReceivedFrame", "RequestRefusedError"]
+
+_ERROR_HANDLING = ("raise", "warn", "ignore")
+_INSTALL_HINT = (
+    "camstream.client needs websocket-client: pip install '.[client]' in a camstream checkout, "
+    "or pip install websocket-client"
+)
+
+
+class RequestRefusedError(CamstreamError, ValueError):
+    """The server refused a setting or request: it sent an ``error`` message.
+
+    The connection stays open; iterating again goes on with the settings in force.
+    """
+
+    def __init__(self, message: dict[str, Any]) -> None:
+        super().__init__(f"the server refused: {message.get('message', message)}")
+        self.message = message
 
 
 @dataclass
@@ -68,11 +89,21 @@ class Client:
     Args:
         url: ``ws://host:port/`` or ``wss://...``.
         token: sent as ``Authorization: Bearer`` (never put in the URL by this client).
-        fps, width, height, quality, max_bytes, frame_info: the stream this client wants; sent
-            as URL query parameters (see PROTOCOL.md).
-        timeout: seconds to wait for the connection and for each message.
+        fps, width, height, quality, frame_info: the stream this client wants; sent as URL
+            query parameters (see PROTOCOL.md). None: the server's choice.
+        max_bytes: the largest JPEG this client takes (default 0: no limit, the full frames).
+            ``None`` leaves it to the server, which keeps frames within 65535 bytes (Godot's
+            limit) unless configured otherwise.
+        timeout: seconds to wait for the connection and for each message (default 10).
         on_event: called with every JSON message that is not metadata (events, errors, pongs).
+        errors: what an ``error`` message from the server (a refused setting, such as
+            ``fps=0``) does: ``"raise"`` (default) raises :class:`RequestRefusedError` from the
+            call that received it (``connect``, iterating, ``snapshot``), ``"warn"`` issues a
+            ``RuntimeWarning``, ``"ignore"`` only records it in :attr:`events`.
         sslopt: passed to websocket-client for ``wss://`` (e.g. ``{"ca_certs": path}``).
+
+    Raises:
+        ConfigError: the URL is not ``ws://`` or ``wss://``, or ``errors`` is unknown.
 
     Iterating ends when the server closes the connection; :attr:`close_code` and
     :attr:`close_reason` then say why. If no message arrives for ``timeout`` seconds (a camera
@@ -89,12 +120,22 @@ class Client:
         width: int | None = None,
         height: int | None = None,
         quality: int | None = None,
-        max_bytes: int | None = None,
+        max_bytes: int | None = 0,
         frame_info: bool = False,
         timeout: float = 10.0,
         on_event: Callable[[dict[str, Any]], None] | None = None,
+        errors: str = "raise",
         sslopt: dict[str, Any] | None = None,
     ) -> None:
+        scheme = urllib.parse.urlsplit(url).scheme.lower()
+        if scheme not in ("ws", "wss"):
+            raise ConfigError(
+                f"cannot connect to {url!r}: use ws:// or wss:// (camstream's WebSocket URL, "
+                "e.g. ws://127.0.0.1:8765/)"
+            )
+        if errors not in _ERROR_HANDLING:
+            raise ConfigError(f"errors must be one of {', '.join(_ERROR_HANDLING)}, not {errors!r}")
+        self._errors = errors
         query = {
             key: value
             for key, value in (
@@ -121,19 +162,23 @@ class Client:
 
         Raises:
             ConnectionClosedError: the server refused or closed the connection.
+            ConfigError: websocket-client cannot use the URL.
             OSError: the server cannot be reached.
         """
         try:
             import websocket  # websocket-client
         except ImportError as exc:  # pragma: no cover - depends on the install
-            raise CamstreamError(
-                "camstream.client needs websocket-client: pip install 'camstream[client]'"
-            ) from exc
+            raise CamstreamError(_INSTALL_HINT) from exc
         headers = [f"Authorization: Bearer {self._token}"] if self._token else []
-        self._ws = websocket.create_connection(
-            self.url, timeout=self._timeout, header=headers, sslopt=self._sslopt,
-            enable_multithread=True,
-        )
+        try:
+            self._ws = websocket.create_connection(
+                self.url, timeout=self._timeout, header=headers, sslopt=self._sslopt,
+                enable_multithread=True,
+            )
+        except ValueError as exc:  # websocket-client's word for a URL it cannot use
+            raise ConfigError(
+                f"cannot connect to {self.url!r}: {exc} (use ws:// or wss://)"
+            ) from None
         try:
             while not self.metadata:
                 if self._receive() is None:
@@ -206,7 +251,15 @@ class Client:
             self.events.append(message)
             if self._on_event is not None:
                 self._on_event(message)
+            if message.get("type") == "error":
+                self._server_error(message)
         return message
+
+    def _server_error(self, message: dict[str, Any]) -> None:
+        if self._errors == "raise":
+            raise RequestRefusedError(message)
+        if self._errors == "warn":
+            warnings.warn(str(RequestRefusedError(message)), RuntimeWarning, stacklevel=4)
 
     # Control messages
 

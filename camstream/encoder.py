@@ -293,6 +293,14 @@ class EncodeCache:
         budgeted = variant not in self._defaults
         if variant.quality is None:
             variant = dataclasses.replace(variant, quality=self.default_quality)
+        if variant.max_bytes is not None:
+            whole = self._whole_if_it_fits(frame, variant, budgeted)
+            if whole is not None:
+                return whole
+        return self._get(frame, variant, budgeted)
+
+    def _get(self, frame: Frame, variant: Variant, budgeted: bool) -> EncodedFrame:
+        """get() for a variant with its quality filled in (``budgeted``: not a default one)."""
         key = (frame.seq, variant)
         with self._lock:
             slot = self._slots.get(key)
@@ -324,6 +332,33 @@ class EncodeCache:
         """Whether the budgeted encodes of the last second reach the budget (lock held)."""
         budget = self.max_encodes_per_s
         return budget is not None and self._budget.count(time.monotonic()) >= budget
+
+    def _whole_if_it_fits(
+        self, frame: Frame, variant: Variant, budgeted: bool
+    ) -> EncodedFrame | None:
+        """The encode without a byte limit, if it fits under ``variant.max_bytes``.
+
+        Clients with and without a limit (Godot's default one, the bundled clients' none, the
+        HTTP endpoints) then share one encode whenever the frame fits. It is made here only
+        while the limit's own search is at full quality and size; else looked up, not made.
+        """
+        assert variant.max_bytes is not None and variant.quality is not None
+        whole_variant = dataclasses.replace(variant, max_bytes=None)
+        with self._lock:
+            slot = self._slots.get((frame.seq, whole_variant))
+            hint = self._hints.get(variant)
+        at_full = hint is None or (hint.quality >= variant.quality and hint.scale >= 1.0)
+        made = slot is not None and slot.done.is_set() and slot.result is not None
+        if not (made or at_full):
+            return None
+        whole = self._get(frame, whole_variant, budgeted)
+        if len(whole.data) <= variant.max_bytes:
+            return whole
+        if at_full:  # the limit's search starts one step down, not with this encode again
+            step = _step_down(variant.quality, 1.0, min(whole.width, whole.height))
+            with self._lock:
+                self._hints[variant] = _Hint(*step)
+        return None
 
     def _keep(self, key: tuple[int, Variant], slot: _Slot) -> None:
         """Account for a finished encode; drop the oldest entries beyond the bounds."""

@@ -94,6 +94,7 @@ class _Field:
     low: float
     high: float
     nullable: bool = False
+    zero_is_none: bool = False  # 0 means "no limit", like null
 
 
 CONFIG_FIELDS: dict[str, _Field] = {
@@ -101,7 +102,7 @@ CONFIG_FIELDS: dict[str, _Field] = {
     "quality": _Field(int, 1, 100, nullable=True),  # null: as the source
     "width": _Field(int, 16, MAX_SIDE, nullable=True),
     "height": _Field(int, 16, MAX_SIDE, nullable=True),
-    "max_bytes": _Field(int, MIN_MAX_BYTES, 2**31 - 1, nullable=True),
+    "max_bytes": _Field(int, MIN_MAX_BYTES, 2**31 - 1, nullable=True, zero_is_none=True),
     "frame_info": _Field(bool, 0, 1),
 }
 """The settings a client can choose, in a ``config`` message or as URL query parameters."""
@@ -182,7 +183,10 @@ def _convert(spec: _Field, raw: Any, from_url: bool) -> Any:
         raise ValueError(f"expected a number, not {raw!r}")
     if spec.kind is int and not float(raw).is_integer():
         raise ValueError(f"expected a whole number, not {raw!r}")
+    if spec.zero_is_none and raw == 0:
+        return None
     if not spec.low <= raw <= spec.high:
         low, high = _number(spec.low), _number(spec.high)
-        raise ValueError(f"must be between {low} and {high}, not {raw!r}")
+        no_limit = " (or 0 for no limit)" if spec.zero_is_none else ""
+        raise ValueError(f"must be between {low} and {high}{no_limit}, not {raw!r}")
     return spec.kind(raw)

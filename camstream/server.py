@@ -6,13 +6,15 @@ application (it serves in background threads until the block ends).
 
 from __future__ import annotations
 
+import contextlib
 import hmac
 import ipaddress
 import logging
+import signal
 import threading
 import time
 import urllib.parse
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
 import numpy as np
 
@@ -39,6 +41,8 @@ __all__ = ["Streamer"]
 logger = logging.getLogger(__name__)
 
 _WEBSOCKET_PATHS = frozenset({"/", "/ws"})
+GODOT_MAX_MESSAGE = 65535
+"""Godot 4's default ``WebSocketPeer.inbound_buffer_size``: the largest message it accepts."""
 SUBPROTOCOL = "camstream.v1"  # optional: clients that offer no subprotocol are welcome too
 
 
@@ -50,24 +54,38 @@ class Streamer(BaseApplication):
             pattern, or ``"push"`` to hand frames in with :meth:`publish`.
         host: the address to listen on. The default, ``127.0.0.1``, admits this machine only;
             ``0.0.0.0`` admits the network (set a ``token`` then).
-        port: the TCP port; ``0`` picks a free one (see :attr:`port`).
-        fps: the camera's frame rate, and the rate a client gets unless it asks for less.
-        width, height: the capture size requested from the source.
-        quality: the default JPEG quality, 1-100.
-        loop: play files again from the start when they end.
+        port: the TCP port (default 8765); ``0`` picks a free one (see :attr:`port`).
+        fps: the camera's frame rate (default 30), and the rate a client gets unless it asks
+            for less.
+        width, height: the capture size requested from the source (default: the source's own).
+        quality: the default JPEG quality, 1-100 (default 80).
+        max_bytes: the largest JPEG a WebSocket client gets unless it asks for another limit
+            (``?max_bytes=``; ``0`` there means no limit). The default, 65535, is Godot 4's
+            default ``WebSocketPeer`` limit, so a client that says nothing keeps streaming;
+            frames over it are re-encoded at a lower quality, then a smaller size. ``None`` or
+            ``0``: no limit. The HTTP endpoints (``/stream.mjpg``, ``/snapshot.jpg``) are not
+            limited unless asked (``?max_bytes=``).
+        loop: play files again from the start when they end (default True).
         token: if set, clients must present it (``?token=`` or ``Authorization: Bearer``);
-            others are closed with 1008.
-        allowed_origins: browser origins admitted (e.g. ``["https://example.com"]``); pages from
-            other origins are closed with 1008. Clients that send no Origin (Godot, Python) are
-            admitted. ``None`` admits every origin.
-        max_clients: more simultaneous viewers than this are closed with 1013.
+            others are closed with 1008. Default None: no token.
+        allowed_origins: browser origins admitted besides the server's own pages (e.g.
+            ``["https://example.com"]``; ``["*"]`` admits every origin). The default, None,
+            admits only same-origin pages (Origin matching the Host header) and clients that
+            send no Origin (Godot, Python); pages from other origins are closed with 1008.
+        max_clients: more simultaneous viewers than this are closed with 1013 (default None:
+            no limit).
         certfile, keyfile: serve ``wss://`` with this certificate (PEM). TLS never falls back
             to plaintext; a bad file fails in the constructor.
-        send_timeout: seconds a single frame may take to send before the viewer is dropped.
-        ping_interval, ping_timeout: keepalive for idle connections, in seconds.
-        max_message_size: the largest message a client may send, in bytes (else 1009).
-        max_variants: distinct sizes/qualities/limits encoded at once besides the default one;
-            a viewer asking for another gets the nearest one in use (its metadata says which).
+        send_timeout: seconds a single frame may take to send before the viewer is dropped
+            (default 5).
+        ping_interval, ping_timeout: keepalive for idle connections, in seconds (default 20
+            and 20; ``ping_interval=None`` sends no pings).
+        handshake_timeout: seconds a client may take to complete its handshake (default 10).
+        max_message_size: the largest message a client may send, in bytes (default 65536;
+            larger ones are closed with 1009).
+        max_variants: distinct sizes/qualities/limits encoded at once besides the default one
+            (default 4); a viewer asking for another gets the nearest one in use (its metadata
+            says which).
         max_encodes_per_s: JPEG encodes a second for non-default variants and snapshots, all
             viewers together (default: ``fps * (max_variants + 1)``); past it, frames are skipped.
 
@@ -86,6 +104,7 @@ class Streamer(BaseApplication):
         width: int | None = None,
         height: int | None = None,
         quality: int = 80,
+        max_bytes: int | None = GODOT_MAX_MESSAGE,
         loop: bool = True,
         # Security
         token: str | None = None,
@@ -112,6 +131,13 @@ class Streamer(BaseApplication):
             raise ConfigError(f"port must be 0-65535, not {port}")
         if token is not None and not token:
             raise ConfigError("token must not be empty")
+        if max_bytes is not None and not (
+            max_bytes == 0 or protocol.MIN_MAX_BYTES <= max_bytes <= 2**31 - 1
+        ):
+            raise ConfigError(
+                f"max_bytes must be 0 (no limit) or {protocol.MIN_MAX_BYTES}-{2**31 - 1}, "
+                f"not {max_bytes}"
+            )
         if not 0 <= max_variants <= 64:
             raise ConfigError(f"max_variants must be 0-64, not {max_variants}")
         if max_encodes_per_s is not None and not 1 <= max_encodes_per_s <= 100_000:
@@ -119,6 +145,7 @@ class Streamer(BaseApplication):
         self.camera = CameraThread(source, width=width, height=height, fps=fps, loop=loop)
         self.host = host
         self.quality = quality
+        self.max_bytes = max_bytes or None  # None: no limit
         self.token = token
         self.allowed_origins = (
             None if allowed_origins is None else {o.rstrip("/").lower() for o in allowed_origins}
@@ -127,6 +154,7 @@ class Streamer(BaseApplication):
         self.send_timeout = send_timeout
         self.cache = EncodeCache(
             default_quality=quality,
+            default_max_bytes=self.max_bytes,
             max_variants=max_variants,
             max_encodes_per_s=(
                 fps * (max_variants + 1) if max_encodes_per_s is None else max_encodes_per_s
@@ -191,16 +219,24 @@ class Streamer(BaseApplication):
         return self
 
     def serve_forever(self) -> None:
-        """Start (if needed) and serve until :meth:`stop` or Ctrl+C; then clean up and return."""
+        """Start (if needed) and serve until :meth:`stop`, Ctrl+C or SIGTERM; then clean up.
+
+        In the main thread, SIGTERM (``kill``, service managers, ``docker stop``) stops as
+        cleanly as Ctrl+C: viewers get 1001 and the call returns. The previous SIGTERM handler
+        is restored before it returns.
+        """
         if self._server is None:
             self.start()
-        try:
-            while not self._stopped.wait(0.5):
-                pass
-        except KeyboardInterrupt:
-            logger.info("interrupted; stopping")
-        finally:
-            self.stop()
+        with _stop_on_sigterm():
+            try:
+                while not self._stopped.wait(0.5):
+                    pass
+            except KeyboardInterrupt:
+                logger.info("interrupted; stopping")
+            except _Terminated:
+                logger.info("SIGTERM received; stopping")
+            finally:
+                self.stop()
 
     def stop(self, timeout: float = 2.0) -> None:
         """Close every viewer with 1001, stop serving, release the camera. Idempotent.
@@ -232,14 +268,21 @@ class Streamer(BaseApplication):
 
     @property
     def port(self) -> int:
-        """The bound TCP port (useful with ``port=0``)."""
+        """The bound TCP port once started; before that, the port asked for (0 with ``port=0``).
+        """
         if self._server is None:
             return self._requested_port
         return self._server.port
 
     @property
     def url(self) -> str:
-        """The WebSocket URL clients connect to, e.g. ``ws://127.0.0.1:8765/``."""
+        """The WebSocket URL clients connect to, e.g. ``ws://127.0.0.1:8765/``.
+
+        Raises:
+            RuntimeError: ``port=0`` and not started yet: the port is chosen by :meth:`start`.
+        """
+        if self._server is None and self._requested_port == 0:
+            raise RuntimeError("with port=0 the port is chosen by start(): read url after it")
         scheme = "wss" if self._ssl_context is not None else "ws"
         host = self.host
         if host in ("", "0.0.0.0"):
@@ -342,7 +385,7 @@ class Streamer(BaseApplication):
             logger.info("refusing client %s from %s: %s", conn.id, conn.remote_address[0], reason)
             conn.close(code, reason)
             return
-        settings = ClientSettings(fps=self.camera.fps)
+        settings = ClientSettings(fps=self.camera.fps, max_bytes=self.max_bytes)
         session = ClientSession(
             conn, self.camera, self.cache, settings, describe_camera=self._camera_state_fields,
             stall_timeout=self.send_timeout,
@@ -377,8 +420,8 @@ class Streamer(BaseApplication):
             session.stop()
             stats = session.stats
             logger.info(
-                "client %s left (code %s): %d frames sent, %d skipped",
-                conn.id, conn.close_code, stats.frames_sent, stats.frames_skipped,
+                "client %s left (%s): %d frames sent, %d skipped",
+                conn.id, _how_it_closed(conn), stats.frames_sent, stats.frames_skipped,
             )
 
     def on_http(self, exchange: HttpExchange) -> None:
@@ -488,6 +531,41 @@ class Streamer(BaseApplication):
             )
 
 
+
+
+def _how_it_closed(conn: Connection) -> str:
+    """The close as the client saw it: the code we sent if we closed first, else its own."""
+    if conn.sent_close_code is not None:
+        return f"server closed with code {conn.sent_close_code}"
+    if conn.close_code is not None:
+        return f"client closed with code {conn.close_code}"
+    return "connection lost, code 1006"
+
+
+class _Terminated(BaseException):
+    """SIGTERM arrived while :meth:`Streamer.serve_forever` ran in the main thread."""
+
+
+@contextlib.contextmanager
+def _stop_on_sigterm() -> Iterator[None]:
+    """In the main thread: the first SIGTERM raises :class:`_Terminated` (later ones during the
+    stop are ignored); the previous handler is restored on exit. Elsewhere: does nothing."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    fired = False
+
+    def handler(signum: int, frame: object) -> None:
+        nonlocal fired
+        if not fired:
+            fired = True
+            raise _Terminated
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
 
 
 def _is_loopback_name(host: str) -> bool:

@@ -285,7 +285,12 @@ class ClientSession:
             stats.bytes_sent += len(encoded.data)
 
     def _flush_control(self) -> None:
-        """Send queued text messages and, if settings changed, fresh metadata."""
+        """Send queued text messages and, if settings changed, fresh metadata.
+
+        The metadata goes first on a new connection, before errors about its URL query.
+        """
+        if self._announced is None:
+            self._send_changed_settings()
         while True:
             with self._lock:
                 if not self._outbox:
@@ -295,6 +300,9 @@ class ClientSession:
                 self._send_snapshot(message["quality"])
             else:
                 self.connection.send_text(protocol.encode_message(message))
+        self._send_changed_settings()
+
+    def _send_changed_settings(self) -> None:
         if self._settings_changed:
             self._settings_changed = False
             self._version += 1

@@ -231,6 +231,7 @@ class Connection:
         self.remote_address = request.remote_address
         self.close_code: int | None = None  # from the peer's Close; 1005 if it had no code
         self.close_reason = ""
+        self.sent_close_code: int | None = None  # the code of a Close we started (not an echo)
         self.session: object | None = None  # free slot for the application
         self._link = link
         self._state_lock = threading.Lock()
@@ -330,6 +331,7 @@ class Connection:
             raise ValueError(f"invalid close code {code}")
         if not self._queue_close(close_payload(code, reason)):
             return
+        self.sent_close_code = code
         lock = self._link.send_lock
         if not lock.acquire(blocking=False):
             # Someone is writing (a frame, a pong, a keepalive ping). A frame sender writes the
@@ -887,6 +889,7 @@ class WebSocketHandler(websocket_server.WebSocketHandler):
         logger.debug("%s: protocol error, closing with %d: %s", self._name, code, reason)
         self.keep_alive = False
         if conn._queue_close(close_payload(code, reason)):
+            conn.sent_close_code = code
             conn._flush_close()
         # Lingering close; the watchdog shuts the socket down at the closing deadline.
         deadline = conn._link.deadline or time.monotonic()

@@ -4,7 +4,8 @@
     python examples/viewer.py --headless --seconds 5   # prints fps and latency once a second
     python examples/viewer.py ws://127.0.0.1:8765/ --fps 10 --width 320
 
-Needs the client extra: pip install 'camstream[client]'.
+Needs the client extra, installed from a camstream checkout (camstream is not on PyPI):
+pip install '.[client]'.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import time
 
 import cv2
 
+from camstream import CamstreamError
 from camstream.client import Client
 
 
@@ -56,6 +58,9 @@ def main() -> int:
                 print(f"server closed the connection: {client.close_code} {client.close_reason}")
     except (OSError, ConnectionError) as exc:
         print(f"viewer: cannot connect to {args.url}: {exc}", file=sys.stderr)
+        return 1
+    except CamstreamError as exc:  # a bad URL, a setting the server refused
+        print(f"viewer: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         pass

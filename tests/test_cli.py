@@ -110,3 +110,75 @@ def test_default_source_falls_back_to_the_test_pattern_without_a_camera() -> Non
         assert "test pattern" in process.stderr.read()  # type: ignore[union-attr]
     finally:
         stop_process(process)
+
+
+def test_source_push_is_refused_on_the_command_line() -> None:
+    result = run_cli("--source", "push", "--port", "0")
+    assert result.returncode == 2, result.stderr
+    assert_one_clear_error(result, "--source push", "publish")
+
+
+@pytest.mark.parametrize(
+    ("args", "words"),
+    [
+        (("--max-clients", "0"), ("--max-clients must be at least 1",)),
+        (("--max-bytes", "100"), ("--max-bytes must be 0 (no limit) or 4096",)),
+        (("--quality", "0"), ("--quality must be 1-100",)),
+    ],
+)
+def test_errors_name_the_options_not_the_library_arguments(args, words) -> None:
+    result = run_cli("--source", "test", "--port", "0", *args)
+    assert_one_clear_error(result, *words)
+    assert "max_clients" not in result.stderr and "max_bytes must" not in result.stderr
+
+
+def test_every_option_has_help() -> None:
+    from camstream.cli import build_parser
+
+    missing = [a.dest for a in build_parser()._actions if not a.help]
+    assert not missing, missing
+
+
+def test_max_bytes_option_sets_the_default_for_silent_clients() -> None:
+    process = subprocess.Popen(
+        [sys.executable, "-m", "camstream", "--source", "test", "--port", "0",
+         "--max-bytes", "0", "--log-level", "WARNING"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        match = URL.search(process.stdout.readline())  # type: ignore[union-attr]
+        assert match
+        with connect(match.group(0), open_timeout=TIMEOUT) as ws:
+            assert json.loads(ws.recv(timeout=TIMEOUT))["max_bytes"] is None
+        with connect(match.group(0) + "?max_bytes=65535", open_timeout=TIMEOUT) as ws:
+            assert json.loads(ws.recv(timeout=TIMEOUT))["max_bytes"] == 65535
+    finally:
+        stop_process(process)
+
+
+def test_warns_when_two_opencv_wheels_write_cv2(tmp_path) -> None:
+    """A second OpenCV distribution (its real dist-info on the path) next to this one's."""
+    from importlib.metadata import PackageNotFoundError, distribution
+
+    try:
+        ours = distribution("opencv-python").metadata["Name"]
+    except PackageNotFoundError:
+        ours = distribution("opencv-python-headless").metadata["Name"]
+    other = "opencv-python-headless" if ours == "opencv-python" else "opencv-python"
+    info = tmp_path / f"{other.replace('-', '_')}-4.99.0.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {other}\nVersion: 4.99.0\n")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(tmp_path), *sys.path]))
+    process = subprocess.Popen(
+        [sys.executable, "-m", "camstream", "--source", "test", "--port", "0"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+    )
+    try:
+        assert URL.search(process.stdout.readline())  # type: ignore[union-attr]
+        process.send_signal(signal.SIGINT)
+        assert process.wait(TIMEOUT) == 0
+        stderr = process.stderr.read()  # type: ignore[union-attr]
+    finally:
+        stop_process(process)
+    assert "several OpenCV wheels are installed" in stderr, stderr
+    assert other in stderr and ours in stderr, stderr

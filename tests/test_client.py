@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 from conftest import TIMEOUT, stop_process
 
-from camstream import CloseCode, ConnectionClosedError
-from camstream.client import Client
+from camstream import CloseCode, ConfigError, ConnectionClosedError
+from camstream.client import Client, RequestRefusedError
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
@@ -109,3 +109,30 @@ def test_push_frames_example() -> None:
         assert "published" in process.stdout.read()  # type: ignore[union-attr]
     finally:
         stop_process(process)
+
+
+def test_client_raises_on_a_refused_setting_by_default(streamer_factory) -> None:
+    streamer = streamer_factory("test", width=320, height=240)
+    with Client(streamer.url, fps=0, timeout=TIMEOUT) as client:
+        with pytest.raises(RequestRefusedError, match="fps") as refused:
+            next(iter(client))
+        assert refused.value.message["type"] == "error"
+        assert next(iter(client)).jpeg[:2] == b"\xff\xd8"  # the connection is still usable
+
+
+def test_client_can_warn_about_or_ignore_server_errors(streamer_factory) -> None:
+    streamer = streamer_factory("test", width=320, height=240)
+    with Client(streamer.url, fps=0, errors="warn", timeout=TIMEOUT) as client:
+        with pytest.warns(RuntimeWarning, match="the server refused: fps"):
+            assert next(iter(client)).jpeg[:2] == b"\xff\xd8"
+    with Client(streamer.url, fps=0, errors="ignore", timeout=TIMEOUT) as client:
+        assert next(iter(client)).jpeg[:2] == b"\xff\xd8"
+        assert [e["type"] for e in client.events] == ["error"]
+    with pytest.raises(ConfigError, match="errors must be one of raise, warn, ignore"):
+        Client(streamer.url, errors="loud")
+
+
+@pytest.mark.parametrize("url", ["http://127.0.0.1:8765/", "127.0.0.1:8765", "tcp://h:1/"])
+def test_client_says_use_ws_for_other_urls(url: str) -> None:
+    with pytest.raises(ConfigError, match=r"use ws:// or wss://"):
+        Client(url)

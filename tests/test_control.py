@@ -232,7 +232,7 @@ def test_max_bytes_respected_on_a_detailed_1080p_source(streamer_factory) -> Non
     rng = np.random.default_rng(3)
     with connect(streamer.url + "?max_bytes=65535", open_timeout=TIMEOUT,
                  max_size=2**22) as small, \
-            connect(streamer.url, open_timeout=TIMEOUT, max_size=2**24) as full:
+            connect(streamer.url + "?max_bytes=0", open_timeout=TIMEOUT, max_size=2**24) as full:
         next_text(small, "metadata")
         next_text(full, "metadata")
         sizes = []

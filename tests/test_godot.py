@@ -19,6 +19,7 @@ Every subprocess has a timeout and every server is stopped. Timeouts scale with
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import queue
 import re
@@ -44,7 +45,7 @@ EXAMPLE_DIR = ROOT / "examples" / "godot"
 GD_FILES = sorted(ADDON_DIR.glob("*.gd")) + sorted(EXAMPLE_DIR.glob("*.gd"))
 
 # The suite's time unit (tests/conftest.py): 5 s by default; raise it on a slow machine.
-from conftest import TIMEOUT  # noqa: E402
+from conftest import TIMEOUT, wait_until  # noqa: E402
 
 SCALE = TIMEOUT / 5
 GODOT_TIMEOUT = 30 * SCALE  # hard limit for one Godot run (a normal run takes 1-4 s)
@@ -282,8 +283,15 @@ def test_gdformat_check() -> None:
 
 
 def test_example_uses_the_addon_through_a_symlink() -> None:
-    """examples/godot runs the repository's addon, not a copy that could drift."""
+    """examples/godot runs the repository's addon, not a copy that could drift.
+
+    An sdist stores the link as a copy (setuptools follows links): then the copy must be equal.
+    """
     link = EXAMPLE_DIR / "addons" / "camstream"
+    if not (ROOT / ".git").exists() and not link.is_symlink():  # unpacked from an sdist
+        for original in sorted(ADDON_DIR.iterdir()):
+            assert (link / original.name).read_bytes() == original.read_bytes(), original.name
+        return
     assert link.is_symlink(), f"{link} should be a symlink to ../../../addons/camstream"
     assert link.resolve() == ADDON_DIR.resolve()
 
@@ -408,11 +416,12 @@ def test_frames_larger_than_godot_default_buffer(
     1920x1080 at quality 95 (~100 KB per frame).
     """
     with streamer(width=1920, height=1080, quality=95) as server:
+        full = server.url + "?max_bytes=0"  # the full frames; by default they fit in 65535
         # The debugging scene shows the packet sizes: proof the frames really are that big.
         debug = run_godot(
             godot,
             godot_home,
-            ["--path", str(project), "res://test_websocket.tscn", "--", f"--url={server.url}"]
+            ["--path", str(project), "res://test_websocket.tscn", "--", f"--url={full}"]
             + ["--quit-after-packets=4", f"--timeout={RUN_TIMEOUT}"],
         )
         assert debug.returncode == 0, debug.stdout
@@ -426,13 +435,13 @@ def test_frames_larger_than_godot_default_buffer(
         too_small = run_godot(
             godot,
             godot_home,
-            ["--path", str(project), "res://test_websocket.tscn", "--", f"--url={server.url}"]
+            ["--path", str(project), "res://test_websocket.tscn", "--", f"--url={full}"]
             + ["--inbound=65535", "--quit-after-packets=4", f"--timeout={RUN_TIMEOUT}"],
         )
         assert "closed code=1009 reason='Message too big'" in too_small.stdout, too_small.stdout
         assert too_small.returncode == 1, too_small.stdout
 
-        # The addon sets its 4 MiB inbound_buffer_size before connecting.
+        # The addon sets its 4 MiB inbound_buffer_size before connecting, and asks for max_bytes=0.
         result, outcome, fields = run_example(
             godot, godot_home, project, server.url, "--quit-after-frames=10"
         )
@@ -683,3 +692,208 @@ def test_debug_scene_prints_states_packets_and_close(
         r"|closed code=-?\d+ reason='.*'"
     )
     assert all(allowed.fullmatch(line) for line in lines), proc.output
+
+
+# 5. The seed document's minimal client, run as written
+
+# /work/shared/seed/websocket-protocol.md, "Minimal WebSocket Client", copied verbatim. The only
+# change, made by seed_client_script(): the URL's port, because the tests serve on a free port
+# (8765 may be taken) and never on a fixed one. Nothing else: no inbound_buffer_size, no query.
+SEED_CLIENT = """\
+extends Control
+
+var websocket = WebSocketPeer.new()
+@onready var texture_rect = $TextureRect
+
+func _ready():
+    websocket.connect_to_url("ws://localhost:8765")
+
+func _process(_delta):
+    websocket.poll()
+    if websocket.get_ready_state() == WebSocketPeer.STATE_OPEN:
+        while websocket.get_available_packet_count():
+            var packet = websocket.get_packet()
+            var image = Image.new()
+            if image.load_jpg_from_buffer(packet) == OK:
+                var texture = ImageTexture.new()
+                texture.set_image(image)
+                texture_rect.texture = texture
+"""
+
+# What running it headless needs around it, without touching it: the scene it expects (a
+# Control with a TextureRect child) and a sibling node that watches it: it counts the textures
+# the client shows, reports how its connection ended, and quits (the seed client never quits).
+SEED_SCENE = """\
+[gd_scene load_steps=3 format=3]
+
+[ext_resource type="Script" path="res://seed_client.gd" id="1"]
+[ext_resource type="Script" path="res://seed_probe.gd" id="2"]
+
+[node name="SeedClient" type="Control"]
+script = ExtResource("1")
+
+[node name="TextureRect" type="TextureRect" parent="."]
+
+[node name="Probe" type="Node" parent="."]
+script = ExtResource("2")
+"""
+
+SEED_PROBE = """\
+extends Node
+# Watches the seed client (the parent) from outside; prints one SEED line and quits.
+
+var seconds: float = 3.0
+var timeout_s: float = 20.0
+var frames: int = 0
+var last: Texture2D = null
+var first_ms: int = -1
+var started_ms: int = 0
+
+
+func _ready() -> void:
+	for arg in OS.get_cmdline_user_args():
+		var parts: PackedStringArray = arg.trim_prefix("--").split("=", true, 1)
+		if parts[0] == "seconds":
+			seconds = float(parts[1])
+		elif parts[0] == "timeout":
+			timeout_s = float(parts[1])
+	started_ms = Time.get_ticks_msec()
+
+
+func _process(_delta: float) -> void:
+	var client: Node = get_parent()
+	var now: int = Time.get_ticks_msec()
+	var shown: Texture2D = client.texture_rect.texture
+	if shown != null and shown != last:
+		last = shown
+		frames += 1
+		if first_ms < 0:
+			first_ms = now
+	var ws: WebSocketPeer = client.websocket
+	if ws.get_ready_state() == WebSocketPeer.STATE_CLOSED:
+		_finish("CLOSED", 1, now)
+	elif first_ms >= 0 and now - first_ms >= seconds * 1000:
+		_finish("OK", 0, now)
+	elif now - started_ms >= timeout_s * 1000:
+		_finish("TIMEOUT", 1, now)
+
+
+func _finish(outcome: String, code: int, now: int) -> void:
+	var ws: WebSocketPeer = get_parent().websocket
+	var size: String = "0x0" if last == null else "%dx%d" % [last.get_width(), last.get_height()]
+	var span: float = 0.0 if first_ms < 0 else (now - first_ms) / 1000.0
+	print("SEED %s frames=%d seconds=%.3f size=%s close=%d reason='%s'" % [
+		outcome, frames, span, size, ws.get_close_code(), ws.get_close_reason()])
+	set_process(false)
+	get_tree().quit(code)
+"""
+
+
+def seed_client_script(port: int) -> str:
+    """The seed client, pointed at ``port``: the one change it needs to run in the tests."""
+    assert SEED_CLIENT.count('"ws://localhost:8765"') == 1
+    return SEED_CLIENT.replace('"ws://localhost:8765"', f'"ws://localhost:{port}"')
+
+
+def webcam_like_frames(count: int = 6, seed: int = 7) -> list[Any]:
+    """1280x720 pictures with sensor-like noise: each is ~120 KB as a JPEG at quality 80."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:720, 0:1280]
+    base = np.dstack([x * 255 // 1280, y * 255 // 720, (x + y) * 255 // 2000]).astype(np.int16)
+    base[200:600, 800:1100] = (200, 50, 50)
+    return [
+        np.clip(base + rng.normal(0, 8, base.shape), 0, 255).astype(np.uint8)
+        for _ in range(count)
+    ]
+
+
+@contextlib.contextmanager
+def noisy_webcam(fps: float = 30.0, **options: Any) -> Iterator[Streamer]:
+    """A Streamer in push mode fed webcam-like 1280x720 frames at ``fps`` by a thread."""
+    from camstream import Streamer
+
+    frames = webcam_like_frames()
+    stop = threading.Event()
+
+    def publish() -> None:
+        i = 0
+        while not stop.wait(1 / fps):
+            server.publish(frames[i % len(frames)])
+            i += 1
+
+    with Streamer("push", port=0, fps=fps, **options) as server:
+        publisher = threading.Thread(target=publish, name="test-publisher")
+        publisher.start()
+        try:
+            yield server
+        finally:
+            stop.set()
+            publisher.join(TIMEOUT)
+
+
+def test_seed_client_streams_a_noisy_720p_webcam_with_the_defaults(
+    godot: str, godot_home: dict[str, str], project: Path
+) -> None:
+    """The protocol document's own client, unchanged, keeps streaming with the defaults.
+
+    Every JPEG of this source is ~120 KB at quality 80, nearly twice Godot's default limit of
+    65535 bytes: without the server's default max_bytes, Godot closes with 1009 at once.
+    """
+    import cv2
+
+    frames = webcam_like_frames(1)
+    assert len(cv2.imencode(".jpg", frames[0], [cv2.IMWRITE_JPEG_QUALITY, 80])[1]) > 100_000
+    (project / "seed_scene.tscn").write_text(SEED_SCENE)
+    (project / "seed_probe.gd").write_text(SEED_PROBE)
+    with noisy_webcam() as server:
+        (project / "seed_client.gd").write_text(seed_client_script(server.port))
+        args = ["--max-fps", "120", "--path", str(project), "res://seed_scene.tscn", "--"]
+        with godot_process(godot, godot_home, args + [f"--timeout={RUN_TIMEOUT}"]) as proc:
+            seen: dict[str, Any] = {}  # the server's view of the client, while it streams
+
+            def streamed() -> bool:
+                clients = server.stats()["clients"]
+                if not clients:
+                    return bool(seen) or proc.proc.poll() is not None  # it came and went
+                seen.update(clients[0])
+                return seen["frames_sent"] >= 30
+
+            wait_until(streamed, timeout=RUN_TIMEOUT)
+            line = proc.wait_for(r"^SEED ", timeout=RUN_TIMEOUT)
+            returncode = proc.finish()
+    out = proc.output
+    match = re.search(r"^SEED (\w+) frames=(\d+) seconds=([\d.]+) size=(\S+) close=(-?\d+)", line)
+    assert match, out
+    outcome, shown, seconds, size, close = match.groups()
+    assert outcome == "OK" and returncode == 0, out
+    assert close != "1009" and "1009" not in out, out
+    assert float(seconds) >= 3.0 and size == "1280x720", out
+    # Continuously: at least 25 new pictures a second over 3 s, from the 30 fps camera.
+    assert int(shown) >= 75, out
+    assert seen["max_bytes"] == 65535, seen
+    assert 0 < seen["bytes_sent"] <= 65535 * seen["frames_sent"], seen
+
+
+def test_a_client_that_says_max_bytes_0_gets_the_large_frames() -> None:
+    """The same source: the default client gets frames that fit Godot; ``max_bytes=0`` the
+    full ~120 KB ones (the bundled clients ask for that)."""
+    from websockets.sync.client import connect
+
+    def sizes(url: str) -> list[int]:
+        with connect(url, open_timeout=TIMEOUT, max_size=2**24) as ws:
+            first = json.loads(ws.recv(timeout=TIMEOUT))
+            assert first["type"] == "metadata", first
+            got: list[int] = []
+            while len(got) < 5:
+                message = ws.recv(timeout=TIMEOUT)
+                if isinstance(message, bytes):
+                    got.append(len(message))
+            return got
+
+    with noisy_webcam() as server:
+        default = sizes(server.url)
+        unlimited = sizes(server.url + "?max_bytes=0")
+        assert max(default) <= 65535, default
+        assert min(unlimited) > 100_000, unlimited

@@ -196,5 +196,5 @@ def test_cli_refuses_a_bad_max_variants() -> None:
         env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)},
     )
     assert result.returncode == 1, result
-    assert "max_variants must be 0-64, not 1000" in result.stderr
+    assert "--max-variants must be 0-64, not 1000" in result.stderr
     assert "Traceback" not in result.stderr

@@ -79,6 +79,8 @@ const FATAL_CLOSE_CODES: Array[int] = [1002, 1003, 1007, 1008]
 @export var token_in_query: bool = false
 ## Stream settings to request on every connection, sent as URL query parameters, e.g.
 ## [code]{"fps": 15, "width": 320, "height": 240, "quality": 70, "max_bytes": 65535}[/code].
+## Without [code]max_bytes[/code] the client sends [code]max_bytes=0[/code] (no limit: the
+## full frames; the server's default for clients that say nothing is 65535 bytes).
 ## [method set_config] updates it.
 @export var config: Dictionary = {}
 
@@ -209,13 +211,13 @@ func is_open() -> bool:
 ## Updates the stream settings: sends a [code]config[/code] message now (if connected) and
 ## remembers the keys for reconnections. Keys: [code]fps[/code], [code]width[/code],
 ## [code]height[/code], [code]quality[/code], [code]max_bytes[/code], [code]frame_info[/code];
-## [code]null[/code] returns [code]width[/code], [code]height[/code] or [code]max_bytes[/code]
-## to the server's default. The server answers with new metadata. Returns the result of
-## sending (OK if not connected).
+## [code]null[/code] clears [code]width[/code] or [code]height[/code] (the source's size) or
+## [code]max_bytes[/code] (no limit, as this client asks by default). The server answers with
+## new metadata. Returns the result of sending (OK if not connected).
 func set_config(changes: Dictionary) -> Error:
 	for key in changes.keys():
 		if changes[key] == null:
-			config.erase(key)  # null: back to the server's default
+			config.erase(key)  # null: no box, no byte limit
 		else:
 			config[key] = changes[key]
 	if state != State.OPEN:
@@ -312,6 +314,11 @@ func _connect() -> void:
 		headers.append("Authorization: Bearer " + token)
 	_ws.handshake_headers = headers
 	var query: Dictionary = config.duplicate()
+	if not query.has("max_bytes"):
+		# This client takes frames up to inbound_buffer_size (and grows it after a 1009), so it
+		# asks for the source's full frames; servers send clients that say nothing at most
+		# 65535-byte frames, Godot's default limit.
+		query["max_bytes"] = 0
 	if not token.is_empty() and use_query_token:
 		query["token"] = token
 	_timed_out = false

@@ -6,15 +6,18 @@ extends Node
 ## [codeblock]
 ## godot --headless --path examples/godot res://test_websocket.tscn -- --url=ws://127.0.0.1:8765/
 ## [/codeblock]
-## Optional: [code]--inbound=BYTES[/code] (inbound_buffer_size; try 65535, Godot's default, to
-## see a 1009 close), [code]--quit-after-packets=N[/code] (close with 1000 after N packets),
+## Optional: [code]--inbound=BYTES[/code] (inbound_buffer_size; try 65535, Godot's default,
+## with [code]?max_bytes=0[/code] in the URL and a large picture to see a 1009 close: without
+## it the server keeps frames within 65535 bytes), [code]--quit-after-packets=N[/code] (close
+## with 1000 after N packets),
 ## [code]--timeout=S[/code]. With either, the scene quits once the connection is closed:
 ## exit code 0 if it was closed after N packets, 1 otherwise.
 
 const STATE_NAMES: PackedStringArray = ["CONNECTING", "OPEN", "CLOSING", "CLOSED"]
 
 @export var url: String = "ws://127.0.0.1:8765/"
-## Godot's default of 65535 bytes is too small for most JPEG frames (close code 1009).
+## Godot's default of 65535 bytes is too small for most full-size JPEG frames (close code 1009)
+## once a client asks for them with [code]max_bytes=0[/code].
 @export var inbound_buffer_size: int = 4 * 1024 * 1024
 
 var _ws: WebSocketPeer = WebSocketPeer.new()
