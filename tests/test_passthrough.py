@@ -270,3 +270,23 @@ def test_stats_show_decodes_and_encodes_per_second(streamer_factory) -> None:
     assert 15 <= stats["decodes_per_s"] <= 35, stats["decodes_per_s"]
     assert 15 <= stats["encodes_per_s"] <= 35, stats["encodes_per_s"]
     assert stats["decodes"] == stats["encodes"] >= 40
+
+
+def test_the_default_byte_limit_passes_small_frames_and_reencodes_big_ones(
+    streamer_factory,
+) -> None:
+    """A client that says nothing gets frames Godot's default WebSocketPeer can take."""
+    streamer = push_streamer(streamer_factory)
+    big = webcam_like_jpeg(1, (1280, 720), quality=95)
+    small = webcam_like_jpeg(2)
+    assert len(small) <= 65535 < len(big)
+    with Viewer(streamer) as viewer:
+        assert wait_until(lambda: streamer.client_count == 1)
+        streamer.publish_jpeg(small)
+        assert viewer.next_frame() == small
+        assert viewer.metadata["quality"] is None and viewer.metadata["max_bytes"] == 65535
+        streamer.publish_jpeg(big)
+        frame = viewer.next_frame()
+        assert len(frame) <= 65535 and decoded_shape(frame)[:2] == (720, 1280)
+        assert viewer.metadata["quality"] == 80  # re-encoded: the metadata says at what
+    assert streamer.stats()["encodes_refused"] == 0
