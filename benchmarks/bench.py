@@ -254,7 +254,7 @@ def summarize(point: Point, result: dict[str, Any], dt: float, cpu: float,
         out["camera_fps"] = (stats1["frames_captured"] - stats0["frames_captured"]) / span
         out["decodes_per_s"] = (stats1.get("decodes", 0) - stats0.get("decodes", 0)) / span
         if point.extra:
-            extra = [c["fps"] for c in clients if c["query"] == point.extra]
+            extra = [c["fps"] for c in clients if c["query"].startswith(point.extra)]
             out["extra_fps"] = extra[0] if extra else None
         out["variants"] = sum(
             1 for v in stats1["variants"]
