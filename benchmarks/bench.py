@@ -60,11 +60,28 @@ class Point:
     size: str
     clients: int
     rates: str = ""  # "" = every viewer at the camera rate; "30,10" = alternate 30 and 10 fps
+    source: str = "pixels"  # "mjpeg": the publisher hands in JPEG files (publish_jpeg)
+    query: str = ""  # more query parameters for every viewer ("quality=80": force a re-encode)
+    extra: str = ""  # query of one more viewer ("width=320"), counted in N as +1
 
     @property
     def label(self) -> str:
         mixed = f" mixed {self.rates}" if self.rates else ""
-        return f"{self.server} {self.size} N={self.clients}{mixed}"
+        mjpeg = " mjpeg" if self.source == "mjpeg" else ""
+        query = f" ?{self.query}" if self.query else ""
+        extra = f" +1 ?{self.extra}" if self.extra else ""
+        return f"{self.server}{mjpeg} {self.size} N={self.clients}{mixed}{query}{extra}"
+
+
+# The MJPEG source (a webcam's own JPEGs): native viewers get them untouched; "?quality=80"
+# forces camstream's decode-and-encode path on the same source, for comparison in the same run.
+MJPEG_POINTS = [
+    Point("camstream", "1920x1080", 10, source="mjpeg"),
+    Point("camstream", "1920x1080", 10, source="mjpeg", query="quality=80"),
+    Point("camstream", "1920x1080", 50, source="mjpeg"),
+    Point("camstream", "1920x1080", 50, source="mjpeg", query="quality=80"),
+    Point("camstream", "1920x1080", 10, source="mjpeg", extra="width=320"),
+]
 
 
 def matrix(quick: bool, naive: bool) -> list[Point]:
@@ -74,7 +91,7 @@ def matrix(quick: bool, naive: bool) -> list[Point]:
     points = [Point(s, size, n) for size in sizes for s in servers for n in counts]
     mixed_counts = [50] if quick else [50, 100]
     points += [Point(s, "640x480", n, "30,10") for s in servers for n in mixed_counts]
-    return points
+    return points if quick else points + MJPEG_POINTS
 
 
 # -- child processes ---------------------------------------------------------------------------
@@ -151,10 +168,11 @@ def run_point(point: Point, args: argparse.Namespace, workdir: str) -> dict[str,
     script = "stamped_server.py" if point.server == "camstream" else "naive_server.py"
     log = os.path.join(workdir, "children.log")
     server = Child([sys.executable, os.path.join(HERE, script), "--width", str(width),
-                    "--height", str(height), "--fps", str(CAMERA_FPS)], log)
+                    "--height", str(height), "--fps", str(CAMERA_FPS),
+                    *(["--mjpeg"] if point.source == "mjpeg" else [])], log)
     loadgen: Child | None = None
     try:
-        url, pid_text = server.expect("READY ", 30).split()
+        url, pid_text = server.expect("READY ", 120).split()  # MJPEG: frames made first
         pid = int(pid_text)
         out = os.path.join(workdir, f"loadgen-{os.getpid()}.json")
         loadgen = Child([
@@ -163,6 +181,7 @@ def run_point(point: Point, args: argparse.Namespace, workdir: str) -> dict[str,
             "--camera-fps", str(CAMERA_FPS), "--warmup", str(args.warmup),
             "--duration", str(args.duration), "--size-hint", str(SIZE_HINT[point.size]),
             "--reduce", "8" if width >= 1280 else "4", "--out", out,
+            "--query", point.query, "--extra", point.extra,
         ], log)
         loadgen.expect("CONNECTED", 120)
         loadgen.expect("WINDOW_START", args.warmup + 30)
@@ -205,6 +224,9 @@ def summarize(point: Point, result: dict[str, Any], dt: float, cpu: float,
     encodes = stats1["frames_encoded"] - stats0["frames_encoded"]
     out: dict[str, Any] = {
         "server": point.server,
+        "source": point.source,
+        "query": point.query,
+        "extra": point.extra,
         "size": point.size,
         "clients": point.clients,
         "rates": point.rates or f"{CAMERA_FPS:g}",
@@ -230,6 +252,10 @@ def summarize(point: Point, result: dict[str, Any], dt: float, cpu: float,
         out["source_cpu_pct"] = (pub1["cpu_s"] - pub0["cpu_s"]) / span * 100
         out["source_late"] = pub1["late"] - pub0["late"]
         out["camera_fps"] = (stats1["frames_captured"] - stats0["frames_captured"]) / span
+        out["decodes_per_s"] = (stats1.get("decodes", 0) - stats0.get("decodes", 0)) / span
+        if point.extra:
+            extra = [c["fps"] for c in clients if c["query"].startswith(point.extra)]
+            out["extra_fps"] = extra[0] if extra else None
         out["variants"] = sum(
             1 for v in stats1["variants"]
             if v["encodes"] > next((w["encodes"] for w in stats0["variants"]
@@ -362,6 +388,94 @@ def targets(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
                               f"camera rate x variants ({limit:.1f})",
                     "value": r["encodes_per_s"], "limit": limit,
                     "met": r["encodes_per_s"] <= 1.01 * limit})
+    return out
+
+
+def is_mjpeg_row(row: dict[str, Any]) -> bool:
+    return row.get("source", "pixels") != "pixels" or bool(row.get("query") or row.get("extra"))
+
+
+def mjpeg_table(rows: list[dict[str, Any]]) -> str:
+    lines = ["| size | viewers | fps min (extra viewer) | p50 / p95 ms | CPU % | src % "
+             "| camstream % | other % | enc/s | dec/s | MB/s | KB/frame |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        viewers = f"{r['clients']} native"
+        if r.get("query"):
+            viewers = f"{r['clients']} ?{r['query']} (decode + encode)"
+        if r.get("extra"):
+            viewers += f" + 1 ?{r['extra']}"
+        lat = r["latency_ms"]
+        fps = f"{r['fps_min']:.2f}"
+        if r.get("extra_fps") is not None:
+            fps += f" ({r['extra_fps']:.2f})"
+        lines.append(
+            f"| {r['size']} MJPEG | {viewers} | {fps} | {_f(lat['p50'])} / {_f(lat['p95'])} "
+            f"| {r['server_cpu_pct']:.1f} | {_f(r.get('source_cpu_pct'))} "
+            f"| {r['server_cpu_pct'] - r.get('source_cpu_pct', 0):.1f} "
+            f"| {_f(r.get('other_cpu_pct'))} | {r['encodes_per_s']:.1f} "
+            f"| {r.get('decodes_per_s', 0):.1f} | {r['mb_per_s']:.1f} "
+            f"| {_f(r['mean_jpeg_kb'], '{:.0f}')} |"
+        )
+    return "\n".join(lines)
+
+
+def decode_encode_cost_pct(size: str = "1920x1080", frames: int = 30) -> float:
+    """CPU (% of one core) of one JPEG decode + one encode per frame at 30 fps, measured here:
+    what camstream's decode-and-encode path costs on an MJPEG source whatever the viewers."""
+    import cv2
+    from stamp import FrameSource
+
+    width, height = SIZES[size]
+    source = FrameSource(width, height)
+    jpegs = [cv2.imencode(".jpg", source.frame(i, CAMERA_FPS)[0],
+                          [cv2.IMWRITE_JPEG_QUALITY, 80])[1] for i in range(frames)]
+    start = time.process_time()
+    for jpeg in jpegs:
+        image = cv2.imdecode(jpeg, cv2.IMREAD_COLOR)
+        cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, 80])
+    return (time.process_time() - start) / frames * CAMERA_FPS * 100
+
+
+def mjpeg_targets(rows: list[dict[str, Any]], cost_pct: float | None) -> list[dict[str, Any]]:
+    """Issue 9's "done when" for the MJPEG source, checked against the MJPEG rows."""
+    def row(n: int, query: str = "", extra: str = "") -> dict[str, Any] | None:
+        return next((r for r in rows if r["clients"] == n and r.get("query", "") == query
+                     and r.get("extra", "") == extra), None)
+
+    def own(r: dict[str, Any]) -> float:  # camstream's CPU, without the source's encoder
+        return r["server_cpu_pct"] - r.get("source_cpu_pct", 0.0)
+
+    out = []
+
+    def check(name: str, value: float | None, limit: float, at_least: bool) -> None:
+        met = value is not None and (value >= limit if at_least else value <= limit)
+        out.append({"target": name, "value": value, "limit": limit, "met": met})
+
+    for n in (10, 50):
+        r = row(n)
+        if r:
+            check(f"MJPEG 1080p N={n} native: every viewer >= 29.5 fps", r["fps_min"], 29.5, True)
+            check(f"MJPEG 1080p N={n} native: encodes/s = 0", r["encodes_per_s"], 0, False)
+            check(f"MJPEG 1080p N={n} native: decodes/s = 0", r["decodes_per_s"], 0, False)
+    native, forced = row(10), row(10, "quality=80")
+    if native and forced:
+        check("MJPEG 1080p N=10: camstream CPU of decode-and-encode / passthrough >= 3",
+              own(forced) / max(own(native), 0.1), 3.0, True)
+    native, forced = row(50), row(50, "quality=80")
+    if native and forced and cost_pct is not None:
+        check(f"MJPEG 1080p N=50: CPU saved >= 90 % of one decode + encode per frame "
+              f"({cost_pct:.0f} % of a core)", own(forced) - own(native), 0.9 * cost_pct, True)
+    r = row(10, extra="width=320")
+    if r:
+        camera = r.get("camera_fps", CAMERA_FPS)
+        for kind in ("decodes_per_s", "encodes_per_s"):
+            check(f"MJPEG 1080p N=10 + one 320-wide viewer: {kind} = camera rate "
+                  f"({camera:.1f}), not more", r[kind], 1.02 * camera, False)
+            check(f"MJPEG 1080p N=10 + one 320-wide viewer: {kind} >= 95 % of the camera rate",
+                  r[kind], 0.95 * camera, True)
+        check("MJPEG 1080p N=10 + one 320-wide viewer: every viewer >= 29.5 fps",
+              min(r["fps_min"], r.get("extra_fps") or 0), 29.5, True)
     return out
 
 
@@ -498,15 +612,26 @@ def main() -> int:
               f"CPU {row['server_cpu_pct']:.1f} %, loadgen {row['loadgen_cpu_pct']:.1f} %, "
               f"other {row['other_cpu_pct']:.1f} % "
               f"({time.monotonic() - t:.0f} s)", flush=True)
+    pixel_rows = [r for r in rows if not is_mjpeg_row(r)]
+    mjpeg_rows = [r for r in rows if is_mjpeg_row(r)]
+    cost = decode_encode_cost_pct() if mjpeg_rows else None
     report = {"machine": info, "settings": {"duration_s": args.duration, "warmup_s": args.warmup,
                                             "camera_fps": CAMERA_FPS, "quality": 80},
-              "rows": rows, "ratios": ratios(rows), "targets": targets(rows),
+              "rows": rows, "ratios": ratios(pixel_rows),
+              "targets": targets(pixel_rows) + mjpeg_targets(mjpeg_rows, cost),
+              "decode_encode_cost_pct_1080p": cost,
               "elapsed_s": round(time.monotonic() - started, 1)}
     with open(out + ".tmp", "w") as f:
         json.dump(report, f, indent=1)
     os.replace(out + ".tmp", out)
-    print()
-    print(table(rows))
+    if pixel_rows:
+        print()
+        print(table(pixel_rows))
+    if mjpeg_rows:
+        print()
+        print(mjpeg_table(mjpeg_rows))
+        print(f"\none JPEG decode + encode per frame at 1080p30, measured here: {cost:.1f} % "
+              "of one core")
     if report["ratios"]:
         print()
         print(ratio_table(report["ratios"]))
@@ -514,8 +639,8 @@ def main() -> int:
     for t in report["targets"]:
         print(f"{'MET   ' if t['met'] else 'MISSED'} {t['target']}: {_f(t['value'], '{:.2f}')} "
               f"(limit {t['limit']:g})")
-    if plot_path:
-        plot(rows, plot_path)
+    if plot_path and pixel_rows:
+        plot(pixel_rows, plot_path)
         print(f"\nplot: {os.path.relpath(plot_path, REPO)}")
     print(f"results: {os.path.relpath(out, REPO)} ({report['elapsed_s']:.0f} s)")
     return 0 if len(rows) == len(points) else 1

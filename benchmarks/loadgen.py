@@ -344,8 +344,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     viewers = []
     for i in range(args.clients):
         fps = rates[i % len(rates)]
-        url = args.url + (f"?fps={fps:g}" if fps is not None else "")
+        query = [f"fps={fps:g}"] if fps is not None else []
+        query += [f"max_bytes={args.max_bytes}"] if args.max_bytes is not None else []
+        query += [args.query] if args.query else []
+        url = args.url + ("?" + "&".join(query) if query else "")
         viewers.append(Viewer(i, url, fps or args.camera_fps))
+    if args.extra:  # one more viewer with its own settings (a smaller size, say)
+        extra = args.extra + (f"&max_bytes={args.max_bytes}" if args.max_bytes is not None else "")
+        viewers.append(Viewer(len(viewers), f"{args.url}?{extra}", args.camera_fps))
     loop = Loop()
     for viewer in viewers:
         viewer.begin_connect(args.connect_timeout)
@@ -399,6 +405,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         latencies += lat
         per_client.append({
             "index": v.index,
+            "query": urlsplit(v.url).query,
             "fps_requested": v.fps,
             "frames": v.frames,
             "fps": v.frames / window,
@@ -436,6 +443,12 @@ def main() -> int:
     parser.add_argument("--fps", default="",
                         help="comma-separated ?fps= values assigned round-robin (default: none)")
     parser.add_argument("--camera-fps", type=float, default=30.0)
+    parser.add_argument("--query", default="", help="more query parameters for every viewer")
+    parser.add_argument("--max-bytes", type=int, default=0,
+                        help="?max_bytes= of every viewer (default 0: full frames, as the bundled "
+                        "clients ask; -1: none sent, the server's default applies)")
+    parser.add_argument("--extra", default="",
+                        help="query of one more viewer (e.g. width=320); default: none")
     parser.add_argument("--connect-timeout", type=float, default=60.0)
     parser.add_argument("--warmup", type=float, default=2.0)
     parser.add_argument("--duration", type=float, default=10.0)
@@ -446,6 +459,8 @@ def main() -> int:
     parser.add_argument("--reduce", type=int, default=4, choices=(2, 4, 8))
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
+    if args.max_bytes < 0:
+        args.max_bytes = None
     result = run(args)
     with open(args.out, "w") as f:
         json.dump(result, f)

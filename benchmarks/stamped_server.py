@@ -1,7 +1,12 @@
 """A camstream server fed with stamped frames, for the benchmark and the soak test.
 
 Runs ``Streamer("push", port=0, ...)`` plus a publisher thread that makes one stamped frame
-(see ``stamp.py``) per camera period and publishes it. Talks to its parent over stdio:
+(see ``stamp.py``) per camera period and publishes it. With ``--mjpeg`` the source is a webcam
+in MJPEG mode, whose JPEGs cost the server nothing to make: ``--mjpeg-seconds`` of frames are
+stamped with their *scheduled* capture times and encoded (quality 80) before serving starts, and
+the publisher hands frame i in with ``publish_jpeg`` at its scheduled time (late frames are
+skipped, so the stamp stays honest). Past the prepared frames it stamps and encodes live.
+Talks to its parent over stdio:
 
 * prints ``READY <url> <pid>`` once serving;
 * on a ``stats`` line on stdin prints ``STATS <json>``: ``Streamer.stats()`` plus the
@@ -24,20 +29,48 @@ import sys
 import threading
 import time
 
+import cv2
+
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(1, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from stamp import FrameSource  # noqa: E402
+from stamp import TICKS_PER_S, FrameSource, stamp  # noqa: E402
 
 from camstream import Streamer  # noqa: E402
+
+
+def encode(image: object) -> bytes:
+    ok, jpeg = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, 80])
+    assert ok
+    return jpeg.tobytes()
+
+
+class PreparedMjpeg:
+    """A camera's MJPEG output made ahead of time: frame i shows capture time start + i / fps."""
+
+    def __init__(self, source: FrameSource, fps: float, seconds: float) -> None:
+        clock = time.perf_counter()
+        encode(source.frame(0, fps)[0])
+        cost = time.perf_counter() - clock
+        count = max(int(seconds * fps), 1)
+        self.fps = fps
+        self.start = time.time() + count * cost * 1.5 + 1.0  # when frame 0 is "captured"
+        self.frames = []
+        for i in range(count):
+            image, _ = source.frame(i, fps)
+            stamp(image, int((self.start + i / fps) * TICKS_PER_S))
+            self.frames.append(encode(image))
 
 
 class Publisher:
     """Publishes stamped frames at ``fps`` on a deadline clock (skips ahead if it falls behind)."""
 
-    def __init__(self, streamer: Streamer, width: int, height: int, fps: float) -> None:
+    def __init__(
+        self, streamer: Streamer, width: int, height: int, fps: float, mjpeg_seconds: float = 0
+    ) -> None:
         self.streamer = streamer
         self.source = FrameSource(width, height)
+        self.prepared = PreparedMjpeg(self.source, fps, mjpeg_seconds) if mjpeg_seconds else None
         self.fps = fps
         self.published = 0
         self.late = 0  # periods where the publisher itself could not keep up
@@ -55,6 +88,30 @@ class Publisher:
         self._thread.join(5)
 
     def _run(self) -> None:
+        if self.prepared is not None:
+            self._run_mjpeg(self.prepared)
+        else:
+            self._run_pixels()
+
+    def _run_mjpeg(self, prepared: PreparedMjpeg) -> None:
+        """Frame i at wall-clock time start + i / fps; frames already past are skipped."""
+        index = 0
+        while not self._stop.is_set():
+            due = prepared.start + index / self.fps
+            if self._stop.wait(max(due - time.time(), 0.0)):
+                return
+            if index < len(prepared.frames):
+                self.streamer.publish_jpeg(prepared.frames[index])
+            else:  # past the prepared frames: stamp and encode live
+                image, _ = self.source.frame(index, self.fps)
+                self.streamer.publish_jpeg(encode(image))
+            self.published += 1
+            self.cpu_s = time.thread_time()
+            behind = int((time.time() - prepared.start) * self.fps) - index
+            self.late += max(behind, 0)
+            index += 1 + max(behind, 0)
+
+    def _run_pixels(self) -> None:
         period = 1.0 / self.fps
         deadline = time.monotonic()
         index = 0
@@ -85,13 +142,19 @@ def main() -> int:
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--send-timeout", type=float, default=5.0)
     parser.add_argument("--log-level", default="WARNING")
+    parser.add_argument("--mjpeg", action="store_true",
+                        help="an MJPEG source: publish_jpeg of JPEGs prepared before serving")
+    parser.add_argument("--mjpeg-seconds", type=float, default=30.0,
+                        help="seconds of MJPEG frames to prepare (then encoded live)")
     args = parser.parse_args()
     logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
     streamer = Streamer("push", port=args.port, fps=args.fps, quality=args.quality,
                         send_timeout=args.send_timeout).start()
-    publisher = Publisher(streamer, args.width, args.height, args.fps).start()
+    publisher = Publisher(
+        streamer, args.width, args.height, args.fps, args.mjpeg_seconds if args.mjpeg else 0
+    ).start()
     done = threading.Event()
 
     def on_signal(signum: int, frame: object) -> None:
@@ -116,6 +179,8 @@ def main() -> int:
 
     # Daemon: it may sit in a blocking read of stdin when the process exits.
     threading.Thread(target=read_commands, name="bench-stdin", daemon=True).start()
+    if publisher.prepared is not None:  # serve once the prepared frames begin
+        done.wait(max(publisher.prepared.start - time.time(), 0.0))
     print(f"READY {streamer.url} {os.getpid()}", flush=True)
     try:
         while not done.wait(0.5):

@@ -81,6 +81,11 @@ def build_parser() -> argparse.ArgumentParser:
     security.add_argument("--allow-origin", action="append", metavar="ORIGIN",
                           help="admit browser pages from this origin (repeatable)")
     security.add_argument("--max-clients", type=int, help="most viewers at once (more get 1013)")
+    security.add_argument(
+        "--max-variants", type=int, default=4, metavar="N",
+        help="distinct sizes/qualities encoded at once besides the default (default 4); "
+        "a viewer asking for another gets the nearest one in use",
+    )
     security.add_argument("--certfile", help="TLS certificate (PEM): serve wss://")
     security.add_argument("--keyfile", help="TLS private key (PEM), if not in --certfile")
     security.add_argument(
@@ -109,7 +114,8 @@ def _make_streamer(args: argparse.Namespace, source: object) -> Streamer:
         pixel_format=args.pixel_format, backend=args.backend,
         camera_settings=args.camera_settings, token=args.token,
         allowed_origins=args.allow_origin, max_clients=args.max_clients,
-        certfile=args.certfile, keyfile=args.keyfile, trusted_proxies=args.trusted_proxy,
+        max_variants=args.max_variants, certfile=args.certfile, keyfile=args.keyfile,
+        trusted_proxies=args.trusted_proxy,
     )
 
 

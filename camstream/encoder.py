@@ -4,6 +4,10 @@ A *variant* is what a client asked to receive: a size box, a quality and optiona
 limit. All clients on the same variant share one encode per frame (single flight: the first
 client to ask encodes, the others wait for its result), so the number of encodes per second
 depends on the camera rate and the number of distinct variants, never on the number of clients.
+
+Frames that carry the source's own JPEG (:attr:`Frame.jpeg`) are *passed through*: a variant
+that takes the frame as the source made it (no smaller size box, no quality of its own, a byte
+limit the file fits in) gets those bytes untouched, with no decode and no encode.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ import dataclasses
 import logging
 import math
 import threading
+import time
 from dataclasses import dataclass, field
 
 import cv2
@@ -21,7 +26,9 @@ import numpy as np
 
 from .frame import Frame
 
-__all__ = ["Variant", "EncodedFrame", "EncodeCache", "encode_jpeg", "fit_size"]
+__all__ = [
+    "Variant", "EncodedFrame", "EncodeCache", "EncodeBudgetExceeded", "encode_jpeg", "fit_size"
+]
 
 logger = logging.getLogger(__name__)
 
@@ -29,6 +36,11 @@ _MIN_QUALITY = 10
 _MIN_SIDE = 16
 _MAX_JPEG_SIDE = 65500  # libjpeg's limit
 _MAX_VARIANTS = 256  # per-variant bookkeeping is reset past this many distinct variants
+_OPEN_SIDE = 1 << 16  # a side left free, for comparing variants
+
+
+def _side(side: int | None) -> int:
+    return _OPEN_SIDE if side is None else side
 
 
 @dataclass(frozen=True)
@@ -36,13 +48,16 @@ class Variant:
     """What one client receives: the frame fitted in ``width`` x ``height``, at ``quality``.
 
     ``width`` / ``height`` of ``None`` leave that side free; the aspect ratio is always kept and
-    frames are never enlarged. With ``max_bytes``, every JPEG is kept at or under that many bytes
-    by lowering the quality first, then the size.
+    frames are never enlarged. ``quality`` of ``None`` means "as the source": a JPEG frame is
+    passed through untouched where nothing else forces an encode, and frames that must be
+    encoded get the cache's default quality. With ``max_bytes``, every JPEG is kept at or under
+    that many bytes by lowering the quality first, then the size (a source JPEG that fits is
+    passed through).
     """
 
     width: int | None = None
     height: int | None = None
-    quality: int = 80
+    quality: int | None = None
     max_bytes: int | None = None
 
 
@@ -54,9 +69,14 @@ class EncodedFrame:
     data: bytes
     width: int
     height: int
-    quality: int
+    quality: int | None  # None: the source's own JPEG, passed through untouched
     captured_at: float
     captured_monotonic: float
+
+    @property
+    def passed_through(self) -> bool:
+        """Whether these are the source's own bytes (no decode, no encode)."""
+        return self.quality is None
 
 
 def fit_size(
@@ -113,15 +133,57 @@ class _Slot:
     error: BaseException | None = None
 
 
+class EncodeBudgetExceeded(RuntimeError):
+    """The encode budget of this second is spent: the caller skips this frame (or snapshot)."""
+
+
+class _EventWindow:
+    """How many events happened in the last ``window_s`` seconds (the caller holds a lock)."""
+
+    def __init__(self, window_s: float) -> None:
+        self._window_s = window_s
+        self._stamps: collections.deque[float] = collections.deque()
+
+    def add(self, now: float) -> None:
+        self._stamps.append(now)
+
+    def count(self, now: float) -> int:
+        stamps, oldest = self._stamps, now - self._window_s
+        while stamps and stamps[0] < oldest:
+            stamps.popleft()
+        return len(stamps)
+
+
 class EncodeCache:
     """Encodes each (frame, variant) once and hands the JPEG to every client that asks.
 
     Thread-safe. Bounded: it keeps the last ``max_entries`` encodes, and no more than
     ``max_total_bytes`` of JPEG data; older ones are dropped first (clients only ever ask for
     recent frames, so a dropped entry is at worst encoded again).
+
+    The encode work is bounded too, whatever clients ask for. Viewers register the variant they
+    want with :meth:`assign`: beyond ``max_variants`` distinct live variants, a viewer gets the
+    nearest live one instead. And outside the server's default variants (no size, no quality,
+    no limit or the default limit), at most ``max_encodes_per_s`` JPEG encodes a second are
+    made (snapshots included); past that, :meth:`get` raises :class:`EncodeBudgetExceeded`.
+
+    Args:
+        default_quality: the quality of frames encoded for a variant without one.
+        default_max_bytes: the byte limit viewers get when they ask for none, if any.
+        max_variants: distinct live variants, besides the default ones.
+        max_encodes_per_s: the encode budget; None for no budget.
     """
 
-    def __init__(self, max_entries: int = 64, max_total_bytes: int = 32 * 1024 * 1024) -> None:
+    def __init__(
+        self,
+        max_entries: int = 64,
+        max_total_bytes: int = 32 * 1024 * 1024,
+        *,
+        default_quality: int = 80,
+        default_max_bytes: int | None = None,
+        max_variants: int = 4,
+        max_encodes_per_s: float | None = None,
+    ) -> None:
         self._lock = threading.Lock()
         self._slots: collections.OrderedDict[tuple[int, Variant], _Slot] = (
             collections.OrderedDict()
@@ -130,31 +192,129 @@ class EncodeCache:
         self._max_entries = max_entries
         self._max_total_bytes = max_total_bytes
         self._total_bytes = 0  # JPEG bytes held in _slots
+        self.default_quality = default_quality
+        self.max_variants = max_variants
+        self.max_encodes_per_s = max_encodes_per_s
+        self._defaults = frozenset({Variant(), Variant(max_bytes=default_max_bytes)})
+        self._live: collections.Counter[Variant] = collections.Counter()  # viewers per variant
+        self._budget = _EventWindow(1.0)  # budgeted encodes (every try) in the last second
         self.encodes = 0
         """JPEG files made: one per frame and variant (max_bytes retries not counted)."""
+        self.encodes_refused = 0
+        """Encodes refused because the budget of the second was spent."""
         self.encodes_by_variant: collections.Counter[Variant] = collections.Counter()
 
+    # Who gets which variant
+
+    def assign(self, wanted: Variant) -> Variant:
+        """Register a viewer that wants ``wanted``; returns the variant it gets.
+
+        That is ``wanted`` itself while there are fewer than ``max_variants`` distinct live
+        variants (the default ones do not count), else the nearest live variant that keeps the
+        viewer's byte limit. Give it back with :meth:`release` when the viewer leaves or
+        changes its settings.
+        """
+        with self._lock:
+            live = self._live
+            given = wanted
+            if wanted not in live and wanted not in self._defaults:
+                others = sum(1 for v in live if v not in self._defaults)
+                if others >= self.max_variants:
+                    given = self._nearest_live(wanted)
+            live[given] += 1
+        if given != wanted:
+            logger.info("variant cap reached: %s gets %s instead", wanted, given)
+        return given
+
+    def release(self, given: Variant) -> None:
+        """A viewer no longer uses ``given`` (a variant :meth:`assign` returned)."""
+        with self._lock:
+            self._live[given] -= 1
+            if self._live[given] <= 0:
+                del self._live[given]
+
+    @property
+    def live_variants(self) -> int:
+        """Distinct variants viewers use now."""
+        with self._lock:
+            return len(self._live)
+
+    def _nearest_live(self, wanted: Variant) -> Variant:
+        """The live or default variant closest in size and quality among those that keep
+        ``wanted``'s byte limit (the caller holds the lock). If none does, the default variant
+        with that limit rounded down to a power of two (a short, bounded set)."""
+        limit = wanted.max_bytes
+        candidates = [
+            v for v in (*self._live, *self._defaults)
+            if limit is None or (v.max_bytes is not None and v.max_bytes <= limit)
+        ]
+        if not candidates:
+            assert limit is not None
+            return Variant(max_bytes=1 << (limit.bit_length() - 1))
+
+        def distance(v: Variant) -> float:
+            return (
+                abs(math.log(_side(v.width) / _side(wanted.width)))
+                + abs(math.log(_side(v.height) / _side(wanted.height)))
+                + abs(self._quality(v) - self._quality(wanted)) / 25
+            )
+
+        return min(candidates, key=lambda v: (distance(v), repr(v)))
+
+    def _quality(self, variant: Variant) -> int:
+        return self.default_quality if variant.quality is None else variant.quality
+
+    # Frames
+
+    def passes_through(self, frame: Frame, variant: Variant) -> bool:
+        """Whether ``variant`` takes ``frame``'s source JPEG untouched (no decode, no encode)."""
+        return (
+            frame.jpeg is not None
+            and variant.quality is None
+            and fit_size(frame.width, frame.height, variant.width, variant.height)
+            == (frame.width, frame.height)
+            and (variant.max_bytes is None or len(frame.jpeg) <= variant.max_bytes)
+        )
+
     def get(self, frame: Frame, variant: Variant) -> EncodedFrame:
-        """The JPEG of ``frame`` for ``variant``, encoding it if no one has yet.
+        """The JPEG of ``frame`` for ``variant``: the source's own bytes where the variant takes
+        them as they are, else encoded once (by whichever caller asks first).
 
         Raises:
-            ValueError: the frame cannot be encoded.
+            ValueError: the frame cannot be decoded or encoded.
+            EncodeBudgetExceeded: the encode is needed but the budget of this second is spent.
         """
+        if self.passes_through(frame, variant):
+            assert frame.jpeg is not None
+            return EncodedFrame(
+                frame.seq, frame.jpeg, frame.width, frame.height, None,
+                frame.captured_at, frame.captured_monotonic,
+            )
+        budgeted = variant not in self._defaults
+        if variant.quality is None:
+            variant = dataclasses.replace(variant, quality=self.default_quality)
         if variant.max_bytes is not None:
-            whole = self._whole_if_it_fits(frame, variant)
+            whole = self._whole_if_it_fits(frame, variant, budgeted)
             if whole is not None:
                 return whole
+        return self._get(frame, variant, budgeted)
+
+    def _get(self, frame: Frame, variant: Variant, budgeted: bool) -> EncodedFrame:
+        """get() for a variant with its quality filled in (``budgeted``: not a default one)."""
         key = (frame.seq, variant)
         with self._lock:
             slot = self._slots.get(key)
             owner = slot is None
             if slot is None:
+                if budgeted and self._over_budget():
+                    self.encodes_refused += 1
+                    raise EncodeBudgetExceeded("the encode budget of this second is spent")
                 slot = self._slots[key] = _Slot()
         if not owner:
             slot.done.wait()
         else:
             try:
-                slot.result = self._encode(frame, variant)
+                slot.result = self._encode(frame, variant, budgeted)
                 self._keep(key, slot)
             except BaseException as exc:
                 slot.error = exc
@@ -168,14 +328,21 @@ class EncodeCache:
         assert slot.result is not None
         return slot.result
 
-    def _whole_if_it_fits(self, frame: Frame, variant: Variant) -> EncodedFrame | None:
+    def _over_budget(self) -> bool:
+        """Whether the budgeted encodes of the last second reach the budget (lock held)."""
+        budget = self.max_encodes_per_s
+        return budget is not None and self._budget.count(time.monotonic()) >= budget
+
+    def _whole_if_it_fits(
+        self, frame: Frame, variant: Variant, budgeted: bool
+    ) -> EncodedFrame | None:
         """The encode without a byte limit, if it fits under ``variant.max_bytes``.
 
         Clients with and without a limit (Godot's default one, the bundled clients' none, the
         HTTP endpoints) then share one encode whenever the frame fits. It is made here only
         while the limit's own search is at full quality and size; else looked up, not made.
         """
-        assert variant.max_bytes is not None
+        assert variant.max_bytes is not None and variant.quality is not None
         whole_variant = dataclasses.replace(variant, max_bytes=None)
         with self._lock:
             slot = self._slots.get((frame.seq, whole_variant))
@@ -184,7 +351,7 @@ class EncodeCache:
         made = slot is not None and slot.done.is_set() and slot.result is not None
         if not (made or at_full):
             return None
-        whole = self.get(frame, whole_variant)
+        whole = self._get(frame, whole_variant, budgeted)
         if len(whole.data) <= variant.max_bytes:
             return whole
         if at_full:  # the limit's search starts one step down, not with this encode again
@@ -221,17 +388,27 @@ class EncodeCache:
                 distance = abs(math.log(known.max_bytes / limit))
                 if best is None or distance < best[0]:
                     best = (distance, hint)
-        return best[1] if best is not None else _Hint(variant.quality)
+        return best[1] if best is not None else _Hint(self._quality(variant))
 
-    def _encode(self, frame: Frame, variant: Variant) -> EncodedFrame:
+    def _encode_image(self, image: np.ndarray, quality: int, budgeted: bool) -> bytes:
+        """encode_jpeg, counted against the budget if ``budgeted``."""
+        if budgeted:
+            with self._lock:
+                self._budget.add(time.monotonic())
+        return encode_jpeg(image, quality)
+
+    def _encode(self, frame: Frame, variant: Variant, budgeted: bool) -> EncodedFrame:
+        assert variant.quality is not None  # get() filled in the default
         width, height = fit_size(frame.width, frame.height, variant.width, variant.height)
         if variant.max_bytes is None:
             image = _resize(frame.image, width, height)
             height, width = image.shape[:2]
-            data = encode_jpeg(image, variant.quality)
+            data = self._encode_image(image, variant.quality, budgeted)
             quality = variant.quality
         else:
-            data, width, height, quality = self._encode_within(frame, variant, width, height)
+            data, width, height, quality = self._encode_within(
+                frame, variant, width, height, budgeted
+            )
         with self._lock:
             self.encodes += 1
             if len(self.encodes_by_variant) > _MAX_VARIANTS:
@@ -242,14 +419,14 @@ class EncodeCache:
         )
 
     def _encode_within(
-        self, frame: Frame, variant: Variant, width: int, height: int
+        self, frame: Frame, variant: Variant, width: int, height: int, budgeted: bool
     ) -> tuple[bytes, int, int, int]:
         """Encode under ``variant.max_bytes``, trading quality and size (see :func:`_step_down`).
 
         Starts from the setting that worked for the previous frame, and tries one step better
         when the last result left plenty of room, so the search costs about one encode a frame.
         """
-        assert variant.max_bytes is not None
+        assert variant.max_bytes is not None and variant.quality is not None
         limit = variant.max_bytes
         with self._lock:
             hint = self._hints.get(variant) or self._nearest_hint(variant)
@@ -260,14 +437,14 @@ class EncodeCache:
             h = max(round(height * scale), _MIN_SIDE) if scale < 1.0 else height
             image = _resize(frame.image, w, h)
             h, w = image.shape[:2]
-            data = encode_jpeg(image, quality)
+            data = self._encode_image(image, quality, budgeted)
             if len(data) <= limit:
                 break
             quality, scale = _step_down(quality, scale, min(w, h))
         # Next frame: stay here, or step back up if this one used less than 60 % of the limit.
         next_quality, next_scale = quality, scale
         if len(data) < 0.6 * limit:
-            next_quality, next_scale = _step_up(quality, scale, variant.quality)
+            next_quality, next_scale = _step_up(quality, scale, self._quality(variant))
         with self._lock:
             if len(self._hints) > _MAX_VARIANTS:  # clients keep changing their byte limits
                 self._hints.clear()

@@ -50,7 +50,7 @@ def encode_message(message: Mapping[str, Any]) -> str:
 
 
 def metadata_message(
-    *, width: int, height: int, fps: float, quality: int, **extra: Any
+    *, width: int, height: int, fps: float, quality: int | None, **extra: Any
 ) -> dict[str, Any]:
     """The ``metadata`` message: the first message of every connection, resent on changes."""
     return {
@@ -99,7 +99,7 @@ class _Field:
 
 CONFIG_FIELDS: dict[str, _Field] = {
     "fps": _Field(float, 0.1, MAX_FPS),
-    "quality": _Field(int, 1, 100),
+    "quality": _Field(int, 1, 100, nullable=True),  # null: as the source
     "width": _Field(int, 16, MAX_SIDE, nullable=True),
     "height": _Field(int, 16, MAX_SIDE, nullable=True),
     "max_bytes": _Field(int, MIN_MAX_BYTES, 2**31 - 1, nullable=True, zero_is_none=True),

@@ -23,6 +23,7 @@ from .camera import CameraThread, Frame, Source, describe_source
 from .devices import CaptureFactory
 from .encoder import EncodeCache
 from .errors import ConfigError
+from .pacing import CounterRates
 from .protocol import CloseCode
 from .proxy import ClientView, is_trusted, parse_trusted_proxies, resolve
 from .session import ClientSession, ClientSettings
@@ -95,6 +96,12 @@ class Streamer(BaseApplication):
             ``stats()``, per-address limits, the Origin rule and the URLs camstream serves.
             From any other peer those headers are ignored (default None: no proxy is trusted).
             See :mod:`camstream.proxy`.
+        max_variants: distinct sizes/qualities/limits encoded at once besides the default one
+            (default 4); a viewer asking for another gets the nearest one in use (its metadata
+            says which).
+        max_encodes_per_s: JPEG encodes a second for non-default variants and snapshots, all
+            viewers together (default None: ``fps * (max_variants + 1)``); past it, frames are
+            skipped.
 
     Raises:
         ConfigError: an argument is out of range.
@@ -130,6 +137,8 @@ class Streamer(BaseApplication):
         handshake_timeout: float = 10.0,
         max_message_size: int = 65536,
         trusted_proxies: Iterable[str] | None = None,
+        max_variants: int = 4,
+        max_encodes_per_s: float | None = None,
     ) -> None:
         if not 1 <= quality <= 100:
             raise ConfigError(f"quality must be 1-100, not {quality}")
@@ -148,6 +157,10 @@ class Streamer(BaseApplication):
                 f"max_bytes must be 0 (no limit) or {protocol.MIN_MAX_BYTES}-{2**31 - 1}, "
                 f"not {max_bytes}"
             )
+        if not 0 <= max_variants <= 64:
+            raise ConfigError(f"max_variants must be 0-64, not {max_variants}")
+        if max_encodes_per_s is not None and not 1 <= max_encodes_per_s <= 100_000:
+            raise ConfigError(f"max_encodes_per_s must be 1-100000, not {max_encodes_per_s}")
         self.trusted_proxies = parse_trusted_proxies(trusted_proxies)
         self.camera = CameraThread(
             source, width=width, height=height, fps=fps, loop=loop, pixel_format=pixel_format,
@@ -162,7 +175,15 @@ class Streamer(BaseApplication):
         )
         self.max_clients = max_clients
         self.send_timeout = send_timeout
-        self.cache = EncodeCache()
+        self.cache = EncodeCache(
+            default_quality=quality,
+            default_max_bytes=self.max_bytes,
+            max_variants=max_variants,
+            max_encodes_per_s=(
+                fps * (max_variants + 1) if max_encodes_per_s is None else max_encodes_per_s
+            ),
+        )
+        self._rates = CounterRates()  # encodes and decodes per second
         self._http = HttpRoutes(self)
         self._ssl_context = make_ssl_context(certfile, keyfile) if certfile else None
         self._requested_port = port
@@ -350,11 +371,21 @@ class Streamer(BaseApplication):
             sessions = list(self._sessions.values())
         cache = self.cache
         now = time.time()
+        encodes_per_s, decodes_per_s = self._rates.per_s(
+            time.monotonic(), (cache.encodes, self.camera.decodes)
+        )
         return {
             "uptime_s": round(time.monotonic() - self._started_at, 3) if self._started_at else 0,
             "camera": self._camera_info(),
             "frames_captured": self.camera.frames_captured,
+            "frames_dropped_corrupt": self.camera.frames_dropped_corrupt,
             "frames_encoded": cache.encodes,
+            "encodes": cache.encodes,
+            "decodes": self.camera.decodes,
+            "encodes_per_s": encodes_per_s,
+            "decodes_per_s": decodes_per_s,
+            "encodes_refused": cache.encodes_refused,
+            "live_variants": cache.live_variants,
             "variants": [
                 {
                     "width": v.width, "height": v.height, "quality": v.quality,
@@ -382,9 +413,7 @@ class Streamer(BaseApplication):
             )
             conn.close(code, reason)
             return
-        settings = ClientSettings(
-            fps=self.camera.fps, quality=self.quality, max_bytes=self.max_bytes
-        )
+        settings = ClientSettings(fps=self.camera.fps, max_bytes=self.max_bytes)
         session = ClientSession(
             conn, self.camera, self.cache, settings, describe_camera=self._camera_state_fields,
             stall_timeout=self.send_timeout,
@@ -501,6 +530,7 @@ class Streamer(BaseApplication):
         return sessions
 
     def _on_frame(self, frame: Frame) -> None:
+        self._rates.sample(time.monotonic(), (self.cache.encodes, self.camera.decodes))
         with self._sessions_lock:
             sessions = list(self._sessions.values())
         for session in sessions:

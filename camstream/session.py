@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from . import protocol
 from .camera import CameraThread
-from .encoder import EncodeCache, EncodedFrame, Variant, fit_size
+from .encoder import EncodeBudgetExceeded, EncodeCache, EncodedFrame, Variant, fit_size
 from .errors import ConnectionClosedError
 from .pacing import BEHIND_POLL_S, Pacer
 from .protocol import CloseCode, ProtocolInputError
@@ -42,7 +42,7 @@ class ClientSettings:
     """What one viewer has chosen (see ``protocol.CONFIG_FIELDS``)."""
 
     fps: float
-    quality: int
+    quality: int | None = None  # None: as the source (the server's default when encoding)
     width: int | None = None
     height: int | None = None
     max_bytes: int | None = None
@@ -119,7 +119,10 @@ class ClientSession:
         self._pacer = Pacer(stall_timeout)  # used by the sender thread only
         self._describe_camera = describe_camera or (lambda: {})
         self._version = 0  # counts settings changes; metadata is resent when it moves
-        self._announced: tuple[int, int, int] | None = None  # (width, height, _version) sent
+        # (width, height, quality, _version) last announced in metadata
+        self._announced: tuple[int, int, int | None, int] | None = None
+        self._wanted: Variant | None = None  # the variant asked for, and the one given (cache cap)
+        self._given: Variant | None = None
         self._wake_after = 0.0  # time.monotonic() from which new frames wake the sender
         self._thread = threading.Thread(
             target=self._run, name=f"camstream-sender-{connection.id}", daemon=True
@@ -231,6 +234,9 @@ class ClientSession:
         except Exception:
             logger.exception("sender for client %s failed", self.connection.id)
             self.connection.close(CloseCode.INTERNAL_ERROR, "internal error")
+        finally:
+            if self._given is not None:
+                self.cache.release(self._given)
 
     def _send_loop(self) -> None:
         pacer = self._pacer
@@ -261,9 +267,14 @@ class ClientSession:
                     return
                 continue
             settings = self._settings
-            encoded = self.cache.get(frame, settings.variant)
-            if (encoded.width, encoded.height, self._version) != self._announced:
-                self._send_metadata((encoded.width, encoded.height), settings)
+            variant = self._variant(settings)
+            try:
+                encoded = self.cache.get(frame, variant)
+            except EncodeBudgetExceeded:
+                continue  # the server's encode budget is spent: skip to a later frame
+            quality = self._announced_quality(encoded.passed_through, variant)
+            if (encoded.width, encoded.height, quality, self._version) != self._announced:
+                self._send_metadata((encoded.width, encoded.height), quality, settings)
             skipped = pacer.sent(frame.seq, len(encoded.data), now, settings.fps, camera.fps)
             if settings.frame_info:
                 conn.send_text(protocol.encode_message(self._frame_info(encoded, skipped)))
@@ -296,28 +307,47 @@ class ClientSession:
             self._settings_changed = False
             self._version += 1
             self._pacer.due = 0.0  # a new rate starts now, not when the old timer runs out
-            self._send_metadata(self._output_size(), self._settings)
+            settings = self._settings
+            variant = self._variant(settings)
+            latest = self.camera.latest()
+            width, height = (
+                (latest.width, latest.height) if latest is not None
+                else (self.camera.width, self.camera.height)
+            )
+            passed = latest is not None and self.cache.passes_through(latest, variant)
+            size = fit_size(width, height, variant.width, variant.height)
+            self._send_metadata(size, self._announced_quality(passed, variant), settings)
 
-    def _output_size(self) -> tuple[int, int]:
-        """The size this viewer's frames will have (before any ``max_bytes`` shrinking)."""
-        latest, settings = self.camera.latest(), self._settings
-        width, height = (
-            (latest.width, latest.height) if latest is not None
-            else (self.camera.width, self.camera.height)
-        )
-        return fit_size(width, height, settings.width, settings.height)
+    def _variant(self, settings: ClientSettings) -> Variant:
+        """The variant this viewer gets: what it asked for, unless the cache's variant cap
+        gives it the nearest live one (sender thread only)."""
+        wanted = settings.variant
+        if wanted != self._wanted:
+            if self._given is not None:
+                self.cache.release(self._given)
+            self._given, self._wanted = self.cache.assign(wanted), wanted
+        assert self._given is not None
+        return self._given
+
+    def _announced_quality(self, passed_through: bool, variant: Variant) -> int | None:
+        """The metadata's ``quality``: None for the source's own JPEGs, else the one used."""
+        if passed_through:
+            return None
+        return self.cache.default_quality if variant.quality is None else variant.quality
 
     def _effective_fps(self, settings: ClientSettings) -> float:
         return min(settings.fps, self.camera.fps)
 
-    def _send_metadata(self, size: tuple[int, int], settings: ClientSettings) -> None:
-        self._announced = (size[0], size[1], self._version)
+    def _send_metadata(
+        self, size: tuple[int, int], quality: int | None, settings: ClientSettings
+    ) -> None:
+        self._announced = (size[0], size[1], quality, self._version)
         message = protocol.metadata_message(
             width=size[0],
             height=size[1],
             fps=self._effective_fps(settings),
-            quality=settings.quality,
-            max_bytes=settings.max_bytes,
+            quality=quality,
+            max_bytes=self._given.max_bytes if self._given is not None else settings.max_bytes,
             frame_info=settings.frame_info,
             paused=self._paused,
             **self._describe_camera(),
@@ -336,7 +366,7 @@ class ClientSession:
             "height": encoded.height,
         }
 
-    def _send_snapshot(self, quality: int) -> None:
+    def _send_snapshot(self, quality: int | None) -> None:
         frame = self.camera.latest(wait=_FIRST_FRAME_WAIT_S)
         if frame is None:
             self.connection.send_text(
@@ -344,13 +374,18 @@ class ClientSession:
             )
             return
         variant = Variant(quality=quality, max_bytes=self._settings.max_bytes)
-        encoded = self.cache.get(frame, variant)
+        try:
+            encoded = self.cache.get(frame, variant)
+        except EncodeBudgetExceeded:
+            message = protocol.error_message("snapshot refused: server busy, try again")
+            self.connection.send_text(protocol.encode_message(message))
+            return
         message = {
             "type": "snapshot",
             "seq": encoded.seq,
             "width": encoded.width,
             "height": encoded.height,
-            "quality": quality,
+            "quality": encoded.quality,
             "bytes": len(encoded.data),
             "captured_at": round(encoded.captured_at, 6),
         }

@@ -57,7 +57,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping
 
 from . import protocol
-from .encoder import Variant
+from .encoder import EncodeBudgetExceeded, Variant
 from .frame import Frame
 from .pacing import BEHIND_POLL_S, Pacer
 from .transport import HttpExchange, Request
@@ -260,7 +260,13 @@ class HttpRoutes:
                 headers={"Retry-After": "1", **_NO_STORE},
             )
             return
-        encoded = self.streamer.cache.get(frame, variant)
+        try:
+            encoded = self.streamer.cache.get(frame, variant)
+        except EncodeBudgetExceeded:
+            exchange.send_response(
+                503, b"server busy, try again\n", headers={"Retry-After": "1", **_NO_STORE}
+            )
+            return
         self._count("snapshots")
         exchange.send_response(200, encoded.data, "image/jpeg", headers=_NO_STORE)
 
@@ -328,7 +334,10 @@ class HttpRoutes:
                     return
                 continue
             now = time.monotonic()
-            encoded = cache.get(frame, stream.variant)
+            try:
+                encoded = cache.get(frame, stream.variant)
+            except EncodeBudgetExceeded:
+                continue  # the server's encode budget is spent: skip to a later frame
             exchange.write(_part(encoded.data, encoded.captured_at))
             stream.frames_skipped += pacer.sent(
                 frame.seq, len(encoded.data), now, stream.fps, camera.fps
@@ -371,7 +380,7 @@ class HttpRoutes:
         variant = Variant(
             width=settings.get("width"),
             height=settings.get("height"),
-            quality=settings.get("quality", self.streamer.quality),
+            quality=settings.get("quality"),  # None: the source's JPEG as it is, or the default
             max_bytes=settings.get("max_bytes"),
         )
         camera_fps = self.streamer.camera.fps
@@ -386,6 +395,7 @@ class HttpRoutes:
         """
         if not self.streamer.reserve_viewer():
             raise _Full
+        variant = self.streamer.cache.assign(variant)  # the variant cap may give another
         with self._lock:
             address = self.streamer.client_of(request).address
             stream = _StreamStats(next(self._stream_ids), address, fps, variant)
@@ -396,6 +406,7 @@ class HttpRoutes:
             yield stream
         finally:
             self.streamer.release_viewer()
+            self.streamer.cache.release(variant)
             with self._lock:
                 self._streams.pop(stream.id, None)
                 for key in self._ended:

@@ -123,3 +123,38 @@ def test_cache_is_bounded_in_bytes_too() -> None:
     held = sum(len(s.result.data) for s in cache._slots.values() if s.result is not None)
     assert held == cache._total_bytes <= 200_000 + 100_000  # one frame may exceed the bound
     assert len(cache._slots) >= 1
+
+
+@pytest.mark.parametrize(
+    ("variant", "untouched"),
+    [
+        (Variant(), True),
+        (Variant(width=640), True),  # a box the frame fits in
+        (Variant(width=4000, height=4000), True),
+        (Variant(max_bytes=10**6), True),
+        (Variant(width=320), False),
+        (Variant(quality=80), False),  # a quality of its own, even the default one
+        (Variant(max_bytes=5000), False),  # the frame breaks the limit
+    ],
+)
+def test_jpeg_frames_pass_through_only_as_the_source(variant: Variant, untouched: bool) -> None:
+    data = encode_jpeg(noise(640, 480), 90)
+    decodes: list[int] = []
+    frame = Frame(1, jpeg=data, width=640, height=480, on_decode=lambda: decodes.append(1))
+    cache = EncodeCache()
+    encoded = cache.get(frame, variant)
+    assert (encoded.data == data) is untouched
+    assert encoded.passed_through is untouched and (encoded.quality is None) is untouched
+    assert len(decodes) == (0 if untouched else 1)  # decoded at most once
+    assert (cache.encodes == 0) is untouched
+    if variant.max_bytes is not None:
+        assert len(encoded.data) <= variant.max_bytes
+
+
+def test_quality_none_encodes_pixel_frames_at_the_default_and_shares_the_encode() -> None:
+    cache = EncodeCache(default_quality=55)
+    frame = make_frame(1, noise(320, 240))
+    first = cache.get(frame, Variant())
+    assert first.quality == 55 and not first.passed_through
+    assert cache.get(frame, Variant(quality=55)) is first
+    assert cache.encodes == 1

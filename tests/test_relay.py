@@ -150,7 +150,8 @@ def test_relay_of_camstream_stores_the_origins_jpegs_untouched(streamer_factory)
             assert relay.jpeg_passthrough and relay.pixel_format == "MJPG"
             assert wait_until(lambda: log.count() >= 15)
         relayed = [f for f in log.frames]
-        time.sleep(0.2)  # the reader may be one part behind the relay
+        # The reader may be a part or two behind the relay.
+        wait_until(lambda: all(sha(f.jpeg) in reader.hashes for f in relayed))
     finally:
         stop.set()
         publisher.join(TIMEOUT)
@@ -161,6 +162,41 @@ def test_relay_of_camstream_stores_the_origins_jpegs_untouched(streamer_factory)
     missing = [f.seq for f in relayed if sha(f.jpeg) not in reader.hashes]
     assert not missing, f"relayed frames that the origin never sent: {missing}"
     assert not any(f.is_decoded for f in relayed) and relay.decodes == 0
+
+
+def test_relay_viewers_get_the_origins_bytes_untouched(streamer_factory) -> None:
+    """origin camstream -> relay camstream -> WebSocket viewer: no decode, no encode on the way."""
+    origin = streamer_factory("push")
+    stop = threading.Event()
+    publisher = threading.Thread(target=publish_loop, args=(origin, stop),
+                                 name="camstream-test-publisher")
+    publisher.start()
+    reader = MjpegReader(origin.port)
+    reader.start()
+    try:
+        assert wait_until(lambda: len(reader.hashes) >= 2)
+        relay = streamer_factory(f"http://127.0.0.1:{origin.port}/stream.mjpg")
+        ws = websocket.create_connection(f"{relay.url}?max_bytes=0", timeout=TIMEOUT)
+        try:
+            received: list[bytes] = []
+            while len(received) < 10:
+                message = ws.recv()
+                if isinstance(message, bytes):
+                    received.append(message)
+        finally:
+            ws.close()
+        stats = relay.stats()
+        wait_until(lambda: all(sha(m) in reader.hashes for m in received))
+    finally:
+        stop.set()
+        publisher.join(TIMEOUT)
+        reader.stop_event.set()
+        origin.stop()
+        reader.join(TIMEOUT)
+    assert reader.error is None, reader.error
+    assert [sha(m) in reader.hashes for m in received] == [True] * len(received)
+    assert stats["camera"]["jpeg_passthrough"] is True
+    assert stats["encodes"] == 0 and stats["decodes"] == 0, stats
 
 
 def test_relay_reports_upstream_loss_and_recovers_without_restart(streamer_factory) -> None:

@@ -122,12 +122,12 @@ func _update_label() -> void:
 	var meta: Dictionary = _client.metadata
 	if not meta.is_empty():
 		var stream: String = (
-			"stream %dx%d @ %s fps, quality %d"
+			"stream %dx%d @ %s fps, quality %s"
 			% [
 				int(meta.get("width", 0)),
 				int(meta.get("height", 0)),
 				_number(meta.get("fps", 0)),
-				int(meta.get("quality", 0))
+				_quality(meta.get("quality"))
 			]
 		)
 		var shown: String = (
@@ -197,6 +197,11 @@ func _save_screenshot() -> void:
 
 
 ## 30.0 -> "30", 7.5 -> "7.5".
+## The metadata's quality: null means the camera's own JPEGs, passed through untouched.
+static func _quality(value: Variant) -> String:
+	return "as the source" if value == null else str(int(value))
+
+
 static func _number(value: Variant) -> String:
 	var number: float = float(value)
 	return str(int(number)) if is_equal_approx(number, roundf(number)) else str(number)

@@ -1,0 +1,200 @@
+"""The encode work is bounded whatever viewers ask: a cap on live variants, an encode budget.
+
+Unit tests drive :class:`EncodeCache` directly; the end-to-end tests use real servers and real
+clients. ``test_a_variant_flood_does_not_slow_a_legitimate_viewer`` measures frame rates: run it
+under ``flock /tmp/camstream-heavy.lock`` on a shared machine.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import selectors
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import pytest
+from conftest import TIMEOUT, wait_until
+from test_http import get
+from test_passthrough import Viewer
+from wsraw import RawClient
+
+from camstream import Streamer
+from camstream.encoder import EncodeBudgetExceeded, EncodeCache, Variant
+from camstream.errors import ConfigError
+from camstream.frame import Frame
+
+
+def pixel_frame(seq: int, width: int = 320, height: int = 240) -> Frame:
+    image = np.random.default_rng(seq).integers(0, 256, (height, width, 3), dtype=np.uint8)
+    image.flags.writeable = False
+    return Frame(seq, image, 0.0, 0.0)
+
+
+def test_variants_beyond_the_cap_get_the_nearest_live_one() -> None:
+    cache = EncodeCache(max_variants=2)
+    small, medium = Variant(width=320), Variant(width=640, quality=50)
+    assert cache.assign(small) == small
+    assert cache.assign(medium) == medium
+    assert cache.assign(Variant(width=300)) == small  # nearest in size
+    assert cache.assign(Variant(width=700, quality=45)) == medium
+    assert cache.assign(Variant()) == Variant()  # the default never counts against the cap
+    assert cache.assign(small) == small  # a live variant is always there to share
+    assert cache.live_variants == 3
+    for _ in range(3):
+        cache.release(small)
+    other = Variant(width=200, quality=20)
+    assert cache.assign(other) == other  # a place came free
+
+
+def test_the_cap_keeps_a_viewers_byte_limit() -> None:
+    cache = EncodeCache(max_variants=1)
+    cache.assign(Variant(width=320))
+    limited = cache.assign(Variant(width=330, max_bytes=50_000))
+    assert limited.max_bytes is not None and limited.max_bytes <= 50_000
+    assert limited == Variant(max_bytes=32768)  # no live variant keeps it: a power of two
+    assert cache.assign(Variant(width=100, max_bytes=40_000)) == limited
+
+
+def test_the_encode_budget_refuses_extra_encodes_but_never_the_default_variant() -> None:
+    cache = EncodeCache(max_encodes_per_s=3)
+    frame = pixel_frame(1)
+    for quality in (50, 60, 70):
+        cache.get(frame, Variant(quality=quality))
+    with pytest.raises(EncodeBudgetExceeded):
+        cache.get(frame, Variant(quality=40))
+    assert cache.get(frame, Variant(quality=60)).quality == 60  # cached: costs nothing
+    assert cache.get(frame, Variant()).quality == 80  # the default variant is not budgeted
+    assert cache.encodes_refused == 1
+    # The budget is per second: it comes back.
+    assert wait_until(lambda: _try(cache, frame, Variant(quality=40)), timeout=TIMEOUT)
+
+
+def _try(cache: EncodeCache, frame: Frame, variant: Variant) -> bool:
+    try:
+        cache.get(frame, variant)
+    except EncodeBudgetExceeded:
+        return False
+    return True
+
+
+def test_streamer_options_are_checked() -> None:
+    with pytest.raises(ConfigError, match="max_variants"):
+        Streamer("push", port=0, max_variants=-1)
+    with pytest.raises(ConfigError, match="max_encodes_per_s"):
+        Streamer("push", port=0, max_encodes_per_s=0)
+
+
+def test_a_viewer_beyond_the_cap_is_told_what_it_really_gets(streamer_factory) -> None:
+    streamer = streamer_factory("test", width=640, height=480, fps=30, max_variants=1)
+    with Viewer(streamer, "?width=320&quality=60") as first:
+        first.next_frame()
+        with Viewer(streamer, "?width=300&quality=50") as second:
+            frame = second.next_frame()
+            assert (second.metadata["width"], second.metadata["quality"]) == (320, 60)
+            assert second.metadata["height"] == 240 and len(frame) > 0
+            assert streamer.stats()["live_variants"] == 1
+        # The config message is capped the same way.
+        first.ws.send(json.dumps({"type": "config", "width": 200}))
+        meta = first.next_text("metadata")
+        assert (meta["width"], meta["quality"]) == (200, 60)  # the only viewer: a free place
+
+
+def test_snapshots_at_arbitrary_qualities_count_against_the_budget(streamer_factory) -> None:
+    streamer = streamer_factory("test", width=320, height=240, fps=30, max_encodes_per_s=2)
+    assert wait_until(lambda: streamer.camera.latest() is not None)
+    statuses = [get(streamer.port, f"/snapshot.jpg?quality={q}").status for q in range(30, 40)]
+    assert statuses.count(200) >= 2 and 503 in statuses, statuses
+    busy = get(streamer.port, "/snapshot.jpg?quality=41")
+    if busy.status == 503:
+        assert busy.headers["retry-after"] == "1"
+    assert get(streamer.port, "/snapshot.jpg").status == 200  # the default is never refused
+    assert streamer.stats()["encodes_refused"] >= 1
+
+
+# The flood, end to end
+
+
+class Drain:
+    """Raw WebSocket clients whose incoming bytes one thread reads and throws away."""
+
+    def __init__(self) -> None:
+        self.selector = selectors.DefaultSelector()
+        self.clients: list[RawClient] = []
+        self.bytes = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="test-drain")
+
+    def add(self, port: int, path: str) -> None:
+        client = RawClient(port, timeout=TIMEOUT)
+        client.handshake(path)
+        client.sock.setblocking(False)
+        self.selector.register(client.sock, selectors.EVENT_READ)
+        self.clients.append(client)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            for key, _ in self.selector.select(0.05):
+                try:
+                    self.bytes += len(key.fileobj.recv(1 << 20))  # type: ignore[union-attr]
+                except (BlockingIOError, socket.timeout):
+                    pass
+                except OSError:
+                    self.selector.unregister(key.fileobj)
+
+    def __enter__(self) -> Drain:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._stop.set()
+        self._thread.join(TIMEOUT)
+        for client in self.clients:
+            client.close()
+        self.selector.close()
+
+
+@pytest.fixture
+def flood_streamer(streamer_factory) -> Iterator[Streamer]:
+    yield streamer_factory("test", width=640, height=480, fps=30)
+
+
+def test_a_variant_flood_does_not_slow_a_legitimate_viewer(flood_streamer: Streamer) -> None:
+    """60 attackers, each with its own width and quality (main before the cap: ~10 fps)."""
+    streamer = flood_streamer
+    with Drain() as drain, Viewer(streamer) as legit:
+        for i in range(60):
+            drain.add(streamer.port, f"/?width={160 + 8 * i}&quality={30 + i}")
+        assert wait_until(lambda: streamer.client_count == 61)
+        for _ in range(30):  # warm up
+            legit.next_frame()
+        start, frames = time.monotonic(), 0
+        while time.monotonic() - start < 5.0:
+            legit.next_frame()
+            frames += 1
+        fps = frames / (time.monotonic() - start)
+        stats = streamer.stats()
+        assert drain.bytes > 0
+    assert fps >= 27, f"legitimate viewer at {fps:.1f} fps during the flood"
+    budget = 30 * (4 + 1)
+    assert stats["live_variants"] <= 4 + 1
+    assert stats["encodes_per_s"] <= budget * 1.1, stats["encodes_per_s"]
+    assert len({(v["width"], v["quality"]) for v in stats["variants"]}) <= 4 + 1
+
+
+def test_cli_refuses_a_bad_max_variants() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "camstream", "--source", "test", "--port", "0",
+         "--max-variants", "1000"],
+        capture_output=True, text=True, timeout=TIMEOUT * 3,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)},
+    )
+    assert result.returncode == 1, result
+    assert "--max-variants must be 0-64, not 1000" in result.stderr
+    assert "Traceback" not in result.stderr
