@@ -440,6 +440,7 @@ class Streamer(BaseApplication):
             "frames_sent": stats.frames_sent,
             "frames_skipped": stats.frames_skipped,
             "bytes_sent": stats.bytes_sent,
+            "errors": stats.errors,
             "connected_s": round(now - stats.connected_at, 3),
         }
 

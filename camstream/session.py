@@ -80,6 +80,7 @@ class ClientStats:
     frames_sent: int = 0
     frames_skipped: int = 0
     bytes_sent: int = 0
+    errors: int = 0  # error messages sent in answer to bad input
     connected_at: float = dataclasses.field(default_factory=time.time)
 
 
@@ -188,7 +189,7 @@ class ClientSession:
         try:
             message = protocol.parse_control(text)
         except ProtocolInputError as exc:
-            self.post(protocol.error_message(str(exc)), droppable=True)
+            self._refuse(str(exc))
             return
         kind = message["type"]
         if kind == "config":
@@ -203,7 +204,7 @@ class ClientSession:
         elif kind == "snapshot":
             wanted, problems = protocol.parse_config({"quality": message.get("quality", 95)})
             for problem in problems:
-                self.post(protocol.error_message(f"snapshot {problem}"), droppable=True)
+                self._refuse(f"snapshot {problem}")
             if wanted:
                 self.post({"type": "_snapshot", "quality": wanted["quality"]}, droppable=True)
 
@@ -211,9 +212,19 @@ class ClientSession:
         """Apply settings from a ``config`` message or URL query; report refused values."""
         changes, problems = protocol.parse_config(values, from_url=from_url)
         for problem in problems:
-            self.post(protocol.error_message(problem), droppable=True)
+            self._refuse(problem)
         if changes or not from_url:
             self.update(**changes)  # a config message is always answered with metadata
+
+    def _refuse(self, problem: str) -> None:
+        """Answer a value the client sent that cannot be used with an ``error`` message.
+
+        Logged at DEBUG only and counted in ``stats.errors``: a client that sends nothing but
+        bad messages fills no log (the rate limit ends it long before it could).
+        """
+        self.stats.errors += 1
+        logger.debug("client %s: %s", self.connection.id, problem)
+        self.post(protocol.error_message(problem), droppable=True)
 
     def _set_paused(self, paused: bool) -> None:
         with self._lock:

@@ -55,8 +55,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping
 
 from . import protocol
-from .frame import Frame
 from .encoder import Variant
+from .frame import Frame
 from .pacing import BEHIND_POLL_S, Pacer
 from .transport import HttpExchange, Request
 

@@ -110,7 +110,6 @@ def test_frame_info_precedes_each_frame(streamer_factory) -> None:
         ('{"type": "config", "quality": 0}', "quality"),
         ('{"type": "config", "width": 3.5}', "width"),
         ('{"type": "config", "frame_info": "yes"}', "frame_info"),
-        ('{"type": "config", "colour": "blue"}', "colour"),
         ('{"type": "snapshot", "quality": 500}', "quality"),
     ],
 )
@@ -122,6 +121,38 @@ def test_bad_input_gets_an_error_and_the_stream_goes_on(streamer_factory, messag
         error = next_text(ws, "error")
         assert words in error["message"]
         decode_jpeg(next_binary(ws))  # still streaming
+
+
+@pytest.mark.parametrize(
+    ("message", "expected"),
+    [
+        ('{"kind": "ping"}', 'message has no "type"; known types: config, pause, ping, resume, '
+         "snapshot"),
+        ('{"type": null}', 'message has no "type"'),
+        ('{"type": true}', "unknown message type true;"),
+        ('{"type": "dance"}', 'unknown message type "dance";'),
+        ('{"type": "config", "frame_info": 1}', "frame_info: expected true or false, not 1"),
+        ('{"type": "config", "fps": true}', "fps: expected a number, not true"),
+        ('{"type": "config", "fps": null}', "fps: a value is required"),
+        ('{"type": "config", "quality": "high"}', 'quality: expected a number, not "high"'),
+    ],
+)
+def test_error_texts_speak_json_not_python(streamer_factory, message, expected) -> None:
+    streamer = streamer_factory("test")
+    with connect(streamer.url, open_timeout=TIMEOUT) as ws:
+        next_text(ws, "metadata")
+        ws.send(message)
+        assert next_text(ws, "error")["message"].startswith(expected)
+
+
+def test_unknown_config_keys_are_ignored(streamer_factory) -> None:
+    """PROTOCOL.md: a newer client's fields must not be errors on an older server."""
+    streamer = streamer_factory("test", fps=30)
+    with connect(streamer.url, open_timeout=TIMEOUT) as ws:
+        next_text(ws, "metadata")
+        ws.send(json.dumps({"type": "config", "colour": "blue", "fps": 10}))
+        reply = next_text(ws)
+        assert reply["type"] == "metadata" and reply["fps"] == 10
 
 
 @pytest.mark.parametrize(
