@@ -31,6 +31,7 @@ import base64
 import http
 import logging
 import os
+import re
 import select
 import socket
 import socketserver
@@ -49,7 +50,7 @@ except (ImportError, AttributeError):  # Windows, or a platform without the ioct
     _SIOCOUTQ = None
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol
-from urllib.parse import parse_qs
+from urllib.parse import parse_qs, urlsplit
 
 from .errors import ConfigError, ConnectionClosedError, ServerError
 from .frames import (
@@ -131,6 +132,49 @@ class _Fail(Exception):
     def __init__(self, code: int, reason: str) -> None:
         super().__init__(reason)
         self.code, self.reason = code, reason
+
+
+_METHODS = ("GET", "HEAD")
+_HOST = re.compile(r"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-._~%!$&'()*+;=]+)(:[0-9]{0,5})?")
+"""A ``Host`` value (RFC 9110 section 7.2: uri-host [":" port]); no comma, so two joined values
+(``a, b``) are refused, as are spaces and userinfo."""
+_ABSOLUTE_SCHEMES = ("http", "https", "ws", "wss")
+
+
+def _origin_form(
+    target: str, items: list[tuple[str, str]]
+) -> tuple[str, list[tuple[str, str]]]:
+    """Check the request target and the Host header (RFC 9112 section 3.2).
+
+    Returns the target as a path (origin-form) and the header list. An absolute-form target
+    (``http://host:port/path``, as sent to proxies) is accepted: its authority replaces the
+    ``Host`` header, as RFC 9112 section 3.2.2 requires, so every Host rule applies to it.
+
+    Raises:
+        _HTTPError: 400 for no ``Host``, several, an empty or malformed one, or a target that is
+            neither a path nor an absolute http(s)/ws(s) URL.
+    """
+    hosts = [value for name, value in items if name.lower() == "host"]
+    if not hosts:
+        raise _HTTPError(400, "missing Host header")
+    if len(hosts) > 1:
+        raise _HTTPError(400, "more than one Host header")
+    if not _HOST.fullmatch(hosts[0]):
+        raise _HTTPError(400, "invalid Host header" if hosts[0] else "empty Host header")
+    if target.startswith("/"):
+        return target, items
+    try:
+        url = urlsplit(target)
+    except ValueError:  # "http://[::1/"
+        raise _HTTPError(400, "malformed request target") from None
+    if url.scheme.lower() not in _ABSOLUTE_SCHEMES or not target.lower().startswith(
+        url.scheme.lower() + "://"
+    ):
+        raise _HTTPError(400, "request target must be a path or an absolute http:// URL")
+    if not _HOST.fullmatch(url.netloc):  # also refuses userinfo ("user@host")
+        raise _HTTPError(400, "invalid authority in the request target")
+    items = [(n, v) for n, v in items if n.lower() != "host"] + [("Host", url.netloc)]
+    return (url.path or "/") + ("?" + url.query if url.query else ""), items
 
 
 # -- Sockets, connections and HTTP exchanges ---------------------------------------------------
@@ -407,15 +451,19 @@ class Connection:
 
 
 class HttpExchange:
-    """A plain (non-upgrade) HTTP GET handed to :meth:`Application.on_http`.
+    """A plain (non-upgrade) HTTP GET or HEAD handed to :meth:`Application.on_http`.
 
     Respond with :meth:`send_response`, or with :meth:`start_stream` followed by any number of
     :meth:`write` calls (multipart MJPEG). Every response carries ``Connection: close``; the
     transport closes the socket when ``on_http`` returns. Writes are bounded by ``send_timeout``.
+    For a HEAD request (:attr:`head_only`) only the status line and headers go out: bodies and
+    :meth:`write` data are dropped, so a route answers HEAD by doing what it does for GET (a
+    streaming route should return right after :meth:`start_stream`).
     """
 
     def __init__(self, link: _Link, request: Request) -> None:
         self.request = request
+        self.head_only = request.method == "HEAD"
         self._link = link
         self.started = False
 
@@ -453,7 +501,7 @@ class HttpExchange:
         """
         if not self.started:
             raise RuntimeError("write() before send_response()/start_stream()")
-        if data:
+        if data and not self.head_only:
             with self._link.send_lock:
                 self._link.sendall(data)
 
@@ -492,7 +540,7 @@ class Application(Protocol):
         """Called once for every connection that got on_open, after it left the registry."""
 
     def on_http(self, exchange: HttpExchange) -> None:
-        """Called for a GET that is not a WebSocket upgrade."""
+        """Called for a GET that is not a WebSocket upgrade, and for a HEAD."""
 
 
 class BaseApplication:
@@ -551,6 +599,7 @@ class WebSocketHandler(websocket_server.WebSocketHandler):
         self._frag_opcode: int | None = None
         self._frag_chunks: list[bytes] = []
         self._frag_size = 0
+        self._method = "GET"  # of the request being answered: no body in answers to HEAD
         socketserver.StreamRequestHandler.__init__(self, request, client_address, server)
 
     def setup(self) -> None:
@@ -634,6 +683,7 @@ class WebSocketHandler(websocket_server.WebSocketHandler):
         if len(parts) != 3 or not TOKEN.fullmatch(parts[0]) or not parts[2].startswith("HTTP/"):
             raise _HTTPError(400, "malformed request line")
         method, target, version = parts
+        self._method = method
         items: list[tuple[str, str]] = []
         while True:
             line = self._readline(431, "header line")
@@ -647,10 +697,9 @@ class WebSocketHandler(websocket_server.WebSocketHandler):
             items.append((name, value.strip(" \t")))
         if version != "HTTP/1.1":
             raise _HTTPError(505, "HTTP/1.1 required")
-        if method != "GET":
-            raise _HTTPError(405, "only GET is supported", {"Allow": "GET"})
-        if not target.startswith("/"):
-            raise _HTTPError(400, "request target must be a path")
+        if method not in _METHODS:
+            raise _HTTPError(405, "only GET and HEAD are supported", {"Allow": "GET, HEAD"})
+        target, items = _origin_form(target, items)
         path, _, query = target.partition("#")[0].partition("?")
         return Request(
             method=method,
@@ -671,7 +720,7 @@ class WebSocketHandler(websocket_server.WebSocketHandler):
         }
         assert self._link is not None
         with self._link.send_lock:
-            self._link.sendall(http_head(status, head) + body)
+            self._link.sendall(http_head(status, head) + (b"" if self._method == "HEAD" else body))
         # Lingering close: the unread rest of the request would make close() send an RST that
         # can destroy the response in the client's receive buffer.
         self._link.half_close()
@@ -690,7 +739,7 @@ class WebSocketHandler(websocket_server.WebSocketHandler):
         assert link is not None
         try:
             request = self._read_request()
-            if "websocket" not in request.headers.tokens("upgrade"):
+            if request.method != "GET" or "websocket" not in request.headers.tokens("upgrade"):
                 self._serve_http(request)
                 return
             key, subprotocol = self._check_upgrade(request)

@@ -18,8 +18,9 @@ anything else             404
 ========================  ==========================================================================
 
 Query parameters mean what they mean for WebSocket viewers (``PROTOCOL.md``); unknown ones are
-ignored, a bad value is answered with 400 and the reason. Only GET is served (the transport
-answers other methods, HEAD included, with 405).
+ignored, a bad value is answered with 400 and the reason. GET and HEAD are served (HEAD gets the
+headers GET would get; for ``/stream.mjpg`` the multipart headers, then the response ends); the
+transport answers other methods with 405.
 
 Access rules: ``/snapshot.jpg``, ``/stream.mjpg`` and ``/stats.json`` follow the WebSocket rules
 (:meth:`Streamer.access_refusal`): a missing or wrong token is answered with 401 and ``WWW-
@@ -264,16 +265,17 @@ class HttpRoutes:
 
     def _stream(self, exchange: HttpExchange) -> None:
         variant, fps = self._parse_query(exchange.request.query)
+        head = {
+            "Content-Type": f"multipart/x-mixed-replace; boundary={_BOUNDARY}",
+            "X-Accel-Buffering": "no",  # tell nginx not to buffer the stream
+            **_NO_STORE,
+        }
+        if exchange.head_only:  # the headers a GET would get; no viewer place is taken
+            exchange.start_stream(200, head)
+            return
         try:
             with self._admitted(exchange.request, variant, fps) as stream:
-                exchange.start_stream(
-                    200,
-                    {
-                        "Content-Type": f"multipart/x-mixed-replace; boundary={_BOUNDARY}",
-                        "X-Accel-Buffering": "no",  # tell nginx not to buffer the stream
-                        **_NO_STORE,
-                    },
-                )
+                exchange.start_stream(200, head)
                 self._send_frames(exchange, stream)
         except _Full:
             self._count("mjpeg_full")
