@@ -124,6 +124,9 @@ class Streamer(BaseApplication):
             "ping_timeout": ping_timeout,
             "handshake_timeout": handshake_timeout,
             "max_message_size": max_message_size,
+            # Text messages and ping/pong frames share one budget per connection (1008 beyond).
+            "message_rate": 20.0,
+            "message_burst": 40.0,
             # Every connection costs a thread before any check runs: cap them well above the
             # viewers we admit (refused and closing connections need room too).
             "max_connections": 512 if max_clients is None else 2 * max_clients + 64,

@@ -24,6 +24,7 @@ from .encoder import EncodeCache, EncodedFrame, Variant, fit_size
 from .errors import ConnectionClosedError
 from .pacing import BEHIND_POLL_S, Pacer
 from .protocol import CloseCode, ProtocolInputError
+from .ratelimit import RateLimiter  # noqa: F401 - public here since 0.1.0; used by transport
 
 if TYPE_CHECKING:
     from .transport import Connection
@@ -54,25 +55,6 @@ class ClientSettings:
         return Variant(self.width, self.height, self.quality, self.max_bytes)
 
 
-class RateLimiter:
-    """A token bucket: ``rate`` events a second on average, bursts of up to ``burst``."""
-
-    def __init__(self, rate: float, burst: float) -> None:
-        self._rate = rate
-        self._burst = burst
-        self._tokens = burst
-        self._stamp = time.monotonic()
-
-    def allow(self) -> bool:
-        now = time.monotonic()
-        self._tokens = min(self._burst, self._tokens + (now - self._stamp) * self._rate)
-        self._stamp = now
-        if self._tokens < 1.0:
-            return False
-        self._tokens -= 1.0
-        return True
-
-
 @dataclass
 class ClientStats:
     """Counters of one viewer, as reported by ``Streamer.stats()``."""
@@ -100,8 +82,6 @@ class ClientSession:
         cache: EncodeCache,
         settings: ClientSettings,
         *,
-        control_rate: float = 20.0,
-        control_burst: float = 40.0,
         stall_timeout: float = 5.0,
         describe_camera: Callable[[], dict[str, Any]] | None = None,
     ) -> None:
@@ -116,7 +96,6 @@ class ClientSession:
         self._outbox: collections.deque[dict[str, Any]] = collections.deque()
         self._wake = threading.Event()
         self._stopping = threading.Event()
-        self._limiter = RateLimiter(control_rate, control_burst)
         self._pacer = Pacer(stall_timeout)  # used by the sender thread only
         self._describe_camera = describe_camera or (lambda: {})
         self._version = 0  # counts settings changes; metadata is resent when it moves
@@ -180,12 +159,9 @@ class ClientSession:
     def handle_text(self, text: str) -> None:
         """Act on one control message (reader thread). Bad input gets an ``error`` message.
 
-        A viewer that floods control messages past the rate limit is closed with 1008.
+        The transport has already counted the message against the connection's budget (text
+        messages and ping/pong frames alike; 1008 beyond it), see ``WebSocketServer``.
         """
-        if not self._limiter.allow():
-            logger.info("closing client %s: control message flood", self.connection.id)
-            self.connection.close(CloseCode.POLICY_VIOLATION, "too many messages")
-            return
         try:
             message = protocol.parse_control(text)
         except ProtocolInputError as exc:

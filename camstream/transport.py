@@ -69,6 +69,7 @@ from .frames import (
     valid_close_code,
 )
 from .httpmsg import TOKEN, HandshakeRejected, Headers, Request, http_head
+from .ratelimit import RateLimiter
 
 # websocket_server calls logging.basicConfig() at import time (defect #17): remember the root
 # logger's handlers and level, import, and undo whatever the import added.
@@ -284,6 +285,11 @@ class Connection:
         self._last_recv = time.monotonic()
         self._ping_payload: bytes | None = None
         self._ping_sent_at: float | None = None
+        server = link.server
+        self._budget = (  # used by the reader thread only
+            None if server.message_rate is None
+            else RateLimiter(server.message_rate, server.message_burst)
+        )
         self._client: dict[str, Any] = {
             "id": conn_id,
             "handler": self,
@@ -863,6 +869,11 @@ class WebSocketHandler(websocket_server.WebSocketHandler):
         try:
             fin, opcode, payload = self._read_frame()
             conn._last_recv = time.monotonic()
+            if opcode != OP_CLOSE and conn._budget is not None and not conn._budget.allow():
+                # Every frame but Close costs the same: a ping flood costs a pong write per
+                # frame, fragments and messages cost a parse and a callback.
+                logger.info("%s: closing, more than %g messages/s", self._name, conn._budget.rate)
+                raise _Fail(1008, "too many messages")
             if opcode == OP_CLOSE:
                 self._on_close_frame(conn, payload)
             elif opcode == OP_PING:
@@ -995,6 +1006,12 @@ class WebSocketServer(websocket_server.WebsocketServer):
     the watchdog thread. Run :meth:`serve_forever` in a thread of your own; stop with
     :meth:`shutdown`, :meth:`close_all`, :meth:`server_close`, in that order.
 
+    Limits on what one client may send: ``max_message_size`` bytes a message (1009 beyond),
+    and, if ``message_rate`` is set, ``message_rate`` frames a second on average with bursts
+    of ``message_burst`` (default twice the rate). Every frame but Close counts: text, binary
+    and continuation frames as well as ping and pong, so a ping flood is closed with 1008
+    exactly like a message flood.
+
     Raises:
         ServerError: the address is in use or cannot be bound.
         ConfigError: an argument is out of range.
@@ -1030,6 +1047,8 @@ class WebSocketServer(websocket_server.WebsocketServer):
         subprotocols: Sequence[str] = (),
         backlog: int = 128,
         max_connections: int = 512,
+        message_rate: float | None = None,
+        message_burst: float | None = None,
     ) -> None:
         if ssl_context is not None and not isinstance(ssl_context, ssl.SSLContext):
             raise ConfigError("ssl_context must be an ssl.SSLContext (see make_ssl_context)")
@@ -1068,6 +1087,12 @@ class WebSocketServer(websocket_server.WebsocketServer):
         self.ping_interval, self.ping_timeout = ping_interval, ping_timeout
         self.subprotocols = tuple(subprotocols)
         self.max_connections = max_connections
+        if message_rate is not None and not message_rate > 0:
+            raise ConfigError(f"message_rate must be > 0, not {message_rate!r}")
+        self.message_rate = message_rate
+        self.message_burst = 2 * (message_rate or 0) if message_burst is None else message_burst
+        if message_rate is not None and not self.message_burst >= 1:
+            raise ConfigError(f"message_burst must be at least 1, not {message_burst!r}")
         self._active = 0  # accepted sockets whose handler thread has not finished
         self.request_queue_size = backlog  # socketserver's default of 5 drops connect bursts (#16)
         self.address_family = socket.AF_INET6 if ":" in host else socket.AF_INET

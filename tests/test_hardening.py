@@ -8,15 +8,20 @@ from __future__ import annotations
 
 import json
 import logging
+import select
+import subprocess
+import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import TIMEOUT
+from conftest import TIMEOUT, stop_process
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
+from wsraw import OP_PING, OP_PONG, OP_TEXT, RawClient
 
 from camstream import protocol
 
@@ -129,3 +134,64 @@ def test_issue_11_messages_get_an_error_not_1011(streamer_factory, caplog, text:
             if isinstance(message, str) and json.loads(message)["type"] == "pong":
                 break
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+
+
+# -- Item 3: control frames share the per-client message budget ---------------------------------
+
+
+def _attack(*args: str) -> subprocess.Popen:
+    """Run ``tests/attackers.py`` in its own process (not on this process's GIL)."""
+    return subprocess.Popen(
+        [sys.executable, str(Path(__file__).with_name("attackers.py")), *args],
+        stdout=subprocess.PIPE, text=True, cwd=Path(__file__).parent,
+    )
+
+
+def _frames_per_second(url: str, seconds: float) -> float:
+    """A legitimate viewer's received frame rate over ``seconds`` (after its first frame)."""
+    with connect(url, open_timeout=TIMEOUT, max_size=None) as ws:
+        first = None
+        frames = 0
+        deadline = time.monotonic() + TIMEOUT
+        while time.monotonic() < deadline:
+            message = ws.recv(timeout=TIMEOUT)
+            if isinstance(message, bytes):
+                if first is None:
+                    first, deadline = time.monotonic(), time.monotonic() + seconds
+                else:
+                    frames += 1
+        assert first is not None
+        return frames / (time.monotonic() - first)
+
+
+@pytest.mark.parametrize("mix", ["pings", "pings-and-texts", "pongs"])
+def test_control_frames_count_against_the_message_budget(streamer_factory, mix: str) -> None:
+    streamer = streamer_factory("test", fps=5, width=64, height=48)
+    with RawClient(streamer.port) as c:
+        c.handshake(extra={"Host": "127.0.0.1"})
+        for i in range(100):  # 2.5 times the burst, far faster than 20/s
+            if mix == "pongs":
+                c.send_frame(OP_PONG, b"unsolicited")
+            elif mix == "pings-and-texts" and i % 2:
+                c.send_frame(OP_TEXT, b'{"type": "pause"}')
+            else:
+                c.send_frame(OP_PING, b"p")
+        assert c.recv_close() == (1008, b"too many messages")
+
+
+def test_ping_flood_is_closed_and_a_viewer_keeps_its_rate(streamer_factory) -> None:
+    """12 clients pinging as fast as they can (reconnecting when closed) during 5 s."""
+    streamer = streamer_factory("test", fps=30, width=320, height=240)
+    attack = _attack("ping", str(streamer.port), "5", "12")
+    try:
+        assert select.select([attack.stdout], [], [], TIMEOUT)[0], "the flood did not start"
+        assert attack.stdout.readline().strip() == "flooding"
+        fps = _frames_per_second(streamer.url, 3.0)
+        out, _ = attack.communicate(timeout=TIMEOUT + 10)
+    finally:
+        stop_process(attack)
+    counts = dict(item.split("=") for item in out.split())  # the last line: the counters
+    print(f"viewer fps during a 12-client ping flood: {fps:.1f}; attackers: {out.strip()}")
+    assert int(counts["closes_1008"]) >= 12
+    assert int(counts["closes_1008"]) >= int(counts["connections"]) - 12  # all but the last
+    assert fps >= 20, fps
