@@ -18,6 +18,12 @@ Threads:
   ``server_close()``) sheds sockets whose ``sendall`` is blocked for longer than
   ``send_timeout``, enforces handshake and closing deadlines, and sends keepalive pings.
 
+Admission (the accepting thread, before a socket costs a thread): a cap on connections in all,
+per client address, and on those that have not shown the application's credential; when full, the
+connection that has waited longest for its request is shed (see
+:meth:`WebSocketServer.verify_request`). The request's first line must arrive within
+``first_line_timeout`` of the accept, its whole head within ``handshake_timeout``.
+
 TLS caveat (defect #15): with ``ssl_context``, the handler thread sits in ``SSL_read`` while sender
 threads call ``SSL_write`` on the same ``SSL`` object. OpenSSL does not support that officially
 (openssl/openssl#20446; python-engineio#461 reports spurious disconnects). It was not reproduced
@@ -28,7 +34,9 @@ nginx, stunnel) and run camstream in plaintext on localhost. Built-in TLS is a c
 from __future__ import annotations
 
 import base64
+import dataclasses
 import http
+import ipaddress
 import logging
 import os
 import re
@@ -99,6 +107,7 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
+_EVICTION_SLACK = 16  # shed connections may overlap new ones by this many until they are gone
 _JOIN_LIMIT = 65536  # payloads up to this size are joined with their header: one sendall
 _MAX_FRAGMENTS = 1024  # a client message may come in at most this many frames
 
@@ -181,6 +190,22 @@ def _origin_form(
 # -- Sockets, connections and HTTP exchanges ---------------------------------------------------
 
 
+@dataclasses.dataclass(eq=False)
+class _Slot:
+    """Admission bookkeeping of one accepted socket, from accept until its thread has finished.
+
+    Created by :meth:`WebSocketServer.verify_request` in the accepting thread; the fields change
+    under the server's registry lock.
+    """
+
+    address: str | None  # what it counts against (None: exempt), see counted_address()
+    accepted: float  # time.monotonic() at accept
+    link: _Link | None = None  # set once its handler thread has registered it
+    pending: bool = True  # the request has not been read yet: the eviction candidates
+    authenticated: bool = False  # the request carried the credential (Application.authenticated)
+    evicted: bool = False
+
+
 class _Link:
     """The socket of one accepted connection, shared by its reader, its senders and the watchdog.
 
@@ -201,6 +226,7 @@ class _Link:
         self.timed_out = False
         self.fd_closed = False
         self.conn: Connection | None = None
+        self.slot: _Slot | None = None  # set by WebSocketServer._add_link
         self.done = threading.Event()  # set when the handler thread has cleaned up
         self.owner = threading.current_thread()  # the handler thread (it creates the link)
 
@@ -548,6 +574,13 @@ class Application(Protocol):
     def on_http(self, exchange: HttpExchange) -> None:
         """Called for a GET that is not a WebSocket upgrade, and for a HEAD."""
 
+    def authenticated(self, request: Request) -> bool:
+        """Whether ``request`` carries the server's credential (e.g. a valid token).
+
+        Called once the request head is read, before anything else. Only such connections may
+        use the server's ``reserved_connections``. Optional: a missing method means False.
+        """
+
 
 class BaseApplication:
     """An :class:`Application` whose callbacks do nothing.
@@ -570,6 +603,9 @@ class BaseApplication:
 
     def on_close(self, conn: Connection) -> None:
         pass
+
+    def authenticated(self, request: Request) -> bool:
+        return False
 
     def on_http(self, exchange: HttpExchange) -> None:
         if exchange.request.path == "/":
@@ -685,6 +721,7 @@ class WebSocketHandler(websocket_server.WebSocketHandler):
 
     def _read_request(self) -> Request:
         line = self._readline(414, "request line")
+        self.server._first_line_read(self._link)
         parts = line.split(" ")
         if len(parts) != 3 or not TOKEN.fullmatch(parts[0]) or not parts[2].startswith("HTTP/"):
             raise _HTTPError(400, "malformed request line")
@@ -745,6 +782,7 @@ class WebSocketHandler(websocket_server.WebSocketHandler):
         assert link is not None
         try:
             request = self._read_request()
+            server._request_read(link, request)
             if request.method != "GET" or "websocket" not in request.headers.tokens("upgrade"):
                 self._serve_http(request)
                 return
@@ -1006,6 +1044,13 @@ class WebSocketServer(websocket_server.WebsocketServer):
     the watchdog thread. Run :meth:`serve_forever` in a thread of your own; stop with
     :meth:`shutdown`, :meth:`close_all`, :meth:`server_close`, in that order.
 
+    Admission (see :meth:`verify_request`): ``max_connections`` sockets in all (each costs a
+    thread), ``max_connections_per_address`` per :meth:`counted_address` (None: no limit), and
+    the last ``reserved_connections`` of them only for requests the application calls
+    :meth:`Application.authenticated`. ``first_line_timeout`` (default: ``handshake_timeout``)
+    bounds the time from accept to the request line, ``handshake_timeout`` to the end of the
+    request head (TLS handshake included).
+
     Limits on what one client may send: ``max_message_size`` bytes a message (1009 beyond),
     and, if ``message_rate`` is set, ``message_rate`` frames a second on average with bursts
     of ``message_burst`` (default twice the rate). Every frame but Close counts: text, binary
@@ -1047,6 +1092,9 @@ class WebSocketServer(websocket_server.WebsocketServer):
         subprotocols: Sequence[str] = (),
         backlog: int = 128,
         max_connections: int = 512,
+        max_connections_per_address: int | None = None,
+        reserved_connections: int = 0,
+        first_line_timeout: float | None = None,
         message_rate: float | None = None,
         message_burst: float | None = None,
     ) -> None:
@@ -1063,8 +1111,23 @@ class WebSocketServer(websocket_server.WebsocketServer):
         ):
             if not isinstance(value, int) or value < 1:
                 raise ConfigError(f"{name} must be a positive integer, not {value!r}")
+        per_address = max_connections_per_address
+        if per_address is not None and (not isinstance(per_address, int) or per_address < 1):
+            raise ConfigError(
+                f"max_connections_per_address must be a positive integer, not {per_address!r}"
+            )
+        if not isinstance(reserved_connections, int) or not (
+            0 <= reserved_connections < max_connections
+        ):
+            raise ConfigError(
+                f"reserved_connections must be 0 to max_connections - 1, not "
+                f"{reserved_connections!r}"
+            )
+        if first_line_timeout is None:
+            first_line_timeout = handshake_timeout
         for name, fvalue in (
             ("handshake_timeout", handshake_timeout),
+            ("first_line_timeout", first_line_timeout),
             ("send_timeout", send_timeout),
             ("ping_timeout", ping_timeout),
             ("close_timeout", close_timeout),
@@ -1087,6 +1150,13 @@ class WebSocketServer(websocket_server.WebsocketServer):
         self.ping_interval, self.ping_timeout = ping_interval, ping_timeout
         self.subprotocols = tuple(subprotocols)
         self.max_connections = max_connections
+        self.max_connections_per_address = per_address
+        self.reserved_connections = reserved_connections
+        self.first_line_timeout = min(first_line_timeout, handshake_timeout)
+        self._slots: dict[Any, _Slot] = {}  # accepted socket -> its admission record
+        self._per_address: dict[str, int] = {}
+        self._anonymous = 0  # accepted connections not (yet) known to be authenticated
+        self._admission_counts = {"refused_full": 0, "refused_per_address": 0, "evicted": 0}
         if message_rate is not None and not message_rate > 0:
             raise ConfigError(f"message_rate must be > 0, not {message_rate!r}")
         self.message_rate = message_rate
@@ -1213,41 +1283,145 @@ class WebSocketServer(websocket_server.WebsocketServer):
 
     # -- Admission -----------------------------------------------------------------------------
 
+    def counted_address(self, client_address: Any) -> str | None:
+        """The address a connection from ``client_address`` counts against, or None if exempt.
+
+        The single place that decides it: the TCP peer's IP address; IPv6 peers by their /64
+        network (one host usually has a whole /64), IPv4-mapped IPv6 as the IPv4 address.
+        Override (or wrap) this to exempt peers, such as a trusted reverse proxy whose
+        connections carry many clients.
+        """
+        try:
+            address = ipaddress.ip_address(str(client_address[0]).split("%", 1)[0])
+        except (ValueError, IndexError, TypeError):
+            return str(client_address)
+        if isinstance(address, ipaddress.IPv6Address):
+            if address.ipv4_mapped is not None:
+                return str(address.ipv4_mapped)
+            return str(ipaddress.IPv6Network((address, 64), strict=False))
+        return str(address)
+
     def verify_request(self, request: Any, client_address: Any) -> bool:
-        """Accepting thread: refuse a socket beyond ``max_connections`` before it gets a thread.
+        """Accepting thread: admit a socket before it costs a thread, or refuse it.
 
         Each connection costs a thread from accept on, before any token or ``max_clients`` check
-        can run, so this is what keeps a flood of idle connections from exhausting threads.
+        can run. Rules, in order:
+
+        * at most ``max_connections_per_address`` connections per :meth:`counted_address`;
+        * at most ``max_connections`` in all, and at most ``max_connections -
+          reserved_connections`` that have not shown the credential (so the last
+          ``reserved_connections`` places are for :meth:`Application.authenticated` requests);
+        * when either cap is reached, the connection that has waited longest without sending
+          its whole request is shed to make room (a new client is admitted at the cost of the
+          stalest half-open one); if there is none, the new socket is refused.
         """
+        address = self.counted_address(client_address)
+        victim: _Link | None = None
         with self._lock:
-            if self._active >= self.max_connections:
-                logger.debug("refusing %s: %d connections open", client_address, self._active)
+            per_address = self.max_connections_per_address
+            if address is not None and per_address is not None and (
+                self._per_address.get(address, 0) >= per_address
+            ):
+                self._admission_counts["refused_per_address"] += 1
+                logger.debug("refusing %s: %d connections from %s", client_address, per_address,
+                             address)
                 return False
+            full = self._active >= self.max_connections
+            crowded = self._anonymous >= self.max_connections - self.reserved_connections
+            if full or crowded:
+                victim = self._stalest_pending_locked()
+                if victim is None or self._active >= self.max_connections + _EVICTION_SLACK:
+                    self._admission_counts["refused_full"] += 1
+                    logger.debug("refusing %s: %d connections open", client_address, self._active)
+                    return False
+                assert victim.slot is not None
+                victim.slot.evicted = True
+                self._admission_counts["evicted"] += 1
+            self._slots[request] = _Slot(address, time.monotonic())
             self._active += 1
+            self._anonymous += 1
+            if address is not None:
+                self._per_address[address] = self._per_address.get(address, 0) + 1
+        if victim is not None:
+            logger.debug("shedding a connection still in its handshake to admit %s",
+                         client_address)
+            victim.abort()
         return True
+
+    def admission_stats(self) -> dict[str, int]:
+        """Counters of the admission rules: open connections, those without the credential,
+        and how many sockets were refused (cap, per address) or shed (stalest handshake)."""
+        with self._lock:
+            return {
+                "open": self._active,
+                "anonymous": self._anonymous,
+                **self._admission_counts,
+            }
+
+    def _stalest_pending_locked(self) -> _Link | None:
+        """The registered connection that has waited longest for its request, if any."""
+        stalest: _Link | None = None
+        for slot in self._slots.values():
+            if slot.pending and not slot.evicted and slot.link is not None and (
+                stalest is None or slot.accepted < stalest.slot.accepted  # type: ignore[union-attr]
+            ):
+                stalest = slot.link
+        return stalest
+
+    def _first_line_read(self, link: _Link | None) -> None:
+        """Handler thread: the request line is in; the rest of the handshake gets longer."""
+        if link is not None and link.slot is not None and link.deadline is not None:
+            link.deadline = link.slot.accepted + self.handshake_timeout
+
+    def _request_read(self, link: _Link, request: Request) -> None:
+        """Handler thread: the request head is in; it may now use the reserved places."""
+        authenticated = bool(getattr(self.app, "authenticated", lambda _r: False)(request))
+        with self._lock:
+            slot = link.slot
+            if slot is None:
+                return
+            slot.pending = False
+            if authenticated and not slot.authenticated:
+                slot.authenticated = True
+                self._anonymous -= 1
 
     def process_request(self, request: Any, client_address: Any) -> None:
         try:
             super().process_request(request, client_address)
         except BaseException:  # the handler thread did not start: it will not count down
-            self._connection_done()
+            self._connection_done(request)
             raise
 
     def process_request_thread(self, request: Any, client_address: Any) -> None:
         try:
             super().process_request_thread(request, client_address)
         finally:
-            self._connection_done()
+            self._connection_done(request)
 
-    def _connection_done(self) -> None:
+    def _connection_done(self, request: Any) -> None:
         with self._lock:
             self._active -= 1
+            slot = self._slots.pop(request, None)
+            if slot is None:
+                return
+            if not slot.authenticated:
+                self._anonymous -= 1
+            if slot.address is not None:
+                left = self._per_address.pop(slot.address, 1) - 1
+                if left > 0:
+                    self._per_address[slot.address] = left
 
     # -- Registry ------------------------------------------------------------------------------
 
     def _add_link(self, sock: socket.socket) -> _Link:
-        link = _Link(self, sock, time.monotonic() + self.handshake_timeout)
+        """Handler thread: register the accepted (raw) socket; its first-line deadline runs."""
         with self._lock:
+            slot = self._slots.get(sock)
+            accepted = slot.accepted if slot is not None else time.monotonic()
+            link = _Link(self, sock, accepted + self.first_line_timeout)
+            link.slot = slot
+            if slot is not None:
+                slot.link = link
             self._links.add(link)
         return link
 

@@ -24,7 +24,12 @@ transport answers other methods with 405.
 
 Access rules: ``/snapshot.jpg``, ``/stream.mjpg`` and ``/stats.json`` follow the WebSocket rules
 (:meth:`Streamer.access_refusal`): a missing or wrong token is answered with 401 and ``WWW-
-Authenticate: Bearer``, a foreign ``Origin`` or ``Host`` with 403. **The viewer page is served to
+Authenticate: Bearer``, a foreign ``Origin`` or ``Host`` with 403, and so is a request a browser
+marks as made by a page of another site (``Sec-Fetch-Site: cross-site`` or ``same-site``, as for
+an ``<img>`` on another page, which sends no Origin) unless the Streamer allows other origins.
+Their responses carry ``Cross-Origin-Resource-Policy: same-origin`` (``cross-origin`` when other
+origins are allowed), so browsers that send no ``Sec-Fetch-Site`` still keep frames from other
+pages. **The viewer page is served to
 everyone**: it is the same static file for every caller and holds no frame, no setting and no
 secret. It reads the token from its own URL (``/?token=X``) and hands it to the WebSocket, which
 enforces the rules, so a visitor without the right token gets a page that says why it was refused
@@ -245,6 +250,14 @@ class HttpRoutes:
             return
         exchange.send_response(200, body, "text/html; charset=utf-8", headers=_PAGE_HEADERS)
 
+    @functools.cached_property
+    def _frame_headers(self) -> dict[str, str]:
+        """Headers of the frame endpoints: never cached, and readable by other origins only if
+        the Streamer allows some (``Cross-Origin-Resource-Policy``, honoured by browsers for
+        ``<img>`` and ``fetch(no-cors)``, which carry no Origin header)."""
+        corp = "cross-origin" if self.streamer.allowed_origins else "same-origin"
+        return {**_NO_STORE, "Cross-Origin-Resource-Policy": corp}
+
     def _snapshot(self, exchange: HttpExchange) -> None:
         variant, _ = self._parse_query(exchange.request.query)
         frame = self.streamer.camera.latest() or self._wait_for_frame(0, _FIRST_FRAME_WAIT_S)
@@ -252,23 +265,23 @@ class HttpRoutes:
             exchange.send_response(
                 503,
                 b"no frame yet: the camera has not delivered one\n",
-                headers={"Retry-After": "1", **_NO_STORE},
+                headers={"Retry-After": "1", **self._frame_headers},
             )
             return
         encoded = self.streamer.cache.get(frame, variant)
         self._count("snapshots")
-        exchange.send_response(200, encoded.data, "image/jpeg", headers=_NO_STORE)
+        exchange.send_response(200, encoded.data, "image/jpeg", headers=self._frame_headers)
 
     def _stats_json(self, exchange: HttpExchange) -> None:
         body = json.dumps(self.streamer.stats(), indent=1).encode()
-        exchange.send_response(200, body, "application/json", headers=_NO_STORE)
+        exchange.send_response(200, body, "application/json", headers=self._frame_headers)
 
     def _stream(self, exchange: HttpExchange) -> None:
         variant, fps = self._parse_query(exchange.request.query)
         head = {
             "Content-Type": f"multipart/x-mixed-replace; boundary={_BOUNDARY}",
             "X-Accel-Buffering": "no",  # tell nginx not to buffer the stream
-            **_NO_STORE,
+            **self._frame_headers,
         }
         if exchange.head_only:  # the headers a GET would get; no viewer place is taken
             exchange.start_stream(200, head)
@@ -283,7 +296,9 @@ class HttpRoutes:
                 "MJPEG client from %s refused: server full", exchange.request.remote_address[0]
             )
             exchange.send_response(
-                503, b"server full, try again later\n", headers={"Retry-After": "5", **_NO_STORE}
+                503,
+                b"server full, try again later\n",
+                headers={"Retry-After": "5", **self._frame_headers},
             )
 
     def _send_frames(self, exchange: HttpExchange, stream: _StreamStats) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import select
+import socket
 import subprocess
 import sys
 import time
@@ -195,3 +196,85 @@ def test_ping_flood_is_closed_and_a_viewer_keeps_its_rate(streamer_factory) -> N
     assert int(counts["closes_1008"]) >= 12
     assert int(counts["closes_1008"]) >= int(counts["connections"]) - 12  # all but the last
     assert fps >= 20, fps
+
+
+# -- Item 2: connection slots -------------------------------------------------------------------
+
+
+def _read_counters(process: subprocess.Popen, key: str, at_least: int) -> dict[str, int]:
+    """Read the attacker's ``key=N ...`` lines until ``key`` reaches ``at_least`` (bounded)."""
+    deadline = time.monotonic() + 3 * TIMEOUT
+    last: dict[str, int] = {}
+    while time.monotonic() < deadline:
+        if not select.select([process.stdout], [], [], TIMEOUT)[0]:
+            break
+        line = process.stdout.readline()
+        if not line:
+            break
+        last = {k: int(v) for k, v in (item.split("=") for item in line.split())}
+        if last.get(key, 0) >= at_least:
+            return last
+    raise AssertionError(f"the attack never reached {key}={at_least}: {last}")
+
+
+def _watch_one_frame(url: str) -> None:
+    with connect(url, open_timeout=TIMEOUT, max_size=None) as ws:
+        deadline = time.monotonic() + TIMEOUT
+        assert json.loads(ws.recv(timeout=TIMEOUT))["type"] == "metadata"
+        while not isinstance(ws.recv(timeout=max(deadline - time.monotonic(), 0.001)), bytes):
+            pass
+
+
+def test_a_tokened_viewer_gets_in_while_600_anonymous_sockets_hold_connections(
+    streamer_factory,
+) -> None:
+    """300 sockets dribbling a request byte by byte plus 300 opening idle WebSockets, each from
+    its own address (so no per-address limit helps), against the default 512-connection cap."""
+    streamer = streamer_factory("test", fps=15, width=160, height=120, token="s3cret")
+    dribblers = _attack("hold", str(streamer.port), "30", "300", "127.0.4.1", "dribble")
+    idlers = _attack("hold", str(streamer.port), "30", "300", "127.0.6.1", "idle")
+    try:
+        _read_counters(dribblers, "held", 250)
+        _read_counters(idlers, "held", 1)
+        for _ in range(3):
+            _watch_one_frame(streamer.url + "?token=s3cret")
+        counts = streamer.stats()["connections"]
+        print(f"admitted 3 of 3 tokened viewers during the attack; admission: {counts}")
+        assert counts["anonymous"] <= 512 - 128 + 16
+    finally:
+        stop_process(dribblers)
+        stop_process(idlers)
+
+
+def test_connections_per_address_are_limited(streamer_factory) -> None:
+    streamer = streamer_factory("test", fps=5, width=64, height=48,
+                                max_connections_per_address=4)
+    def from_one_address() -> socket.socket:
+        return socket.create_connection(("127.0.0.1", streamer.port), TIMEOUT,
+                                        source_address=("127.0.0.9", 0))
+
+    held = [from_one_address() for _ in range(4)]
+    try:
+        with from_one_address() as fifth:
+            try:
+                assert fifth.recv(1) == b"", "a fifth connection was kept open"
+            except ConnectionResetError:
+                pass
+        _watch_one_frame(streamer.url)  # another address is not affected
+        assert streamer.stats()["connections"]["refused_per_address"] == 1
+    finally:
+        for sock in held:
+            sock.close()
+
+
+def test_silent_and_slow_requests_are_cut_at_their_deadlines(streamer_factory) -> None:
+    streamer = streamer_factory("test", fps=5, width=64, height=48,
+                                first_line_timeout=0.3, handshake_timeout=1.0)
+    with RawClient(streamer.port) as silent, RawClient(streamer.port) as slow:
+        started = time.monotonic()
+        slow.send(b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n")  # and never the rest
+        assert silent.expect_eof()
+        silent_s = time.monotonic() - started
+        assert slow.expect_eof()
+        slow_s = time.monotonic() - started
+    assert 0.2 <= silent_s < 0.9 <= slow_s < 3.0, (silent_s, slow_s)

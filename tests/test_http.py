@@ -400,6 +400,28 @@ def test_absolute_form_authority_is_checked_as_the_host(streamer_factory) -> Non
     assert head.startswith(b"HTTP/1.1 403 ") and b"host not allowed" in body
 
 
+@pytest.mark.parametrize("path", ["/snapshot.jpg", "/stats.json", "/stream.mjpg"])
+def test_pages_of_other_sites_cannot_embed_frames(streamer_factory, path: str) -> None:
+    """An <img> on another site sends no Origin, but Sec-Fetch-Site (issue #11 item 7)."""
+    streamer = streamer_factory("test", width=160, height=120)
+    for site in ("cross-site", "same-site"):
+        refused = get(streamer.port, path, {"Sec-Fetch-Site": site})
+        assert refused.status == 403 and b"cross-site request not allowed" in refused.body
+    if path != "/stream.mjpg":
+        for site in ("same-origin", "none"):  # the viewer page; a typed URL or a bookmark
+            allowed = get(streamer.port, path, {"Sec-Fetch-Site": site})
+            assert allowed.status == 200
+            assert allowed.headers["cross-origin-resource-policy"] == "same-origin"
+
+
+def test_allowed_origins_may_embed_frames(streamer_factory) -> None:
+    streamer = streamer_factory("test", width=160, height=120,
+                                allowed_origins=["http://dashboard.example"])
+    response = get(streamer.port, "/snapshot.jpg", {"Sec-Fetch-Site": "cross-site"})
+    assert response.status == 200
+    assert response.headers["cross-origin-resource-policy"] == "cross-origin"
+
+
 def test_max_clients_counts_mjpeg_streams(streamer_factory) -> None:
     streamer = streamer_factory("test", width=160, height=120, max_clients=1)
     with MjpegReader(streamer.port) as first:

@@ -822,14 +822,31 @@ def test_many_empty_fragments_are_refused_with_1009(app: Recorder) -> None:
 
 def test_connections_beyond_the_cap_are_refused_before_they_cost_a_thread(app: Recorder) -> None:
     with run_server(app, max_connections=3) as server:
-        idle = [socket.create_connection(("127.0.0.1", server.port), TIMEOUT) for _ in range(3)]
+        clients = [RawClient(server.port) for _ in range(3)]
         try:
+            for client in clients:
+                client.handshake()
             with RawClient(server.port) as extra:
                 assert extra.expect_eof(), "a fourth connection was kept open"
         finally:
-            for sock in idle:
-                sock.close()
+            for client in clients:
+                client.close()
         # the slots come back once those connections are gone
         assert wait_until(lambda: server._active == 0)
         with RawClient(server.port) as client:
             assert client.handshake()
+
+
+def test_a_full_server_sheds_the_stalest_half_open_connection(app: Recorder) -> None:
+    """Sockets that never send a request cannot keep a real client out (issue #11 item 2)."""
+    with run_server(app, max_connections=3) as server:
+        silent = [RawClient(server.port) for _ in range(3)]
+        try:
+            assert wait_until(lambda: len(server._links) == 3)
+            with RawClient(server.port) as client:
+                client.handshake()
+            assert silent[0].expect_eof()  # the oldest one made room
+            assert server.admission_stats()["evicted"] >= 1
+        finally:
+            for sock in silent:
+                sock.close()
