@@ -1562,9 +1562,15 @@ class WebSocketServer(websocket_server.WebsocketServer):
 def make_ssl_context(certfile: str, keyfile: str | None = None) -> ssl.SSLContext:
     """Build the server's single TLS context (TLS 1.2+), loading the certificate chain now.
 
+    Args:
+        certfile: PEM file with the certificate (chain), and the private key if ``keyfile``
+            is not given.
+        keyfile: PEM file with the (unencrypted) private key.
+
     Raises:
-        ServerError: a file is missing or unreadable, or the certificate/key is invalid; the
-            message names the file(s).
+        ServerError: a file is missing or unreadable, holds no PEM certificate / private key,
+            the key is encrypted or does not match the certificate; the message names the file
+            and says which of these it is.
     """
     for path in (certfile, keyfile):
         if path is not None and not os.path.isfile(path):
@@ -1572,8 +1578,47 @@ def make_ssl_context(certfile: str, keyfile: str | None = None) -> ssl.SSLContex
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     try:
-        ctx.load_cert_chain(certfile, keyfile)
-    except (OSError, ValueError) as exc:
-        files = certfile if keyfile is None else f"{certfile} / {keyfile}"
-        raise ServerError(f"cannot load TLS certificate/key from {files}: {exc}") from exc
+        # A password callback that refuses: OpenSSL would otherwise prompt on the terminal.
+        ctx.load_cert_chain(certfile, keyfile, password=_refuse_password)
+    except (OSError, ValueError, _EncryptedKey) as exc:
+        raise ServerError(_tls_file_problem(certfile, keyfile, exc)) from exc
     return ctx
+
+
+class _EncryptedKey(Exception):
+    """Internal: the private key wants a password."""
+
+
+def _refuse_password() -> str:
+    raise _EncryptedKey
+
+
+def _tls_file_problem(certfile: str, keyfile: str | None, exc: BaseException) -> str:
+    """Say which TLS file is bad and why, in words (not ``[SSL] PEM lib (_ssl.c:3905)``)."""
+    key_path = keyfile or certfile
+    try:
+        with open(certfile, "rb") as f:
+            cert_text = f.read()
+        key_text = cert_text
+        if keyfile is not None:
+            with open(keyfile, "rb") as f:
+                key_text = f.read()
+    except OSError as err:
+        return f"cannot read TLS file {err.filename}: {err.strerror}"
+    if b"-----BEGIN CERTIFICATE-----" not in cert_text:
+        return (f"TLS certificate file {certfile} holds no PEM certificate "
+                f"(no '-----BEGIN CERTIFICATE-----' line)")
+    if not re.search(rb"-----BEGIN [A-Z ]*PRIVATE KEY-----", key_text):
+        if keyfile is None:
+            return (f"TLS certificate file {certfile} holds no PEM private key: give the key "
+                    f"file too (keyfile=..., --keyfile)")
+        return f"TLS key file {keyfile} holds no PEM private key"
+    if isinstance(exc, _EncryptedKey) or b"ENCRYPTED" in key_text:
+        return f"TLS private key {key_path} is encrypted: give an unencrypted key"
+    try:
+        ssl.create_default_context(cafile=certfile)
+    except (OSError, ValueError):
+        return f"TLS certificate file {certfile} holds a damaged PEM certificate"
+    if getattr(exc, "reason", None) == "KEY_VALUES_MISMATCH":
+        return f"TLS private key {key_path} does not belong to the certificate in {certfile}"
+    return f"TLS private key {key_path} is damaged, or of a kind this OpenSSL cannot use"

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import select
+import shutil
 import socket
 import subprocess
 import sys
@@ -25,6 +26,8 @@ from websockets.sync.client import connect
 from wsraw import OP_PING, OP_PONG, OP_TEXT, RawClient
 
 from camstream import protocol
+from camstream.errors import ServerError
+from camstream.transport import make_ssl_context
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -278,3 +281,47 @@ def test_silent_and_slow_requests_are_cut_at_their_deadlines(streamer_factory) -
         assert slow.expect_eof()
         slow_s = time.monotonic() - started
     assert 0.2 <= silent_s < 0.9 <= slow_s < 3.0, (silent_s, slow_s)
+
+
+# -- Issue #12 nit: a bad PEM file is named and explained ---------------------------------------
+
+
+@pytest.fixture(scope="module")
+def pem_files(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Two self-signed certificates with their keys, an encrypted key, and junk (openssl CLI)."""
+    if shutil.which("openssl") is None:
+        pytest.skip("needs the openssl CLI")
+    d = tmp_path_factory.mktemp("pem")
+    for name in ("a", "b"):
+        subprocess.run(
+            ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=localhost",
+             "-days", "2", "-keyout", str(d / f"{name}.key"), "-out", str(d / f"{name}.crt")],
+            check=True, capture_output=True, timeout=60,
+        )
+    subprocess.run(
+        ["openssl", "pkey", "-in", str(d / "a.key"), "-aes256", "-passout", "pass:x", "-out",
+         str(d / "encrypted.key")], check=True, capture_output=True, timeout=60,
+    )
+    (d / "junk.pem").write_text("junk\n")
+    (d / "cut.crt").write_bytes((d / "a.crt").read_bytes()[:300])
+    return d
+
+
+@pytest.mark.parametrize(
+    ("certfile", "keyfile", "words"),
+    [
+        ("junk.pem", "a.key", "certificate file {d}/junk.pem holds no PEM certificate"),
+        ("cut.crt", "a.key", "certificate file {d}/cut.crt holds a damaged PEM certificate"),
+        ("a.crt", None, "{d}/a.crt holds no PEM private key: give the key file too"),
+        ("a.crt", "junk.pem", "key file {d}/junk.pem holds no PEM private key"),
+        ("a.crt", "encrypted.key", "private key {d}/encrypted.key is encrypted"),
+        ("a.crt", "b.key", "private key {d}/b.key does not belong to the certificate in "
+                           "{d}/a.crt"),
+    ],
+)
+def test_a_bad_tls_file_is_named_with_the_reason(pem_files: Path, certfile, keyfile, words):
+    with pytest.raises(ServerError) as info:
+        make_ssl_context(str(pem_files / certfile), keyfile and str(pem_files / keyfile))
+    assert words.format(d=pem_files) in str(info.value)
+    assert "_ssl.c" not in str(info.value)
+    make_ssl_context(str(pem_files / "a.crt"), str(pem_files / "a.key"))  # the good pair works
