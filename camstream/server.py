@@ -21,6 +21,7 @@ from .camera import CameraThread, Frame, Source, describe_source
 from .encoder import EncodeCache
 from .errors import ConfigError
 from .protocol import CloseCode
+from .ratelimit import LogBudget
 from .session import ClientSession, ClientSettings
 from .transport import (
     BaseApplication,
@@ -36,6 +37,7 @@ from .webroutes import HttpRoutes
 __all__ = ["Streamer"]
 
 logger = logging.getLogger(__name__)
+_refusal_log = LogBudget()  # refused viewers: anyone can cause them, so they are rate-limited
 
 _WEBSOCKET_PATHS = frozenset({"/", "/ws"})
 SUBPROTOCOL = "camstream.v1"  # optional: clients that offer no subprotocol are welcome too
@@ -328,7 +330,8 @@ class Streamer(BaseApplication):
         refusal = self.access_refusal(conn.request)
         if refusal is not None:
             code, reason = refusal
-            logger.info("refusing client %s from %s: %s", conn.id, conn.remote_address[0], reason)
+            _refusal_log.log(logger, logging.INFO, "refusing client %s from %s: %s",
+                             conn.id, conn.remote_address[0], reason)
             conn.close(code, reason)
             return
         settings = ClientSettings(fps=self.camera.fps, quality=self.quality)

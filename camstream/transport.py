@@ -77,7 +77,7 @@ from .frames import (
     valid_close_code,
 )
 from .httpmsg import TOKEN, HandshakeRejected, Headers, Request, http_head
-from .ratelimit import RateLimiter
+from .ratelimit import LogBudget, RateLimiter
 
 # websocket_server calls logging.basicConfig() at import time (defect #17): remember the root
 # logger's handlers and level, import, and undo whatever the import added.
@@ -106,6 +106,7 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
+_refusal_log = LogBudget()  # handshake refusals and flood closes: hostile clients cause them
 
 _EVICTION_SLACK = 16  # shed connections may overlap new ones by this many until they are gone
 _JOIN_LIMIT = 65536  # payloads up to this size are joined with their header: one sendall
@@ -794,8 +795,9 @@ class WebSocketHandler(websocket_server.WebSocketHandler):
         try:
             server.app.authorize(request)
         except HandshakeRejected as rej:
-            logger.info(
-                "%s: %s refused with %d: %s", self._name, request.path, rej.status, rej.message
+            _refusal_log.log(
+                logger, logging.INFO, "%s: %s refused with %d: %s",
+                self._name, request.path, rej.status, rej.message,
             )
             self._respond_error(
                 rej.status, rej.message or http.HTTPStatus(rej.status).phrase, rej.headers
@@ -910,7 +912,8 @@ class WebSocketHandler(websocket_server.WebSocketHandler):
             if opcode != OP_CLOSE and conn._budget is not None and not conn._budget.allow():
                 # Every frame but Close costs the same: a ping flood costs a pong write per
                 # frame, fragments and messages cost a parse and a callback.
-                logger.info("%s: closing, more than %g messages/s", self._name, conn._budget.rate)
+                _refusal_log.log(logger, logging.INFO, "%s: closing, more than %g messages/s",
+                                 self._name, conn._budget.rate)
                 raise _Fail(1008, "too many messages")
             if opcode == OP_CLOSE:
                 self._on_close_frame(conn, payload)

@@ -64,6 +64,7 @@ from . import protocol
 from .encoder import Variant
 from .frame import Frame
 from .pacing import BEHIND_POLL_S, Pacer
+from .ratelimit import LogBudget
 from .transport import HttpExchange, Request
 
 if TYPE_CHECKING:
@@ -72,6 +73,7 @@ if TYPE_CHECKING:
 __all__ = ["HttpRoutes"]
 
 logger = logging.getLogger(__name__)
+_refusal_log = LogBudget()  # refused requests: anyone can cause them, so they are rate-limited
 
 _POLL_S = 0.1  # waiting loops look at Streamer.is_serving this often
 _FIRST_FRAME_WAIT_S = 2.0  # how long /snapshot.jpg waits for a first frame before a 503
@@ -346,11 +348,9 @@ class HttpRoutes:
             return False
         _, reason = refusal
         self._count("refused")
-        logger.info(
-            "HTTP %s from %s refused: %s",
-            exchange.request.path,
-            exchange.request.remote_address[0],
-            reason,
+        _refusal_log.log(
+            logger, logging.INFO, "HTTP %s from %s refused: %s",
+            exchange.request.path, exchange.request.remote_address[0], reason,
         )
         if "token" in reason:
             challenge = {"WWW-Authenticate": 'Bearer realm="camstream"'}
