@@ -3,12 +3,12 @@
 Run as a script so attackers do not share the server's GIL::
 
     python tests/attackers.py ping PORT SECONDS CLIENTS
-    python tests/attackers.py hold PORT SECONDS SOCKETS FIRST_ADDRESS [MODE]
+    python tests/attackers.py hold PORT SECONDS SOCKETS FIRST_ADDRESS [MODE [PER_ADDRESS]]
 
 ``ping``: CLIENTS connections each send WebSocket pings as fast as the socket takes them (and
 read the pongs), reconnecting when closed; prints ``closes_1008=N connections=M``.
 ``hold``: SOCKETS connections from consecutive source addresses starting at FIRST_ADDRESS
-(127.0.0.2, 127.0.0.3, ...; one per address unless the address runs out) that dribble a request
+(127.0.0.2, 127.0.0.3, ...; PER_ADDRESS from each, default 1) that dribble a request
 one byte at a time (MODE ``dribble``) or complete a WebSocket handshake and then idle (``idle``),
 reopening every socket the server closes; prints ``held=N refused=M`` every second and ends
 after SECONDS. Every loop is bounded by SECONDS; every socket is closed.
@@ -104,11 +104,12 @@ def ping_flood(port: int, seconds: float, clients: int) -> dict[str, int]:
     return counts
 
 
-def hold(port: int, seconds: float, sockets: int, first: str, mode: str = "dribble") -> None:
-    """Keep ``sockets`` connections open from distinct sources (see the module docstring)."""
+def hold(port: int, seconds: float, sockets: int, first: str, mode: str = "dribble",
+         per_address: int = 1) -> None:
+    """Keep ``sockets`` connections open, ``per_address`` from each source address."""
     deadline = time.monotonic() + seconds
     base = ipaddress.ip_address(first)
-    sources = [str(base + i) for i in range(sockets)]
+    sources = [str(base + i // per_address) for i in range(sockets)]
     held: dict[int, socket.socket] = {}
     progress: dict[int, int] = {}
     refused = 0
@@ -160,7 +161,9 @@ def main(argv: list[str]) -> int:
         counts = ping_flood(int(argv[1]), float(argv[2]), int(argv[3]))
         print(" ".join(f"{k}={v}" for k, v in counts.items()), flush=True)
     elif argv[0] == "hold":
-        hold(int(argv[1]), float(argv[2]), int(argv[3]), argv[4], *argv[5:6])
+        mode = argv[5] if len(argv) > 5 else "dribble"
+        hold(int(argv[1]), float(argv[2]), int(argv[3]), argv[4], mode,
+             int(argv[6]) if len(argv) > 6 else 1)
     else:
         return 2
     return 0
