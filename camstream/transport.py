@@ -1291,12 +1291,16 @@ class WebSocketServer(websocket_server.WebsocketServer):
 
         The single place that decides it: the TCP peer's IP address; IPv6 peers by their /64
         network (one host usually has a whole /64), IPv4-mapped IPv6 as the IPv4 address.
-        Override (or wrap) this to exempt peers, such as a trusted reverse proxy whose
-        connections carry many clients.
+        Peers the application calls trusted proxies (an optional ``is_trusted_proxy(address)
+        -> bool`` method) are exempt: their connections carry many clients.
         """
+        peer = str(client_address[0]) if isinstance(client_address, tuple) else ""
+        is_trusted_proxy = getattr(self.app, "is_trusted_proxy", None)
+        if peer and is_trusted_proxy is not None and is_trusted_proxy(peer):
+            return None
         try:
-            address = ipaddress.ip_address(str(client_address[0]).split("%", 1)[0])
-        except (ValueError, IndexError, TypeError):
+            address = ipaddress.ip_address(peer.split("%", 1)[0])
+        except ValueError:
             return str(client_address)
         if isinstance(address, ipaddress.IPv6Address):
             if address.ipv4_mapped is not None:

@@ -21,6 +21,7 @@ import pytest
 from conftest import TIMEOUT, stop_process
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from test_transport import Recorder, run_server
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 from wsraw import OP_PING, OP_PONG, OP_TEXT, RawClient
@@ -329,3 +330,33 @@ def test_a_bad_tls_file_is_named_with_the_reason(pem_files: Path, certfile, keyf
     assert words.format(d=pem_files) in str(info.value)
     assert "_ssl.c" not in str(info.value)
     make_ssl_context(str(pem_files / "a.crt"), str(pem_files / "a.key"))  # the good pair works
+
+
+def _raw_client_from(port: int, source: str) -> RawClient:
+    """A :class:`RawClient` whose socket is bound to ``source`` (another loopback address)."""
+    client = RawClient.__new__(RawClient)
+    client.sock = socket.create_connection(("127.0.0.1", port), TIMEOUT,
+                                           source_address=(source, 0))
+    client.buf = b""
+    return client
+
+
+def test_trusted_proxies_are_exempt_from_the_per_address_limit() -> None:
+    """The application's ``is_trusted_proxy`` (a reverse proxy carries many clients)."""
+
+    class BehindProxy(Recorder):
+        def is_trusted_proxy(self, address: str) -> bool:
+            return address == "127.0.0.10"
+
+    with run_server(BehindProxy(), max_connections_per_address=2) as server:
+        proxied = [_raw_client_from(server.port, "127.0.0.10") for _ in range(4)]
+        direct = [_raw_client_from(server.port, "127.0.0.11") for _ in range(3)]
+        try:
+            for client in proxied:
+                client.handshake()
+            direct[0].handshake()
+            direct[1].handshake()
+            assert direct[2].expect_eof()  # the third from one ordinary address
+        finally:
+            for client in proxied + direct:
+                client.close()
