@@ -5,8 +5,9 @@ Run as a script so attackers do not share the server's GIL::
     python tests/attackers.py ping PORT SECONDS CLIENTS
     python tests/attackers.py hold PORT SECONDS SOCKETS FIRST_ADDRESS [MODE [PER_ADDRESS]]
 
-``ping``: CLIENTS connections each send WebSocket pings as fast as the socket takes them (and
-read the pongs), reconnecting when closed; prints ``closes_1008=N connections=M``.
+``ping``: CLIENTS connections (from 127.0.10.1, 127.0.10.2, ...) each send WebSocket pings as
+fast as the socket takes them (and read the pongs), reconnecting when closed; prints
+``closes_1008=N connections=M``.
 ``hold``: SOCKETS connections from consecutive source addresses starting at FIRST_ADDRESS
 (127.0.0.2, 127.0.0.3, ...; PER_ADDRESS from each, default 1) that dribble a request
 one byte at a time (MODE ``dribble``) or complete a WebSocket handshake and then idle (``idle``),
@@ -68,10 +69,10 @@ def ping_flood(port: int, seconds: float, clients: int) -> dict[str, int]:
         except OSError:
             pass
 
-    def one_client() -> None:
+    def one_client(source: str) -> None:
         while time.monotonic() < deadline:
             try:
-                sock = _connect(port)
+                sock = _connect(port, source)
             except OSError:
                 time.sleep(0.05)
                 continue
@@ -96,7 +97,9 @@ def ping_flood(port: int, seconds: float, clients: int) -> dict[str, int]:
                 with lock:
                     counts["closes_1008"] += 1
 
-    threads = [threading.Thread(target=one_client) for _ in range(clients)]
+    # Each from its own address (127.0.10.1, ...), like separate attacking machines.
+    base = ipaddress.ip_address("127.0.10.1")
+    threads = [threading.Thread(target=one_client, args=(str(base + i),)) for i in range(clients)]
     for thread in threads:
         thread.start()
     for thread in threads:
