@@ -248,7 +248,8 @@ def test_a_tokened_viewer_gets_in_while_600_anonymous_sockets_hold_connections(
             _watch_one_frame(streamer.url + "?token=s3cret")
         counts = streamer.stats()["connections"]
         print(f"admitted 3 of 3 tokened viewers during the attack; admission: {counts}")
-        assert counts["anonymous"] <= 512 - 128 + 16
+        assert counts["evicted"] > 0  # half-open sockets made room for new ones
+        assert counts["anonymous"] <= 512 + 16  # shed ones may overlap by the slack, no more
     finally:
         stop_process(dribblers)
         stop_process(idlers)
