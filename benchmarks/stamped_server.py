@@ -150,8 +150,10 @@ def main() -> int:
     logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
+    # Every benchmark viewer connects from 127.0.0.1: no per-address limit here.
     streamer = Streamer("push", port=args.port, fps=args.fps, quality=args.quality,
-                        send_timeout=args.send_timeout).start()
+                        send_timeout=args.send_timeout, max_connections_per_address=None,
+                        max_clients=None).start()
     publisher = Publisher(
         streamer, args.width, args.height, args.fps, args.mjpeg_seconds if args.mjpeg else 0
     ).start()

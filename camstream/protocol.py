@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime
 import enum
 import json
+import math
 import time
 from dataclasses import dataclass
 from typing import Any, Mapping
@@ -112,27 +113,66 @@ _FALSE_WORDS = {"0", "false", "no", "off"}
 
 
 def parse_control(text: str) -> dict[str, Any]:
-    """Parse one client text message into a dict with a known ``type``.
+    """Parse and check one client text message.
+
+    Every field camstream reads is checked here or in :func:`parse_config`, so whatever JSON a
+    client sends, the caller gets either a message it can act on or a :class:`ProtocolInputError`
+    whose text can go back to the client as is. Unknown fields are ignored (see PROTOCOL.md).
+
+    Returns:
+        The message, with ``type`` one of :data:`CONTROL_TYPES` and, for ``ping``, ``t`` a
+        finite number, a string or None (absent).
 
     Raises:
-        ProtocolInputError: not JSON, not an object, or an unknown ``type``.
+        ProtocolInputError: not JSON, a number out of range (``1e309``), not an object, no or an
+            unknown ``type``, or a ``ping`` whose ``t`` is neither a number nor a string.
     """
     try:
-        message = json.loads(text, parse_constant=_refuse_constant)
+        message = json.loads(text, parse_constant=_refuse_constant, parse_float=_finite_float)
+    except ProtocolInputError:
+        raise
     except (ValueError, RecursionError):
         raise ProtocolInputError("message is not valid JSON") from None
     if not isinstance(message, dict):
-        raise ProtocolInputError("message must be a JSON object with a \"type\"")
+        raise ProtocolInputError('message must be a JSON object with a "type"')
     kind = message.get("type")
-    if kind not in CONTROL_TYPES:
-        known = ", ".join(sorted(CONTROL_TYPES))
-        raise ProtocolInputError(f"unknown message type {kind!r}; known types: {known}")
+    known = ", ".join(sorted(CONTROL_TYPES))
+    if kind is None:
+        raise ProtocolInputError(f'message has no "type"; known types: {known}')
+    if not isinstance(kind, str) or kind not in CONTROL_TYPES:
+        raise ProtocolInputError(f"unknown message type {show_value(kind)}; known types: {known}")
+    if kind == "ping":
+        stamp = message.get("t")
+        if isinstance(stamp, bool) or not isinstance(stamp, (int, float, str, type(None))):
+            shown = show_value(stamp)
+            raise ProtocolInputError(f"ping t: expected a number or a string, not {shown}")
     return message
+
+
+def show_value(value: Any, limit: int = 40) -> str:
+    """A client's value as the client wrote it, in JSON (``true``, ``"abc"``, ``[1]``), cut short.
+
+    Used in ``error`` messages, which should speak the protocol's language, not Python's.
+    """
+    try:
+        text = json.dumps(value, allow_nan=False)
+    except (ValueError, TypeError, RecursionError):
+        text = str(value)  # non-finite from a URL ("inf"): shown as the word itself
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _refuse_constant(name: str) -> None:
     """NaN and Infinity are not JSON, whatever Python's json module accepts."""
     raise ValueError(f"{name} is not JSON")
+
+
+def _finite_float(literal: str) -> float:
+    """``1e309`` is valid JSON syntax but no finite double: refuse it by name."""
+    value = float(literal)
+    if not math.isfinite(value):
+        shown = literal if len(literal) <= 40 else literal[:37] + "..."
+        raise ProtocolInputError(f"number {shown} is out of range")
+    return value
 
 
 def parse_config(
@@ -142,8 +182,8 @@ def parse_config(
 
     Args:
         values: a ``config`` message's fields, or URL query parameters (``from_url=True``: the
-            values are strings, and keys camstream does not know are left alone, since URLs
-            carry other things such as ``token``).
+            values are strings). Keys camstream does not know are ignored: URLs carry other
+            things such as ``token``, and a newer client may send fields an older server lacks.
 
     Returns:
         ``(settings, problems)``: the valid settings, and one sentence per value refused.
@@ -153,8 +193,6 @@ def parse_config(
     for key, raw in values.items():
         spec = CONFIG_FIELDS.get(key)
         if spec is None:
-            if not from_url and key != "type":
-                problems.append(f"unknown config key {key!r}")
             continue
         try:
             settings[key] = _convert(spec, raw, from_url)
@@ -173,20 +211,21 @@ def _convert(spec: _Field, raw: Any, from_url: bool) -> Any:
             return raw
         if from_url and str(raw).lower() in _TRUE_WORDS | _FALSE_WORDS:
             return str(raw).lower() in _TRUE_WORDS
-        raise ValueError(f"expected true or false, not {raw!r}")
+        raise ValueError(f"expected true or false, not {show_value(raw)}")
     if from_url:
         try:
             raw = float(raw) if spec.kind is float else int(raw)
         except ValueError:
-            raise ValueError(f"expected a number, not {raw!r}") from None
+            raise ValueError(f"expected a number, not {show_value(raw)}") from None
     if isinstance(raw, bool) or not isinstance(raw, (int, float)):
-        raise ValueError(f"expected a number, not {raw!r}")
-    if spec.kind is int and not float(raw).is_integer():
-        raise ValueError(f"expected a whole number, not {raw!r}")
+        raise ValueError(f"expected a number, not {show_value(raw)}")
+    # Compared as they are: float() of a huge JSON integer would overflow.
+    if isinstance(raw, float) and spec.kind is int and not raw.is_integer():
+        raise ValueError(f"expected a whole number, not {show_value(raw)}")
     if spec.zero_is_none and raw == 0:
         return None
-    if not spec.low <= raw <= spec.high:
+    if not spec.low <= raw <= spec.high:  # also false for a NaN or infinity from a URL
         low, high = _number(spec.low), _number(spec.high)
         no_limit = " (or 0 for no limit)" if spec.zero_is_none else ""
-        raise ValueError(f"must be between {low} and {high}{no_limit}, not {raw!r}")
+        raise ValueError(f"must be between {low} and {high}{no_limit}, not {show_value(raw)}")
     return spec.kind(raw)

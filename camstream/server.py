@@ -26,6 +26,7 @@ from .errors import ConfigError
 from .pacing import CounterRates
 from .protocol import CloseCode
 from .proxy import ClientView, is_trusted, parse_trusted_proxies, resolve
+from .ratelimit import LogBudget
 from .session import ClientSession, ClientSettings
 from .transport import (
     BaseApplication,
@@ -41,6 +42,7 @@ from .webroutes import HttpRoutes
 __all__ = ["Streamer"]
 
 logger = logging.getLogger(__name__)
+_refusal_log = LogBudget()  # refused viewers: anyone can cause them, so they are rate-limited
 
 _WEBSOCKET_PATHS = frozenset({"/", "/ws"})
 GODOT_MAX_MESSAGE = 65535
@@ -88,9 +90,14 @@ class Streamer(BaseApplication):
             (default 5).
         ping_interval, ping_timeout: keepalive for idle connections, in seconds (default 20
             and 20; ``ping_interval=None`` sends no pings).
-        handshake_timeout: seconds a client may take to complete its handshake (default 10).
+        handshake_timeout: seconds from connect until the request head (and the TLS handshake)
+            must be complete (default 5); ``first_line_timeout``: until its first line must be
+            in (default 2).
         max_message_size: the largest message a client may send, in bytes (default 65536;
             larger ones are closed with 1009).
+        max_connections_per_address: open connections one client address may hold (IPv6: one
+            /64; default 32); ``None``: no limit. Behind a reverse proxy every client has the
+            proxy's address: list it in ``trusted_proxies`` (exempt) or raise this.
         trusted_proxies: addresses or CIDR networks of reverse proxies (nginx) whose
             ``X-Forwarded-For/-Proto/-Host`` or ``Forwarded`` headers are believed: for logs,
             ``stats()``, per-address limits, the Origin rule and the URLs camstream serves.
@@ -134,11 +141,13 @@ class Streamer(BaseApplication):
         send_timeout: float = 5.0,
         ping_interval: float | None = 20.0,
         ping_timeout: float = 20.0,
-        handshake_timeout: float = 10.0,
+        handshake_timeout: float = 5.0,
+        first_line_timeout: float = 2.0,
         max_message_size: int = 65536,
         trusted_proxies: Iterable[str] | None = None,
         max_variants: int = 4,
         max_encodes_per_s: float | None = None,
+        max_connections_per_address: int | None = 32,
     ) -> None:
         if not 1 <= quality <= 100:
             raise ConfigError(f"quality must be 1-100, not {quality}")
@@ -187,15 +196,24 @@ class Streamer(BaseApplication):
         self._http = HttpRoutes(self)
         self._ssl_context = make_ssl_context(certfile, keyfile) if certfile else None
         self._requested_port = port
+        max_connections = 512 if max_clients is None else 2 * max_clients + 64
         self._transport_options: dict[str, Any] = {
             "send_timeout": send_timeout,
             "ping_interval": ping_interval,
             "ping_timeout": ping_timeout,
             "handshake_timeout": handshake_timeout,
+            "first_line_timeout": first_line_timeout,
             "max_message_size": max_message_size,
+            # Text messages and ping/pong frames share one budget per connection (1008 beyond).
+            "message_rate": 20.0,
+            "message_burst": 40.0,
             # Every connection costs a thread before any check runs: cap them well above the
             # viewers we admit (refused and closing connections need room too).
-            "max_connections": 512 if max_clients is None else 2 * max_clients + 64,
+            "max_connections": max_connections,
+            "max_connections_per_address": max_connections_per_address,
+            # With a token, the last quarter of the connections is kept for clients that
+            # present it: anonymous sockets cannot lock viewers out (SECURITY.md).
+            "reserved_connections": max_connections // 4 if token is not None else 0,
         }
         self._server: WebSocketServer | None = None
         self._serve_thread: threading.Thread | None = None
@@ -396,6 +414,7 @@ class Streamer(BaseApplication):
             "client_count": len(sessions),
             "clients": [self._client_info(s, now) for s in sessions],
             "http": self._http.stats(),
+            "connections": self._server.admission_stats() if self._server is not None else {},
         }
 
     # Transport callbacks (each runs in that connection's reader thread)
@@ -408,9 +427,8 @@ class Streamer(BaseApplication):
         refusal = self.access_refusal(conn.request)
         if refusal is not None:
             code, reason = refusal
-            logger.info(
-                "refusing client %s from %s: %s", conn.id, self._describe(conn.request), reason
-            )
+            _refusal_log.log(logger, logging.INFO, "refusing client %s from %s: %s",
+                             conn.id, self._describe(conn.request), reason)
             conn.close(code, reason)
             return
         settings = ClientSettings(fps=self.camera.fps, max_bytes=self.max_bytes)
@@ -496,24 +514,52 @@ class Streamer(BaseApplication):
         sends its upstream's name, e.g. ``localhost``); the same-origin test compares the page's
         origin with the host the client asked for (``X-Forwarded-Host`` through a proxy).
         """
-        if self.token is not None:
-            offered = request.query.get("token")
-            authorization = request.headers.get("authorization", "")
-            if offered is None and authorization[:7].lower() == "bearer ":
-                offered = authorization[7:].strip()
-            if offered is None:
-                return CloseCode.POLICY_VIOLATION, "token required"
-            if not hmac.compare_digest(offered.encode(), self.token.encode()):
-                return CloseCode.POLICY_VIOLATION, "invalid token"
+        token_problem = self._token_problem(request)
+        if token_problem is not None:
+            return CloseCode.POLICY_VIOLATION, token_problem
         host = request.headers.get("host", "").strip().lower()
         if host and self._loopback and not _is_loopback_name(host):
             # A browser sent here through a name that is not this machine's: DNS rebinding.
             return CloseCode.POLICY_VIOLATION, "host not allowed"
         origin = request.origin
-        if origin is not None and not self._origin_allowed(
-            origin.rstrip("/").lower(), self.client_of(request).host
-        ):
-            return CloseCode.POLICY_VIOLATION, "origin not allowed"
+        if origin is not None:
+            if not self._origin_allowed(
+                origin.rstrip("/").lower(), self.client_of(request).host
+            ):
+                return CloseCode.POLICY_VIOLATION, "origin not allowed"
+        elif self._embedded_elsewhere(request):
+            return CloseCode.POLICY_VIOLATION, "cross-site request not allowed"
+        return None
+
+    def _embedded_elsewhere(self, request: Request) -> bool:
+        """A browser fetch made by a page of another site (or another port of this host),
+        such as ``<img src=".../stream.mjpg">``, which carries no Origin header.
+
+        Browsers say where a request comes from in ``Sec-Fetch-Site``; ``same-site`` is
+        refused too, because a page on another port is another origin. Pages of other origins
+        may embed frames only if the server allows some (``allowed_origins``): their requests
+        carry no Origin, so which one is asking cannot be told apart.
+        """
+        site = request.headers.get("sec-fetch-site", "").strip().lower()
+        return site in ("cross-site", "same-site") and not self.allowed_origins
+
+    def authenticated(self, request: Request) -> bool:
+        """Transport callback: the request carries the valid token (it may use the places
+        reserved for viewers with the token). Always False without a token."""
+        return self.token is not None and self._token_problem(request) is None
+
+    def _token_problem(self, request: Request) -> str | None:
+        """``"token required"`` / ``"invalid token"``, or None if the token rule is met."""
+        if self.token is None:
+            return None
+        offered = request.query.get("token")
+        authorization = request.headers.get("authorization", "")
+        if offered is None and authorization[:7].lower() == "bearer ":
+            offered = authorization[7:].strip()
+        if offered is None:
+            return "token required"
+        if not hmac.compare_digest(offered.encode(), self.token.encode()):
+            return "invalid token"
         return None
 
     def _origin_allowed(self, origin: str, host: str) -> bool:
@@ -587,6 +633,7 @@ class Streamer(BaseApplication):
             "frames_sent": stats.frames_sent,
             "frames_skipped": stats.frames_skipped,
             "bytes_sent": stats.bytes_sent,
+            "errors": stats.errors,
             "connected_s": round(now - stats.connected_at, 3),
         }
 

@@ -24,6 +24,7 @@ from .encoder import EncodeBudgetExceeded, EncodeCache, EncodedFrame, Variant, f
 from .errors import ConnectionClosedError
 from .pacing import BEHIND_POLL_S, Pacer
 from .protocol import CloseCode, ProtocolInputError
+from .ratelimit import RateLimiter  # noqa: F401 - public here since 0.1.0; used by transport
 
 if TYPE_CHECKING:
     from .transport import Connection
@@ -54,25 +55,6 @@ class ClientSettings:
         return Variant(self.width, self.height, self.quality, self.max_bytes)
 
 
-class RateLimiter:
-    """A token bucket: ``rate`` events a second on average, bursts of up to ``burst``."""
-
-    def __init__(self, rate: float, burst: float) -> None:
-        self._rate = rate
-        self._burst = burst
-        self._tokens = burst
-        self._stamp = time.monotonic()
-
-    def allow(self) -> bool:
-        now = time.monotonic()
-        self._tokens = min(self._burst, self._tokens + (now - self._stamp) * self._rate)
-        self._stamp = now
-        if self._tokens < 1.0:
-            return False
-        self._tokens -= 1.0
-        return True
-
-
 @dataclass
 class ClientStats:
     """Counters of one viewer, as reported by ``Streamer.stats()``."""
@@ -80,6 +62,7 @@ class ClientStats:
     frames_sent: int = 0
     frames_skipped: int = 0
     bytes_sent: int = 0
+    errors: int = 0  # error messages sent in answer to bad input
     connected_at: float = dataclasses.field(default_factory=time.time)
 
 
@@ -99,8 +82,6 @@ class ClientSession:
         cache: EncodeCache,
         settings: ClientSettings,
         *,
-        control_rate: float = 20.0,
-        control_burst: float = 40.0,
         stall_timeout: float = 5.0,
         describe_camera: Callable[[], dict[str, Any]] | None = None,
     ) -> None:
@@ -115,7 +96,6 @@ class ClientSession:
         self._outbox: collections.deque[dict[str, Any]] = collections.deque()
         self._wake = threading.Event()
         self._stopping = threading.Event()
-        self._limiter = RateLimiter(control_rate, control_burst)
         self._pacer = Pacer(stall_timeout)  # used by the sender thread only
         self._describe_camera = describe_camera or (lambda: {})
         self._version = 0  # counts settings changes; metadata is resent when it moves
@@ -182,16 +162,13 @@ class ClientSession:
     def handle_text(self, text: str) -> None:
         """Act on one control message (reader thread). Bad input gets an ``error`` message.
 
-        A viewer that floods control messages past the rate limit is closed with 1008.
+        The transport has already counted the message against the connection's budget (text
+        messages and ping/pong frames alike; 1008 beyond it), see ``WebSocketServer``.
         """
-        if not self._limiter.allow():
-            logger.info("closing client %s: control message flood", self.connection.id)
-            self.connection.close(CloseCode.POLICY_VIOLATION, "too many messages")
-            return
         try:
             message = protocol.parse_control(text)
         except ProtocolInputError as exc:
-            self.post(protocol.error_message(str(exc)), droppable=True)
+            self._refuse(str(exc))
             return
         kind = message["type"]
         if kind == "config":
@@ -206,7 +183,7 @@ class ClientSession:
         elif kind == "snapshot":
             wanted, problems = protocol.parse_config({"quality": message.get("quality", 95)})
             for problem in problems:
-                self.post(protocol.error_message(f"snapshot {problem}"), droppable=True)
+                self._refuse(f"snapshot {problem}")
             if wanted:
                 self.post({"type": "_snapshot", "quality": wanted["quality"]}, droppable=True)
 
@@ -214,9 +191,19 @@ class ClientSession:
         """Apply settings from a ``config`` message or URL query; report refused values."""
         changes, problems = protocol.parse_config(values, from_url=from_url)
         for problem in problems:
-            self.post(protocol.error_message(problem), droppable=True)
+            self._refuse(problem)
         if changes or not from_url:
             self.update(**changes)  # a config message is always answered with metadata
+
+    def _refuse(self, problem: str) -> None:
+        """Answer a value the client sent that cannot be used with an ``error`` message.
+
+        Logged at DEBUG only and counted in ``stats.errors``: a client that sends nothing but
+        bad messages fills no log (the rate limit ends it long before it could).
+        """
+        self.stats.errors += 1
+        logger.debug("client %s: %s", self.connection.id, problem)
+        self.post(protocol.error_message(problem), droppable=True)
 
     def _set_paused(self, paused: bool) -> None:
         with self._lock:

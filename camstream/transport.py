@@ -18,6 +18,12 @@ Threads:
   ``server_close()``) sheds sockets whose ``sendall`` is blocked for longer than
   ``send_timeout``, enforces handshake and closing deadlines, and sends keepalive pings.
 
+Admission (the accepting thread, before a socket costs a thread): a cap on connections in all,
+per client address, and on those that have not shown the application's credential; when full, the
+connection that has waited longest for its request is shed (see
+:meth:`WebSocketServer.verify_request`). The request's first line must arrive within
+``first_line_timeout`` of the accept, its whole head within ``handshake_timeout``.
+
 TLS caveat (defect #15): with ``ssl_context``, the handler thread sits in ``SSL_read`` while sender
 threads call ``SSL_write`` on the same ``SSL`` object. OpenSSL does not support that officially
 (openssl/openssl#20446; python-engineio#461 reports spurious disconnects). It was not reproduced
@@ -28,9 +34,12 @@ nginx, stunnel) and run camstream in plaintext on localhost. Built-in TLS is a c
 from __future__ import annotations
 
 import base64
+import dataclasses
 import http
+import ipaddress
 import logging
 import os
+import re
 import select
 import socket
 import socketserver
@@ -49,7 +58,7 @@ except (ImportError, AttributeError):  # Windows, or a platform without the ioct
     _SIOCOUTQ = None
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol
-from urllib.parse import parse_qs
+from urllib.parse import parse_qs, urlsplit
 
 from .errors import ConfigError, ConnectionClosedError, ServerError
 from .frames import (
@@ -68,6 +77,7 @@ from .frames import (
     valid_close_code,
 )
 from .httpmsg import TOKEN, HandshakeRejected, Headers, Request, http_head
+from .ratelimit import LogBudget, RateLimiter
 
 # websocket_server calls logging.basicConfig() at import time (defect #17): remember the root
 # logger's handlers and level, import, and undo whatever the import added.
@@ -96,7 +106,9 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
+_refusal_log = LogBudget()  # handshake refusals and flood closes: hostile clients cause them
 
+_EVICTION_SLACK = 16  # shed connections may overlap new ones by this many until they are gone
 _JOIN_LIMIT = 65536  # payloads up to this size are joined with their header: one sendall
 _MAX_FRAGMENTS = 1024  # a client message may come in at most this many frames
 
@@ -133,7 +145,66 @@ class _Fail(Exception):
         self.code, self.reason = code, reason
 
 
+_METHODS = ("GET", "HEAD")
+_HOST = re.compile(r"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-._~%!$&'()*+;=]+)(:[0-9]{0,5})?")
+"""A ``Host`` value (RFC 9110 section 7.2: uri-host [":" port]); no comma, so two joined values
+(``a, b``) are refused, as are spaces and userinfo."""
+_ABSOLUTE_SCHEMES = ("http", "https", "ws", "wss")
+
+
+def _origin_form(
+    target: str, items: list[tuple[str, str]]
+) -> tuple[str, list[tuple[str, str]]]:
+    """Check the request target and the Host header (RFC 9112 section 3.2).
+
+    Returns the target as a path (origin-form) and the header list. An absolute-form target
+    (``http://host:port/path``, as sent to proxies) is accepted: its authority replaces the
+    ``Host`` header, as RFC 9112 section 3.2.2 requires, so every Host rule applies to it.
+
+    Raises:
+        _HTTPError: 400 for no ``Host``, several, an empty or malformed one, or a target that is
+            neither a path nor an absolute http(s)/ws(s) URL.
+    """
+    hosts = [value for name, value in items if name.lower() == "host"]
+    if not hosts:
+        raise _HTTPError(400, "missing Host header")
+    if len(hosts) > 1:
+        raise _HTTPError(400, "more than one Host header")
+    if not _HOST.fullmatch(hosts[0]):
+        raise _HTTPError(400, "invalid Host header" if hosts[0] else "empty Host header")
+    if target.startswith("/"):
+        return target, items
+    try:
+        url = urlsplit(target)
+    except ValueError:  # "http://[::1/"
+        raise _HTTPError(400, "malformed request target") from None
+    if url.scheme.lower() not in _ABSOLUTE_SCHEMES or not target.lower().startswith(
+        url.scheme.lower() + "://"
+    ):
+        raise _HTTPError(400, "request target must be a path or an absolute http:// URL")
+    if not _HOST.fullmatch(url.netloc):  # also refuses userinfo ("user@host")
+        raise _HTTPError(400, "invalid authority in the request target")
+    items = [(n, v) for n, v in items if n.lower() != "host"] + [("Host", url.netloc)]
+    return (url.path or "/") + ("?" + url.query if url.query else ""), items
+
+
 # -- Sockets, connections and HTTP exchanges ---------------------------------------------------
+
+
+@dataclasses.dataclass(eq=False)
+class _Slot:
+    """Admission bookkeeping of one accepted socket, from accept until its thread has finished.
+
+    Created by :meth:`WebSocketServer.verify_request` in the accepting thread; the fields change
+    under the server's registry lock.
+    """
+
+    address: str | None  # what it counts against (None: exempt), see counted_address()
+    accepted: float  # time.monotonic() at accept
+    link: _Link | None = None  # set once its handler thread has registered it
+    pending: bool = True  # the request has not been read yet: the eviction candidates
+    authenticated: bool = False  # the request carried the credential (Application.authenticated)
+    evicted: bool = False
 
 
 class _Link:
@@ -156,6 +227,7 @@ class _Link:
         self.timed_out = False
         self.fd_closed = False
         self.conn: Connection | None = None
+        self.slot: _Slot | None = None  # set by WebSocketServer._add_link
         self.done = threading.Event()  # set when the handler thread has cleaned up
         self.owner = threading.current_thread()  # the handler thread (it creates the link)
 
@@ -241,6 +313,11 @@ class Connection:
         self._last_recv = time.monotonic()
         self._ping_payload: bytes | None = None
         self._ping_sent_at: float | None = None
+        server = link.server
+        self._budget = (  # used by the reader thread only
+            None if server.message_rate is None
+            else RateLimiter(server.message_rate, server.message_burst)
+        )
         self._client: dict[str, Any] = {
             "id": conn_id,
             "handler": self,
@@ -409,15 +486,19 @@ class Connection:
 
 
 class HttpExchange:
-    """A plain (non-upgrade) HTTP GET handed to :meth:`Application.on_http`.
+    """A plain (non-upgrade) HTTP GET or HEAD handed to :meth:`Application.on_http`.
 
     Respond with :meth:`send_response`, or with :meth:`start_stream` followed by any number of
     :meth:`write` calls (multipart MJPEG). Every response carries ``Connection: close``; the
     transport closes the socket when ``on_http`` returns. Writes are bounded by ``send_timeout``.
+    For a HEAD request (:attr:`head_only`) only the status line and headers go out: bodies and
+    :meth:`write` data are dropped, so a route answers HEAD by doing what it does for GET (a
+    streaming route should return right after :meth:`start_stream`).
     """
 
     def __init__(self, link: _Link, request: Request) -> None:
         self.request = request
+        self.head_only = request.method == "HEAD"
         self._link = link
         self.started = False
 
@@ -455,7 +536,7 @@ class HttpExchange:
         """
         if not self.started:
             raise RuntimeError("write() before send_response()/start_stream()")
-        if data:
+        if data and not self.head_only:
             with self._link.send_lock:
                 self._link.sendall(data)
 
@@ -494,7 +575,14 @@ class Application(Protocol):
         """Called once for every connection that got on_open, after it left the registry."""
 
     def on_http(self, exchange: HttpExchange) -> None:
-        """Called for a GET that is not a WebSocket upgrade."""
+        """Called for a GET that is not a WebSocket upgrade, and for a HEAD."""
+
+    def authenticated(self, request: Request) -> bool:
+        """Whether ``request`` carries the server's credential (e.g. a valid token).
+
+        Called once the request head is read, before anything else. Only such connections may
+        use the server's ``reserved_connections``. Optional: a missing method means False.
+        """
 
 
 class BaseApplication:
@@ -518,6 +606,9 @@ class BaseApplication:
 
     def on_close(self, conn: Connection) -> None:
         pass
+
+    def authenticated(self, request: Request) -> bool:
+        return False
 
     def on_http(self, exchange: HttpExchange) -> None:
         if exchange.request.path == "/":
@@ -553,6 +644,7 @@ class WebSocketHandler(websocket_server.WebSocketHandler):
         self._frag_opcode: int | None = None
         self._frag_chunks: list[bytes] = []
         self._frag_size = 0
+        self._method = "GET"  # of the request being answered: no body in answers to HEAD
         socketserver.StreamRequestHandler.__init__(self, request, client_address, server)
 
     def setup(self) -> None:
@@ -632,10 +724,12 @@ class WebSocketHandler(websocket_server.WebSocketHandler):
 
     def _read_request(self) -> Request:
         line = self._readline(414, "request line")
+        self.server._first_line_read(self._link)
         parts = line.split(" ")
         if len(parts) != 3 or not TOKEN.fullmatch(parts[0]) or not parts[2].startswith("HTTP/"):
             raise _HTTPError(400, "malformed request line")
         method, target, version = parts
+        self._method = method
         items: list[tuple[str, str]] = []
         while True:
             line = self._readline(431, "header line")
@@ -649,10 +743,9 @@ class WebSocketHandler(websocket_server.WebSocketHandler):
             items.append((name, value.strip(" \t")))
         if version != "HTTP/1.1":
             raise _HTTPError(505, "HTTP/1.1 required")
-        if method != "GET":
-            raise _HTTPError(405, "only GET is supported", {"Allow": "GET"})
-        if not target.startswith("/"):
-            raise _HTTPError(400, "request target must be a path")
+        if method not in _METHODS:
+            raise _HTTPError(405, "only GET and HEAD are supported", {"Allow": "GET, HEAD"})
+        target, items = _origin_form(target, items)
         path, _, query = target.partition("#")[0].partition("?")
         return Request(
             method=method,
@@ -673,7 +766,7 @@ class WebSocketHandler(websocket_server.WebSocketHandler):
         }
         assert self._link is not None
         with self._link.send_lock:
-            self._link.sendall(http_head(status, head) + body)
+            self._link.sendall(http_head(status, head) + (b"" if self._method == "HEAD" else body))
         # Lingering close: the unread rest of the request would make close() send an RST that
         # can destroy the response in the client's receive buffer.
         self._link.half_close()
@@ -692,7 +785,8 @@ class WebSocketHandler(websocket_server.WebSocketHandler):
         assert link is not None
         try:
             request = self._read_request()
-            if "websocket" not in request.headers.tokens("upgrade"):
+            server._request_read(link, request)
+            if request.method != "GET" or "websocket" not in request.headers.tokens("upgrade"):
                 self._serve_http(request)
                 return
             key, subprotocol = self._check_upgrade(request)
@@ -703,8 +797,9 @@ class WebSocketHandler(websocket_server.WebSocketHandler):
         try:
             server.app.authorize(request)
         except HandshakeRejected as rej:
-            logger.info(
-                "%s: %s refused with %d: %s", self._name, request.path, rej.status, rej.message
+            _refusal_log.log(
+                logger, logging.INFO, "%s: %s refused with %d: %s",
+                self._name, request.path, rej.status, rej.message,
             )
             self._respond_error(
                 rej.status, rej.message or http.HTTPStatus(rej.status).phrase, rej.headers
@@ -816,6 +911,12 @@ class WebSocketHandler(websocket_server.WebSocketHandler):
         try:
             fin, opcode, payload = self._read_frame()
             conn._last_recv = time.monotonic()
+            if opcode != OP_CLOSE and conn._budget is not None and not conn._budget.allow():
+                # Every frame but Close costs the same: a ping flood costs a pong write per
+                # frame, fragments and messages cost a parse and a callback.
+                _refusal_log.log(logger, logging.INFO, "%s: closing, more than %g messages/s",
+                                 self._name, conn._budget.rate)
+                raise _Fail(1008, "too many messages")
             if opcode == OP_CLOSE:
                 self._on_close_frame(conn, payload)
             elif opcode == OP_PING:
@@ -949,6 +1050,19 @@ class WebSocketServer(websocket_server.WebsocketServer):
     the watchdog thread. Run :meth:`serve_forever` in a thread of your own; stop with
     :meth:`shutdown`, :meth:`close_all`, :meth:`server_close`, in that order.
 
+    Admission (see :meth:`verify_request`): ``max_connections`` sockets in all (each costs a
+    thread), ``max_connections_per_address`` per :meth:`counted_address` (None: no limit), and
+    the last ``reserved_connections`` of them only for requests the application calls
+    :meth:`Application.authenticated`. ``first_line_timeout`` (default: ``handshake_timeout``)
+    bounds the time from accept to the request line, ``handshake_timeout`` to the end of the
+    request head (TLS handshake included).
+
+    Limits on what one client may send: ``max_message_size`` bytes a message (1009 beyond),
+    and, if ``message_rate`` is set, ``message_rate`` frames a second on average with bursts
+    of ``message_burst`` (default twice the rate). Every frame but Close counts: text, binary
+    and continuation frames as well as ping and pong, so a ping flood is closed with 1008
+    exactly like a message flood.
+
     Raises:
         ServerError: the address is in use or cannot be bound.
         ConfigError: an argument is out of range.
@@ -984,6 +1098,11 @@ class WebSocketServer(websocket_server.WebsocketServer):
         subprotocols: Sequence[str] = (),
         backlog: int = 128,
         max_connections: int = 512,
+        max_connections_per_address: int | None = None,
+        reserved_connections: int = 0,
+        first_line_timeout: float | None = None,
+        message_rate: float | None = None,
+        message_burst: float | None = None,
     ) -> None:
         if ssl_context is not None and not isinstance(ssl_context, ssl.SSLContext):
             raise ConfigError("ssl_context must be an ssl.SSLContext (see make_ssl_context)")
@@ -998,8 +1117,23 @@ class WebSocketServer(websocket_server.WebsocketServer):
         ):
             if not isinstance(value, int) or value < 1:
                 raise ConfigError(f"{name} must be a positive integer, not {value!r}")
+        per_address = max_connections_per_address
+        if per_address is not None and (not isinstance(per_address, int) or per_address < 1):
+            raise ConfigError(
+                f"max_connections_per_address must be a positive integer, not {per_address!r}"
+            )
+        if not isinstance(reserved_connections, int) or not (
+            0 <= reserved_connections < max_connections
+        ):
+            raise ConfigError(
+                f"reserved_connections must be 0 to max_connections - 1, not "
+                f"{reserved_connections!r}"
+            )
+        if first_line_timeout is None:
+            first_line_timeout = handshake_timeout
         for name, fvalue in (
             ("handshake_timeout", handshake_timeout),
+            ("first_line_timeout", first_line_timeout),
             ("send_timeout", send_timeout),
             ("ping_timeout", ping_timeout),
             ("close_timeout", close_timeout),
@@ -1022,6 +1156,19 @@ class WebSocketServer(websocket_server.WebsocketServer):
         self.ping_interval, self.ping_timeout = ping_interval, ping_timeout
         self.subprotocols = tuple(subprotocols)
         self.max_connections = max_connections
+        self.max_connections_per_address = per_address
+        self.reserved_connections = reserved_connections
+        self.first_line_timeout = min(first_line_timeout, handshake_timeout)
+        self._slots: dict[Any, _Slot] = {}  # accepted socket -> its admission record
+        self._per_address: dict[str, int] = {}
+        self._anonymous = 0  # accepted connections not (yet) known to be authenticated
+        self._admission_counts = {"refused_full": 0, "refused_per_address": 0, "evicted": 0}
+        if message_rate is not None and not message_rate > 0:
+            raise ConfigError(f"message_rate must be > 0, not {message_rate!r}")
+        self.message_rate = message_rate
+        self.message_burst = 2 * (message_rate or 0) if message_burst is None else message_burst
+        if message_rate is not None and not self.message_burst >= 1:
+            raise ConfigError(f"message_burst must be at least 1, not {message_burst!r}")
         self._active = 0  # accepted sockets whose handler thread has not finished
         self.request_queue_size = backlog  # socketserver's default of 5 drops connect bursts (#16)
         self.address_family = socket.AF_INET6 if ":" in host else socket.AF_INET
@@ -1142,41 +1289,149 @@ class WebSocketServer(websocket_server.WebsocketServer):
 
     # -- Admission -----------------------------------------------------------------------------
 
+    def counted_address(self, client_address: Any) -> str | None:
+        """The address a connection from ``client_address`` counts against, or None if exempt.
+
+        The single place that decides it: the TCP peer's IP address; IPv6 peers by their /64
+        network (one host usually has a whole /64), IPv4-mapped IPv6 as the IPv4 address.
+        Peers the application calls trusted proxies (an optional ``is_trusted_proxy(address)
+        -> bool`` method) are exempt: their connections carry many clients.
+        """
+        peer = str(client_address[0]) if isinstance(client_address, tuple) else ""
+        is_trusted_proxy = getattr(self.app, "is_trusted_proxy", None)
+        if peer and is_trusted_proxy is not None and is_trusted_proxy(peer):
+            return None
+        try:
+            address = ipaddress.ip_address(peer.split("%", 1)[0])
+        except ValueError:
+            return str(client_address)
+        if isinstance(address, ipaddress.IPv6Address):
+            if address.ipv4_mapped is not None:
+                return str(address.ipv4_mapped)
+            return str(ipaddress.IPv6Network((address, 64), strict=False))
+        return str(address)
+
     def verify_request(self, request: Any, client_address: Any) -> bool:
-        """Accepting thread: refuse a socket beyond ``max_connections`` before it gets a thread.
+        """Accepting thread: admit a socket before it costs a thread, or refuse it.
 
         Each connection costs a thread from accept on, before any token or ``max_clients`` check
-        can run, so this is what keeps a flood of idle connections from exhausting threads.
+        can run. Rules, in order:
+
+        * at most ``max_connections_per_address`` connections per :meth:`counted_address`;
+        * at most ``max_connections`` in all, and at most ``max_connections -
+          reserved_connections`` that have not shown the credential (so the last
+          ``reserved_connections`` places are for :meth:`Application.authenticated` requests);
+        * when either cap is reached, the connection that has waited longest without sending
+          its whole request is shed to make room (a new client is admitted at the cost of the
+          stalest half-open one); if there is none, the new socket is refused.
         """
+        address = self.counted_address(client_address)
+        victim: _Link | None = None
         with self._lock:
-            if self._active >= self.max_connections:
-                logger.debug("refusing %s: %d connections open", client_address, self._active)
+            per_address = self.max_connections_per_address
+            if address is not None and per_address is not None and (
+                self._per_address.get(address, 0) >= per_address
+            ):
+                self._admission_counts["refused_per_address"] += 1
+                logger.debug("refusing %s: %d connections from %s", client_address, per_address,
+                             address)
                 return False
+            full = self._active >= self.max_connections
+            crowded = self._anonymous >= self.max_connections - self.reserved_connections
+            if full or crowded:
+                victim = self._stalest_pending_locked()
+                if victim is None or self._active >= self.max_connections + _EVICTION_SLACK:
+                    self._admission_counts["refused_full"] += 1
+                    logger.debug("refusing %s: %d connections open", client_address, self._active)
+                    return False
+                assert victim.slot is not None
+                victim.slot.evicted = True
+                self._admission_counts["evicted"] += 1
+            self._slots[request] = _Slot(address, time.monotonic())
             self._active += 1
+            self._anonymous += 1
+            if address is not None:
+                self._per_address[address] = self._per_address.get(address, 0) + 1
+        if victim is not None:
+            logger.debug("shedding a connection still in its handshake to admit %s",
+                         client_address)
+            victim.abort()
         return True
+
+    def admission_stats(self) -> dict[str, int]:
+        """Counters of the admission rules: open connections, those without the credential,
+        and how many sockets were refused (cap, per address) or shed (stalest handshake)."""
+        with self._lock:
+            return {
+                "open": self._active,
+                "anonymous": self._anonymous,
+                **self._admission_counts,
+            }
+
+    def _stalest_pending_locked(self) -> _Link | None:
+        """The registered connection that has waited longest for its request, if any."""
+        stalest: _Link | None = None
+        for slot in self._slots.values():
+            if slot.pending and not slot.evicted and slot.link is not None and (
+                stalest is None or slot.accepted < stalest.slot.accepted  # type: ignore[union-attr]
+            ):
+                stalest = slot.link
+        return stalest
+
+    def _first_line_read(self, link: _Link | None) -> None:
+        """Handler thread: the request line is in; the rest of the handshake gets longer."""
+        if link is not None and link.slot is not None and link.deadline is not None:
+            link.deadline = link.slot.accepted + self.handshake_timeout
+
+    def _request_read(self, link: _Link, request: Request) -> None:
+        """Handler thread: the request head is in; it may now use the reserved places."""
+        authenticated = bool(getattr(self.app, "authenticated", lambda _r: False)(request))
+        with self._lock:
+            slot = link.slot
+            if slot is None:
+                return
+            slot.pending = False
+            if authenticated and not slot.authenticated:
+                slot.authenticated = True
+                self._anonymous -= 1
 
     def process_request(self, request: Any, client_address: Any) -> None:
         try:
             super().process_request(request, client_address)
         except BaseException:  # the handler thread did not start: it will not count down
-            self._connection_done()
+            self._connection_done(request)
             raise
 
     def process_request_thread(self, request: Any, client_address: Any) -> None:
         try:
             super().process_request_thread(request, client_address)
         finally:
-            self._connection_done()
+            self._connection_done(request)
 
-    def _connection_done(self) -> None:
+    def _connection_done(self, request: Any) -> None:
         with self._lock:
             self._active -= 1
+            slot = self._slots.pop(request, None)
+            if slot is None:
+                return
+            if not slot.authenticated:
+                self._anonymous -= 1
+            if slot.address is not None:
+                left = self._per_address.pop(slot.address, 1) - 1
+                if left > 0:
+                    self._per_address[slot.address] = left
 
     # -- Registry ------------------------------------------------------------------------------
 
     def _add_link(self, sock: socket.socket) -> _Link:
-        link = _Link(self, sock, time.monotonic() + self.handshake_timeout)
+        """Handler thread: register the accepted (raw) socket; its first-line deadline runs."""
         with self._lock:
+            slot = self._slots.get(sock)
+            accepted = slot.accepted if slot is not None else time.monotonic()
+            link = _Link(self, sock, accepted + self.first_line_timeout)
+            link.slot = slot
+            if slot is not None:
+                slot.link = link
             self._links.add(link)
         return link
 
@@ -1317,9 +1572,15 @@ class WebSocketServer(websocket_server.WebsocketServer):
 def make_ssl_context(certfile: str, keyfile: str | None = None) -> ssl.SSLContext:
     """Build the server's single TLS context (TLS 1.2+), loading the certificate chain now.
 
+    Args:
+        certfile: PEM file with the certificate (chain), and the private key if ``keyfile``
+            is not given.
+        keyfile: PEM file with the (unencrypted) private key.
+
     Raises:
-        ServerError: a file is missing or unreadable, or the certificate/key is invalid; the
-            message names the file(s).
+        ServerError: a file is missing or unreadable, holds no PEM certificate / private key,
+            the key is encrypted or does not match the certificate; the message names the file
+            and says which of these it is.
     """
     for path in (certfile, keyfile):
         if path is not None and not os.path.isfile(path):
@@ -1327,8 +1588,47 @@ def make_ssl_context(certfile: str, keyfile: str | None = None) -> ssl.SSLContex
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     try:
-        ctx.load_cert_chain(certfile, keyfile)
-    except (OSError, ValueError) as exc:
-        files = certfile if keyfile is None else f"{certfile} / {keyfile}"
-        raise ServerError(f"cannot load TLS certificate/key from {files}: {exc}") from exc
+        # A password callback that refuses: OpenSSL would otherwise prompt on the terminal.
+        ctx.load_cert_chain(certfile, keyfile, password=_refuse_password)
+    except (OSError, ValueError, _EncryptedKey) as exc:
+        raise ServerError(_tls_file_problem(certfile, keyfile, exc)) from exc
     return ctx
+
+
+class _EncryptedKey(Exception):
+    """Internal: the private key wants a password."""
+
+
+def _refuse_password() -> str:
+    raise _EncryptedKey
+
+
+def _tls_file_problem(certfile: str, keyfile: str | None, exc: BaseException) -> str:
+    """Say which TLS file is bad and why, in words (not ``[SSL] PEM lib (_ssl.c:3905)``)."""
+    key_path = keyfile or certfile
+    try:
+        with open(certfile, "rb") as f:
+            cert_text = f.read()
+        key_text = cert_text
+        if keyfile is not None:
+            with open(keyfile, "rb") as f:
+                key_text = f.read()
+    except OSError as err:
+        return f"cannot read TLS file {err.filename}: {err.strerror}"
+    if b"-----BEGIN CERTIFICATE-----" not in cert_text:
+        return (f"TLS certificate file {certfile} holds no PEM certificate "
+                f"(no '-----BEGIN CERTIFICATE-----' line)")
+    if not re.search(rb"-----BEGIN [A-Z ]*PRIVATE KEY-----", key_text):
+        if keyfile is None:
+            return (f"TLS certificate file {certfile} holds no PEM private key: give the key "
+                    f"file too (keyfile=..., --keyfile)")
+        return f"TLS key file {keyfile} holds no PEM private key"
+    if isinstance(exc, _EncryptedKey) or b"ENCRYPTED" in key_text:
+        return f"TLS private key {key_path} is encrypted: give an unencrypted key"
+    try:
+        ssl.create_default_context(cafile=certfile)
+    except (OSError, ValueError):
+        return f"TLS certificate file {certfile} holds a damaged PEM certificate"
+    if getattr(exc, "reason", None) == "KEY_VALUES_MISMATCH":
+        return f"TLS private key {key_path} does not belong to the certificate in {certfile}"
+    return f"TLS private key {key_path} is damaged, or of a kind this OpenSSL cannot use"

@@ -20,12 +20,18 @@ anything else             404
 ========================  ==========================================================================
 
 Query parameters mean what they mean for WebSocket viewers (``PROTOCOL.md``); unknown ones are
-ignored, a bad value is answered with 400 and the reason. Only GET is served (the transport
-answers other methods, HEAD included, with 405).
+ignored, a bad value is answered with 400 and the reason. GET and HEAD are served (HEAD gets the
+headers GET would get; for ``/stream.mjpg`` the multipart headers, then the response ends); the
+transport answers other methods with 405.
 
 Access rules: ``/snapshot.jpg``, ``/stream.mjpg`` and ``/stats.json`` follow the WebSocket rules
 (:meth:`Streamer.access_refusal`): a missing or wrong token is answered with 401 and ``WWW-
-Authenticate: Bearer``, a foreign ``Origin`` or ``Host`` with 403. **The viewer page is served to
+Authenticate: Bearer``, a foreign ``Origin`` or ``Host`` with 403, and so is a request a browser
+marks as made by a page of another site (``Sec-Fetch-Site: cross-site`` or ``same-site``, as for
+an ``<img>`` on another page, which sends no Origin) unless the Streamer allows other origins.
+Their responses carry ``Cross-Origin-Resource-Policy: same-origin`` (``cross-origin`` when other
+origins are allowed), so browsers that send no ``Sec-Fetch-Site`` still keep frames from other
+pages. **The viewer page is served to
 everyone**: it is the same static file for every caller and holds no frame, no setting and no
 secret. It reads the token from its own URL (``/?token=X``) and hands it to the WebSocket, which
 enforces the rules, so a visitor without the right token gets a page that says why it was refused
@@ -60,6 +66,7 @@ from . import protocol
 from .encoder import EncodeBudgetExceeded, Variant
 from .frame import Frame
 from .pacing import BEHIND_POLL_S, Pacer
+from .ratelimit import LogBudget
 from .transport import HttpExchange, Request
 
 if TYPE_CHECKING:
@@ -68,6 +75,7 @@ if TYPE_CHECKING:
 __all__ = ["HttpRoutes"]
 
 logger = logging.getLogger(__name__)
+_refusal_log = LogBudget()  # refused requests: anyone can cause them, so they are rate-limited
 
 _POLL_S = 0.1  # waiting loops look at Streamer.is_serving this often
 _FIRST_FRAME_WAIT_S = 2.0  # how long /snapshot.jpg waits for a first frame before a 503
@@ -250,6 +258,14 @@ class HttpRoutes:
             return
         exchange.send_response(200, body, "text/html; charset=utf-8", headers=_PAGE_HEADERS)
 
+    @functools.cached_property
+    def _frame_headers(self) -> dict[str, str]:
+        """Headers of the frame endpoints: never cached, and readable by other origins only if
+        the Streamer allows some (``Cross-Origin-Resource-Policy``, honoured by browsers for
+        ``<img>`` and ``fetch(no-cors)``, which carry no Origin header)."""
+        corp = "cross-origin" if self.streamer.allowed_origins else "same-origin"
+        return {**_NO_STORE, "Cross-Origin-Resource-Policy": corp}
+
     def _snapshot(self, exchange: HttpExchange) -> None:
         variant, _ = self._parse_query(exchange.request.query)
         frame = self.streamer.camera.latest() or self._wait_for_frame(0, _FIRST_FRAME_WAIT_S)
@@ -257,18 +273,19 @@ class HttpRoutes:
             exchange.send_response(
                 503,
                 b"no frame yet: the camera has not delivered one\n",
-                headers={"Retry-After": "1", **_NO_STORE},
+                headers={"Retry-After": "1", **self._frame_headers},
             )
             return
         try:
             encoded = self.streamer.cache.get(frame, variant)
         except EncodeBudgetExceeded:
             exchange.send_response(
-                503, b"server busy, try again\n", headers={"Retry-After": "1", **_NO_STORE}
+                503, b"server busy, try again\n",
+                headers={"Retry-After": "1", **self._frame_headers},
             )
             return
         self._count("snapshots")
-        exchange.send_response(200, encoded.data, "image/jpeg", headers=_NO_STORE)
+        exchange.send_response(200, encoded.data, "image/jpeg", headers=self._frame_headers)
 
     def _healthz(self, exchange: HttpExchange) -> None:
         """200 ``ok`` while frames flow, else 503 ``no frames``; no token: it reveals one bit."""
@@ -281,20 +298,21 @@ class HttpRoutes:
 
     def _stats_json(self, exchange: HttpExchange) -> None:
         body = json.dumps(self.streamer.stats(), indent=1).encode()
-        exchange.send_response(200, body, "application/json", headers=_NO_STORE)
+        exchange.send_response(200, body, "application/json", headers=self._frame_headers)
 
     def _stream(self, exchange: HttpExchange) -> None:
         variant, fps = self._parse_query(exchange.request.query)
+        head = {
+            "Content-Type": f"multipart/x-mixed-replace; boundary={_BOUNDARY}",
+            "X-Accel-Buffering": "no",  # tell nginx not to buffer the stream
+            **self._frame_headers,
+        }
+        if exchange.head_only:  # the headers a GET would get; no viewer place is taken
+            exchange.start_stream(200, head)
+            return
         try:
             with self._admitted(exchange.request, variant, fps) as stream:
-                exchange.start_stream(
-                    200,
-                    {
-                        "Content-Type": f"multipart/x-mixed-replace; boundary={_BOUNDARY}",
-                        "X-Accel-Buffering": "no",  # tell nginx not to buffer the stream
-                        **_NO_STORE,
-                    },
-                )
+                exchange.start_stream(200, head)
                 self._send_frames(exchange, stream)
         except _Full:
             self._count("mjpeg_full")
@@ -303,7 +321,9 @@ class HttpRoutes:
                 self.streamer.client_of(exchange.request).address,
             )
             exchange.send_response(
-                503, b"server full, try again later\n", headers={"Retry-After": "5", **_NO_STORE}
+                503,
+                b"server full, try again later\n",
+                headers={"Retry-After": "5", **self._frame_headers},
             )
 
     def _send_frames(self, exchange: HttpExchange, stream: _StreamStats) -> None:
@@ -354,11 +374,9 @@ class HttpRoutes:
             return False
         _, reason = refusal
         self._count("refused")
-        logger.info(
-            "HTTP %s from %s refused: %s",
-            exchange.request.path,
-            self.streamer.client_of(exchange.request).address,
-            reason,
+        _refusal_log.log(
+            logger, logging.INFO, "HTTP %s from %s refused: %s",
+            exchange.request.path, self.streamer.client_of(exchange.request).address, reason,
         )
         if "token" in reason:
             challenge = {"WWW-Authenticate": 'Bearer realm="camstream"'}

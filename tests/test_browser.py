@@ -9,9 +9,12 @@ these tests skip and say why.
 
 from __future__ import annotations
 
+import contextlib
+import http.server
 import os
 import shutil
 import tempfile
+import threading
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -204,3 +207,80 @@ def test_viewer_shows_camera_lost_and_restored(streamer_factory, page: Any, tmp_
     frames = stats(page)["frames"]
     wait_for(page, "(n) => camstreamStats.frames > n", frames)
     assert "live" in page.text_content("#state")
+
+
+@contextlib.contextmanager
+def foreign_site(html: str, host: str = "127.0.0.2") -> Iterator[str]:
+    """A second, unrelated web server (another address: another site) serving one page."""
+
+    class Page(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 - the http.server name
+            body = html.encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "text/html; charset=utf-8")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer((host, 0), Page)
+    thread = threading.Thread(target=server.serve_forever, args=(0.05,), name="foreign-site")
+    thread.start()
+    try:
+        yield f"http://{host}:{server.server_address[1]}/"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(TIMEOUT)
+        assert not thread.is_alive()
+
+
+EMBEDDING_PAGE = """<!doctype html><title>another site</title>
+<img id="snapshot" src="http://127.0.0.1:{port}/snapshot.jpg"
+     onload="window.snapshotDone = true" onerror="window.snapshotDone = true">
+<img id="stream" src="http://127.0.0.1:{port}/stream.mjpg"
+     onload="window.streamDone = true" onerror="window.streamDone = true">"""
+IMAGE_WIDTHS = """() => ({snapshot: document.getElementById("snapshot").naturalWidth,
+                          stream: document.getElementById("stream").naturalWidth})"""
+
+
+@pytest.mark.parametrize("allowed", [False, True], ids=["refused", "allowed-origin"])
+def test_a_page_of_another_site_gets_no_frames(streamer_factory, browser: Any, allowed) -> None:
+    """<img> tags on another site's page (issue #11 item 7); with ``allowed_origins`` they
+    work, which shows that the page would otherwise get frames."""
+    streamer = streamer_factory(
+        "test", width=160, height=120, fps=10,
+        allowed_origins=["http://127.0.0.2"] if allowed else None,
+    )
+    tab = browser.new_page()  # not the `page` fixture: refused images log console errors
+    try:
+        with foreign_site(EMBEDDING_PAGE.format(port=streamer.port)) as url:
+            tab.goto(url, timeout=WAIT_MS)
+            if allowed:
+                wait_for(tab, "() => document.getElementById('stream').naturalWidth > 0 "
+                              "&& window.snapshotDone")
+                assert tab.evaluate(IMAGE_WIDTHS) == {"snapshot": 160, "stream": 160}
+            else:
+                wait_for(tab, "() => window.snapshotDone && window.streamDone")
+                assert tab.evaluate(IMAGE_WIDTHS) == {"snapshot": 0, "stream": 0}
+                assert streamer.stats()["http"]["refused"] >= 2  # refused by the server
+                assert streamer.stats()["http"]["mjpeg_opened"] == 0
+    finally:
+        tab.close()
+
+
+def test_the_same_origin_can_still_read_frames(streamer_factory, page: Any) -> None:
+    """The viewer page's own origin fetches the snapshot and the stats (Sec-Fetch-Site:
+    same-origin), so the cross-site rule does not touch it."""
+    streamer = streamer_factory("test", width=160, height=120, fps=10)
+    page.goto(f"http://127.0.0.1:{streamer.port}/", timeout=WAIT_MS)
+    got = page.evaluate("""async () => {
+        const snapshot = await fetch("/snapshot.jpg");
+        const bytes = (await snapshot.arrayBuffer()).byteLength;
+        const stats = await (await fetch("/stats.json")).json();
+        return {status: snapshot.status, bytes, corp: snapshot.headers.get(
+            "cross-origin-resource-policy"), uptime: stats.uptime_s};
+    }""")
+    assert got["status"] == 200 and got["bytes"] > 1000 and got["corp"] == "same-origin", got

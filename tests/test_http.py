@@ -340,6 +340,88 @@ def test_foreign_origin_is_403(streamer_factory) -> None:
     assert streamer.stats()["http"]["refused"] == 2
 
 
+def raw_response(port: int, request: bytes) -> tuple[bytes, bytes]:
+    """Send ``request`` on a raw socket and read until the server closes: (head, rest)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT) as sock:
+        sock.sendall(request)
+        data = b""
+        for _ in range(10_000):
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+    head, _, rest = data.partition(b"\r\n\r\n")
+    return head, rest
+
+
+@pytest.mark.parametrize(
+    ("path", "content_type"),
+    [("/", "text/html"), ("/snapshot.jpg", "image/jpeg"), ("/stats.json", "application/json"),
+     ("/stream.mjpg", "multipart/x-mixed-replace; boundary=")],
+)
+def test_head_answers_the_headers_of_get_without_a_body(streamer_factory, path, content_type):
+    streamer = streamer_factory("test", width=160, height=120)
+    head, rest = raw_response(streamer.port, f"HEAD {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+                              .encode())
+    assert head.startswith(b"HTTP/1.1 200 ") and content_type.encode() in head
+    assert rest == b""  # and the server closed the connection: a HEAD of the stream ends
+    if path != "/stream.mjpg":
+        length = int(head.split(b"Content-Length: ")[1].split(b"\r\n")[0])
+        assert length > 0
+    assert streamer.stats()["http"]["mjpeg_active"] == 0
+
+
+@pytest.mark.parametrize(
+    ("host_lines", "status"),
+    [
+        ("", 400),
+        ("Host: \r\n", 400),
+        ("Host: 127.0.0.1\r\nHost: 127.0.0.1\r\n", 400),
+        ("Host: 127.0.0.1, evil.example\r\n", 400),
+        ("Host: 127.0.0.1\r\n", 200),
+    ],
+    ids=["none", "empty", "two", "comma-joined", "one"],
+)
+def test_host_header_must_be_one_valid_value(streamer_factory, host_lines, status) -> None:
+    streamer = streamer_factory("test", width=160, height=120)
+    head, _ = raw_response(streamer.port, f"GET /stats.json HTTP/1.1\r\n{host_lines}\r\n"
+                           .encode())
+    assert head.startswith(f"HTTP/1.1 {status} ".encode()), head
+
+
+def test_absolute_form_authority_is_checked_as_the_host(streamer_factory) -> None:
+    streamer = streamer_factory("test", width=160, height=120)
+    port = streamer.port
+    good = f"GET http://127.0.0.1:{port}/stats.json HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+    head, _ = raw_response(port, good.encode())
+    assert head.startswith(b"HTTP/1.1 200 ")
+    rebinding = f"GET http://evil.example:{port}/stats.json HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+    head, body = raw_response(port, rebinding.encode())
+    assert head.startswith(b"HTTP/1.1 403 ") and b"host not allowed" in body
+
+
+@pytest.mark.parametrize("path", ["/snapshot.jpg", "/stats.json", "/stream.mjpg"])
+def test_pages_of_other_sites_cannot_embed_frames(streamer_factory, path: str) -> None:
+    """An <img> on another site sends no Origin, but Sec-Fetch-Site (issue #11 item 7)."""
+    streamer = streamer_factory("test", width=160, height=120)
+    for site in ("cross-site", "same-site"):
+        refused = get(streamer.port, path, {"Sec-Fetch-Site": site})
+        assert refused.status == 403 and b"cross-site request not allowed" in refused.body
+    if path != "/stream.mjpg":
+        for site in ("same-origin", "none"):  # the viewer page; a typed URL or a bookmark
+            allowed = get(streamer.port, path, {"Sec-Fetch-Site": site})
+            assert allowed.status == 200
+            assert allowed.headers["cross-origin-resource-policy"] == "same-origin"
+
+
+def test_allowed_origins_may_embed_frames(streamer_factory) -> None:
+    streamer = streamer_factory("test", width=160, height=120,
+                                allowed_origins=["http://dashboard.example"])
+    response = get(streamer.port, "/snapshot.jpg", {"Sec-Fetch-Site": "cross-site"})
+    assert response.status == 200
+    assert response.headers["cross-origin-resource-policy"] == "cross-origin"
+
+
 def test_max_clients_counts_mjpeg_streams(streamer_factory) -> None:
     streamer = streamer_factory("test", width=160, height=120, max_clients=1)
     with MjpegReader(streamer.port) as first:

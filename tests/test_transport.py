@@ -155,7 +155,7 @@ def test_handshake_exposes_request(server: WebSocketServer, app: Recorder, quiet
 @pytest.mark.parametrize(
     "request_bytes, status, header",
     [
-        (upgrade_request(method="POST"), 405, ("allow", "GET")),
+        (upgrade_request(method="POST"), 405, ("allow", "GET, HEAD")),
         (upgrade_request(version="HTTP/1.0"), 505, None),
         (
             upgrade_request(extra={"Sec-WebSocket-Version": "8"}),
@@ -169,11 +169,21 @@ def test_handshake_exposes_request(server: WebSocketServer, app: Recorder, quiet
         (upgrade_request(extra={"Connection": "keep-alive"}), 400, None),
         (b"GET / HTTP/1.1\r\nHost x\r\n\r\n", 400, None),
         (b"GET /\r\n\r\n", 400, None),
-        (b"GET http://evil/ HTTP/1.1\r\nHost: x\r\n\r\n", 400, None),
+        (b"GET ftp://evil/ HTTP/1.1\r\nHost: x\r\n\r\n", 400, None),
+        (b"GET * HTTP/1.1\r\nHost: x\r\n\r\n", 400, None),
+        (b"GET evil:80 HTTP/1.1\r\nHost: x\r\n\r\n", 400, None),
+        (b"GET http://u@evil/ HTTP/1.1\r\nHost: x\r\n\r\n", 400, None),
+        (b"GET http://[::1/ HTTP/1.1\r\nHost: x\r\n\r\n", 400, None),
+        # RFC 9112 section 3.2: exactly one Host, with a valid value
+        (upgrade_request(drop=("Host",)), 400, None),
+        (upgrade_request(extra={"Host": ""}), 400, None),
+        (upgrade_request(extra={"Host": "a.example, b.example"}), 400, None),
+        (upgrade_request(extra={"Host": "a b"}), 400, None),
+        (upgrade_request(extra={"X": "y\r\nHost: second"}), 400, None),
         (b"GET /" + b"a" * 9000 + b" HTTP/1.1\r\n\r\n", 414, None),
         (b"GET / HTTP/1.1\r\nX: " + b"a" * 9000 + b"\r\n\r\n", 431, None),
         (b"GET / HTTP/1.1\r\n" + b"X: y\r\n" * 101 + b"\r\n", 431, None),
-        (b"DELETE / HTTP/1.1\r\nHost: x\r\n\r\n", 405, ("allow", "GET")),
+        (b"DELETE / HTTP/1.1\r\nHost: x\r\n\r\n", 405, ("allow", "GET, HEAD")),
     ],
 )
 def test_handshake_errors(
@@ -193,6 +203,30 @@ def test_handshake_errors(
             assert headers[header[0]] == header[1]
         assert c.expect_eof()
     assert app.opened.empty()
+
+
+def test_absolute_form_target_uses_its_authority_as_host(
+    server: WebSocketServer, app: Recorder
+) -> None:
+    """RFC 9112 section 3.2.2: the target's authority replaces the Host header."""
+    target = f"http://127.0.0.1:{server.port}/cam?fps=7"
+    with RawClient(server.port) as c:
+        c.handshake(target, extra={"Host": "ignored.example"})
+        conn = app.opened.get(timeout=TIMEOUT)
+    assert (conn.request.path, conn.request.query) == ("/cam", {"fps": "7"})
+    assert conn.request.headers.get_all("host") == [f"127.0.0.1:{server.port}"]
+
+
+def test_head_gets_headers_only(server: WebSocketServer, app: Recorder) -> None:
+    with RawClient(server.port) as c:
+        c.send(b"HEAD /nothing HTTP/1.1\r\nHost: x\r\n\r\n")
+        c.buf = b""
+        data = b""
+        while chunk := c.sock.recv(65536):
+            data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 404 ") and b"Content-Length: 10" in head
+    assert body == b""
 
 
 def test_authorize_rejects_with_status(server: WebSocketServer, app: Recorder, quiet: Any) -> None:
@@ -788,14 +822,31 @@ def test_many_empty_fragments_are_refused_with_1009(app: Recorder) -> None:
 
 def test_connections_beyond_the_cap_are_refused_before_they_cost_a_thread(app: Recorder) -> None:
     with run_server(app, max_connections=3) as server:
-        idle = [socket.create_connection(("127.0.0.1", server.port), TIMEOUT) for _ in range(3)]
+        clients = [RawClient(server.port) for _ in range(3)]
         try:
+            for client in clients:
+                client.handshake()
             with RawClient(server.port) as extra:
                 assert extra.expect_eof(), "a fourth connection was kept open"
         finally:
-            for sock in idle:
-                sock.close()
+            for client in clients:
+                client.close()
         # the slots come back once those connections are gone
         assert wait_until(lambda: server._active == 0)
         with RawClient(server.port) as client:
             assert client.handshake()
+
+
+def test_a_full_server_sheds_the_stalest_half_open_connection(app: Recorder) -> None:
+    """Sockets that never send a request cannot keep a real client out (issue #11 item 2)."""
+    with run_server(app, max_connections=3) as server:
+        silent = [RawClient(server.port) for _ in range(3)]
+        try:
+            assert wait_until(lambda: len(server._links) == 3)
+            with RawClient(server.port) as client:
+                client.handshake()
+            assert silent[0].expect_eof()  # the oldest one made room
+            assert server.admission_stats()["evicted"] >= 1
+        finally:
+            for sock in silent:
+                sock.close()
