@@ -41,10 +41,8 @@ def read_all(sock: socket.socket) -> bytes:
     return data
 
 
-@pytest.fixture(scope="module")
-def cert(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
-    """A self-signed certificate for localhost/127.0.0.1, made on the spot."""
-    d = tmp_path_factory.mktemp("tls")
+def self_signed_cert(d: Path) -> tuple[str, str]:
+    """Make a self-signed certificate for localhost/127.0.0.1 in ``d``: (cert, key) paths."""
     key, crt = d / "key.pem", d / "cert.pem"
     subprocess.run(
         [
@@ -70,6 +68,11 @@ def cert(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
         timeout=60,
     )
     return str(crt), str(key)
+
+
+@pytest.fixture(scope="module")
+def cert(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
+    return self_signed_cert(tmp_path_factory.mktemp("tls"))
 
 
 @pytest.fixture

@@ -1,0 +1,216 @@
+"""A server-side TLS channel on a plain socket, safe for one reader and many writers.
+
+Python's :class:`ssl.SSLSocket` lets one thread sit in ``SSL_read`` while another calls
+``SSL_write`` on the same ``SSL`` object. OpenSSL does not support that: when a TLS 1.3 peer
+sends a KeyUpdate, the reader writes the answer from inside ``SSL_read`` while a sender is in
+``SSL_write``, and the peer sees "bad record mac". :class:`TlsChannel` runs the TLS state
+machine on memory buffers (``ssl.MemoryBIO`` + :class:`ssl.SSLObject`) instead:
+
+* Every call into the ``SSLObject`` and its buffers happens under one lock (``_tls_lock``),
+  held only while encrypting or decrypting, never during socket I/O. One connection's TLS state
+  is driven by one thread at a time.
+* The reader receives raw bytes from the socket *outside* that lock, then feeds them in.
+* TLS records are written to the socket in the order they were produced. Whatever the TLS
+  engine produces (a sender's records, or the reader's KeyUpdate answers, session tickets and
+  alerts) is appended to one outgoing buffer, and only the holder of ``_write_lock`` moves bytes
+  from that buffer to the socket, holding it until they are written. A thread that releases
+  ``_write_lock`` checks the buffer again, so output the reader left while a sender held the
+  lock is never stranded; the reader never waits for a sender.
+
+The channel knows nothing about WebSocket or HTTP. Thread roles: one reader (the thread that
+ran :meth:`handshake`) calls :meth:`recv_into`; any number of threads call :meth:`sendall`.
+Shutting the socket down (``socket.shutdown``) wakes both.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import socket
+import ssl
+import threading
+import time
+
+__all__ = ["TlsChannel"]
+
+logger = logging.getLogger(__name__)
+
+_RECV_SIZE = 65536  # raw bytes read from the socket at a time
+_ENCRYPT_SIZE = 65536  # plaintext encrypted per lock hold: the reader waits at most this long
+
+
+class TlsChannel:
+    """Server-side TLS over the connected plain socket ``sock``.
+
+    Args:
+        sock: The accepted TCP socket. Its timeout applies to the channel's socket calls.
+        context: A server :class:`ssl.SSLContext`.
+    """
+
+    def __init__(self, sock: socket.socket, context: ssl.SSLContext) -> None:
+        self.sock = sock
+        self._incoming = ssl.MemoryBIO()
+        self._outgoing = ssl.MemoryBIO()
+        self._tls = context.wrap_bio(self._incoming, self._outgoing, server_side=True)
+        self._tls_lock = threading.Lock()  # guards _tls, _incoming and _outgoing
+        self._write_lock = threading.Lock()  # held while moving _outgoing to the socket
+        self._broken: BaseException | None = None  # a socket write failed: no more writes
+        self._eof = False
+        #: ``time.monotonic()`` when the socket write in progress started, or None. A write
+        #: blocked for too long means the peer does not read; the caller may shut it down.
+        self.write_started: float | None = None
+
+    @property
+    def version(self) -> str | None:
+        """The negotiated protocol (e.g. ``"TLSv1.3"``), or None before the handshake."""
+        with self._tls_lock:
+            return self._tls.version()
+
+    def handshake(self) -> None:
+        """Run the server side of the TLS handshake; the caller bounds it (socket timeout, or
+        shutting the socket down at a deadline).
+
+        Raises:
+            ssl.SSLError: the peer is not speaking TLS, or the handshake failed (any alert the
+                TLS engine produced has been sent, best effort).
+            OSError: the socket failed, timed out, or reached EOF (``ConnectionAbortedError``).
+        """
+        while True:
+            failure: ssl.SSLError | None = None
+            with self._tls_lock:
+                try:
+                    self._tls.do_handshake()
+                    done = True
+                except ssl.SSLWantReadError:
+                    done = False
+                except ssl.SSLError as exc:
+                    failure, done = exc, False
+            if failure is not None:
+                self._flush_quietly()  # the alert, if any; never plaintext
+                raise failure
+            self._flush()
+            if done:
+                return
+            data = self.sock.recv(_RECV_SIZE)
+            if not data:
+                raise ConnectionAbortedError("EOF during the TLS handshake")
+            with self._tls_lock:
+                self._incoming.write(data)
+
+    def recv_into(self, buffer: bytearray | memoryview) -> int:
+        """Reader thread: decrypt into ``buffer``; 0 at EOF (close_notify or TCP EOF).
+
+        Output the TLS engine produces while reading (KeyUpdate answers, alerts) is written to
+        the socket in order with the senders' records, without waiting for a blocked sender.
+
+        Raises:
+            ssl.SSLError: the peer sent a bad record (the connection is unusable).
+            OSError: the socket failed or timed out.
+        """
+        if not len(buffer):
+            return 0
+        while True:
+            with self._tls_lock:
+                try:
+                    count: int | None = self._tls.read(len(buffer), buffer)
+                except ssl.SSLWantReadError:
+                    count = None
+                except ssl.SSLZeroReturnError:  # close_notify
+                    count = 0
+                produced = self._outgoing.pending
+            if produced:
+                self._flush_quietly()
+            if count is not None:
+                return count
+            if self._eof:
+                return 0
+            data = self.sock.recv(_RECV_SIZE)
+            if not data:
+                self._eof = True  # a TCP EOF without close_notify ends the stream as well
+                return 0
+            with self._tls_lock:
+                self._incoming.write(data)
+
+    def sendall(self, *chunks: bytes | bytearray | memoryview) -> None:
+        """Encrypt ``chunks`` and write them completely, in order, as one unit.
+
+        Thread-safe. Blocks while another thread writes.
+
+        Raises:
+            OSError: the socket write failed (then every later call fails too: a record stream
+                cut in the middle cannot continue), or the channel is unusable.
+        """
+        with self._write_lock:
+            queued = 0
+            for chunk in chunks:
+                view = memoryview(chunk).cast("B")
+                for start in range(0, len(view), _ENCRYPT_SIZE):
+                    piece = view[start : start + _ENCRYPT_SIZE]
+                    with self._tls_lock:
+                        self._check_writable()
+                        self._tls.write(piece)  # a memory BIO takes it all at once
+                    queued += len(piece)
+                    if queued >= _ENCRYPT_SIZE:
+                        self._write_outgoing_locked()
+                        queued = 0
+            self._write_outgoing_locked()
+        self._flush()
+
+    def _check_writable(self) -> None:
+        if self._broken is not None:
+            raise BrokenPipeError(f"TLS channel is broken: {self._broken!r}")
+
+    def _write_outgoing_locked(self) -> None:
+        """Move everything produced so far to the socket; the caller holds ``_write_lock``."""
+        with self._tls_lock:
+            self._check_writable()
+            data = self._outgoing.read()
+        if not data:
+            return
+        self.write_started = time.monotonic()
+        try:
+            self.sock.sendall(data)
+        except BaseException as exc:
+            self._broken = exc
+            raise
+        finally:
+            self.write_started = None
+
+    def _flush(self) -> None:
+        """Write pending output unless another thread holds the write lock (it will write it:
+        every holder checks again after releasing)."""
+        while True:
+            with self._tls_lock:
+                if not self._outgoing.pending:
+                    return
+            if not self._write_lock.acquire(blocking=False):
+                return
+            try:
+                self._write_outgoing_locked()
+            finally:
+                self._write_lock.release()
+
+    def _flush_quietly(self) -> None:
+        """:meth:`_flush` for the reader: a failed write is remembered, not raised (the reader
+        learns of a dead socket from its own recv)."""
+        try:
+            self._flush()
+        except OSError as exc:
+            logger.debug("TLS output not sent: %r", exc)
+
+    def makefile(self) -> io.BufferedReader:
+        """A buffered binary reader over :meth:`recv_into` (for the reader thread only)."""
+        return io.BufferedReader(_TlsRawReader(self))
+
+
+class _TlsRawReader(io.RawIOBase):
+    """Raw stream adapter so ``io.BufferedReader`` (readline, read, read1) works on a channel."""
+
+    def __init__(self, channel: TlsChannel) -> None:
+        self._channel = channel
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: bytearray | memoryview) -> int:  # type: ignore[override]
+        return self._channel.recv_into(buffer)
