@@ -60,12 +60,6 @@ class TlsChannel:
         #: blocked for too long means the peer does not read; the caller may shut it down.
         self.write_started: float | None = None
 
-    @property
-    def version(self) -> str | None:
-        """The negotiated protocol (e.g. ``"TLSv1.3"``), or None before the handshake."""
-        with self._tls_lock:
-            return self._tls.version()
-
     def handshake(self) -> None:
         """Run the server side of the TLS handshake; the caller bounds it (socket timeout, or
         shutting the socket down at a deadline).
@@ -110,6 +104,7 @@ class TlsChannel:
         if not len(buffer):
             return 0
         while True:
+            failure: ssl.SSLError | None = None
             with self._tls_lock:
                 try:
                     count: int | None = self._tls.read(len(buffer), buffer)
@@ -117,9 +112,13 @@ class TlsChannel:
                     count = None
                 except ssl.SSLZeroReturnError:  # close_notify
                     count = 0
+                except ssl.SSLError as exc:  # a bad record: the engine queued an alert
+                    failure, count = exc, None
                 produced = self._outgoing.pending
             if produced:
                 self._flush_quietly()
+            if failure is not None:
+                raise failure
             if count is not None:
                 return count
             if self._eof:

@@ -18,11 +18,14 @@ Threads:
   ``server_close()``) sheds sockets whose ``sendall`` is blocked for longer than
   ``send_timeout``, enforces handshake and closing deadlines, and sends keepalive pings.
 
-TLS caveat (defect #15): with ``ssl_context``, the handler thread sits in ``SSL_read`` while sender
-threads call ``SSL_write`` on the same ``SSL`` object. OpenSSL does not support that officially
-(openssl/openssl#20446; python-engineio#461 reports spurious disconnects). It was not reproduced
-on this project's test machine, but **for production, terminate TLS in a reverse proxy** (Caddy,
-nginx, stunnel) and run camstream in plaintext on localhost. Built-in TLS is a convenience.
+TLS (defect #15): with ``ssl_context``, a connection's TLS runs in a
+:class:`~camstream.tlslink.TlsChannel` (``ssl.MemoryBIO`` + ``SSLObject``) above the plain
+socket, never in an ``SSLSocket``: an ``SSL`` object driven by a reader in ``SSL_read`` and a
+sender in ``SSL_write`` at once corrupts the stream when a TLS 1.3 peer sends a KeyUpdate. The
+channel lets one thread at a time touch the TLS state and writes records in the order they were
+produced. The handler thread runs the TLS handshake (within the handshake deadline), ``rfile``
+decrypts through the channel and :meth:`_Link.sendall` encrypts through it; ``_Link.sock`` stays
+the plain socket (shutdown, ``SIOCOUTQ``, the watchdog).
 """
 
 from __future__ import annotations
