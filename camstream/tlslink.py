@@ -37,6 +37,9 @@ logger = logging.getLogger(__name__)
 
 _RECV_SIZE = 65536  # raw bytes read from the socket at a time
 _ENCRYPT_SIZE = 65536  # plaintext encrypted per lock hold: the reader waits at most this long
+# The reader's own output (KeyUpdate answers...) waiting behind a blocked sender, beyond which the
+# reader stops reading until it is written: a peer cannot grow it by not reading.
+_MAX_READER_BACKLOG = 262144
 
 
 class TlsChannel:
@@ -59,6 +62,12 @@ class TlsChannel:
         #: ``time.monotonic()`` when the socket write in progress started, or None. A write
         #: blocked for too long means the peer does not read; the caller may shut it down.
         self.write_started: float | None = None
+
+    @property
+    def backlog(self) -> int:
+        """Bytes of TLS records produced but not yet handed to the socket."""
+        with self._tls_lock:
+            return self._outgoing.pending
 
     def handshake(self) -> None:
         """Run the server side of the TLS handshake; the caller bounds it (socket timeout, or
@@ -116,7 +125,7 @@ class TlsChannel:
                     failure, count = exc, None
                 produced = self._outgoing.pending
             if produced:
-                self._flush_quietly()
+                self._flush_quietly(wait=produced > _MAX_READER_BACKLOG)
             if failure is not None:
                 raise failure
             if count is not None:
@@ -175,25 +184,25 @@ class TlsChannel:
         finally:
             self.write_started = None
 
-    def _flush(self) -> None:
+    def _flush(self, wait: bool = False) -> None:
         """Write pending output unless another thread holds the write lock (it will write it:
-        every holder checks again after releasing)."""
+        every holder checks again after releasing); with ``wait``, wait for that lock."""
         while True:
             with self._tls_lock:
                 if not self._outgoing.pending:
                     return
-            if not self._write_lock.acquire(blocking=False):
+            if not self._write_lock.acquire(blocking=wait):
                 return
             try:
                 self._write_outgoing_locked()
             finally:
                 self._write_lock.release()
 
-    def _flush_quietly(self) -> None:
+    def _flush_quietly(self, wait: bool = False) -> None:
         """:meth:`_flush` for the reader: a failed write is remembered, not raised (the reader
         learns of a dead socket from its own recv)."""
         try:
-            self._flush()
+            self._flush(wait)
         except OSError as exc:
             logger.debug("TLS output not sent: %r", exc)
 

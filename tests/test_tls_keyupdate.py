@@ -15,16 +15,20 @@ import hashlib
 import os
 import shutil
 import ssl
+import struct
 import threading
+import time
 import weakref
 
 import pytest
+from conftest import wait_until
 from test_transport import TIMEOUT, Recorder, run_server
 from test_transport_tls import self_signed_cert
 from wsraw import RawClient
 
 from camstream.errors import ConnectionClosedError
 from camstream.frames import OP_BINARY
+from camstream.tlslink import _MAX_READER_BACKLOG
 from camstream.transport import Connection, make_ssl_context
 
 pytestmark = [
@@ -176,3 +180,58 @@ def test_key_updates_during_streaming_corrupt_nothing(
             for t in feeders:
                 t.join(TIMEOUT)
     assert not errors, errors
+
+
+@pytest.mark.skipif(LIBSSL is None, reason="libssl not loadable through ctypes")
+def test_key_update_flood_from_a_client_that_does_not_read_is_bounded(
+    cert: tuple[str, str],
+) -> None:
+    """A client that reads nothing and asks for a key update with every byte it sends: each
+    answer waits behind the blocked sender, and the server stops reading (instead of buffering
+    answers without limit) once they reach the reader's backlog limit."""
+    app = Recorder()
+    stop = threading.Event()
+    big = os.urandom(1 << 20)
+    # send_timeout is long so the blocked sender stays blocked while we look
+    with run_server(app, ssl_context=make_ssl_context(*cert), send_timeout=60) as srv:
+        client = KeyUpdatingClient(srv.port, cert[0])
+        client.handshake()
+        conn = app.opened.get(timeout=TIMEOUT)
+        feeder = threading.Thread(target=feed_one, args=(conn, big, stop))
+        feeder.start()
+        tls = conn._link.tls
+        assert tls is not None
+        peak = 0
+        try:
+            def sender_blocked() -> bool:
+                started = conn._link.send_started
+                return started is not None and time.monotonic() - started > 0.5
+
+            assert wait_until(sender_blocked), "the sender never blocked"
+            # A text frame of 65,000 bytes, sent one byte per KeyUpdate: application data keeps
+            # OpenSSL's own limit on consecutive key updates from ending the flood.
+            client.send(b"\x81\xfe" + struct.pack("!H", 65000) + b"\0\0\0\0")
+            for i in range(30_000):
+                try:
+                    client.key_update(requested=True)
+                    client.sock.send(b" ")
+                except OSError:
+                    break  # the client's own buffers are full: the server stopped reading
+                if i % 200 == 0:
+                    peak = max(peak, tls.backlog)
+            peak = max(peak, tls.backlog)
+        finally:
+            stop.set()
+            conn.abort()
+            feeder.join(TIMEOUT)
+            client.close()
+        assert not feeder.is_alive()
+    assert 0 < peak <= _MAX_READER_BACKLOG + 4096, peak
+
+
+def feed_one(conn: Connection, frame: bytes, stop: threading.Event) -> None:
+    while not stop.is_set():
+        try:
+            conn.send_binary(frame)
+        except ConnectionClosedError:
+            return

@@ -134,6 +134,22 @@ def test_wss_streaming_websocket_client(
     assert app.closed.get(timeout=TIMEOUT).close_code == 1000
 
 
+def test_wss_over_tls_1_2(tls_server: Any, cert: tuple[str, str], quiet: None) -> None:
+    """The channel is not TLS 1.3 only: a client that stops at TLS 1.2 streams as well."""
+    srv, app = tls_server
+    ctx = ssl.create_default_context(cafile=cert[0])
+    ctx.maximum_version = ssl.TLSVersion.TLSv1_2
+    with ws_connect(f"wss://localhost:{srv.port}/", ssl=ctx, max_size=2**20) as ws:
+        assert ws.socket.version() == "TLSv1.2"  # type: ignore[attr-defined]
+        conn = app.opened.get(timeout=TIMEOUT)
+        for _ in range(10):
+            data = os.urandom(300_000)
+            conn.send_binary(data)
+            assert ws.recv(timeout=TIMEOUT) == data
+        ws.send("echo:both ways")
+        assert ws.recv(timeout=TIMEOUT) == "both ways"
+
+
 def test_plaintext_client_on_tls_port_gets_nothing(
     tls_server: Any, client_ctx: ssl.SSLContext, quiet: None
 ) -> None:
