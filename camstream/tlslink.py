@@ -48,10 +48,16 @@ class TlsChannel:
     Args:
         sock: The accepted TCP socket. Its timeout applies to the channel's socket calls.
         context: A server :class:`ssl.SSLContext`.
+        wait_limit: The longest a write waits for another thread's write to finish, in seconds
+            (None: no limit). Whoever sheds stalled peers (the caller's watchdog) may itself
+            need to write; this keeps it from waiting forever behind a stalled write.
     """
 
-    def __init__(self, sock: socket.socket, context: ssl.SSLContext) -> None:
+    def __init__(
+        self, sock: socket.socket, context: ssl.SSLContext, wait_limit: float | None = None
+    ) -> None:
         self.sock = sock
+        self._wait_limit = -1.0 if wait_limit is None else wait_limit  # Lock.acquire's timeout
         self._incoming = ssl.MemoryBIO()
         self._outgoing = ssl.MemoryBIO()
         self._tls = context.wrap_bio(self._incoming, self._outgoing, server_side=True)
@@ -142,13 +148,16 @@ class TlsChannel:
     def sendall(self, *chunks: bytes | bytearray | memoryview) -> None:
         """Encrypt ``chunks`` and write them completely, in order, as one unit.
 
-        Thread-safe. Blocks while another thread writes.
+        Thread-safe. Waits (up to ``wait_limit``) while another thread writes.
 
         Raises:
+            TimeoutError: another thread's write did not finish within ``wait_limit``.
             OSError: the socket write failed (then every later call fails too: a record stream
                 cut in the middle cannot continue), or the channel is unusable.
         """
-        with self._write_lock:
+        if not self._write_lock.acquire(timeout=self._wait_limit):
+            raise TimeoutError("TLS write: another write is stalled")
+        try:
             queued = 0
             for chunk in chunks:
                 view = memoryview(chunk).cast("B")
@@ -162,6 +171,8 @@ class TlsChannel:
                         self._write_outgoing_locked()
                         queued = 0
             self._write_outgoing_locked()
+        finally:
+            self._write_lock.release()
         self._flush()
 
     def _check_writable(self) -> None:
@@ -191,7 +202,7 @@ class TlsChannel:
             with self._tls_lock:
                 if not self._outgoing.pending:
                     return
-            if not self._write_lock.acquire(blocking=wait):
+            if not self._write_lock.acquire(timeout=self._wait_limit if wait else 0):
                 return
             try:
                 self._write_outgoing_locked()

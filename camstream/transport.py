@@ -581,7 +581,7 @@ class WebSocketHandler(websocket_server.WebSocketHandler):
             if server.ssl_context is not None:
                 # TLS handshake in this thread; on failure the connection is dropped (the
                 # exception goes to handle_error, logged at DEBUG): never plaintext.
-                tls = TlsChannel(self.request, server.ssl_context)
+                tls = TlsChannel(self.request, server.ssl_context, server.send_timeout)
                 tls.handshake()
             socketserver.StreamRequestHandler.setup(self)
             if tls is not None:
