@@ -3,8 +3,8 @@
 Python's :class:`ssl.SSLSocket` lets one thread sit in ``SSL_read`` while another calls
 ``SSL_write`` on the same ``SSL`` object. OpenSSL does not support that: when a TLS 1.3 peer
 sends a KeyUpdate, the reader writes the answer from inside ``SSL_read`` while a sender is in
-``SSL_write``, and the peer sees "bad record mac". :class:`TlsChannel` runs the TLS state
-machine on memory buffers (``ssl.MemoryBIO`` + :class:`ssl.SSLObject`) instead:
+``SSL_write``, and the stream breaks ("bad record mac", a reset). :class:`TlsChannel` runs
+the TLS state machine on memory buffers (``ssl.MemoryBIO`` + :class:`ssl.SSLObject`) instead:
 
 * Every call into the ``SSLObject`` and its buffers happens under one lock (``_tls_lock``),
   held only while encrypting or decrypting, never during socket I/O. One connection's TLS state
@@ -15,7 +15,10 @@ machine on memory buffers (``ssl.MemoryBIO`` + :class:`ssl.SSLObject`) instead:
   alerts) is appended to one outgoing buffer, and only the holder of ``_write_lock`` moves bytes
   from that buffer to the socket, holding it until they are written. A thread that releases
   ``_write_lock`` checks the buffer again, so output the reader left while a sender held the
-  lock is never stranded; the reader never waits for a sender.
+  lock is never stranded. The reader does not wait for a sender, unless its own output has
+  backed up beyond ``_MAX_READER_BACKLOG`` (a peer that asks for key updates and never reads).
+* A write waits at most ``wait_limit`` for another thread's write, so a watchdog that needs to
+  write is never stuck behind a stalled one.
 
 The channel knows nothing about WebSocket or HTTP. Thread roles: one reader (the thread that
 ran :meth:`handshake`) calls :meth:`recv_into`; any number of threads call :meth:`sendall`.
@@ -110,7 +113,8 @@ class TlsChannel:
         """Reader thread: decrypt into ``buffer``; 0 at EOF (close_notify or TCP EOF).
 
         Output the TLS engine produces while reading (KeyUpdate answers, alerts) is written to
-        the socket in order with the senders' records, without waiting for a blocked sender.
+        the socket in order with the senders' records; it waits for a blocked sender only once
+        more than ``_MAX_READER_BACKLOG`` bytes of it are waiting.
 
         Raises:
             ssl.SSLError: the peer sent a bad record (the connection is unusable).
