@@ -29,6 +29,7 @@ from websockets.sync.client import connect as ws_connect
 from wsraw import RawClient, upgrade_request
 
 from camstream.errors import ConfigError, ConnectionClosedError, ServerError
+from camstream.tlslink import TlsChannel
 from camstream.transport import Connection, WebSocketServer, make_ssl_context
 
 pytestmark = [
@@ -349,3 +350,48 @@ def test_stop_closes_tls_viewers_with_1001(
                     ws.recv(timeout=TIMEOUT)
             assert info.value.rcvd is not None and info.value.rcvd.code == 1001
         assert time.monotonic() - started < 1.5
+
+
+def test_tls_channel_write_waits_bounded_and_never_follows_a_cut_stream(
+    cert: tuple[str, str], client_ctx: ssl.SSLContext
+) -> None:
+    """TlsChannel alone: behind a stalled write, another write gives up after wait_limit (the
+    watchdog must never wait forever); after a failed write, every write fails at once."""
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        client_raw = socket.create_connection(listener.getsockname(), timeout=TIMEOUT)
+        server_raw, _ = listener.accept()
+    channel = TlsChannel(server_raw, make_ssl_context(*cert), wait_limit=0.3)
+    handshake = threading.Thread(target=channel.handshake)
+    handshake.start()
+    client = client_ctx.wrap_socket(client_raw, server_hostname="localhost")
+    handshake.join(TIMEOUT)
+    failures: list[BaseException] = []
+
+    def stalled_write() -> None:
+        try:
+            channel.sendall(os.urandom(1 << 20) * 16)  # the client reads nothing
+        except OSError as exc:
+            failures.append(exc)
+
+    writer = threading.Thread(target=stalled_write)
+    try:
+        writer.start()
+        assert wait_until(
+            lambda: channel.write_started is not None
+            and time.monotonic() - channel.write_started > 0.2
+        )
+        started = time.monotonic()
+        with pytest.raises(TimeoutError):
+            channel.sendall(b"behind a stalled write")
+        assert 0.25 < time.monotonic() - started < 0.3 + 1.0
+        server_raw.shutdown(socket.SHUT_RDWR)  # what the watchdog does: the stalled write fails
+        writer.join(TIMEOUT)
+        assert failures and isinstance(failures[0], OSError)
+        with pytest.raises(OSError):
+            channel.sendall(b"never after a cut record stream")
+    finally:
+        with contextlib.suppress(OSError):
+            server_raw.shutdown(socket.SHUT_RDWR)
+        writer.join(TIMEOUT)
+        client.close()
+        server_raw.close()
