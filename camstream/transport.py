@@ -24,11 +24,14 @@ connection that has waited longest for its request is shed (see
 :meth:`WebSocketServer.verify_request`). The request's first line must arrive within
 ``first_line_timeout`` of the accept, its whole head within ``handshake_timeout``.
 
-TLS caveat (defect #15): with ``ssl_context``, the handler thread sits in ``SSL_read`` while sender
-threads call ``SSL_write`` on the same ``SSL`` object. OpenSSL does not support that officially
-(openssl/openssl#20446; python-engineio#461 reports spurious disconnects). It was not reproduced
-on this project's test machine, but **for production, terminate TLS in a reverse proxy** (Caddy,
-nginx, stunnel) and run camstream in plaintext on localhost. Built-in TLS is a convenience.
+TLS (defect #15): with ``ssl_context``, a connection's TLS runs in a
+:class:`~camstream.tlslink.TlsChannel` (``ssl.MemoryBIO`` + ``SSLObject``) above the plain
+socket, never in an ``SSLSocket``: an ``SSL`` object driven by a reader in ``SSL_read`` and a
+sender in ``SSL_write`` at once corrupts the stream when a TLS 1.3 peer sends a KeyUpdate. The
+channel lets one thread at a time touch the TLS state and writes records in the order they were
+produced. The handler thread runs the TLS handshake (within the handshake deadline), ``rfile``
+decrypts through the channel and :meth:`_Link.sendall` encrypts through it; ``_Link.sock`` stays
+the plain socket (shutdown, ``SIOCOUTQ``, the watchdog).
 """
 
 from __future__ import annotations
@@ -78,6 +81,7 @@ from .frames import (
 )
 from .httpmsg import TOKEN, HandshakeRejected, Headers, Request, http_head
 from .ratelimit import LogBudget, RateLimiter
+from .tlslink import TlsChannel
 
 # websocket_server calls logging.basicConfig() at import time (defect #17): remember the root
 # logger's handlers and level, import, and undo whatever the import added.
@@ -221,7 +225,8 @@ class _Link:
         self.sock = sock
         self.send_lock = threading.Lock()
         self._fd_lock = threading.Lock()  # orders shutdown() against close(): no fd-reuse race
-        self.send_started: float | None = None
+        self._send_started: float | None = None
+        self.tls: TlsChannel | None = None  # set by the handler after the TLS handshake
         self.deadline: float | None = deadline  # handshake or closing deadline (monotonic)
         self.writable = True
         self.timed_out = False
@@ -240,16 +245,29 @@ class _Link:
         """
         if not self.writable:
             raise ConnectionClosedError("connection is closed")
-        self.send_started = time.monotonic()
+        self._send_started = time.monotonic()
         try:
-            for chunk in chunks:
-                self.sock.sendall(chunk)
+            if self.tls is not None:
+                self.tls.sendall(*chunks)
+            else:
+                for chunk in chunks:
+                    self.sock.sendall(chunk)
         except (OSError, ValueError) as exc:
             self.abort()
             why = "send timed out" if self.timed_out else f"send failed: {exc}"
             raise ConnectionClosedError(why) from exc
         finally:
-            self.send_started = None
+            self._send_started = None
+
+    @property
+    def send_started(self) -> float | None:
+        """When the write in progress started (monotonic), or None; the watchdog sheds the
+        link when it is older than ``send_timeout``. With TLS this includes the reader's own
+        writes (KeyUpdate answers, alerts), which happen outside :meth:`sendall`."""
+        started = self._send_started
+        if started is None and self.tls is not None:
+            started = self.tls.write_started
+        return started
 
     def half_close(self) -> None:
         """``shutdown(SHUT_WR)`` on the raw socket (see :meth:`abort`); never raises."""
@@ -274,9 +292,9 @@ class _Link:
     def abort(self) -> None:
         """Mark dead and ``shutdown(SHUT_RDWR)``: wakes the reader and any blocked sender.
 
-        Calls ``socket.socket.shutdown`` directly: ``SSLSocket.shutdown`` would first drop its
-        SSL object, letting a concurrent ``sendall`` fall through to a *plaintext* write.
-        Idempotent, thread-safe, never raises.
+        ``sock`` is always the plain TCP socket (TLS runs above it in :attr:`tls`), so this
+        wakes a reader in ``recv`` and a sender in ``sendall`` alike. Idempotent, thread-safe,
+        never raises.
         """
         self.writable = False
         with self._fd_lock:
@@ -653,13 +671,19 @@ class WebSocketHandler(websocket_server.WebSocketHandler):
         # Registered first: the watchdog's handshake deadline covers the TLS handshake too.
         link = server._add_link(self.request)
         try:
+            tls = None
             if server.ssl_context is not None:
                 # TLS handshake in this thread; on failure the connection is dropped (the
                 # exception goes to handle_error, logged at DEBUG): never plaintext.
-                self.request = link.sock = server.ssl_context.wrap_socket(
-                    self.request, server_side=True
-                )
+                tls = TlsChannel(self.request, server.ssl_context, server.send_timeout)
+                tls.handshake()
             socketserver.StreamRequestHandler.setup(self)
+            if tls is not None:
+                # From here on every byte goes through the channel (#15): rfile decrypts, and
+                # the plaintext wfile is closed so nothing can write around TLS.
+                self.rfile.close()
+                self.wfile.close()
+                self.rfile, link.tls = tls.makefile(), tls
         except BaseException:
             self.request.close()
             server._remove_link(link)

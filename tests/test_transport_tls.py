@@ -4,25 +4,33 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import logging
 import os
 import shutil
 import socket
 import ssl
 import subprocess
+import threading
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import cv2
+import numpy as np
 import pytest
 import websocket  # websocket-client
+from conftest import wait_until
 from test_transport import TIMEOUT, Recorder, run_server
+from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect as ws_connect
 from wsraw import RawClient, upgrade_request
 
-from camstream.errors import ConfigError, ServerError
-from camstream.transport import WebSocketServer, make_ssl_context
+from camstream.errors import ConfigError, ConnectionClosedError, ServerError
+from camstream.tlslink import TlsChannel
+from camstream.transport import Connection, WebSocketServer, make_ssl_context
 
 pytestmark = [
     pytest.mark.timeout(60),
@@ -41,10 +49,8 @@ def read_all(sock: socket.socket) -> bytes:
     return data
 
 
-@pytest.fixture(scope="module")
-def cert(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
-    """A self-signed certificate for localhost/127.0.0.1, made on the spot."""
-    d = tmp_path_factory.mktemp("tls")
+def self_signed_cert(d: Path) -> tuple[str, str]:
+    """Make a self-signed certificate for localhost/127.0.0.1 in ``d``: (cert, key) paths."""
     key, crt = d / "key.pem", d / "cert.pem"
     subprocess.run(
         [
@@ -70,6 +76,11 @@ def cert(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
         timeout=60,
     )
     return str(crt), str(key)
+
+
+@pytest.fixture(scope="module")
+def cert(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
+    return self_signed_cert(tmp_path_factory.mktemp("tls"))
 
 
 @pytest.fixture
@@ -122,6 +133,22 @@ def test_wss_streaming_websocket_client(
         assert ws.recv() == data
     ws.close()
     assert app.closed.get(timeout=TIMEOUT).close_code == 1000
+
+
+def test_wss_over_tls_1_2(tls_server: Any, cert: tuple[str, str], quiet: None) -> None:
+    """The channel is not TLS 1.3 only: a client that stops at TLS 1.2 streams as well."""
+    srv, app = tls_server
+    ctx = ssl.create_default_context(cafile=cert[0])
+    ctx.maximum_version = ssl.TLSVersion.TLSv1_2
+    with ws_connect(f"wss://localhost:{srv.port}/", ssl=ctx, max_size=2**20) as ws:
+        assert ws.socket.version() == "TLSv1.2"  # type: ignore[attr-defined]
+        conn = app.opened.get(timeout=TIMEOUT)
+        for _ in range(10):
+            data = os.urandom(300_000)
+            conn.send_binary(data)
+            assert ws.recv(timeout=TIMEOUT) == data
+        ws.send("echo:both ways")
+        assert ws.recv(timeout=TIMEOUT) == "both ways"
 
 
 def test_plaintext_client_on_tls_port_gets_nothing(
@@ -178,3 +205,193 @@ def test_tls_handshake_failure_never_falls_back(tls_server: Any, quiet: None) ->
         c.send(b"\x16\x03\x01\x00\x05hello" + upgrade_request())  # broken ClientHello
         assert b"HTTP" not in read_all(c.sock)
     assert app.opened.empty()
+
+
+# -- The TLS channel (#15): handshake deadline, plaintext clients, shedding, stop() ------------
+
+
+def test_plaintext_request_on_tls_port_is_dropped_at_once(
+    tls_server: Any, caplog: pytest.LogCaptureFixture, quiet: None
+) -> None:
+    """Plain HTTP (a WebSocket upgrade, a snapshot GET) on the TLS port: dropped without
+    waiting for the handshake deadline, logged at DEBUG, never answered in plaintext."""
+    srv, app = tls_server
+    requests = (upgrade_request(), b"GET /snapshot.jpg HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+    for request in requests:
+        with RawClient(srv.port) as c:
+            started = time.monotonic()
+            c.send(request)
+            reply = read_all(c.sock)
+            assert time.monotonic() - started < srv.handshake_timeout / 2
+        assert b"HTTP" not in reply
+        assert not reply or reply[0] == 0x15  # nothing, or a TLS alert record
+    assert wait_until(lambda: not srv._links)
+
+    def dropped() -> list[logging.LogRecord]:
+        return [r for r in caplog.records if "dropped: SSLError" in r.getMessage()]
+
+    assert wait_until(lambda: len(dropped()) == len(requests))
+    assert all(r.levelno == logging.DEBUG and not r.exc_info for r in dropped())
+    assert not app.requests and app.opened.empty()
+
+
+def test_client_stalled_mid_tls_handshake_is_dropped_at_the_deadline(
+    tls_server: Any, cert: tuple[str, str], client_ctx: ssl.SSLContext, quiet: None
+) -> None:
+    """A real ClientHello, the server's whole first flight, then silence: the server hangs up
+    at handshake_timeout (1 s here), and serves others meanwhile."""
+    srv, app = tls_server
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    half = client_ctx.wrap_bio(incoming, outgoing, server_hostname="localhost")
+    with RawClient(srv.port) as stalled:
+        started = time.monotonic()
+        with pytest.raises(ssl.SSLWantReadError):
+            half.do_handshake()
+        stalled.send(outgoing.read())  # the ClientHello
+        flight = stalled.sock.recv(65536)
+        assert flight[:1] == b"\x16"  # a handshake record: the server answered
+        with ws_connect(f"wss://localhost:{srv.port}/", ssl=client_ctx) as ws:
+            ws.send("echo:meanwhile")
+            assert ws.recv(timeout=TIMEOUT) == "meanwhile"
+        assert stalled.expect_eof()  # never finished: dropped
+        elapsed = time.monotonic() - started
+    assert srv.handshake_timeout * 0.9 < elapsed < srv.handshake_timeout + 1.5, elapsed
+    assert wait_until(lambda: not srv._links)
+    assert len(app.requests) == 1  # only the other client got as far as HTTP
+
+
+def test_stalled_tls_reader_is_shed_while_others_keep_streaming(
+    cert: tuple[str, str], client_ctx: ssl.SSLContext, quiet: None
+) -> None:
+    """A wss viewer that stops reading blocks the sender: shed after send_timeout, while two
+    other wss viewers keep receiving every frame intact."""
+    app = Recorder()
+    payload = os.urandom(200_000)
+    with run_server(app, ssl_context=make_ssl_context(*cert), send_timeout=1.0) as srv:
+        stalled = RawClient(srv.port)
+        stalled.sock = client_ctx.wrap_socket(stalled.sock, server_hostname="localhost")
+        stalled.handshake()
+        stalled_conn = app.opened.get(timeout=TIMEOUT)
+        viewers = []
+        for _ in range(2):
+            viewers.append(
+                websocket.create_connection(
+                    f"wss://127.0.0.1:{srv.port}/", sslopt={"ca_certs": cert[0]}, timeout=TIMEOUT
+                )
+            )
+        conns = [stalled_conn] + [app.opened.get(timeout=TIMEOUT) for _ in viewers]
+        stop = threading.Event()
+        shed_at: list[float] = []
+
+        def feed(conn: Connection, period: float) -> None:
+            next_t = time.monotonic()
+            while not stop.is_set():
+                try:
+                    conn.send_binary(payload)
+                except ConnectionClosedError:
+                    shed_at.append(time.monotonic())
+                    return
+                next_t += period
+                stop.wait(max(0.0, next_t - time.monotonic()))
+
+        feeders = [threading.Thread(target=feed, args=(conn, 1 / 30)) for conn in conns]
+        t0 = time.monotonic()
+        for t in feeders:
+            t.start()
+        received = 0
+        try:
+            while time.monotonic() - t0 < 3.0:
+                for ws in viewers:
+                    assert ws.recv() == payload
+                received += 1
+        finally:
+            stop.set()
+            for t in feeders:
+                t.join(TIMEOUT)
+        # buffers fill in well under a second at 30 fps x 200 KB, then send_timeout (1 s)
+        assert shed_at and shed_at[0] - t0 < 1.0 + 2.5, shed_at
+        assert app.closed.get(timeout=TIMEOUT) is stalled_conn
+        assert received >= 0.8 * 30 * 3.0, received  # loose: 2-core machine, 3 TLS streams
+        for ws in viewers:
+            ws.close()
+        stalled.close()
+
+
+def test_stop_closes_tls_viewers_with_1001(
+    streamer_factory: Any, cert: tuple[str, str], client_ctx: ssl.SSLContext, quiet: None
+) -> None:
+    """A TLS Streamer end to end: wss viewers and HTTPS snapshot/MJPEG get whole JPEGs through
+    the channel, and stop() closes every wss viewer with 1001 at once."""
+    streamer = streamer_factory("test", certfile=cert[0], keyfile=cert[1], fps=30)
+    assert streamer.url.startswith("wss://")
+    base = f"https://127.0.0.1:{streamer.port}"
+    with urllib.request.urlopen(f"{base}/snapshot.jpg", context=client_ctx, timeout=TIMEOUT) as r:
+        assert cv2.imdecode(np.frombuffer(r.read(), np.uint8), cv2.IMREAD_COLOR) is not None
+    with contextlib.ExitStack() as stack:
+        mjpeg = stack.enter_context(
+            urllib.request.urlopen(f"{base}/stream.mjpg", context=client_ctx, timeout=TIMEOUT)
+        )
+        viewers = [
+            stack.enter_context(ws_connect(streamer.url, ssl=client_ctx, open_timeout=TIMEOUT))
+            for _ in range(3)
+        ]
+        for ws in viewers:
+            assert json.loads(ws.recv(timeout=TIMEOUT))["type"] == "metadata"
+            while isinstance(message := ws.recv(timeout=TIMEOUT), str):
+                pass
+            assert cv2.imdecode(np.frombuffer(message, np.uint8), cv2.IMREAD_COLOR) is not None
+        head = mjpeg.read(65536)
+        assert b"\xff\xd8" in head  # a JPEG part arrived over the same channel
+        started = time.monotonic()
+        streamer.stop()
+        for ws in viewers:
+            with pytest.raises(ConnectionClosed) as info:
+                while True:
+                    ws.recv(timeout=TIMEOUT)
+            assert info.value.rcvd is not None and info.value.rcvd.code == 1001
+        assert time.monotonic() - started < 1.5
+
+
+def test_tls_channel_write_waits_bounded_and_never_follows_a_cut_stream(
+    cert: tuple[str, str], client_ctx: ssl.SSLContext
+) -> None:
+    """TlsChannel alone: behind a stalled write, another write gives up after wait_limit (the
+    watchdog must never wait forever); after a failed write, every write fails at once."""
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        client_raw = socket.create_connection(listener.getsockname(), timeout=TIMEOUT)
+        server_raw, _ = listener.accept()
+    channel = TlsChannel(server_raw, make_ssl_context(*cert), wait_limit=0.3)
+    handshake = threading.Thread(target=channel.handshake)
+    handshake.start()
+    client = client_ctx.wrap_socket(client_raw, server_hostname="localhost")
+    handshake.join(TIMEOUT)
+    failures: list[BaseException] = []
+
+    def stalled_write() -> None:
+        try:
+            channel.sendall(os.urandom(1 << 20) * 16)  # the client reads nothing
+        except OSError as exc:
+            failures.append(exc)
+
+    writer = threading.Thread(target=stalled_write)
+    try:
+        writer.start()
+        assert wait_until(
+            lambda: channel.write_started is not None
+            and time.monotonic() - channel.write_started > 0.2
+        )
+        started = time.monotonic()
+        with pytest.raises(TimeoutError):
+            channel.sendall(b"behind a stalled write")
+        assert 0.25 < time.monotonic() - started < 0.3 + 1.0
+        server_raw.shutdown(socket.SHUT_RDWR)  # what the watchdog does: the stalled write fails
+        writer.join(TIMEOUT)
+        assert failures and isinstance(failures[0], OSError)
+        with pytest.raises(OSError):
+            channel.sendall(b"never after a cut record stream")
+    finally:
+        with contextlib.suppress(OSError):
+            server_raw.shutdown(socket.SHUT_RDWR)
+        writer.join(TIMEOUT)
+        client.close()
+        server_raw.close()

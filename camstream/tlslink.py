@@ -1,0 +1,239 @@
+"""A server-side TLS channel on a plain socket, safe for one reader and many writers.
+
+Python's :class:`ssl.SSLSocket` lets one thread sit in ``SSL_read`` while another calls
+``SSL_write`` on the same ``SSL`` object. OpenSSL does not support that: when a TLS 1.3 peer
+sends a KeyUpdate, the reader writes the answer from inside ``SSL_read`` while a sender is in
+``SSL_write``, and the stream breaks ("bad record mac", a reset). :class:`TlsChannel` runs
+the TLS state machine on memory buffers (``ssl.MemoryBIO`` + :class:`ssl.SSLObject`) instead:
+
+* Every call into the ``SSLObject`` and its buffers happens under one lock (``_tls_lock``),
+  held only while encrypting or decrypting, never during socket I/O. One connection's TLS state
+  is driven by one thread at a time.
+* The reader receives raw bytes from the socket *outside* that lock, then feeds them in.
+* TLS records are written to the socket in the order they were produced. Whatever the TLS
+  engine produces (a sender's records, or the reader's KeyUpdate answers, session tickets and
+  alerts) is appended to one outgoing buffer, and only the holder of ``_write_lock`` moves bytes
+  from that buffer to the socket, holding it until they are written. A thread that releases
+  ``_write_lock`` checks the buffer again, so output the reader left while a sender held the
+  lock is never stranded. The reader does not wait for a sender, unless its own output has
+  backed up beyond ``_MAX_READER_BACKLOG`` (a peer that asks for key updates and never reads).
+* A write waits at most ``wait_limit`` for another thread's write, so a watchdog that needs to
+  write is never stuck behind a stalled one.
+
+The channel knows nothing about WebSocket or HTTP. Thread roles: one reader (the thread that
+ran :meth:`handshake`) calls :meth:`recv_into`; any number of threads call :meth:`sendall`.
+Shutting the socket down (``socket.shutdown``) wakes both.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import socket
+import ssl
+import threading
+import time
+
+__all__ = ["TlsChannel"]
+
+logger = logging.getLogger(__name__)
+
+_RECV_SIZE = 65536  # raw bytes read from the socket at a time
+_ENCRYPT_SIZE = 65536  # plaintext encrypted per lock hold: the reader waits at most this long
+# The reader's own output (KeyUpdate answers...) waiting behind a blocked sender, beyond which the
+# reader stops reading until it is written: a peer cannot grow it by not reading.
+_MAX_READER_BACKLOG = 262144
+
+
+class TlsChannel:
+    """Server-side TLS over the connected plain socket ``sock``.
+
+    Args:
+        sock: The accepted TCP socket. Its timeout applies to the channel's socket calls.
+        context: A server :class:`ssl.SSLContext`.
+        wait_limit: The longest a write waits for another thread's write to finish, in seconds
+            (None: no limit). Whoever sheds stalled peers (the caller's watchdog) may itself
+            need to write; this keeps it from waiting forever behind a stalled write.
+    """
+
+    def __init__(
+        self, sock: socket.socket, context: ssl.SSLContext, wait_limit: float | None = None
+    ) -> None:
+        self.sock = sock
+        self._wait_limit = -1.0 if wait_limit is None else wait_limit  # Lock.acquire's timeout
+        self._incoming = ssl.MemoryBIO()
+        self._outgoing = ssl.MemoryBIO()
+        self._tls = context.wrap_bio(self._incoming, self._outgoing, server_side=True)
+        self._tls_lock = threading.Lock()  # guards _tls, _incoming and _outgoing
+        self._write_lock = threading.Lock()  # held while moving _outgoing to the socket
+        self._broken: BaseException | None = None  # a socket write failed: no more writes
+        self._eof = False
+        #: ``time.monotonic()`` when the socket write in progress started, or None. A write
+        #: blocked for too long means the peer does not read; the caller may shut it down.
+        self.write_started: float | None = None
+
+    @property
+    def backlog(self) -> int:
+        """Bytes of TLS records produced but not yet handed to the socket."""
+        with self._tls_lock:
+            return self._outgoing.pending
+
+    def handshake(self) -> None:
+        """Run the server side of the TLS handshake; the caller bounds it (socket timeout, or
+        shutting the socket down at a deadline).
+
+        Raises:
+            ssl.SSLError: the peer is not speaking TLS, or the handshake failed (any alert the
+                TLS engine produced has been sent, best effort).
+            OSError: the socket failed, timed out, or reached EOF (``ConnectionAbortedError``).
+        """
+        while True:
+            failure: ssl.SSLError | None = None
+            with self._tls_lock:
+                try:
+                    self._tls.do_handshake()
+                    done = True
+                except ssl.SSLWantReadError:
+                    done = False
+                except ssl.SSLError as exc:
+                    failure, done = exc, False
+            if failure is not None:
+                self._flush_quietly()  # the alert, if any; never plaintext
+                raise failure
+            self._flush()
+            if done:
+                return
+            data = self.sock.recv(_RECV_SIZE)
+            if not data:
+                raise ConnectionAbortedError("EOF during the TLS handshake")
+            with self._tls_lock:
+                self._incoming.write(data)
+
+    def recv_into(self, buffer: bytearray | memoryview) -> int:
+        """Reader thread: decrypt into ``buffer``; 0 at EOF (close_notify or TCP EOF).
+
+        Output the TLS engine produces while reading (KeyUpdate answers, alerts) is written to
+        the socket in order with the senders' records; it waits for a blocked sender only once
+        more than ``_MAX_READER_BACKLOG`` bytes of it are waiting.
+
+        Raises:
+            ssl.SSLError: the peer sent a bad record (the connection is unusable).
+            OSError: the socket failed or timed out.
+        """
+        if not len(buffer):
+            return 0
+        while True:
+            failure: ssl.SSLError | None = None
+            with self._tls_lock:
+                try:
+                    count: int | None = self._tls.read(len(buffer), buffer)
+                except ssl.SSLWantReadError:
+                    count = None
+                except ssl.SSLZeroReturnError:  # close_notify
+                    count = 0
+                except ssl.SSLError as exc:  # a bad record: the engine queued an alert
+                    failure, count = exc, None
+                produced = self._outgoing.pending
+            if produced:
+                self._flush_quietly(wait=produced > _MAX_READER_BACKLOG)
+            if failure is not None:
+                raise failure
+            if count is not None:
+                return count
+            if self._eof:
+                return 0
+            data = self.sock.recv(_RECV_SIZE)
+            if not data:
+                self._eof = True  # a TCP EOF without close_notify ends the stream as well
+                return 0
+            with self._tls_lock:
+                self._incoming.write(data)
+
+    def sendall(self, *chunks: bytes | bytearray | memoryview) -> None:
+        """Encrypt ``chunks`` and write them completely, in order, as one unit.
+
+        Thread-safe. Waits (up to ``wait_limit``) while another thread writes.
+
+        Raises:
+            TimeoutError: another thread's write did not finish within ``wait_limit``.
+            OSError: the socket write failed (then every later call fails too: a record stream
+                cut in the middle cannot continue), or the channel is unusable.
+        """
+        if not self._write_lock.acquire(timeout=self._wait_limit):
+            raise TimeoutError("TLS write: another write is stalled")
+        try:
+            queued = 0
+            for chunk in chunks:
+                view = memoryview(chunk).cast("B")
+                for start in range(0, len(view), _ENCRYPT_SIZE):
+                    piece = view[start : start + _ENCRYPT_SIZE]
+                    with self._tls_lock:
+                        self._check_writable()
+                        self._tls.write(piece)  # a memory BIO takes it all at once
+                    queued += len(piece)
+                    if queued >= _ENCRYPT_SIZE:
+                        self._write_outgoing_locked()
+                        queued = 0
+            self._write_outgoing_locked()
+        finally:
+            self._write_lock.release()
+        self._flush()
+
+    def _check_writable(self) -> None:
+        if self._broken is not None:
+            raise BrokenPipeError(f"TLS channel is broken: {self._broken!r}")
+
+    def _write_outgoing_locked(self) -> None:
+        """Move everything produced so far to the socket; the caller holds ``_write_lock``."""
+        with self._tls_lock:
+            self._check_writable()
+            data = self._outgoing.read()
+        if not data:
+            return
+        self.write_started = time.monotonic()
+        try:
+            self.sock.sendall(data)
+        except BaseException as exc:
+            self._broken = exc
+            raise
+        finally:
+            self.write_started = None
+
+    def _flush(self, wait: bool = False) -> None:
+        """Write pending output unless another thread holds the write lock (it will write it:
+        every holder checks again after releasing); with ``wait``, wait for that lock."""
+        while True:
+            with self._tls_lock:
+                if not self._outgoing.pending:
+                    return
+            if not self._write_lock.acquire(timeout=self._wait_limit if wait else 0):
+                return
+            try:
+                self._write_outgoing_locked()
+            finally:
+                self._write_lock.release()
+
+    def _flush_quietly(self, wait: bool = False) -> None:
+        """:meth:`_flush` for the reader: a failed write is remembered, not raised (the reader
+        learns of a dead socket from its own recv)."""
+        try:
+            self._flush(wait)
+        except OSError as exc:
+            logger.debug("TLS output not sent: %r", exc)
+
+    def makefile(self) -> io.BufferedReader:
+        """A buffered binary reader over :meth:`recv_into` (for the reader thread only)."""
+        return io.BufferedReader(_TlsRawReader(self))
+
+
+class _TlsRawReader(io.RawIOBase):
+    """Raw stream adapter so ``io.BufferedReader`` (readline, read, read1) works on a channel."""
+
+    def __init__(self, channel: TlsChannel) -> None:
+        self._channel = channel
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: bytearray | memoryview) -> int:  # type: ignore[override]
+        return self._channel.recv_into(buffer)
