@@ -91,8 +91,9 @@ class Streamer(BaseApplication):
         ping_interval, ping_timeout: keepalive for idle connections, in seconds (default 20
             and 20; ``ping_interval=None`` sends no pings).
         handshake_timeout: seconds from connect until the request head (and the TLS handshake)
-            must be complete (default 5); ``first_line_timeout``: until its first line must be
-            in (default 2).
+            must be complete (default 5).
+        first_line_timeout: seconds from connect until the request's first line must be in
+            (default 2).
         max_message_size: the largest message a client may send, in bytes (default 65536;
             larger ones are closed with 1009).
         max_connections_per_address: open connections one client address may hold (IPv6: one
