@@ -838,3 +838,18 @@ def test_a_full_server_sheds_the_stalest_half_open_connection(app: Recorder) -> 
         finally:
             for sock in silent:
                 sock.close()
+
+
+def test_websocket_server_messaging_api_is_not_offered(
+    server: WebSocketServer, app: Recorder
+) -> None:
+    """#19 and the compatibility API: the base's run_forever (sys.exit) and send_* are hidden."""
+    c, conn = open_raw(server, app)
+    with c:
+        for name in ("run_forever", "send_message", "send_message_to_all", "shutdown_gracefully",
+                     "deny_new_connections", "handler_to_client", "clients"):
+            assert not hasattr(server, name), name
+        for name in ("send_message", "_client"):
+            assert not hasattr(conn, name), name
+        conn.send_text("still works")
+        assert c.recv_frame() == (True, OP_TEXT, b"still works")

@@ -1,11 +1,11 @@
 """WebSocket transport: repaired subclasses of PyPI ``websocket-server`` 0.6.4.
 
-camstream's design builds on ``websocket_server.WebsocketServer`` / ``WebSocketHandler``. That
+camstream's design builds on websocket-server's ``WebsocketServer`` / ``WebSocketHandler``. That
 package cannot send binary frames, writes with ``send()`` instead of ``sendall()``, parses only
 half of RFC 6455, hijacks logging at import time and falls back to plaintext when TLS fails (see
 ``docs/websocket-server-fixes.md``, defects #1-#20). This package keeps its ``socketserver``
 plumbing and its thread-per-connection model, and replaces everything else. Only
-:mod:`~camstream.ws.upstream` imports ``websocket_server``.
+:mod:`~camstream.ws.upstream` imports websocket-server.
 
 Modules, one concern each:
 
