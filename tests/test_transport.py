@@ -853,3 +853,33 @@ def test_websocket_server_messaging_api_is_not_offered(
             assert not hasattr(conn, name), name
         conn.send_text("still works")
         assert c.recv_frame() == (True, OP_TEXT, b"still works")
+
+
+def test_the_ws_package_layout() -> None:
+    """One concern a module: websocket_server imported by ws/upstream.py only, no module over
+    500 lines, and each ws module imports only the ones listed before it in ws/__init__.py."""
+    import ast
+    import pathlib
+    import re
+
+    import camstream.ws
+
+    root = pathlib.Path(camstream.ws.__file__).parent.parent
+    doc = camstream.ws.__doc__ or ""
+    order = list(dict.fromkeys(re.findall(r"^\* :mod:`~camstream\.ws\.(\w+)`", doc, re.M)))
+    modules = sorted(p.stem for p in (root / "ws").glob("*.py") if p.stem != "__init__")
+    assert sorted(order) == modules
+    for path in root.rglob("*.py"):
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        imported = {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+        imported |= {n.module or "" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
+        if path.relative_to(root).as_posix() != "ws/upstream.py":
+            assert "websocket_server" not in imported, path
+        if path.parent.name == "ws":
+            assert len(path.read_text(encoding="utf-8").splitlines()) <= 500, path
+            if path.stem in order:
+                local = {  # "from .link import Link" -> "link"
+                    n.module for n in ast.walk(tree)
+                    if isinstance(n, ast.ImportFrom) and n.level == 1 and n.module in order
+                }
+                assert all(order.index(m) < order.index(path.stem) for m in local), path

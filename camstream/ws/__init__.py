@@ -57,8 +57,8 @@ stream when a TLS 1.3 peer sends a KeyUpdate. The handler thread runs the TLS ha
 the handshake deadline), ``rfile`` decrypts through the channel and :meth:`Link.sendall` encrypts
 through it; :attr:`Link.sock` stays the plain socket (shutdown, ``SIOCOUTQ``, the watchdog).
 
-Import graph (no cycles): frames, http, limits, upstream -> tls -> link -> connection,
-exchange -> application -> handler, watchdog -> server.
+No import cycles: each module imports only modules listed before it in the list above (and
+``camstream.errors`` / ``camstream.ratelimit``); ``tests/test_transport.py`` checks it.
 """
 
 from __future__ import annotations
