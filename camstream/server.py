@@ -28,7 +28,8 @@ from .protocol import CloseCode
 from .proxy import ClientView, is_trusted, parse_trusted_proxies, resolve
 from .ratelimit import LogBudget
 from .session import ClientSession, ClientSettings
-from .transport import (
+from .webroutes import HttpRoutes
+from .ws import (
     BaseApplication,
     Connection,
     HandshakeRejected,
@@ -37,7 +38,6 @@ from .transport import (
     WebSocketServer,
     make_ssl_context,
 )
-from .webroutes import HttpRoutes
 
 __all__ = ["Streamer"]
 

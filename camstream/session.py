@@ -27,7 +27,7 @@ from .protocol import CloseCode, ProtocolInputError
 from .ratelimit import RateLimiter  # noqa: F401 - public here since 0.1.0; used by transport
 
 if TYPE_CHECKING:
-    from .transport import Connection
+    from .ws import Connection
 
 __all__ = ["ClientSettings", "ClientSession", "RateLimiter"]
 

@@ -67,7 +67,7 @@ from .encoder import EncodeBudgetExceeded, Variant
 from .frame import Frame
 from .pacing import BEHIND_POLL_S, Pacer
 from .ratelimit import LogBudget
-from .transport import HttpExchange, Request
+from .ws import HttpExchange, Request
 
 if TYPE_CHECKING:
     from .server import Streamer

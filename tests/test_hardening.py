@@ -28,7 +28,7 @@ from wsraw import OP_PING, OP_PONG, OP_TEXT, RawClient
 
 from camstream import protocol
 from camstream.errors import ServerError
-from camstream.transport import make_ssl_context
+from camstream.ws import make_ssl_context
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -27,9 +27,9 @@ from test_transport_tls import self_signed_cert
 from wsraw import RawClient
 
 from camstream.errors import ConnectionClosedError
-from camstream.frames import OP_BINARY
-from camstream.tlslink import _MAX_READER_BACKLOG
-from camstream.transport import Connection, make_ssl_context
+from camstream.ws import Connection, make_ssl_context
+from camstream.ws.frames import OP_BINARY
+from camstream.ws.tls import _MAX_READER_BACKLOG
 
 pytestmark = [
     pytest.mark.timeout(120),
@@ -199,12 +199,12 @@ def test_key_update_flood_from_a_client_that_does_not_read_is_bounded(
         conn = app.opened.get(timeout=TIMEOUT)
         feeder = threading.Thread(target=feed_one, args=(conn, big, stop))
         feeder.start()
-        tls = conn._link.tls
+        tls = conn.link.tls
         assert tls is not None
         peak = 0
         try:
             def sender_blocked() -> bool:
-                started = conn._link.send_started
+                started = conn.link.send_started
                 return started is not None and time.monotonic() - started > 0.5
 
             assert wait_until(sender_blocked), "the sender never blocked"

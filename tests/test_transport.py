@@ -1,4 +1,4 @@
-"""Conformance tests for camstream.transport: real server, raw sockets and strict clients.
+"""Conformance tests for camstream.ws: real server, raw sockets and strict clients.
 
 Each test names the websocket-server defect (research/websocket-server.md, #1-#20) it guards.
 """
@@ -36,7 +36,7 @@ from wsraw import (
 )
 
 from camstream.errors import ConfigError, ConnectionClosedError, ServerError
-from camstream.transport import (
+from camstream.ws import (
     BaseApplication,
     Connection,
     HandshakeRejected,
@@ -103,7 +103,7 @@ def run_server(app: Any, **kwargs: Any) -> Iterator[WebSocketServer]:
         server.server_close()
         thread.join(TIMEOUT)
         assert not thread.is_alive()
-        assert not server._watchdog.is_alive()
+        assert not server.watchdog.is_alive()
 
 
 @pytest.fixture
@@ -214,7 +214,7 @@ def test_absolute_form_target_uses_its_authority_as_host(
         c.handshake(target, extra={"Host": "ignored.example"})
         conn = app.opened.get(timeout=TIMEOUT)
     assert (conn.request.path, conn.request.query) == ("/cam", {"fps": "7"})
-    assert conn.request.headers.get_all("host") == [f"127.0.0.1:{server.port}"]
+    assert conn.request.headers["host"] == f"127.0.0.1:{server.port}"  # one value only
 
 
 def test_head_gets_headers_only(server: WebSocketServer, app: Recorder) -> None:
@@ -339,7 +339,9 @@ def test_connect_and_close_is_quiet(
     with RawClient(server.port) as c:  # proves the server handled the above
         c.handshake()
     assert [
-        r for r in caplog.records if r.levelno > logging.DEBUG and r.name != "camstream.transport"
+        r
+        for r in caplog.records
+        if r.levelno > logging.DEBUG and not r.name.startswith("camstream.ws")
     ] == []
     assert [r for r in caplog.records if r.levelno > logging.INFO] == []
     assert not [r for r in caplog.records if r.exc_info]
@@ -596,30 +598,22 @@ def test_concurrent_senders_never_interleave(
         t.join(TIMEOUT)
 
 
-def test_base_class_api_sends_bytes_as_binary(
-    server: WebSocketServer, app: Recorder, quiet: Any
+def test_application_pings_carry_their_payload(
+    server: WebSocketServer, app: Recorder
 ) -> None:
-    """#1: stock sends valid-UTF-8 bytes as TEXT and refuses others; #14: multicast survives."""
-    (c1, conn1), (c2, conn2) = open_raw(server, app), open_raw(server, app)
-    with c1, c2:
-        assert {cl["id"] for cl in server.clients} == {conn1.id, conn2.id}
-        client = server.handler_to_client(conn1)
-        server.send_message(client, b"abc")
-        assert c1.recv_frame() == (True, OP_BINARY, b"abc")
-        server.send_message(client, b"\xff\xd8jpeg")
-        assert c1.recv_frame() == (True, OP_BINARY, b"\xff\xd8jpeg")
-        conn1.abort()
-        server.send_message_to_all("hi")  # conn1 is dead: skipped, conn2 still gets it
-        assert c2.recv_frame() == (True, OP_TEXT, b"hi")
-        conn2.send_ping(b"\x00\xff")
-        assert c2.recv_frame() == (True, OP_PING, b"\x00\xff")
+    c, conn = open_raw(server, app)
+    with c:
+        conn.send_ping(b"\x00\xff")
+        assert c.recv_frame() == (True, OP_PING, b"\x00\xff")
+        with pytest.raises(ValueError):
+            conn.send_ping(b"x" * 126)
 
 
 def test_socket_options(server: WebSocketServer, app: Recorder) -> None:
     c, conn = open_raw(server, app)
     with c:
-        assert conn._link.sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
-        assert conn._link.sock.gettimeout() is None  # reads block after the handshake (#13)
+        assert conn.link.sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+        assert conn.link.sock.gettimeout() is None  # reads block after the handshake (#13)
     assert server.request_queue_size >= 128 and server.daemon_threads
 
 
@@ -773,29 +767,23 @@ def test_bind_errors_and_ipv6(app: Recorder) -> None:
     srv6.server_close()  # idempotent
 
 
-def test_run_forever_threaded_and_shutdown_before_serve(app: Recorder) -> None:
+def test_shutdown_before_serve_forever_does_not_hang(app: Recorder) -> None:
     srv = WebSocketServer(app, port=0)
-    srv.shutdown()  # before serving: must not hang
-    srv.run_forever(threaded=True)  # base API: no sys.exit, no deprecated getName
-    assert srv.thread is not None
-    srv.thread.join(TIMEOUT)  # the early shutdown() made serve_forever return at once
-    srv2 = WebSocketServer(app, port=0)
-    srv2.run_forever(threaded=True)
-    with RawClient(srv2.port) as c:
-        c.handshake()
-        app.opened.get(timeout=TIMEOUT)
-    srv2.shutdown_gracefully()
-    assert srv2.thread is not None
-    srv2.thread.join(TIMEOUT)
-    assert not srv2.thread.is_alive()
-    srv.server_close()
+    try:
+        srv.shutdown()  # before serving: must not hang
+        thread = threading.Thread(target=srv.serve_forever, name="camstream-test-serve")
+        thread.start()
+        thread.join(TIMEOUT)  # the early shutdown() made serve_forever return at once
+        assert not thread.is_alive()
+    finally:
+        srv.server_close()
 
 
 def test_import_leaves_root_logging_alone() -> None:
     """#17: websocket_server calls logging.basicConfig() at import; #19: -W error clean."""
     code = (
         "import logging, sys; r = logging.getLogger(); before = (list(r.handlers), r.level);"
-        "import camstream.transport, websocket_server;"
+        "import camstream.ws, websocket_server;"
         "assert (list(r.handlers), r.level) == before, r.handlers;"
         "logging.basicConfig(level=logging.DEBUG); assert r.level == logging.DEBUG"
     )
@@ -832,7 +820,7 @@ def test_connections_beyond_the_cap_are_refused_before_they_cost_a_thread(app: R
             for client in clients:
                 client.close()
         # the slots come back once those connections are gone
-        assert wait_until(lambda: server._active == 0)
+        assert wait_until(lambda: server.admission_stats()["open"] == 0)
         with RawClient(server.port) as client:
             assert client.handshake()
 
@@ -842,7 +830,7 @@ def test_a_full_server_sheds_the_stalest_half_open_connection(app: Recorder) -> 
     with run_server(app, max_connections=3) as server:
         silent = [RawClient(server.port) for _ in range(3)]
         try:
-            assert wait_until(lambda: len(server._links) == 3)
+            assert wait_until(lambda: server.link_count() == 3)
             with RawClient(server.port) as client:
                 client.handshake()
             assert silent[0].expect_eof()  # the oldest one made room
@@ -850,3 +838,48 @@ def test_a_full_server_sheds_the_stalest_half_open_connection(app: Recorder) -> 
         finally:
             for sock in silent:
                 sock.close()
+
+
+def test_websocket_server_messaging_api_is_not_offered(
+    server: WebSocketServer, app: Recorder
+) -> None:
+    """#19 and the compatibility API: the base's run_forever (sys.exit) and send_* are hidden."""
+    c, conn = open_raw(server, app)
+    with c:
+        for name in ("run_forever", "send_message", "send_message_to_all", "shutdown_gracefully",
+                     "deny_new_connections", "handler_to_client", "clients"):
+            assert not hasattr(server, name), name
+        for name in ("send_message", "_client"):
+            assert not hasattr(conn, name), name
+        conn.send_text("still works")
+        assert c.recv_frame() == (True, OP_TEXT, b"still works")
+
+
+def test_the_ws_package_layout() -> None:
+    """One concern a module: websocket_server imported by ws/upstream.py only, no module over
+    500 lines, and each ws module imports only the ones listed before it in ws/__init__.py."""
+    import ast
+    import pathlib
+    import re
+
+    import camstream.ws
+
+    root = pathlib.Path(camstream.ws.__file__).parent.parent
+    doc = camstream.ws.__doc__ or ""
+    order = list(dict.fromkeys(re.findall(r"^\* :mod:`~camstream\.ws\.(\w+)`", doc, re.M)))
+    modules = sorted(p.stem for p in (root / "ws").glob("*.py") if p.stem != "__init__")
+    assert sorted(order) == modules
+    for path in root.rglob("*.py"):
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        imported = {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+        imported |= {n.module or "" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
+        if path.relative_to(root).as_posix() != "ws/upstream.py":
+            assert "websocket_server" not in imported, path
+        if path.parent.name == "ws":
+            assert len(path.read_text(encoding="utf-8").splitlines()) <= 500, path
+            if path.stem in order:
+                local = {  # "from .link import Link" -> "link"
+                    n.module for n in ast.walk(tree)
+                    if isinstance(n, ast.ImportFrom) and n.level == 1 and n.module in order
+                }
+                assert all(order.index(m) < order.index(path.stem) for m in local), path

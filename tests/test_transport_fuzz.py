@@ -33,7 +33,7 @@ from wsraw import (
 )
 
 from camstream.errors import ConnectionClosedError
-from camstream.transport import Connection
+from camstream.ws import Connection
 
 SEED = int(os.environ.get("CAMSTREAM_FUZZ_SEED", "20240611"))
 CASES = int(os.environ.get("CAMSTREAM_FUZZ_CASES", "2400"))

@@ -29,8 +29,7 @@ from websockets.sync.client import connect as ws_connect
 from wsraw import RawClient, upgrade_request
 
 from camstream.errors import ConfigError, ConnectionClosedError, ServerError
-from camstream.tlslink import TlsChannel
-from camstream.transport import Connection, WebSocketServer, make_ssl_context
+from camstream.ws import Connection, TlsChannel, WebSocketServer, make_ssl_context
 
 pytestmark = [
     pytest.mark.timeout(60),
@@ -225,7 +224,7 @@ def test_plaintext_request_on_tls_port_is_dropped_at_once(
             assert time.monotonic() - started < srv.handshake_timeout / 2
         assert b"HTTP" not in reply
         assert not reply or reply[0] == 0x15  # nothing, or a TLS alert record
-    assert wait_until(lambda: not srv._links)
+    assert wait_until(lambda: srv.link_count() == 0)
 
     def dropped() -> list[logging.LogRecord]:
         return [r for r in caplog.records if "dropped: SSLError" in r.getMessage()]
@@ -256,7 +255,7 @@ def test_client_stalled_mid_tls_handshake_is_dropped_at_the_deadline(
         assert stalled.expect_eof()  # never finished: dropped
         elapsed = time.monotonic() - started
     assert srv.handshake_timeout * 0.9 < elapsed < srv.handshake_timeout + 1.5, elapsed
-    assert wait_until(lambda: not srv._links)
+    assert wait_until(lambda: srv.link_count() == 0)
     assert len(app.requests) == 1  # only the other client got as far as HTTP
 
 

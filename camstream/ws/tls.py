@@ -22,19 +22,25 @@ the TLS state machine on memory buffers (``ssl.MemoryBIO`` + :class:`ssl.SSLObje
 
 The channel knows nothing about WebSocket or HTTP. Thread roles: one reader (the thread that
 ran :meth:`handshake`) calls :meth:`recv_into`; any number of threads call :meth:`sendall`.
-Shutting the socket down (``socket.shutdown``) wakes both.
+Shutting the socket down (``socket.shutdown``) wakes both. :func:`make_ssl_context` builds the
+server's context and says in words which certificate or key file is wrong.
 """
 
 from __future__ import annotations
 
 import io
 import logging
+import os
+import re
 import socket
 import ssl
 import threading
 import time
+from typing import cast
 
-__all__ = ["TlsChannel"]
+from ..errors import ServerError
+
+__all__ = ["TlsChannel", "make_ssl_context"]
 
 logger = logging.getLogger(__name__)
 
@@ -126,7 +132,8 @@ class TlsChannel:
             failure: ssl.SSLError | None = None
             with self._tls_lock:
                 try:
-                    count: int | None = self._tls.read(len(buffer), buffer)
+                    # with a buffer, read() returns the count (typeshed says bytes)
+                    count: int | None = cast(int, self._tls.read(len(buffer), buffer))
                 except ssl.SSLWantReadError:
                     count = None
                 except ssl.SSLZeroReturnError:  # close_notify
@@ -237,3 +244,68 @@ class _TlsRawReader(io.RawIOBase):
 
     def readinto(self, buffer: bytearray | memoryview) -> int:  # type: ignore[override]
         return self._channel.recv_into(buffer)
+
+
+def make_ssl_context(certfile: str, keyfile: str | None = None) -> ssl.SSLContext:
+    """Build the server's single TLS context (TLS 1.2+), loading the certificate chain now.
+
+    Args:
+        certfile: PEM file with the certificate (chain), and the private key if ``keyfile``
+            is not given.
+        keyfile: PEM file with the (unencrypted) private key.
+
+    Raises:
+        ServerError: a file is missing or unreadable, holds no PEM certificate / private key,
+            the key is encrypted or does not match the certificate; the message names the file
+            and says which of these it is.
+    """
+    for path in (certfile, keyfile):
+        if path is not None and not os.path.isfile(path):
+            raise ServerError(f"TLS file not found: {path}")
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    try:
+        # A password callback that refuses: OpenSSL would otherwise prompt on the terminal.
+        ctx.load_cert_chain(certfile, keyfile, password=_refuse_password)
+    except (OSError, ValueError, _EncryptedKey) as exc:
+        raise ServerError(_tls_file_problem(certfile, keyfile, exc)) from exc
+    return ctx
+
+
+class _EncryptedKey(Exception):
+    """Internal: the private key wants a password."""
+
+
+def _refuse_password() -> str:
+    raise _EncryptedKey
+
+
+def _tls_file_problem(certfile: str, keyfile: str | None, exc: BaseException) -> str:
+    """Say which TLS file is bad and why, in words (not ``[SSL] PEM lib (_ssl.c:3905)``)."""
+    key_path = keyfile or certfile
+    try:
+        with open(certfile, "rb") as f:
+            cert_text = f.read()
+        key_text = cert_text
+        if keyfile is not None:
+            with open(keyfile, "rb") as f:
+                key_text = f.read()
+    except OSError as err:
+        return f"cannot read TLS file {err.filename}: {err.strerror}"
+    if b"-----BEGIN CERTIFICATE-----" not in cert_text:
+        return (f"TLS certificate file {certfile} holds no PEM certificate "
+                f"(no '-----BEGIN CERTIFICATE-----' line)")
+    if not re.search(rb"-----BEGIN [A-Z ]*PRIVATE KEY-----", key_text):
+        if keyfile is None:
+            return (f"TLS certificate file {certfile} holds no PEM private key: give the key "
+                    f"file too (keyfile=..., --keyfile)")
+        return f"TLS key file {keyfile} holds no PEM private key"
+    if isinstance(exc, _EncryptedKey) or b"ENCRYPTED" in key_text:
+        return f"TLS private key {key_path} is encrypted: give an unencrypted key"
+    try:
+        ssl.create_default_context(cafile=certfile)
+    except (OSError, ValueError):
+        return f"TLS certificate file {certfile} holds a damaged PEM certificate"
+    if getattr(exc, "reason", None) == "KEY_VALUES_MISMATCH":
+        return f"TLS private key {key_path} does not belong to the certificate in {certfile}"
+    return f"TLS private key {key_path} is damaged, or of a kind this OpenSSL cannot use"
