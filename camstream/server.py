@@ -493,6 +493,11 @@ class Streamer(BaseApplication):
         time, its connections counted by their forwarded address once the headers are read."""
         return is_trusted(address, self.trusted_proxies)
 
+    def client_address(self, request: Request) -> str | None:
+        """Transport callback: the address a connection from a trusted proxy counts against
+        (the client it carries, from ``X-Forwarded-For`` / ``Forwarded``)."""
+        return self.client_of(request).address
+
     def url_for(self, request: Request) -> str:
         """The WebSocket URL as the client of ``request`` reaches it (through a proxy or not)."""
         client = self.client_of(request)

@@ -15,6 +15,7 @@ Modules, one concern each:
 * :mod:`~camstream.ws.upstream` - the websocket-server import and its logging repair.
 * :mod:`~camstream.ws.limits` - :class:`Limits`, what a connection is given instead of the server.
 * :mod:`~camstream.ws.link` - one socket: locked, stamped whole writes; abort and half-close.
+* :mod:`~camstream.ws.admission` - per-socket admission records; how client addresses count.
 * :mod:`~camstream.ws.connection` - :class:`Connection`: sending, closing, keepalive state.
 * :mod:`~camstream.ws.exchange` - :class:`HttpExchange`: a plain HTTP request's response.
 * :mod:`~camstream.ws.application` - the :class:`Application` callbacks and a do-nothing base.

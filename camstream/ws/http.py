@@ -124,7 +124,7 @@ _ABSOLUTE_SCHEMES = ("http", "https", "ws", "wss")
 
 
 def _origin_form(
-    target: str, items: list[tuple[str, str]]
+    target: str, items: list[tuple[str, str]], host_required: bool = True
 ) -> tuple[str, list[tuple[str, str]]]:
     """Check the request target and the Host header (RFC 9112 section 3.2).
 
@@ -133,15 +133,15 @@ def _origin_form(
     ``Host`` header, as RFC 9112 section 3.2.2 requires, so every Host rule applies to it.
 
     Raises:
-        HttpError: 400 for no ``Host``, several, an empty or malformed one, or a target that is
-            neither a path nor an absolute http(s)/ws(s) URL.
+        HttpError: 400 for no ``Host`` (when ``host_required``: HTTP/1.1), several, an empty or
+            malformed one, or a target that is neither a path nor an absolute http(s)/ws(s) URL.
     """
     hosts = [value for name, value in items if name.lower() == "host"]
-    if not hosts:
+    if not hosts and host_required:
         raise HttpError(400, "missing Host header")
     if len(hosts) > 1:
         raise HttpError(400, "more than one Host header")
-    if not _HOST.fullmatch(hosts[0]):
+    if hosts and not _HOST.fullmatch(hosts[0]):
         raise HttpError(400, "invalid Host header" if hosts[0] else "empty Host header")
     if target.startswith("/"):
         return target, items
@@ -205,15 +205,21 @@ class RequestParser:
     def request(self, remote_address: tuple[str, int]) -> Request:
         """The parsed request, once the head is complete.
 
+        HTTP/1.0 is accepted for plain requests (health checkers such as HAProxy's ``option
+        httpchk`` send them, often without ``Host``); a WebSocket upgrade needs HTTP/1.1.
+
         Raises:
-            HttpError: 505 for a version other than HTTP/1.1, 405 for a method other than GET and
-                HEAD, 400 for a bad target or Host header.
+            HttpError: 505 for a version other than HTTP/1.1 and 1.0 (or an upgrade in 1.0), 405
+                for a method other than GET and HEAD, 400 for a bad target or Host header.
         """
-        if self._version != "HTTP/1.1":
+        http10 = self._version == "HTTP/1.0"
+        if self._version != "HTTP/1.1" and not (
+            http10 and not any(name.lower() == "upgrade" for name, _ in self._items)
+        ):
             raise HttpError(505, "HTTP/1.1 required")
         if self.method not in _METHODS:
             raise HttpError(405, "only GET and HEAD are supported", {"Allow": "GET, HEAD"})
-        target, items = _origin_form(self._target, self._items)
+        target, items = _origin_form(self._target, self._items, host_required=not http10)
         path, _, query = target.partition("#")[0].partition("?")
         return Request(
             method=self.method,

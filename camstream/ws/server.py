@@ -10,8 +10,6 @@ shed (see :meth:`WebSocketServer.verify_request`).
 
 from __future__ import annotations
 
-import dataclasses
-import ipaddress
 import logging
 import os
 import socket
@@ -24,10 +22,11 @@ from collections.abc import Sequence
 from typing import Any
 
 from ..errors import ConfigError, ServerError
+from .admission import Slot, counted_form
 from .application import Application
 from .connection import Connection
 from .handler import WebSocketHandler
-from .http import Request
+from .http import HttpError, Request
 from .limits import Limits
 from .link import Link
 from .upstream import BaseServer
@@ -38,22 +37,6 @@ __all__ = ["WebSocketServer"]
 logger = logging.getLogger(__name__)
 
 _EVICTION_SLACK = 16  # shed connections may overlap new ones by this many until they are gone
-
-
-@dataclasses.dataclass(eq=False)
-class _Slot:
-    """Admission bookkeeping of one accepted socket, from accept until its thread has finished.
-
-    Created by :meth:`WebSocketServer.verify_request` in the accepting thread; the fields change
-    under the server's registry lock.
-    """
-
-    address: str | None  # what it counts against (None: exempt), see counted_address()
-    accepted: float  # time.monotonic() at accept
-    link: Link | None = None  # set once its handler thread has registered it
-    pending: bool = True  # the request has not been read yet: the eviction candidates
-    authenticated: bool = False  # the request carried the credential (app.authenticated)
-    evicted: bool = False
 
 
 class WebSocketServer(BaseServer):  # type: ignore[misc]
@@ -172,7 +155,7 @@ class WebSocketServer(BaseServer):  # type: ignore[misc]
         self.max_connections_per_address = per_address
         self.reserved_connections = reserved_connections
         self.first_line_timeout = min(first_line_timeout, handshake_timeout)
-        self._slots: dict[Any, _Slot] = {}  # accepted socket -> its admission record
+        self._slots: dict[Any, Slot] = {}  # accepted socket -> its admission record
         self._per_address: dict[str, int] = {}
         self._anonymous = 0  # accepted connections not (yet) known to be authenticated
         self._admission_counts = {"refused_full": 0, "refused_per_address": 0, "evicted": 0}
@@ -317,24 +300,17 @@ class WebSocketServer(BaseServer):  # type: ignore[misc]
     def counted_address(self, client_address: Any) -> str | None:
         """The address a connection from ``client_address`` counts against, or None if exempt.
 
-        The single place that decides it: the TCP peer's IP address; IPv6 peers by their /64
-        network (one host usually has a whole /64), IPv4-mapped IPv6 as the IPv4 address.
-        Peers the application calls trusted proxies (an optional ``is_trusted_proxy(address)
-        -> bool`` method) are exempt: their connections carry many clients.
+        The single place that decides it at accept time: the TCP peer's IP address (see
+        :func:`counted_form`). Peers the application calls trusted proxies (an optional
+        ``is_trusted_proxy(address) -> bool`` method) are exempt here: their connections carry
+        many clients, each counted by its own address once the request is read (see
+        :meth:`request_read`).
         """
         peer = str(client_address[0]) if isinstance(client_address, tuple) else ""
         is_trusted_proxy = getattr(self.app, "is_trusted_proxy", None)
         if peer and is_trusted_proxy is not None and is_trusted_proxy(peer):
             return None
-        try:
-            address = ipaddress.ip_address(peer.split("%", 1)[0])
-        except ValueError:
-            return str(client_address)
-        if isinstance(address, ipaddress.IPv6Address):
-            if address.ipv4_mapped is not None:
-                return str(address.ipv4_mapped)
-            return str(ipaddress.IPv6Network((address, 64), strict=False))
-        return str(address)
+        return counted_form(peer) if peer else str(client_address)
 
     def verify_request(self, request: Any, client_address: Any) -> bool:
         """Accepting thread: admit a socket before it costs a thread, or refuse it.
@@ -351,7 +327,7 @@ class WebSocketServer(BaseServer):  # type: ignore[misc]
           stalest half-open one); if there is none, the new socket is refused.
         """
         address = self.counted_address(client_address)
-        victim: _Slot | None = None
+        victim: Slot | None = None
         with self._lock:
             per_address = self.max_connections_per_address
             if address is not None and per_address is not None and (
@@ -371,7 +347,7 @@ class WebSocketServer(BaseServer):  # type: ignore[misc]
                     return False
                 victim.evicted = True
                 self._admission_counts["evicted"] += 1
-            self._slots[request] = _Slot(address, time.monotonic())
+            self._slots[request] = Slot(address, time.monotonic())
             self._active += 1
             self._anonymous += 1
             if address is not None:
@@ -393,9 +369,9 @@ class WebSocketServer(BaseServer):  # type: ignore[misc]
                 **self._admission_counts,
             }
 
-    def _stalest_pending_locked(self) -> _Slot | None:
+    def _stalest_pending_locked(self) -> Slot | None:
         """The registered connection that has waited longest for its request, if any."""
-        stalest: _Slot | None = None
+        stalest: Slot | None = None
         for slot in self._slots.values():
             if slot.pending and not slot.evicted and slot.link is not None and (
                 stalest is None or slot.accepted < stalest.accepted
@@ -411,16 +387,38 @@ class WebSocketServer(BaseServer):  # type: ignore[misc]
             link.deadline = slot.accepted + self.handshake_timeout
 
     def request_read(self, link: Link, request: Request) -> None:
-        """Handler thread: the request head is in; it may now use the reserved places."""
+        """Handler thread: the request head is in; it may now use the reserved places.
+
+        A connection from a trusted proxy (exempt at accept time) now counts against the
+        address of the client it carries, if the application names it (an optional
+        ``client_address(request) -> str | None`` method, e.g. from ``X-Forwarded-For``).
+
+        Raises:
+            HttpError: 503, that client already holds ``max_connections_per_address``.
+        """
         authenticated = bool(getattr(self.app, "authenticated", lambda _r: False)(request))
+        client_address = getattr(self.app, "client_address", None)
         with self._lock:
             slot = self._slots.get(link.sock)
-            if slot is None:
+            exempt = slot is not None and slot.address is None
+        carried = client_address(request) if exempt and client_address is not None else None
+        carried = counted_form(carried) if carried else None
+        with self._lock:
+            if slot is None or self._slots.get(link.sock) is not slot:
                 return
             slot.pending = False
             if authenticated and not slot.authenticated:
                 slot.authenticated = True
                 self._anonymous -= 1
+            per_address = self.max_connections_per_address
+            if carried is not None and per_address is not None:
+                if self._per_address.get(carried, 0) >= per_address:
+                    self._admission_counts["refused_per_address"] += 1
+                    raise HttpError(
+                        503, "too many connections from this client", {"Retry-After": "5"}
+                    )
+                slot.address = carried
+                self._per_address[carried] = self._per_address.get(carried, 0) + 1
 
     def process_request(self, request: Any, client_address: Any) -> None:
         try:
