@@ -25,7 +25,7 @@ headers GET would get; for ``/stream.mjpg`` the multipart headers, then the resp
 transport answers other methods with 405.
 
 Access rules: ``/snapshot.jpg``, ``/stream.mjpg`` and ``/stats.json`` follow the WebSocket rules
-(:meth:`Streamer.access_refusal`): a missing or wrong token is answered with 401 and ``WWW-
+(:class:`~camstream.policy.AccessPolicy`): a missing or wrong token is answered with 401 and ``WWW-
 Authenticate: Bearer``, a foreign ``Origin`` or ``Host`` with 403, and so is a request a browser
 marks as made by a page of another site (``Sec-Fetch-Site: cross-site`` or ``same-site``, as for
 an ``<img>`` on another page, which sends no Origin) unless the Streamer allows other origins.
@@ -60,17 +60,17 @@ import logging
 import threading
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping
+from typing import Any, Callable, Iterator, Mapping
 
 from . import protocol
-from .encoder import EncodeBudgetExceeded, Variant
+from .camera import CameraThread
+from .encoder import EncodeBudgetExceeded, EncodeCache, Variant
 from .frame import Frame
 from .pacing import BEHIND_POLL_S, Pacer
+from .policy import AccessPolicy
 from .ratelimit import LogBudget
+from .registry import ViewerRegistry
 from .transport import HttpExchange, Request
-
-if TYPE_CHECKING:
-    from .server import Streamer
 
 __all__ = ["HttpRoutes"]
 
@@ -147,13 +147,35 @@ class _Full(Exception):
 class HttpRoutes:
     """Answers plain HTTP GETs that are not WebSocket upgrades (see the module docstring).
 
-    Created by the :class:`~camstream.server.Streamer` it serves. :meth:`handle` runs in each
-    connection's own handler thread, any number at a time; :meth:`stats` and
-    :attr:`active_streams` are safe from any thread.
+    Created by the :class:`~camstream.server.Streamer`, which hands it what the endpoints
+    need. :meth:`handle` runs in each connection's own handler thread, any number at a time;
+    :meth:`stats` is safe from any thread.
+
+    Args:
+        camera, cache: the frames and the shared encode cache.
+        policy: who may watch (token, Origin, Host rules; which client a request is).
+        viewers: the registry where each MJPEG stream takes a ``max_clients`` place.
+        stats: the server's counters for ``/stats.json``.
+        websocket_url: the WebSocket URL as the client of a request reaches it (for ``/ws``).
+        serving: whether the server still serves (streams end soon after it turns False).
+        send_timeout: seconds a stream may be behind before it is dropped.
     """
 
-    def __init__(self, streamer: Streamer) -> None:
-        self.streamer = streamer
+    def __init__(
+        self,
+        *,
+        camera: CameraThread,
+        cache: EncodeCache,
+        policy: AccessPolicy,
+        viewers: ViewerRegistry[Any],
+        stats: Callable[[], dict[str, Any]],
+        websocket_url: Callable[[Request], str],
+        serving: Callable[[], bool],
+        send_timeout: float,
+    ) -> None:
+        self._camera, self._cache, self._policy, self._viewers = camera, cache, policy, viewers
+        self._server_stats, self._websocket_url = stats, websocket_url
+        self._serving, self._send_timeout = serving, send_timeout
         self._routes: dict[str, Callable[[HttpExchange], None]] = {
             "/snapshot.jpg": self._snapshot,
             "/stream.mjpg": self._stream,
@@ -198,7 +220,7 @@ class HttpRoutes:
         if path == "/ws":
             exchange.send_response(
                 426,
-                f"connect a WebSocket client to {self.streamer.url_for(request)}\n".encode(),
+                f"connect a WebSocket client to {self._websocket_url(request)}\n".encode(),
                 headers={"Upgrade": "websocket", "Sec-WebSocket-Version": "13"},
             )
             return
@@ -241,12 +263,6 @@ class HttpRoutes:
         )
         return result
 
-    @property
-    def active_streams(self) -> int:
-        """The number of open MJPEG streams (they count against ``max_clients``)."""
-        with self._lock:
-            return len(self._streams)
-
     # Endpoints
 
     def _page(self, exchange: HttpExchange) -> None:
@@ -263,12 +279,12 @@ class HttpRoutes:
         """Headers of the frame endpoints: never cached, and readable by other origins only if
         the Streamer allows some (``Cross-Origin-Resource-Policy``, honoured by browsers for
         ``<img>`` and ``fetch(no-cors)``, which carry no Origin header)."""
-        corp = "cross-origin" if self.streamer.allowed_origins else "same-origin"
+        corp = "cross-origin" if self._policy.other_origins_allowed else "same-origin"
         return {**_NO_STORE, "Cross-Origin-Resource-Policy": corp}
 
     def _snapshot(self, exchange: HttpExchange) -> None:
         variant, _ = self._parse_query(exchange.request.query)
-        frame = self.streamer.camera.latest() or self._wait_for_frame(0, _FIRST_FRAME_WAIT_S)
+        frame = self._camera.latest() or self._wait_for_frame(0, _FIRST_FRAME_WAIT_S)
         if frame is None:
             exchange.send_response(
                 503,
@@ -277,7 +293,7 @@ class HttpRoutes:
             )
             return
         try:
-            encoded = self.streamer.cache.get(frame, variant)
+            encoded = self._cache.get(frame, variant)
         except EncodeBudgetExceeded:
             exchange.send_response(
                 503, b"server busy, try again\n",
@@ -289,15 +305,15 @@ class HttpRoutes:
 
     def _healthz(self, exchange: HttpExchange) -> None:
         """200 ``ok`` while frames flow, else 503 ``no frames``; no token: it reveals one bit."""
-        frame = self.streamer.camera.latest()
-        limit = max(_HEALTHY_FRAME_AGE_S, 3.0 / self.streamer.camera.fps)
+        frame = self._camera.latest()
+        limit = max(_HEALTHY_FRAME_AGE_S, 3.0 / self._camera.fps)
         if frame is not None and time.monotonic() - frame.captured_monotonic <= limit:
             exchange.send_response(200, b"ok\n", headers=_NO_STORE)
         else:
             exchange.send_response(503, b"no frames\n", headers={"Retry-After": "1", **_NO_STORE})
 
     def _stats_json(self, exchange: HttpExchange) -> None:
-        body = json.dumps(self.streamer.stats(), indent=1).encode()
+        body = json.dumps(self._server_stats(), indent=1).encode()
         exchange.send_response(200, body, "application/json", headers=self._frame_headers)
 
     def _stream(self, exchange: HttpExchange) -> None:
@@ -318,7 +334,7 @@ class HttpRoutes:
             self._count("mjpeg_full")
             logger.info(
                 "MJPEG client from %s refused: server full",
-                self.streamer.client_of(exchange.request).address,
+                self._policy.client_of(exchange.request).address,
             )
             exchange.send_response(
                 503,
@@ -332,11 +348,10 @@ class HttpRoutes:
         Returns when the Streamer stops; raises ConnectionClosedError when the client leaves
         or its writes block for longer than ``send_timeout``.
         """
-        streamer = self.streamer
-        camera, cache = streamer.camera, streamer.cache
-        pacer = Pacer(streamer.send_timeout)
+        camera, cache = self._camera, self._cache
+        pacer = Pacer(self._send_timeout)
         seen = 0  # the newest frame looked at, sent or not
-        while streamer.is_serving:
+        while self._serving():
             wait = pacer.wait_s(time.monotonic(), camera.fps)
             if wait > 0 and not self._sleep(wait):
                 return
@@ -369,20 +384,21 @@ class HttpRoutes:
 
     def _refuse(self, exchange: HttpExchange) -> bool:
         """Answer 401 / 403 if the token or Origin rules refuse this request; True if so."""
-        refusal = self.streamer.access_refusal(exchange.request)
+        refusal = self._policy.refusal(exchange.request)
         if refusal is None:
             return False
-        _, reason = refusal
         self._count("refused")
         _refusal_log.log(
             logger, logging.INFO, "HTTP %s from %s refused: %s",
-            exchange.request.path, self.streamer.client_of(exchange.request).address, reason,
+            exchange.request.path, self._policy.client_of(exchange.request).address,
+            refusal.reason,
         )
-        if "token" in reason:
-            challenge = {"WWW-Authenticate": 'Bearer realm="camstream"'}
-            exchange.send_response(401, f"{reason}\n".encode(), headers=challenge)
-        else:
-            exchange.send_response(403, f"{reason}\n".encode())
+        challenge = (
+            {"WWW-Authenticate": 'Bearer realm="camstream"'} if refusal.unauthenticated else None
+        )
+        exchange.send_response(
+            refusal.http_status, f"{refusal.reason}\n".encode(), headers=challenge
+        )
         return True
 
     def _parse_query(self, query: Mapping[str, str]) -> tuple[Variant, float]:
@@ -401,7 +417,7 @@ class HttpRoutes:
             quality=settings.get("quality"),  # None: the source's JPEG as it is, or the default
             max_bytes=settings.get("max_bytes"),
         )
-        camera_fps = self.streamer.camera.fps
+        camera_fps = self._camera.fps
         return variant, min(settings.get("fps", camera_fps), camera_fps)
 
     @contextlib.contextmanager
@@ -411,11 +427,11 @@ class HttpRoutes:
         Raises:
             _Full: WebSocket viewers plus MJPEG streams already reach ``max_clients``.
         """
-        if not self.streamer.reserve_viewer():
+        if not self._viewers.reserve():
             raise _Full
-        variant = self.streamer.cache.assign(variant)  # the variant cap may give another
+        variant = self._cache.assign(variant)  # the variant cap may give another
         with self._lock:
-            address = self.streamer.client_of(request).address
+            address = self._policy.client_of(request).address
             stream = _StreamStats(next(self._stream_ids), address, fps, variant)
             self._streams[stream.id] = stream
             self._counters["mjpeg_opened"] += 1
@@ -423,8 +439,8 @@ class HttpRoutes:
         try:
             yield stream
         finally:
-            self.streamer.release_viewer()
-            self.streamer.cache.release(variant)
+            self._viewers.release()
+            self._cache.release(variant)
             with self._lock:
                 self._streams.pop(stream.id, None)
                 for key in self._ended:
@@ -439,8 +455,8 @@ class HttpRoutes:
     def _wait_for_frame(self, after_seq: int, timeout: float) -> Frame | None:
         """A frame newer than ``after_seq``, waiting up to ``timeout`` s while serving."""
         deadline = time.monotonic() + timeout
-        while self.streamer.is_serving and (left := deadline - time.monotonic()) > 0:
-            frame = self.streamer.camera.wait_for_frame(after_seq, min(left, _POLL_S))
+        while self._serving() and (left := deadline - time.monotonic()) > 0:
+            frame = self._camera.wait_for_frame(after_seq, min(left, _POLL_S))
             if frame is not None:
                 return frame
         return None
@@ -449,10 +465,10 @@ class HttpRoutes:
         """Sleep while serving; returns False if the Streamer stopped meanwhile."""
         deadline = time.monotonic() + seconds
         while (left := deadline - time.monotonic()) > 0:
-            if not self.streamer.is_serving:
+            if not self._serving():
                 return False
             time.sleep(min(left, _POLL_S))
-        return self.streamer.is_serving
+        return self._serving()
 
     def _count(self, name: str) -> None:
         with self._lock:

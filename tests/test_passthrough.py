@@ -155,7 +155,7 @@ def test_a_smaller_viewer_costs_one_decode_and_one_encode_per_frame_while_it_sta
         for i in range(3):
             streamer.publish_jpeg(jpeg := webcam_like_jpeg(i))
             assert native.next_frame() == jpeg
-        assert (streamer.camera.decodes, streamer.cache.encodes) == (0, 0)
+        assert (streamer.camera.decodes, streamer.stats()["encodes"]) == (0, 0)
 
         with Viewer(streamer, "?width=320") as small, Viewer(streamer, "?width=320") as small2:
             # Each starts with the frame that is there when it joins, frame 2.
@@ -168,13 +168,13 @@ def test_a_smaller_viewer_costs_one_decode_and_one_encode_per_frame_while_it_sta
             assert small.metadata["width"] == 320 and small.metadata["quality"] == 80
             assert native.metadata["quality"] is None
         # One decode and one encode per frame (2 to 8), however many small viewers.
-        assert (streamer.camera.decodes, streamer.cache.encodes) == (7, 7)
+        assert (streamer.camera.decodes, streamer.stats()["encodes"]) == (7, 7)
 
         assert wait_until(lambda: streamer.client_count == 1)
         for i in range(9, 14):
             streamer.publish_jpeg(jpeg := webcam_like_jpeg(i))
             assert native.next_frame() == jpeg
-        assert (streamer.camera.decodes, streamer.cache.encodes) == (7, 7)
+        assert (streamer.camera.decodes, streamer.stats()["encodes"]) == (7, 7)
 
 
 def test_a_byte_limit_the_frame_breaks_gets_reencoded_frames_under_it(streamer_factory) -> None:

@@ -124,7 +124,7 @@ def test_dht_less_frames_decode_in_chromium(streamer_factory, sources, page: Any
     assert seen["bitmap"] == seen["img"] == [640, 480]
     expected = opencv_decode(with_dht)[240, 320][::-1]  # BGR -> RGB
     assert np.abs(np.array(seen["pixel"], int) - expected.astype(int)).max() <= 8, seen
-    assert streamer.camera.decodes == 0 and streamer.cache.encodes == 0
+    assert streamer.camera.decodes == 0 and streamer.stats()["encodes"] == 0
 
 
 GODOT_SCRIPT = """\
@@ -178,7 +178,7 @@ def test_dht_less_frames_decode_in_godot(
     for size, err, width, height, *pixel in lines:
         assert (int(size), int(err), int(width), int(height)) == (len(without_dht), 0, 640, 480)
         assert np.abs(np.array(pixel, int) - expected).max() <= 8, (pixel, expected)
-    assert streamer.camera.decodes == 0 and streamer.cache.encodes == 0
+    assert streamer.camera.decodes == 0 and streamer.stats()["encodes"] == 0
 
 
 def test_the_godot_example_streams_passthrough_frames(
