@@ -21,6 +21,7 @@ from .camera import CameraThread, Frame, Source, describe_source
 from .devices import CaptureFactory
 from .encoder import EncodeCache
 from .errors import ConfigError
+from .mjpeg import MjpegStream
 from .pacing import CounterRates
 from .policy import AccessPolicy
 from .protocol import CloseCode
@@ -178,7 +179,7 @@ class Streamer:
                 fps * (max_variants + 1) if max_encodes_per_s is None else max_encodes_per_s
             ),
         )
-        self._viewers: ViewerRegistry[ClientSession] = ViewerRegistry(max_clients)
+        self._viewers: ViewerRegistry[ClientSession, MjpegStream] = ViewerRegistry(max_clients)
         self._rates = CounterRates()  # encodes and decodes per second
         self._stopped = threading.Event()
         self._http = HttpRoutes(
@@ -285,7 +286,8 @@ class Streamer:
         # that interrupted the first, __exit__ after stop()) runs the same idempotent steps, so
         # whichever finishes, everything is closed.
         self._stopped.set()
-        self._viewers.close()
+        for stream in self._viewers.close():
+            stream.stop()  # it ends in its HTTP handler thread; the transport joins that
         server = self._server
         if server is not None:
             server.shutdown()  # stop accepting; returns once serve_forever has left its loop
@@ -443,8 +445,8 @@ class Streamer:
 
     def _on_frame(self, frame: Frame) -> None:
         self._rates.sample(time.monotonic(), (self._cache.encodes, self._camera.decodes))
-        for session in self._viewers.sessions():
-            session.wake()
+        for viewer in self._viewers.all():
+            viewer.wake()
 
     def _on_camera_event(self, event: str, details: dict[str, Any]) -> None:
         message = {"type": event, "timestamp": protocol.iso_utc(), **details}

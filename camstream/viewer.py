@@ -144,9 +144,13 @@ class ViewerLoop:
         try:
             self._loop(output)
         finally:
-            if self._given is not None:
-                self._cache.release(self._given)
-                self._given = self._wanted = None
+            self.release()
+
+    def release(self) -> None:
+        """Give the variant back to the cache (the loop's thread, once it no longer runs)."""
+        if self._given is not None:
+            self._cache.release(self._given)
+            self._given = self._wanted = None
 
     def _loop(self, output: ViewerOutput) -> None:
         pacer, camera, stats = self._pacer, self._camera, self.stats

@@ -39,19 +39,18 @@ enforces the rules, so a visitor without the right token gets a page that says w
 with a Content-Security-Policy under which it loads nothing from elsewhere, and with ``Referrer-
 Policy: no-referrer`` so the token in its URL is never passed on.
 
-Every MJPEG stream follows the rules of a WebSocket viewer (``session.py``): it takes its JPEGs
-from the Streamer's shared :class:`~camstream.encoder.EncodeCache` (viewers of the same variant
-share one encode, whatever the protocol), always sends the newest frame and never one it already
-sent, is paced by its own clock (:class:`~camstream.pacing.Pacer`), skips frames while what it
-sent is still unacknowledged, and queues nothing itself: a reader that stops reading is dropped
-after ``send_timeout``. Streams end within :data:`_POLL_S` seconds of ``Streamer.stop()``.
-MJPEG streams count against ``max_clients`` together with the WebSocket viewers.
+Every MJPEG stream (:class:`~camstream.mjpeg.MjpegStream`) runs the loop of a WebSocket viewer
+(:class:`~camstream.viewer.ViewerLoop`): it takes its JPEGs from the shared
+:class:`~camstream.encoder.EncodeCache` (viewers of the same variant share one encode, whatever
+the protocol), always sends the newest frame and never one it already sent, is paced by its own
+clock, skips frames while what it sent is still unacknowledged, and queues nothing itself: a
+reader that stops reading is dropped after ``send_timeout``. Streams end as soon as the
+Streamer stops. MJPEG streams count against ``max_clients`` together with the WebSocket viewers
+(:class:`~camstream.registry.ViewerRegistry`).
 """
 
 from __future__ import annotations
 
-import contextlib
-import dataclasses
 import functools
 import importlib.resources
 import itertools
@@ -59,17 +58,16 @@ import json
 import logging
 import threading
 import time
-from dataclasses import dataclass
-from typing import Any, Callable, Iterator, Mapping
+from typing import Any, Callable, Mapping
 
 from . import protocol
 from .camera import CameraThread
 from .encoder import EncodeBudgetExceeded, EncodeCache, Variant
 from .frame import Frame
-from .pacing import BEHIND_POLL_S, Pacer
+from .mjpeg import BOUNDARY, MjpegStream
 from .policy import AccessPolicy
 from .ratelimit import LogBudget
-from .registry import ViewerRegistry
+from .registry import Admission, ViewerRegistry
 from .transport import HttpExchange, Request
 
 __all__ = ["HttpRoutes"]
@@ -77,11 +75,10 @@ __all__ = ["HttpRoutes"]
 logger = logging.getLogger(__name__)
 _refusal_log = LogBudget()  # refused requests: anyone can cause them, so they are rate-limited
 
-_POLL_S = 0.1  # waiting loops look at Streamer.is_serving this often
+_POLL_S = 0.1  # /snapshot.jpg's wait for a first frame looks at serving() this often
 _FIRST_FRAME_WAIT_S = 2.0  # how long /snapshot.jpg waits for a first frame before a 503
 _QUERY_FIELDS = frozenset({"fps", "quality", "width", "height", "max_bytes"})
 _HEALTHY_FRAME_AGE_S = 2.0  # /healthz: 200 while the newest frame is younger (or 3 periods)
-_BOUNDARY = "camstream-frame"  # the MJPEG part boundary; parts carry Content-Length too
 
 _NO_STORE = {"Cache-Control": "no-store, no-cache, must-revalidate", "Pragma": "no-cache"}
 _PAGE_HEADERS = {
@@ -107,41 +104,8 @@ def _static_file(name: str) -> bytes:
     return importlib.resources.files(__package__).joinpath("static", name).read_bytes()
 
 
-@dataclass
-class _StreamStats:
-    """Counters of one MJPEG stream, as reported in ``stats()["http"]["mjpeg_streams"]``."""
-
-    id: int
-    address: str
-    fps: float
-    variant: Variant
-    frames_sent: int = 0
-    frames_skipped: int = 0
-    bytes_sent: int = 0
-    connected_at: float = dataclasses.field(default_factory=time.time)
-
-    def info(self, now: float) -> dict[str, Any]:
-        return {
-            "id": self.id,
-            "address": self.address,
-            "fps": self.fps,
-            "width": self.variant.width,
-            "height": self.variant.height,
-            "quality": self.variant.quality,
-            "max_bytes": self.variant.max_bytes,
-            "frames_sent": self.frames_sent,
-            "frames_skipped": self.frames_skipped,
-            "bytes_sent": self.bytes_sent,
-            "connected_s": round(now - self.connected_at, 3),
-        }
-
-
 class _BadQuery(ValueError):
     """A query parameter could not be used; the message is the 400 response body."""
-
-
-class _Full(Exception):
-    """No room for another viewer under ``max_clients``."""
 
 
 class HttpRoutes:
@@ -167,7 +131,7 @@ class HttpRoutes:
         camera: CameraThread,
         cache: EncodeCache,
         policy: AccessPolicy,
-        viewers: ViewerRegistry[Any],
+        viewers: ViewerRegistry[Any, MjpegStream],
         stats: Callable[[], dict[str, Any]],
         websocket_url: Callable[[Request], str],
         serving: Callable[[], bool],
@@ -182,7 +146,6 @@ class HttpRoutes:
             "/stats.json": self._stats_json,
         }
         self._lock = threading.Lock()  # guards everything below
-        self._streams: dict[int, _StreamStats] = {}
         self._stream_ids = itertools.count(1)
         self._counters = {
             "requests": 0,
@@ -246,14 +209,15 @@ class HttpRoutes:
         stream since the start, open or ended.
         """
         now = time.time()
+        streams = self._viewers.streams()
         with self._lock:
-            streams = list(self._streams.values())
             result: dict[str, Any] = dict(self._counters)
             totals = dict(self._ended)
         for stream in streams:
-            totals["frames_sent"] += stream.frames_sent
-            totals["frames_skipped"] += stream.frames_skipped
-            totals["bytes_sent"] += stream.bytes_sent
+            stats = stream.stats
+            totals["frames_sent"] += stats.frames_sent
+            totals["frames_skipped"] += stats.frames_skipped
+            totals["bytes_sent"] += stats.bytes_sent
         result.update(
             mjpeg_active=len(streams),
             mjpeg_frames_sent=totals["frames_sent"],
@@ -319,66 +283,51 @@ class HttpRoutes:
     def _stream(self, exchange: HttpExchange) -> None:
         variant, fps = self._parse_query(exchange.request.query)
         head = {
-            "Content-Type": f"multipart/x-mixed-replace; boundary={_BOUNDARY}",
+            "Content-Type": f"multipart/x-mixed-replace; boundary={BOUNDARY}",
             "X-Accel-Buffering": "no",  # tell nginx not to buffer the stream
             **self._frame_headers,
         }
         if exchange.head_only:  # the headers a GET would get; no viewer place is taken
             exchange.start_stream(200, head)
             return
+        address = self._policy.client_of(exchange.request).address
+        with self._lock:
+            stream_id = next(self._stream_ids)
+        stream = MjpegStream(
+            stream_id, exchange, self._camera, self._cache, address=address, variant=variant,
+            fps=fps, stall_timeout=self._send_timeout,
+        )
         try:
-            with self._admitted(exchange.request, variant, fps) as stream:
-                exchange.start_stream(200, head)
-                self._send_frames(exchange, stream)
-        except _Full:
-            self._count("mjpeg_full")
-            logger.info(
-                "MJPEG client from %s refused: server full",
-                self._policy.client_of(exchange.request).address,
-            )
-            exchange.send_response(
-                503,
-                b"server full, try again later\n",
-                headers={"Retry-After": "5", **self._frame_headers},
-            )
-
-    def _send_frames(self, exchange: HttpExchange, stream: _StreamStats) -> None:
-        """The MJPEG loop: the newest frame, never one already sent, at the stream's rate.
-
-        Returns when the Streamer stops; raises ConnectionClosedError when the client leaves
-        or its writes block for longer than ``send_timeout``.
-        """
-        camera, cache = self._camera, self._cache
-        pacer = Pacer(self._send_timeout)
-        seen = 0  # the newest frame looked at, sent or not
-        while self._serving():
-            wait = pacer.wait_s(time.monotonic(), camera.fps)
-            if wait > 0 and not self._sleep(wait):
+            admission = self._viewers.add_stream(stream_id, stream)
+            if admission is Admission.CLOSED:
+                exchange.send_response(503, b"server shutting down\n", headers=self._frame_headers)
                 return
-            frame = camera.wait_for_frame(seen, _POLL_S)
-            if frame is None:
-                continue
-            seen = frame.seq
-            if not pacer.wants(frame.seq, frame.captured_monotonic, camera.fps):
-                continue
-            if pacer.behind(exchange.unsent_bytes(), time.monotonic()):
-                if pacer.stalled(time.monotonic()):
-                    logger.info("MJPEG stream %d dropped: it stopped reading", stream.id)
-                    return
-                if not self._sleep(BEHIND_POLL_S):
-                    return
-                continue
-            now = time.monotonic()
+            if admission is Admission.FULL:
+                self._count("mjpeg_full")
+                logger.info("MJPEG client from %s refused: server full", address)
+                exchange.send_response(
+                    503,
+                    b"server full, try again later\n",
+                    headers={"Retry-After": "5", **self._frame_headers},
+                )
+                return
+            self._count("mjpeg_opened")
+            logger.info("MJPEG stream %d opened by %s", stream_id, address)
             try:
-                encoded = cache.get(frame, stream.variant)
-            except EncodeBudgetExceeded:
-                continue  # the server's encode budget is spent: skip to a later frame
-            exchange.write(_part(encoded.data, encoded.captured_at))
-            stream.frames_skipped += pacer.sent(
-                frame.seq, len(encoded.data), now, stream.fps, camera.fps
-            )
-            stream.frames_sent += 1
-            stream.bytes_sent += len(encoded.data)
+                exchange.start_stream(200, head)
+                stream.run()
+            finally:
+                self._viewers.remove_stream(stream_id)
+                stats = stream.stats
+                with self._lock:
+                    for key in self._ended:
+                        self._ended[key] += getattr(stats, key)
+                logger.info(
+                    "MJPEG stream %d closed: %d frames sent, %d skipped",
+                    stream_id, stats.frames_sent, stats.frames_skipped,
+                )
+        finally:
+            stream.release()
 
     # Helpers
 
@@ -420,38 +369,6 @@ class HttpRoutes:
         camera_fps = self._camera.fps
         return variant, min(settings.get("fps", camera_fps), camera_fps)
 
-    @contextlib.contextmanager
-    def _admitted(self, request: Request, variant: Variant, fps: float) -> Iterator[_StreamStats]:
-        """Register an MJPEG stream for the duration of the block.
-
-        Raises:
-            _Full: WebSocket viewers plus MJPEG streams already reach ``max_clients``.
-        """
-        if not self._viewers.reserve():
-            raise _Full
-        variant = self._cache.assign(variant)  # the variant cap may give another
-        with self._lock:
-            address = self._policy.client_of(request).address
-            stream = _StreamStats(next(self._stream_ids), address, fps, variant)
-            self._streams[stream.id] = stream
-            self._counters["mjpeg_opened"] += 1
-        logger.info("MJPEG stream %d opened by %s", stream.id, stream.address)
-        try:
-            yield stream
-        finally:
-            self._viewers.release()
-            self._cache.release(variant)
-            with self._lock:
-                self._streams.pop(stream.id, None)
-                for key in self._ended:
-                    self._ended[key] += getattr(stream, key)
-            logger.info(
-                "MJPEG stream %d closed: %d frames sent, %d skipped",
-                stream.id,
-                stream.frames_sent,
-                stream.frames_skipped,
-            )
-
     def _wait_for_frame(self, after_seq: int, timeout: float) -> Frame | None:
         """A frame newer than ``after_seq``, waiting up to ``timeout`` s while serving."""
         deadline = time.monotonic() + timeout
@@ -461,28 +378,7 @@ class HttpRoutes:
                 return frame
         return None
 
-    def _sleep(self, seconds: float) -> bool:
-        """Sleep while serving; returns False if the Streamer stopped meanwhile."""
-        deadline = time.monotonic() + seconds
-        while (left := deadline - time.monotonic()) > 0:
-            if not self._serving():
-                return False
-            time.sleep(min(left, _POLL_S))
-        return self._serving()
-
     def _count(self, name: str) -> None:
         with self._lock:
             self._counters[name] += 1
 
-
-def _part(jpeg: bytes, captured_at: float) -> bytes:
-    """One multipart part: boundary line, part headers, the JPEG, CRLF.
-
-    ``X-Timestamp`` is the capture time in Unix seconds, as mjpg-streamer sends it; readers
-    that do not know it ignore it.
-    """
-    head = (
-        f"--{_BOUNDARY}\r\nContent-Type: image/jpeg\r\nContent-Length: {len(jpeg)}\r\n"
-        f"X-Timestamp: {captured_at:.6f}\r\n\r\n"
-    ).encode("ascii")
-    return head + jpeg + b"\r\n"

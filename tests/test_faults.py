@@ -33,6 +33,7 @@ from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
 from camstream import CloseCode, Streamer
+from camstream.session import ClientSession
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -424,21 +425,20 @@ def test_sigint_stops_the_command_cleanly_and_viewers_get_1001(tmp_path: Path) -
 # -- a crash in application code ---------------------------------------------------------------
 
 
-class CrashingStreamer(Streamer):
-    """An application that extends Streamer with its own control message, and has a bug in it."""
-
-    def on_text(self, conn: Any, text: str) -> None:
-        if json.loads(text).get("type") == "app_command":
-            raise RuntimeError("bug in the application's handler")
-        super().on_text(conn, text)
-
-
 def test_an_exception_in_an_application_callback_closes_that_client_with_1011_only(
-    caplog,
+    caplog, monkeypatch,
 ) -> None:
     # (The encoder-error path of the sender thread is covered in test_control.py; this is the
-    # transport's callback path, from a real client's message.)
-    streamer = CrashingStreamer("test", port=0, fps=30)
+    # transport's callback path, from a real client's message: a bug in the text handler.)
+    handle_text = ClientSession.handle_text
+
+    def crashing(self: ClientSession, text: str) -> None:
+        if json.loads(text).get("type") == "app_command":
+            raise RuntimeError("bug in the application's handler")
+        handle_text(self, text)
+
+    monkeypatch.setattr(ClientSession, "handle_text", crashing)
+    streamer = Streamer("test", port=0, fps=30)
     streamer.start()
     try:
         with connect(streamer.url, open_timeout=TIMEOUT) as victim, \
