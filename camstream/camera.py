@@ -450,6 +450,7 @@ class CameraThread:
             api = devices.backend_for_device(self._backend_name)
         else:
             api = devices.backend_for_stream(self._backend_name)
+        assert target is not None  # only push sources have none, and they are never opened
         with quiet_opencv():
             capture = self._create(target, api)
             if capture is None and not is_device and self._backend_name == "auto":

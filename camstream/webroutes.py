@@ -101,7 +101,7 @@ def _static_file(name: str) -> bytes:
     Raises:
         OSError: the file is not installed (a broken package).
     """
-    return importlib.resources.files(__package__).joinpath("static", name).read_bytes()
+    return importlib.resources.files(__package__).joinpath("static").joinpath(name).read_bytes()
 
 
 class _BadQuery(ValueError):
