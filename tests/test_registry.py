@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import threading
 
+from conftest import TIMEOUT
+
 from camstream.registry import Admission, ViewerRegistry
 
 
@@ -52,15 +54,15 @@ def test_racing_viewers_never_take_more_places_than_there_are() -> None:
     results: list[Admission] = []
 
     def arrive(key: int) -> None:
-        start.wait(timeout=10)
+        start.wait(timeout=TIMEOUT)
         add = registry.add_session if key % 2 else registry.add_stream
-        results.extend(add(key, Viewer()) for _ in range(1))
+        results.append(add(key, Viewer()))
 
     threads = [threading.Thread(target=arrive, args=(k,)) for k in range(8)]
     for thread in threads:
         thread.start()
     for thread in threads:
-        thread.join(10)
+        thread.join(TIMEOUT)
         assert not thread.is_alive()
     assert results.count(Admission.ADMITTED) == 5 and results.count(Admission.FULL) == 3
     assert len(registry.all()) == 5
