@@ -21,7 +21,7 @@ from typing import Any
 import cv2
 import numpy as np
 from conftest import TIMEOUT, stop_process, wait_until
-from test_faults import Counter, Publisher, RawViewer, running
+from helpers import Counter, Publisher, RawViewer, running
 from websocket import create_connection
 
 # -- helpers -----------------------------------------------------------------------------------

@@ -14,7 +14,7 @@ import time
 import numpy as np
 import pytest
 from conftest import TIMEOUT, wait_until
-from test_control import close_code_of, next_text
+from helpers import close_code_of, next_text
 from websockets.sync.client import connect
 from wsraw import RawClient
 

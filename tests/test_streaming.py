@@ -8,44 +8,18 @@ import re
 import threading
 import time
 from pathlib import Path
-from typing import Any
 
-import cv2
 import numpy as np
 import pytest
 import websocket  # websocket-client
 from conftest import TIMEOUT
+from helpers import decode_jpeg, receive_for
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
 from camstream import CloseCode, Streamer
 
 ISO_UTC = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$")
-
-
-def decode_jpeg(data: bytes) -> np.ndarray:
-    assert isinstance(data, bytes), f"expected a binary message, got {data!r:.80}"
-    assert data[:2] == b"\xff\xd8" and data[-2:] == b"\xff\xd9", "not a whole JPEG file"
-    image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
-    assert image is not None, "JPEG does not decode"
-    return image
-
-
-def receive_for(ws: Any, seconds: float) -> tuple[list[dict], list[bytes]]:
-    """Collect messages from a websockets client for ``seconds``."""
-    texts: list[dict] = []
-    frames: list[bytes] = []
-    deadline = time.monotonic() + seconds
-    while (left := deadline - time.monotonic()) > 0:
-        try:
-            message = ws.recv(timeout=left)
-        except TimeoutError:
-            break
-        if isinstance(message, bytes):
-            frames.append(message)
-        else:
-            texts.append(json.loads(message))
-    return texts, frames
 
 
 def test_metadata_first_then_whole_jpegs(streamer_factory) -> None:

@@ -21,7 +21,7 @@ from typing import Iterator
 import numpy as np
 import pytest
 from conftest import TIMEOUT, wait_until
-from test_http import get
+from helpers import get
 from test_passthrough import Viewer
 from wsraw import RawClient
 
