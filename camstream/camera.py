@@ -22,7 +22,6 @@ from __future__ import annotations
 import enum
 import logging
 import math
-import os
 import threading
 import time
 from typing import Callable, Iterable, Mapping
@@ -30,8 +29,8 @@ from typing import Callable, Iterable, Mapping
 import cv2
 import numpy as np
 
-from . import devices
-from .controls import ControlResult, ControlValue, apply_controls, parse_controls
+from .capture import CaptureOpener
+from .controls import ControlResult, ControlValue
 from .devices import CaptureFactory, CaptureMode, VideoCaptureLike
 from .errors import ConfigError, SourceError
 from .frame import Frame
@@ -42,10 +41,8 @@ from .sources import (
     Source,
     SourceKind,
     classify,
-    complete_size,
     describe_source,
     is_buffer,
-    quiet_opencv,
 )
 from .testpattern import TestPattern
 
@@ -138,14 +135,10 @@ class CameraThread:
                 raise ConfigError(f"{name} must be a whole number of pixels, not {value!r}")
             if not 16 <= value <= MAX_SIDE:
                 raise ConfigError(f"{name} must be 16 to {MAX_SIDE} pixels, not {value}")
-        self._pixel_format_name = pixel_format
-        self._pixel_format = devices.pixel_format_code(pixel_format)
-        self._backend_name = devices.check_backend(backend)
-        self._camera_settings = parse_controls(camera_settings)
-        self._factory: CaptureFactory = capture_factory or devices.opencv_capture
-        self._given_size = (width, height)
-        self._requested_size = complete_size(width, height, 4, 3)
-        self._requested_fps = float(fps)
+        self._opener = CaptureOpener(
+            pixel_format=pixel_format, backend=backend, camera_settings=camera_settings,
+            capture_factory=capture_factory, size=(width, height), fps=float(fps),
+        )
         self._loop = loop
         self._reconnect_delay_max = reconnect_delay_max
         self._retry_delay = 0.25
@@ -160,9 +153,9 @@ class CameraThread:
         self._pattern: TestPattern | None = None
         self._listeners: list[CameraListener] = []
         self._frame_listeners: list[Callable[[Frame], None]] = []
-        self.width = self._requested_size[0] or _DEFAULT_SIZE[0]
-        self.height = self._requested_size[1] or _DEFAULT_SIZE[1]
-        self.fps = self._requested_fps
+        self.width = self._opener.requested_size[0] or _DEFAULT_SIZE[0]
+        self.height = self._opener.requested_size[1] or _DEFAULT_SIZE[1]
+        self.fps = float(fps)
         self.mode: CaptureMode | None = None
         """What the source granted at the last open (format, size, fps, passthrough, backend);
         None for the test pattern and pushed frames."""
@@ -432,121 +425,23 @@ class CameraThread:
             self._kind, self._target, self.source = SourceKind.TEST, "test", "test"
 
     def _open_capture(self, first_time: bool) -> VideoCaptureLike:
-        """Open the capture, negotiate its mode, apply the camera settings, read them back."""
-        description = describe_source(self.source)
-        target = self._target
-        if self._kind is SourceKind.FILE and not os.path.exists(str(target)):
-            raise SourceError(
-                self.source,
-                f"cannot open {description}: no such file. Give an existing video file, a "
-                f"stream URL, a camera index, or 'test' for the built-in test pattern.",
-            )
-        is_device = self._kind is SourceKind.DEVICE
-        if is_device and isinstance(target, str):
-            # A stable name (/dev/v4l/by-id/...) points at whichever /dev/videoN the camera got
-            # this time it was plugged in: resolve it at every open.
-            target = os.path.realpath(target)
-        if is_device:
-            api = devices.backend_for_device(self._backend_name)
-        else:
-            api = devices.backend_for_stream(self._backend_name)
-        assert target is not None  # only push sources have none, and they are never opened
-        with quiet_opencv():
-            capture = self._create(target, api)
-            if capture is None and not is_device and self._backend_name == "auto":
-                capture = self._create(target, cv2.CAP_ANY)  # FFmpeg could not: try the others
-            if capture is None:
-                raise SourceError(self.source, self._open_failure_message())
-            try:
-                mode = self._configure(capture, first_time)
-            except BaseException as exc:
-                capture.release()
-                if isinstance(exc, cv2.error):  # the driver refused a setting outright
-                    raise SourceError(self.source, f"cannot set up {description}: {exc}") from exc
-                raise
+        """Open the capture (see :class:`~camstream.capture.CaptureOpener`) and take on the
+        mode, size, rate and camera settings it was granted."""
+        capture, mode, controls = self._opener.open(
+            self.source, self._kind, self._target, first_time=first_time, previous=self.mode
+        )
+        if controls is not None:
+            self.controls = controls
         previous, self.mode = self.mode, mode
         self.fps = mode.fps
-        if self._kind is not SourceKind.DEVICE and self._requested_size[0] is not None:
-            self.width, self.height = self._requested_size  # type: ignore[assignment]
+        requested = self._opener.requested_size
+        if self._kind is not SourceKind.DEVICE and requested[0] is not None:
+            self.width, self.height = requested  # type: ignore[assignment]
         elif mode.width and mode.height:
             self.width, self.height = mode.width, mode.height
         if first_time or mode != previous:
-            logger.info("opened %s: %s", description, mode.describe())
+            logger.info("opened %s: %s", describe_source(self.source), mode.describe())
         return capture
-
-    def _configure(self, capture: VideoCaptureLike, first_time: bool) -> CaptureMode:
-        """Negotiate the mode of a just-opened capture and apply the camera settings."""
-        if self._kind is not SourceKind.DEVICE:
-            if self._camera_settings and first_time:
-                logger.warning("camera settings apply to cameras only; ignored for %s",
-                               describe_source(self.source))
-            return self._negotiate_stream(capture)
-        mode = self._negotiate_device(capture, first_time)
-        if self._camera_settings:
-            self.controls = apply_controls(capture, self._camera_settings)
-        return mode
-
-    def _create(self, target: int | str, api: int) -> VideoCaptureLike | None:
-        """The factory's capture if it opened, else None (released)."""
-        try:
-            capture = self._factory(target, api)
-        except cv2.error as exc:  # OpenCV refuses some targets outright
-            logger.debug("cannot open %r: %s", target, exc)
-            return None
-        if capture.isOpened():
-            return capture
-        capture.release()
-        return None
-
-    def _negotiate_device(self, capture: VideoCaptureLike, first_time: bool) -> CaptureMode:
-        width, height = self._requested_size
-        mode = devices.negotiate_device(
-            capture, self._pixel_format, width, height, self._requested_fps
-        )
-        forced = self._pixel_format_name.lower() != "auto"
-        gaps = devices.shortfall(
-            mode, self._pixel_format, *self._given_size, self._requested_fps,
-            format_forced=forced,
-        )
-        if gaps and (first_time or mode != self.mode):
-            logger.warning(
-                "%s gives %s: %s", describe_source(self.source), mode.describe(), "; ".join(gaps)
-            )
-        return mode
-
-    def _negotiate_stream(self, capture: VideoCaptureLike) -> CaptureMode:
-        """Files and URLs: MJPEG ones are read as raw JPEG packets unless they must be scaled."""
-        source_size = (
-            int(capture.get(cv2.CAP_PROP_FRAME_WIDTH)), int(capture.get(cv2.CAP_PROP_FRAME_HEIGHT))
-        )
-        if all(source_size) and (self._given_size[0] is None) != (self._given_size[1] is None):
-            # One side given: keep the source's aspect ratio.
-            self._requested_size = complete_size(*self._given_size, *source_size)
-        wanted = self._requested_size
-        needs_scaling = wanted[0] is not None and wanted != source_size
-        codec, raw = devices.fourcc_name(capture.get(cv2.CAP_PROP_FOURCC)), False
-        if not needs_scaling:
-            codec, raw = devices.open_raw_jpeg_stream(capture)
-        reported_fps = capture.get(cv2.CAP_PROP_FPS)
-        fps = reported_fps if 0 < reported_fps <= 1000 else self._requested_fps
-        return CaptureMode(
-            pixel_format=codec, width=source_size[0], height=source_size[1],
-            fps=fps if self._kind is SourceKind.FILE else self._requested_fps,
-            jpeg_passthrough=raw, backend=devices.backend_name(capture),
-        )
-
-    def _open_failure_message(self) -> str:
-        description = describe_source(self.source)
-        if self._kind is SourceKind.DEVICE:
-            where = self._target if isinstance(self._target, str) else f"/dev/video{self._target}"
-            return (
-                f"cannot open {description}: no camera there, or it is busy or not permitted. "
-                f"Check the device ({where} on Linux; camstream --list-cameras lists them) or "
-                f"use source 'test' (camstream --source test) for the built-in test pattern."
-            )
-        if self._kind is SourceKind.URL:
-            return f"cannot open {description}: the stream did not answer or is not a video."
-        return f"cannot open {description}: not a video OpenCV can read."
 
     def _run(self) -> None:
         try:
@@ -689,7 +584,7 @@ class CameraThread:
 
     def _fit(self, image: np.ndarray) -> np.ndarray:
         """Scale file and stream frames to the requested size, if one was given."""
-        width, height = self._requested_size
+        width, height = self._opener.requested_size
         if self._kind is SourceKind.DEVICE or width is None or height is None:
             return image
         if image.shape[1] == width and image.shape[0] == height:

@@ -305,3 +305,16 @@ class MjpegReader:
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
+
+
+def read_line(stream: Any, timeout: float = 3 * TIMEOUT) -> Any:
+    """One line from a subprocess pipe, failing the test if none comes within ``timeout`` s.
+
+    (A plain ``readline()`` would wait forever on a child that hangs before printing.)
+    """
+    lines: list[Any] = []
+    reader = threading.Thread(target=lambda: lines.append(stream.readline()), daemon=True)
+    reader.start()
+    reader.join(timeout)
+    assert not reader.is_alive(), f"no line within {timeout:g} s"
+    return lines[0]

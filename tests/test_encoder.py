@@ -6,6 +6,7 @@ import threading
 
 import numpy as np
 import pytest
+from conftest import TIMEOUT
 from helpers import decode_jpeg
 
 from camstream.encoder import EncodeCache, Variant, encode_jpeg, fit_size
@@ -62,7 +63,8 @@ def test_one_encode_per_frame_and_variant_however_many_ask() -> None:
     for t in threads:
         t.start()
     for t in threads:
-        t.join(10)
+        t.join(TIMEOUT)
+        assert not t.is_alive(), f"{t.name} did not finish"
     assert len(results) == 20 and len(set(results)) == 1
     assert cache.encodes == 1
     cache.get(frame, Variant(quality=60))

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import pytest
 from conftest import TIMEOUT, camstream_threads, wait_until, write_video
-from helpers import Counter, Publisher, RawViewer, next_binary, next_text, running
+from helpers import Counter, Publisher, RawViewer, next_binary, next_text, read_line, running
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
@@ -258,7 +258,7 @@ def test_sigint_stops_the_command_cleanly_and_viewers_get_1001(tmp_path: Path) -
         assert proc.stdout is not None
         ready, _, _ = select.select([proc.stdout], [], [], 4 * TIMEOUT)
         assert ready, "no startup line"
-        line = proc.stdout.readline()
+        line = read_line(proc.stdout)
         match = re.search(r"ws://\S+/", line)
         assert match, line
         with connect(match.group(0), open_timeout=TIMEOUT) as ws:

@@ -835,6 +835,7 @@ def noisy_webcam(fps: float = 30.0, **options: Any) -> Iterator[Streamer]:
         finally:
             stop.set()
             publisher.join(TIMEOUT)
+            assert not publisher.is_alive(), "publisher did not finish"
 
 
 def test_seed_client_streams_a_noisy_720p_webcam_with_the_defaults(

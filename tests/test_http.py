@@ -55,7 +55,7 @@ def test_viewer_page_is_self_contained(streamer_factory) -> None:
     response = get(streamer.port, "/")
     assert response.status == 200
     assert response.headers["content-type"] == "text/html; charset=utf-8"
-    page = response.body.decode_jpeg("utf-8")
+    page = response.body.decode("utf-8")
     assert "<canvas" in page and "createImageBitmap" in page and "camstreamStats" in page
     assert not re.search(r"https?://", page), "the page must not reference anything external"
     assert not re.search(r"""\b(src|href)\s*=\s*["'](?!data:)""", page), "no external resources"
@@ -111,6 +111,7 @@ def test_snapshot_without_a_frame_is_503_after_a_short_wait(streamer_factory) ->
     assert wait_until(lambda: streamer.stats()["http"]["requests"] == 2)  # it is waiting now
     streamer.publish(np.full((90, 120, 3), 200, np.uint8))
     thread.join(TIMEOUT)
+    assert not thread.is_alive(), "thread did not finish"
     assert result and result[0].status == 200 and decode_jpeg(result[0].body).shape == (90, 120, 3)
 
 

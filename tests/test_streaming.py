@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import websocket  # websocket-client
-from conftest import TIMEOUT
+from conftest import TIMEOUT, wait_until
 from helpers import decode_jpeg, receive_for
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
@@ -82,6 +82,7 @@ def test_many_clients_of_both_libraries_share_one_encode_per_frame(streamer_fact
     go.set()
     for t in threads:
         t.join(TIMEOUT * 3)
+        assert not t.is_alive(), f"{t.name} did not finish"
     assert not errors, errors
     assert len(counts) == 10
     assert min(counts.values()) >= 45, counts  # ~60 frames in 2 s at 30 fps
@@ -112,6 +113,7 @@ def test_each_client_on_its_own_rate(streamer_factory) -> None:
         t.start()
     for t in threads:
         t.join(TIMEOUT * 3)
+        assert not t.is_alive(), f"{t.name} did not finish"
     assert metadata["slow"]["fps"] == 5 and metadata["fast"]["fps"] == 30
     assert 13 <= len(results["slow"]) <= 17, len(results["slow"])  # 5 fps for 3 s
     assert len(results["fast"]) >= 80, len(results["fast"])  # 30 fps for 3 s
@@ -208,9 +210,7 @@ def test_serve_forever_returns_after_stop_from_another_thread() -> None:
     runner = threading.Thread(target=streamer.serve_forever, name="camstream-test-runner")
     runner.start()
     try:
-        deadline = time.monotonic() + TIMEOUT
-        while not streamer.is_serving and time.monotonic() < deadline:
-            runner.join(0.01)  # not serving yet: give it a moment
+        assert wait_until(lambda: streamer.is_serving)
         with connect(streamer.url, open_timeout=TIMEOUT) as ws:
             assert json.loads(ws.recv(timeout=TIMEOUT))["type"] == "metadata"
     finally:
