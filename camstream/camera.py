@@ -40,6 +40,7 @@ from .sources import (
     AUTO,
     Source,
     SourceKind,
+    check_pushed_image,
     classify,
     describe_source,
     is_buffer,
@@ -51,7 +52,6 @@ __all__ = ["CameraThread", "CameraState", "Frame", "Source", "describe_source"]
 logger = logging.getLogger(__name__)
 
 _DEFAULT_SIZE = (640, 480)
-_MAX_SIDE = 65500  # the largest picture a JPEG can hold
 _MAX_JPEG_BYTES = 64 * 1024 * 1024  # far above an 8192x8192 JPEG at quality 100
 
 class CameraState(str, enum.Enum):
@@ -298,23 +298,7 @@ class CameraThread:
         """
         if self._kind is not SourceKind.PUSH:
             raise ConfigError("publish() works only with source='push'")
-        if not isinstance(image, np.ndarray):
-            raise ConfigError(
-                f"publish() takes a numpy array (8-bit BGR, BGRA or grayscale), "
-                f"not {type(image).__name__}"
-            )
-        got = f"got dtype {image.dtype}, shape {image.shape}"
-        if image.dtype != np.uint8 or image.ndim not in (2, 3):
-            raise ConfigError(
-                f"publish() takes an 8-bit BGR (HxWx3), BGRA (HxWx4) or grayscale (HxW) "
-                f"array; {got}"
-            )
-        if image.ndim == 3 and image.shape[2] not in (1, 3, 4):
-            raise ConfigError(f"publish() takes 1, 3 or 4 colour channels; {got}")
-        if image.size == 0 or max(image.shape[:2]) > _MAX_SIDE:
-            raise ConfigError(
-                f"publish() takes a non-empty image at most {_MAX_SIDE} px a side; {got}"
-            )
+        check_pushed_image(image)
         if self._stopping.is_set():
             raise ConfigError("publish() after stop()")
         return self._store(image.copy() if copy else image)

@@ -6,13 +6,11 @@ application (it serves in background threads until the block ends).
 
 from __future__ import annotations
 
-import contextlib
+import functools
 import logging
-import math
-import signal
 import threading
 import time
-from typing import Any, Callable, Iterable, Iterator, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
 import numpy as np
 
@@ -20,15 +18,17 @@ from . import protocol
 from .camera import CameraThread, Frame, Source, describe_source
 from .devices import CaptureFactory
 from .encoder import EncodeCache
-from .errors import ConfigError
 from .mjpeg import MjpegStream
+from .options import check_streamer_options
 from .pacing import CounterRates
 from .policy import AccessPolicy
 from .protocol import CloseCode
 from .proxy import parse_trusted_proxies
 from .ratelimit import LogBudget
 from .registry import Admission, ViewerRegistry
+from .report import camera_report, camera_state_fields
 from .session import ClientSession, ClientSettings
+from .sigterm import Terminated, stop_on_sigterm
 from .transport import (
     Connection,
     HandshakeRejected,
@@ -150,7 +150,7 @@ class Streamer:
         max_encodes_per_s: float | None = None,
         max_connections_per_address: int | None = 32,
     ) -> None:
-        _check_options(
+        check_streamer_options(
             quality=quality, fps=fps, max_clients=max_clients, port=port, token=token,
             max_bytes=max_bytes, max_variants=max_variants, max_encodes_per_s=max_encodes_per_s,
             send_timeout=send_timeout, ping_interval=ping_interval, ping_timeout=ping_timeout,
@@ -266,13 +266,13 @@ class Streamer:
         """
         if self._server is None:
             self.start()
-        with _stop_on_sigterm():
+        with stop_on_sigterm():
             try:
                 while not self._stopped.wait(0.5):
                     pass
             except KeyboardInterrupt:
                 logger.info("interrupted; stopping")
-            except _Terminated:
+            except Terminated:
                 logger.info("SIGTERM received; stopping")
             finally:
                 self.stop()
@@ -375,7 +375,7 @@ class Streamer:
         )
         return {
             "uptime_s": round(time.monotonic() - self._started_at, 3) if self._started_at else 0,
-            "camera": self._camera_info(),
+            "camera": camera_report(self._camera),
             "frames_captured": self._camera.frames_captured,
             "frames_dropped_corrupt": self._camera.frames_dropped_corrupt,
             "frames_encoded": cache.encodes,
@@ -393,7 +393,10 @@ class Streamer:
                 for v, n in list(cache.encodes_by_variant.items())
             ],
             "client_count": len(sessions),
-            "clients": [self._client_info(s, now) for s in sessions],
+            "clients": [
+                s.info(self._policy.client_of(s.connection.request).address, now)
+                for s in sessions
+            ],
             "http": self._http.stats(),
             "connections": self._server.admission_stats() if self._server is not None else {},
         }
@@ -409,8 +412,8 @@ class Streamer:
             return
         settings = ClientSettings(fps=self._camera.fps, max_bytes=self._max_bytes)
         session = ClientSession(
-            conn, self._camera, self._cache, settings, describe_camera=self._camera_state_fields,
-            stall_timeout=self._send_timeout,
+            conn, self._camera, self._cache, settings, stall_timeout=self._send_timeout,
+            describe_camera=functools.partial(camera_state_fields, self._camera),
         )
         session.apply_config(dict(conn.request.query), from_url=True)
         admission = self._viewers.add_session(conn.id, session)
@@ -452,54 +455,6 @@ class Streamer:
         message = {"type": event, "timestamp": protocol.iso_utc(), **details}
         for session in self._viewers.sessions():
             session.post(message)
-
-    def _camera_state_fields(self) -> dict[str, Any]:
-        camera = self.camera
-        return {
-            "source_width": camera.width,
-            "source_height": camera.height,
-            "source_format": camera.pixel_format,
-            "source_fps": camera.fps,
-            "camera": camera.state.value,
-        }
-
-    def _camera_info(self) -> dict[str, Any]:
-        camera = self.camera
-        return {
-            "source": describe_source(camera.source),
-            "state": camera.state.value,
-            "width": camera.width,
-            "height": camera.height,
-            "fps": camera.fps,
-            "format": camera.pixel_format,
-            "backend": camera.backend,
-            "jpeg_passthrough": camera.jpeg_passthrough,
-            "frames_dropped_corrupt": camera.frames_dropped_corrupt,
-            "controls": [
-                {"name": c.name, "requested": c.requested, "actual": c.actual,
-                 "granted": c.granted}
-                for c in camera.controls
-            ],
-            "failure_reason": camera.failure_reason,
-        }
-
-    def _client_info(self, session: ClientSession, now: float) -> dict[str, Any]:
-        settings, stats = session.settings, session.stats
-        return {
-            "id": session.connection.id,
-            "address": self._policy.client_of(session.connection.request).address,
-            "fps": settings.fps,
-            "width": settings.width,
-            "height": settings.height,
-            "quality": settings.quality,
-            "max_bytes": settings.max_bytes,
-            "paused": session.paused,
-            "frames_sent": stats.frames_sent,
-            "frames_skipped": stats.frames_skipped,
-            "bytes_sent": stats.bytes_sent,
-            "errors": stats.errors,
-            "connected_s": round(now - stats.connected_at, 3),
-        }
 
     def _warn_if_exposed(self) -> None:
         if not self._policy.has_token and not self._policy.loopback:
@@ -553,71 +508,6 @@ class _TransportCallbacks:
         conn.close(CloseCode.UNSUPPORTED_DATA, "binary messages are not accepted")
 
 
-def _check_options(
-    *,
-    quality: int, fps: float, max_clients: int | None, port: int, token: str | None,
-    max_bytes: int | None, max_variants: int, max_encodes_per_s: float | None,
-    send_timeout: float, ping_interval: float | None, ping_timeout: float,
-    handshake_timeout: float, first_line_timeout: float, max_message_size: int,
-    max_connections_per_address: int | None, host: str,
-) -> None:
-    """Raise :class:`ConfigError` naming the first :class:`Streamer` argument out of range."""
-    if not isinstance(host, str):
-        raise ConfigError(f"host must be a string, not {host!r}")
-    _check_int("quality", quality, 1, 100)
-    if not _is_number(fps) or not 0 < fps <= protocol.MAX_FPS:
-        raise ConfigError(f"fps must be above 0 and at most {protocol.MAX_FPS:g}, not {fps}")
-    if max_clients is not None:
-        _check_int("max_clients", max_clients, 1, None, "at least 1")
-    _check_int("port", port, 0, 65535)
-    if token is not None and (not isinstance(token, str) or not token):
-        raise ConfigError("token must not be empty" if token == "" else
-                          f"token must be a string, not {type(token).__name__}")
-    if max_bytes is not None and not (
-        isinstance(max_bytes, int) and not isinstance(max_bytes, bool)
-        and (max_bytes == 0 or protocol.MIN_MAX_BYTES <= max_bytes <= 2**31 - 1)
-    ):
-        raise ConfigError(
-            f"max_bytes must be 0 (no limit) or {protocol.MIN_MAX_BYTES}-{2**31 - 1}, "
-            f"not {max_bytes}"
-        )
-    _check_int("max_variants", max_variants, 0, 64)
-    if max_encodes_per_s is not None and not (
-        _is_number(max_encodes_per_s) and 1 <= max_encodes_per_s <= 100_000
-    ):
-        raise ConfigError(f"max_encodes_per_s must be 1-100000, not {max_encodes_per_s}")
-    for name, seconds in (
-        ("send_timeout", send_timeout),
-        ("ping_interval", 1.0 if ping_interval is None else ping_interval),
-        ("ping_timeout", ping_timeout),
-        ("handshake_timeout", handshake_timeout),
-        ("first_line_timeout", first_line_timeout),
-    ):
-        if not _is_number(seconds) or not 0 < seconds <= 86_400:
-            raise ConfigError(f"{name} must be seconds above 0 (at most 86400), not {seconds!r}")
-    _check_int("max_message_size", max_message_size, 1, 2**31 - 1)
-    if max_connections_per_address is not None:
-        _check_int("max_connections_per_address", max_connections_per_address, 1, None,
-                   "a positive integer")
-
-
-def _is_number(value: object) -> bool:
-    return (
-        isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-    )
-
-
-def _check_int(
-    name: str, value: object, low: int, high: int | None, wanted: str | None = None
-) -> None:
-    if (
-        isinstance(value, int) and not isinstance(value, bool)
-        and value >= low and (high is None or value <= high)
-    ):
-        return
-    raise ConfigError(f"{name} must be {wanted or f'{low}-{high}'}, not {value!r}")
-
-
 def _how_it_closed(conn: Connection) -> str:
     """The close as the client saw it: the code we sent if we closed first, else its own."""
     if conn.sent_close_code is not None:
@@ -625,29 +515,3 @@ def _how_it_closed(conn: Connection) -> str:
     if conn.close_code is not None:
         return f"client closed with code {conn.close_code}"
     return "connection lost, code 1006"
-
-
-class _Terminated(BaseException):
-    """SIGTERM arrived while :meth:`Streamer.serve_forever` ran in the main thread."""
-
-
-@contextlib.contextmanager
-def _stop_on_sigterm() -> Iterator[None]:
-    """In the main thread: the first SIGTERM raises :class:`_Terminated` (later ones during the
-    stop are ignored); the previous handler is restored on exit. Elsewhere: does nothing."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    fired = False
-
-    def handler(signum: int, frame: object) -> None:
-        nonlocal fired
-        if not fired:
-            fired = True
-            raise _Terminated
-
-    previous = signal.signal(signal.SIGTERM, handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)

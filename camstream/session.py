@@ -121,6 +121,25 @@ class ClientSession:
     def paused(self) -> bool:
         return self._paused
 
+    def info(self, address: str, now: float) -> dict[str, Any]:
+        """This viewer in ``stats()["clients"]`` (``address``: as the policy resolved it)."""
+        settings, stats = self._settings, self.stats
+        return {
+            "id": self.connection.id,
+            "address": address,
+            "fps": settings.fps,
+            "width": settings.width,
+            "height": settings.height,
+            "quality": settings.quality,
+            "max_bytes": settings.max_bytes,
+            "paused": self._paused,
+            "frames_sent": stats.frames_sent,
+            "frames_skipped": stats.frames_skipped,
+            "bytes_sent": stats.bytes_sent,
+            "errors": stats.errors,
+            "connected_s": round(now - stats.connected_at, 3),
+        }
+
     @property
     def is_open(self) -> bool:
         return self.connection.is_open

@@ -16,8 +16,8 @@ import numpy as np
 from .errors import ConfigError
 
 __all__ = [
-    "AUTO", "Source", "SourceKind", "classify", "complete_size", "describe_source",
-    "is_buffer", "quiet_opencv",
+    "AUTO", "Source", "SourceKind", "check_pushed_image", "classify", "complete_size",
+    "describe_source", "is_buffer", "quiet_opencv",
 ]
 
 Source = Union[int, str]
@@ -126,3 +126,31 @@ def complete_size(
     elif height is not None and width is None:
         width = max(16, int(round(height * ratio_w / ratio_h / 2)) * 2)
     return width, height
+
+
+_MAX_SIDE = 65500  # the largest picture a JPEG can hold
+
+
+def check_pushed_image(image: object) -> None:
+    """Check an image handed to ``publish()``: an 8-bit BGR, BGRA or grayscale numpy array.
+
+    Raises:
+        ConfigError: not such an image (the message says what it got).
+    """
+    if not isinstance(image, np.ndarray):
+        raise ConfigError(
+            f"publish() takes a numpy array (8-bit BGR, BGRA or grayscale), "
+            f"not {type(image).__name__}"
+        )
+    got = f"got dtype {image.dtype}, shape {image.shape}"
+    if image.dtype != np.uint8 or image.ndim not in (2, 3):
+        raise ConfigError(
+            f"publish() takes an 8-bit BGR (HxWx3), BGRA (HxWx4) or grayscale (HxW) "
+            f"array; {got}"
+        )
+    if image.ndim == 3 and image.shape[2] not in (1, 3, 4):
+        raise ConfigError(f"publish() takes 1, 3 or 4 colour channels; {got}")
+    if image.size == 0 or max(image.shape[:2]) > _MAX_SIDE:
+        raise ConfigError(
+            f"publish() takes a non-empty image at most {_MAX_SIDE} px a side; {got}"
+        )
