@@ -19,41 +19,40 @@ and always get the latest, so a slow reader skips frames instead of falling behi
 
 from __future__ import annotations
 
-import contextlib
 import enum
 import logging
 import math
-import os
 import threading
 import time
-from typing import Callable, Iterable, Iterator, Mapping, Union
+from typing import Callable, Iterable, Mapping
 
 import cv2
 import numpy as np
 
-from . import devices
-from .controls import ControlResult, ControlValue, apply_controls, parse_controls
+from .capture import CaptureOpener
+from .controls import ControlResult, ControlValue
 from .devices import CaptureFactory, CaptureMode, VideoCaptureLike
 from .errors import ConfigError, SourceError
 from .frame import Frame
 from .jpeg import CorruptJpeg, inspect_jpeg
 from .protocol import MAX_FPS, MAX_SIDE
+from .sources import (
+    AUTO,
+    Source,
+    SourceKind,
+    check_pushed_image,
+    classify,
+    describe_source,
+    is_buffer,
+)
 from .testpattern import TestPattern
 
 __all__ = ["CameraThread", "CameraState", "Frame", "Source", "describe_source"]
 
 logger = logging.getLogger(__name__)
 
-Source = Union[int, str]
-"""``"auto"``, a device index or path, a file path or URL, ``"test"``, or ``"push"``."""
-
-AUTO = "auto"
 _DEFAULT_SIZE = (640, 480)
-_MAX_SIDE = 65500  # the largest picture a JPEG can hold
-_DEVICE_PREFIXES = ("/dev/video", "/dev/v4l/")
 _MAX_JPEG_BYTES = 64 * 1024 * 1024  # far above an 8192x8192 JPEG at quality 100
-_URL_SCHEMES = ("rtsp://", "rtsps://", "rtmp://", "http://", "https://", "udp://", "tcp://")
-
 
 class CameraState(str, enum.Enum):
     """Where a :class:`CameraThread` is in its life."""
@@ -69,81 +68,6 @@ class CameraState(str, enum.Enum):
 CameraListener = Callable[[str, dict], None]
 """Called from the camera thread with ``(event, details)``: ``camera_lost`` (details has a
 ``reason``), ``camera_restored`` or ``source_ended``."""
-
-
-class _SourceKind(str, enum.Enum):
-    AUTO = "auto"
-    DEVICE = "device"
-    FILE = "file"
-    URL = "url"
-    TEST = "test"
-    PUSH = "push"
-
-
-_SOURCE_HELP = "a camera index (0), a device path, a video file, a stream URL, 'test' or 'push'"
-
-
-def _classify(source: Source) -> tuple[_SourceKind, Union[int, str, None]]:
-    if source is None:
-        # None used to mean push; with "auto" as the default it is more likely a mistake.
-        raise ConfigError(
-            f"source is None: give 'auto', 'push' (to publish frames) or {_SOURCE_HELP}"
-        )
-    if isinstance(source, bool):
-        raise ConfigError(f"unknown source {source!r}: give {_SOURCE_HELP}")
-    if isinstance(source, int):
-        if source < 0:
-            raise ConfigError(f"camera index must be 0 or more, not {source}")
-        return _SourceKind.DEVICE, source
-    if not isinstance(source, str):
-        raise ConfigError(f"source must be {_SOURCE_HELP}, not {type(source).__name__}")
-    if not source.strip():
-        raise ConfigError(f"source is empty: give {_SOURCE_HELP}")
-    if source == "push":
-        return _SourceKind.PUSH, None
-    if source == AUTO:
-        return _SourceKind.AUTO, 0
-    if source.strip().isdigit():
-        return _SourceKind.DEVICE, int(source)
-    if source.startswith(_DEVICE_PREFIXES):
-        return _SourceKind.DEVICE, source
-    if source == "test":
-        return _SourceKind.TEST, source
-    if source.lower().startswith(_URL_SCHEMES):
-        return _SourceKind.URL, source
-    return _SourceKind.FILE, source
-
-
-def describe_source(source: Source) -> str:
-    """A short human description of ``source``, for logs and error messages."""
-    kind, value = _classify(source)
-    if kind is _SourceKind.AUTO:
-        return "camera 0 or the test pattern"
-    if kind is _SourceKind.DEVICE:
-        return f"camera {value}"
-    if kind is _SourceKind.TEST:
-        return "test pattern"
-    if kind is _SourceKind.PUSH:
-        return "pushed frames"
-    return f"{kind.value} {value}"
-
-
-@contextlib.contextmanager
-def _quiet_opencv() -> Iterator[None]:
-    """Silence OpenCV's own warnings (e.g. "can't open camera by index") for a moment.
-
-    camstream reports these failures itself, as one clear exception or log line.
-    """
-    try:
-        previous = cv2.utils.logging.getLogLevel()
-        cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
-    except AttributeError:  # an OpenCV build without the utils.logging module
-        yield
-        return
-    try:
-        yield
-    finally:
-        cv2.utils.logging.setLogLevel(previous)
 
 
 class CameraThread:
@@ -198,7 +122,7 @@ class CameraThread:
         camera_settings: Mapping[str, ControlValue] | Iterable[str] | None = None,
         capture_factory: CaptureFactory | None = None,
     ) -> None:
-        self._kind, self._target = _classify(source)
+        self._kind, self._target = classify(source)
         self.source = source
         if isinstance(fps, bool) or not isinstance(fps, (int, float)) or not (
             math.isfinite(fps) and 0 < fps <= MAX_FPS
@@ -211,14 +135,10 @@ class CameraThread:
                 raise ConfigError(f"{name} must be a whole number of pixels, not {value!r}")
             if not 16 <= value <= MAX_SIDE:
                 raise ConfigError(f"{name} must be 16 to {MAX_SIDE} pixels, not {value}")
-        self._pixel_format_name = pixel_format
-        self._pixel_format = devices.pixel_format_code(pixel_format)
-        self._backend_name = devices.check_backend(backend)
-        self._camera_settings = parse_controls(camera_settings)
-        self._factory: CaptureFactory = capture_factory or devices.opencv_capture
-        self._given_size = (width, height)
-        self._requested_size = _complete_size(width, height, 4, 3)
-        self._requested_fps = float(fps)
+        self._opener = CaptureOpener(
+            pixel_format=pixel_format, backend=backend, camera_settings=camera_settings,
+            capture_factory=capture_factory, size=(width, height), fps=float(fps),
+        )
         self._loop = loop
         self._reconnect_delay_max = reconnect_delay_max
         self._retry_delay = 0.25
@@ -233,9 +153,9 @@ class CameraThread:
         self._pattern: TestPattern | None = None
         self._listeners: list[CameraListener] = []
         self._frame_listeners: list[Callable[[Frame], None]] = []
-        self.width = self._requested_size[0] or _DEFAULT_SIZE[0]
-        self.height = self._requested_size[1] or _DEFAULT_SIZE[1]
-        self.fps = self._requested_fps
+        self.width = self._opener.requested_size[0] or _DEFAULT_SIZE[0]
+        self.height = self._opener.requested_size[1] or _DEFAULT_SIZE[1]
+        self.fps = float(fps)
         self.mode: CaptureMode | None = None
         """What the source granted at the last open (format, size, fps, passthrough, backend);
         None for the test pattern and pushed frames."""
@@ -254,7 +174,7 @@ class CameraThread:
         """The pixel format the source delivers (``"MJPG"``, ``"YUYV"``, ...), if known."""
         if self.mode is not None:
             return self.mode.pixel_format or None
-        return "BGR" if self._kind is _SourceKind.TEST else None
+        return "BGR" if self._kind is SourceKind.TEST else None
 
     @property
     def backend(self) -> str | None:
@@ -277,12 +197,12 @@ class CameraThread:
         """
         if self._state is not CameraState.NEW:
             raise RuntimeError("a CameraThread can be started only once")
-        if self._kind is _SourceKind.PUSH:
+        if self._kind is SourceKind.PUSH:
             self._set_state(CameraState.STREAMING)
             return self
-        if self._kind is _SourceKind.AUTO:
+        if self._kind is SourceKind.AUTO:
             self._open_auto()
-        if self._kind is _SourceKind.TEST:
+        if self._kind is SourceKind.TEST:
             self._pattern = TestPattern(self.width, self.height)
         elif self._capture is None:
             self._capture = self._open_capture(first_time=True)
@@ -322,11 +242,6 @@ class CameraThread:
     def state(self) -> CameraState:
         return self._state
 
-    @property
-    def is_push(self) -> bool:
-        """True for a source fed by :meth:`publish`."""
-        return self._kind is _SourceKind.PUSH
-
     def add_listener(self, listener: CameraListener) -> None:
         """Call ``listener(event, details)`` on ``camera_lost`` / ``camera_restored``.
 
@@ -334,20 +249,12 @@ class CameraThread:
         """
         self._listeners.append(listener)
 
-    def remove_listener(self, listener: CameraListener) -> None:
-        with contextlib.suppress(ValueError):
-            self._listeners.remove(listener)
-
     def add_frame_listener(self, listener: Callable[[Frame], None]) -> None:
         """Call ``listener(frame)`` for every new frame, in the thread that stored it.
 
         Meant for waking readers; it must return at once and never raise.
         """
         self._frame_listeners.append(listener)
-
-    def remove_frame_listener(self, listener: Callable[[Frame], None]) -> None:
-        with contextlib.suppress(ValueError):
-            self._frame_listeners.remove(listener)
 
     # Readers
 
@@ -389,25 +296,9 @@ class CameraThread:
         Raises:
             ConfigError: not a push source, or not such an image (the message says what it got).
         """
-        if self._kind is not _SourceKind.PUSH:
+        if self._kind is not SourceKind.PUSH:
             raise ConfigError("publish() works only with source='push'")
-        if not isinstance(image, np.ndarray):
-            raise ConfigError(
-                f"publish() takes a numpy array (8-bit BGR, BGRA or grayscale), "
-                f"not {type(image).__name__}"
-            )
-        got = f"got dtype {image.dtype}, shape {image.shape}"
-        if image.dtype != np.uint8 or image.ndim not in (2, 3):
-            raise ConfigError(
-                f"publish() takes an 8-bit BGR (HxWx3), BGRA (HxWx4) or grayscale (HxW) "
-                f"array; {got}"
-            )
-        if image.ndim == 3 and image.shape[2] not in (1, 3, 4):
-            raise ConfigError(f"publish() takes 1, 3 or 4 colour channels; {got}")
-        if image.size == 0 or max(image.shape[:2]) > _MAX_SIDE:
-            raise ConfigError(
-                f"publish() takes a non-empty image at most {_MAX_SIDE} px a side; {got}"
-            )
+        check_pushed_image(image)
         if self._stopping.is_set():
             raise ConfigError("publish() after stop()")
         return self._store(image.copy() if copy else image)
@@ -425,7 +316,7 @@ class CameraThread:
         Raises:
             ConfigError: not a push source, or ``data`` is not bytes.
         """
-        if self._kind is not _SourceKind.PUSH:
+        if self._kind is not SourceKind.PUSH:
             raise ConfigError("publish_jpeg() works only with source='push'")
         if not isinstance(data, (bytes, bytearray, memoryview)):
             raise ConfigError(f"publish_jpeg() takes bytes, not {type(data).__name__}")
@@ -511,131 +402,34 @@ class CameraThread:
     def _open_auto(self) -> None:
         """Source ``"auto"``: camera 0 if it opens, else the test pattern (one WARNING)."""
         try:
-            self._kind, self._target, self.source = _SourceKind.DEVICE, 0, 0
+            self._kind, self._target, self.source = SourceKind.DEVICE, 0, 0
             self._capture = self._open_capture(first_time=True)
         except SourceError:
             logger.warning("no camera found at index 0: streaming the built-in test pattern")
-            self._kind, self._target, self.source = _SourceKind.TEST, "test", "test"
+            self._kind, self._target, self.source = SourceKind.TEST, "test", "test"
 
     def _open_capture(self, first_time: bool) -> VideoCaptureLike:
-        """Open the capture, negotiate its mode, apply the camera settings, read them back."""
-        description = describe_source(self.source)
-        target = self._target
-        if self._kind is _SourceKind.FILE and not os.path.exists(str(target)):
-            raise SourceError(
-                self.source,
-                f"cannot open {description}: no such file. Give an existing video file, a "
-                f"stream URL, a camera index, or 'test' for the built-in test pattern.",
-            )
-        is_device = self._kind is _SourceKind.DEVICE
-        if is_device and isinstance(target, str):
-            # A stable name (/dev/v4l/by-id/...) points at whichever /dev/videoN the camera got
-            # this time it was plugged in: resolve it at every open.
-            target = os.path.realpath(target)
-        if is_device:
-            api = devices.backend_for_device(self._backend_name)
-        else:
-            api = devices.backend_for_stream(self._backend_name)
-        with _quiet_opencv():
-            capture = self._create(target, api)
-            if capture is None and not is_device and self._backend_name == "auto":
-                capture = self._create(target, cv2.CAP_ANY)  # FFmpeg could not: try the others
-            if capture is None:
-                raise SourceError(self.source, self._open_failure_message())
-            try:
-                mode = self._configure(capture, first_time)
-            except BaseException as exc:
-                capture.release()
-                if isinstance(exc, cv2.error):  # the driver refused a setting outright
-                    raise SourceError(self.source, f"cannot set up {description}: {exc}") from exc
-                raise
+        """Open the capture (see :class:`~camstream.capture.CaptureOpener`) and take on the
+        mode, size, rate and camera settings it was granted."""
+        capture, mode, controls = self._opener.open(
+            self.source, self._kind, self._target, first_time=first_time, previous=self.mode
+        )
+        if controls is not None:
+            self.controls = controls
         previous, self.mode = self.mode, mode
         self.fps = mode.fps
-        if self._kind is not _SourceKind.DEVICE and self._requested_size[0] is not None:
-            self.width, self.height = self._requested_size  # type: ignore[assignment]
+        requested = self._opener.requested_size
+        if self._kind is not SourceKind.DEVICE and requested[0] is not None:
+            self.width, self.height = requested  # type: ignore[assignment]
         elif mode.width and mode.height:
             self.width, self.height = mode.width, mode.height
         if first_time or mode != previous:
-            logger.info("opened %s: %s", description, mode.describe())
+            logger.info("opened %s: %s", describe_source(self.source), mode.describe())
         return capture
-
-    def _configure(self, capture: VideoCaptureLike, first_time: bool) -> CaptureMode:
-        """Negotiate the mode of a just-opened capture and apply the camera settings."""
-        if self._kind is not _SourceKind.DEVICE:
-            if self._camera_settings and first_time:
-                logger.warning("camera settings apply to cameras only; ignored for %s",
-                               describe_source(self.source))
-            return self._negotiate_stream(capture)
-        mode = self._negotiate_device(capture, first_time)
-        if self._camera_settings:
-            self.controls = apply_controls(capture, self._camera_settings)
-        return mode
-
-    def _create(self, target: int | str, api: int) -> VideoCaptureLike | None:
-        """The factory's capture if it opened, else None (released)."""
-        try:
-            capture = self._factory(target, api)
-        except cv2.error as exc:  # OpenCV refuses some targets outright
-            logger.debug("cannot open %r: %s", target, exc)
-            return None
-        if capture.isOpened():
-            return capture
-        capture.release()
-        return None
-
-    def _negotiate_device(self, capture: VideoCaptureLike, first_time: bool) -> CaptureMode:
-        width, height = self._requested_size
-        mode = devices.negotiate_device(
-            capture, self._pixel_format, width, height, self._requested_fps
-        )
-        forced = self._pixel_format_name.lower() != "auto"
-        gaps = devices.shortfall(
-            mode, self._pixel_format, *self._given_size, self._requested_fps,
-            format_forced=forced,
-        )
-        if gaps and (first_time or mode != self.mode):
-            logger.warning(
-                "%s gives %s: %s", describe_source(self.source), mode.describe(), "; ".join(gaps)
-            )
-        return mode
-
-    def _negotiate_stream(self, capture: VideoCaptureLike) -> CaptureMode:
-        """Files and URLs: MJPEG ones are read as raw JPEG packets unless they must be scaled."""
-        source_size = (
-            int(capture.get(cv2.CAP_PROP_FRAME_WIDTH)), int(capture.get(cv2.CAP_PROP_FRAME_HEIGHT))
-        )
-        if all(source_size) and (self._given_size[0] is None) != (self._given_size[1] is None):
-            # One side given: keep the source's aspect ratio.
-            self._requested_size = _complete_size(*self._given_size, *source_size)
-        wanted = self._requested_size
-        needs_scaling = wanted[0] is not None and wanted != source_size
-        codec, raw = devices.fourcc_name(capture.get(cv2.CAP_PROP_FOURCC)), False
-        if not needs_scaling:
-            codec, raw = devices.open_raw_jpeg_stream(capture)
-        reported_fps = capture.get(cv2.CAP_PROP_FPS)
-        fps = reported_fps if 0 < reported_fps <= 1000 else self._requested_fps
-        return CaptureMode(
-            pixel_format=codec, width=source_size[0], height=source_size[1],
-            fps=fps if self._kind is _SourceKind.FILE else self._requested_fps,
-            jpeg_passthrough=raw, backend=devices.backend_name(capture),
-        )
-
-    def _open_failure_message(self) -> str:
-        description = describe_source(self.source)
-        if self._kind is _SourceKind.DEVICE:
-            where = self._target if isinstance(self._target, str) else f"/dev/video{self._target}"
-            return (
-                f"cannot open {description}: no camera there, or it is busy or not permitted. "
-                f"Check the device ({where} on Linux; camstream --list-cameras lists them) or "
-                f"use source 'test' (camstream --source test) for the built-in test pattern."
-            )
-        if self._kind is _SourceKind.URL:
-            return f"cannot open {description}: the stream did not answer or is not a video."
-        return f"cannot open {description}: not a video OpenCV can read."
 
     def _run(self) -> None:
         try:
-            if self._kind is _SourceKind.TEST:
+            if self._kind is SourceKind.TEST:
                 self._run_test_pattern()
             else:
                 self._run_capture()
@@ -670,7 +464,7 @@ class CameraThread:
         return deadline
 
     def _run_capture(self) -> None:
-        paced = self._kind is _SourceKind.FILE  # devices and live streams pace themselves
+        paced = self._kind is SourceKind.FILE  # devices and live streams pace themselves
         deadline = time.monotonic()
         frames_since_open = 0
         while not self._stopping.is_set():
@@ -693,7 +487,7 @@ class CameraThread:
                 self._capture = None
             # A file that played to its end starts again (or ends) without fuss; anything else,
             # including a file that opened but gave no frame, is a lost source.
-            at_end_of_file = self._kind is _SourceKind.FILE and frames_since_open > 0
+            at_end_of_file = self._kind is SourceKind.FILE and frames_since_open > 0
             if at_end_of_file and not self._loop:
                 self._set_state(CameraState.ENDED)
                 return
@@ -715,13 +509,13 @@ class CameraThread:
             ok, image = capture.read()
             if not ok or not isinstance(image, np.ndarray) or image.size == 0:
                 return False, None
-            if self.jpeg_passthrough and _is_buffer(image):
+            if self.jpeg_passthrough and is_buffer(image):
                 if image.size > _MAX_JPEG_BYTES:  # no real frame is this big: a broken stream
                     with self._cond:
                         self.frames_dropped_corrupt += 1
                     return True, None
                 return True, image.tobytes()
-            if image.dtype != np.uint8 or image.ndim not in (2, 3) or _is_buffer(image):
+            if image.dtype != np.uint8 or image.ndim not in (2, 3) or is_buffer(image):
                 logger.debug("dropped a %s %s frame", image.dtype, image.shape)
                 return True, None
             return True, self._fit(image)
@@ -736,7 +530,7 @@ class CameraThread:
         damaged buffer. Files and streams may change size between frames: not checked.)
         """
         mode = self.mode
-        if self._kind is not _SourceKind.DEVICE or mode is None or not mode.width:
+        if self._kind is not SourceKind.DEVICE or mode is None or not mode.width:
             return True
         try:
             info = inspect_jpeg(data)
@@ -774,27 +568,9 @@ class CameraThread:
 
     def _fit(self, image: np.ndarray) -> np.ndarray:
         """Scale file and stream frames to the requested size, if one was given."""
-        width, height = self._requested_size
-        if self._kind is _SourceKind.DEVICE or width is None or height is None:
+        width, height = self._opener.requested_size
+        if self._kind is SourceKind.DEVICE or width is None or height is None:
             return image
         if image.shape[1] == width and image.shape[0] == height:
             return image
         return cv2.resize(image, (width, height), interpolation=cv2.INTER_AREA)
-
-
-def _is_buffer(image: np.ndarray) -> bool:
-    """A 1xN (or N) uint8 array: an encoded buffer, not a picture."""
-    return image.dtype == np.uint8 and (
-        image.ndim == 1 or (image.ndim == 2 and image.shape[0] == 1)
-    )
-
-
-def _complete_size(
-    width: int | None, height: int | None, ratio_w: int, ratio_h: int
-) -> tuple[int | None, int | None]:
-    """Fill in the missing side of a size from an aspect ratio (even, at least 16)."""
-    if width is not None and height is None:
-        height = max(16, int(round(width * ratio_h / ratio_w / 2)) * 2)
-    elif height is not None and width is None:
-        width = max(16, int(round(height * ratio_w / ratio_h / 2)) * 2)
-    return width, height

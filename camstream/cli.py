@@ -9,7 +9,7 @@ import os
 import re
 import signal
 import sys
-from typing import Sequence
+from typing import NoReturn, Sequence
 
 from . import __version__
 from .camera import describe_source
@@ -221,7 +221,7 @@ def check_config(parser: argparse.ArgumentParser, argv: Sequence[str]) -> int:
     Prints ``camstream: configuration OK`` (exit 0) or one ``camstream: error: ...`` line (1).
     """
 
-    def refuse(message: str) -> None:
+    def refuse(message: str) -> NoReturn:
         raise _BadOption(message)
 
     parser.error = refuse  # type: ignore[method-assign]

@@ -166,7 +166,7 @@ def pixel_format_code(name: object) -> str | None:
 
 
 def fourcc_code(name: str) -> int:
-    return cv2.VideoWriter_fourcc(*name)
+    return int(cv2.VideoWriter.fourcc(*name))
 
 
 def fourcc_name(value: float) -> str:

@@ -1,9 +1,13 @@
-"""One viewer: its settings, its sender thread and its control messages.
+"""One WebSocket viewer: its settings, its sender thread and its control messages.
 
-Each :class:`ClientSession` owns one sender thread that wakes on every new camera frame, on
-control messages and on its own timer, and sends at most one frame per tick: always the newest
-frame, never one it already sent, never a backlog. A slow viewer only slows itself: while its
-``send`` is blocked, the camera moves on and the viewer skips to the newest frame afterwards.
+Each :class:`ClientSession` owns one sender thread running the viewer's
+:class:`~camstream.viewer.ViewerLoop` (the frame clock shared with MJPEG streams), which wakes
+on every new camera frame, on control messages and on its own timer, and sends at most one
+frame per tick: always the newest frame, never one it already sent, never a backlog. A slow
+viewer only slows itself: while its ``send`` is blocked, the camera moves on and the viewer
+skips to the newest frame afterwards. The session is the loop's output: before each frame it
+sends queued control replies, events and (when the size, quality or settings changed) a fresh
+``metadata`` message; with ``frame_info`` on, a ``frame`` message precedes each JPEG.
 """
 
 from __future__ import annotations
@@ -12,7 +16,6 @@ import collections
 import dataclasses
 import functools
 import logging
-import math
 import threading
 import time
 from dataclasses import dataclass
@@ -22,18 +25,16 @@ from . import protocol
 from .camera import CameraThread
 from .encoder import EncodeBudgetExceeded, EncodeCache, EncodedFrame, Variant, fit_size
 from .errors import ConnectionClosedError
-from .pacing import BEHIND_POLL_S, Pacer
 from .protocol import CloseCode, ProtocolInputError
-from .ratelimit import RateLimiter  # noqa: F401 - public here since 0.1.0; used by transport
+from .viewer import ViewerLoop, ViewerStats
 
 if TYPE_CHECKING:
     from .ws import Connection
 
-__all__ = ["ClientSettings", "ClientSession", "RateLimiter"]
+__all__ = ["ClientSettings", "ClientSession"]
 
 logger = logging.getLogger(__name__)
 
-_IDLE_WAKE_S = 1.0  # a sender with nothing to do still looks at its state this often
 _OUTBOX_LIMIT = 64  # queued replies beyond this are dropped (events are kept)
 _FIRST_FRAME_WAIT_S = 2.0  # a snapshot asked for before the first frame waits this long for it
 
@@ -53,17 +54,6 @@ class ClientSettings:
     def variant(self) -> Variant:
         """The encode these settings ask for (made once: it is looked up for every frame)."""
         return Variant(self.width, self.height, self.quality, self.max_bytes)
-
-
-@dataclass
-class ClientStats:
-    """Counters of one viewer, as reported by ``Streamer.stats()``."""
-
-    frames_sent: int = 0
-    frames_skipped: int = 0
-    bytes_sent: int = 0
-    errors: int = 0  # error messages sent in answer to bad input
-    connected_at: float = dataclasses.field(default_factory=time.time)
 
 
 class ClientSession:
@@ -86,24 +76,23 @@ class ClientSession:
         describe_camera: Callable[[], dict[str, Any]] | None = None,
     ) -> None:
         self.connection = connection
-        self.camera = camera
-        self.cache = cache
-        self.stats = ClientStats()
+        self._camera = camera
+        self._cache = cache
+        self._loop = ViewerLoop(camera, cache, stall_timeout)
+        # _lock guards _outbox and _settings_changed (both threads take and reset them). The
+        # reader thread writes _settings and _paused under it too; the sender reads those two
+        # unlocked: each is one reference, replaced whole, and a change raises the flag.
+        self._lock = threading.Lock()
         self._settings = settings
-        self._lock = threading.Lock()  # guards _settings, _paused, _outbox, _settings_changed
         self._paused = False
         self._settings_changed = True  # the first thing sent is the metadata
         self._outbox: collections.deque[dict[str, Any]] = collections.deque()
-        self._wake = threading.Event()
-        self._stopping = threading.Event()
-        self._pacer = Pacer(stall_timeout)  # used by the sender thread only
         self._describe_camera = describe_camera or (lambda: {})
+        # Sender thread only:
         self._version = 0  # counts settings changes; metadata is resent when it moves
         # (width, height, quality, _version) last announced in metadata
         self._announced: tuple[int, int, int | None, int] | None = None
-        self._wanted: Variant | None = None  # the variant asked for, and the one given (cache cap)
-        self._given: Variant | None = None
-        self._wake_after = 0.0  # time.monotonic() from which new frames wake the sender
+        self._sending = settings  # the settings of the frame being sent
         self._thread = threading.Thread(
             target=self._run, name=f"camstream-sender-{connection.id}", daemon=True
         )  # daemon: a sender blocked on a dead socket must never hold the process open
@@ -116,10 +105,13 @@ class ClientSession:
 
     def stop(self, timeout: float = 2.0) -> None:
         """Ask the sender to finish and join it. Idempotent; safe from any thread."""
-        self._stopping.set()
-        self._wake.set()
+        self._loop.stop()
         if self._thread.is_alive() and self._thread is not threading.current_thread():
             self._thread.join(timeout)
+
+    @property
+    def stats(self) -> ViewerStats:
+        return self._loop.stats
 
     @property
     def settings(self) -> ClientSettings:
@@ -129,16 +121,37 @@ class ClientSession:
     def paused(self) -> bool:
         return self._paused
 
+    def info(self, address: str, now: float) -> dict[str, Any]:
+        """This viewer in ``stats()["clients"]`` (``address``: as the policy resolved it)."""
+        settings, stats = self._settings, self.stats
+        return {
+            "id": self.connection.id,
+            "address": address,
+            "fps": settings.fps,
+            "width": settings.width,
+            "height": settings.height,
+            "quality": settings.quality,
+            "max_bytes": settings.max_bytes,
+            "paused": self._paused,
+            "frames_sent": stats.frames_sent,
+            "frames_skipped": stats.frames_skipped,
+            "bytes_sent": stats.bytes_sent,
+            "errors": stats.errors,
+            "connected_s": round(now - stats.connected_at, 3),
+        }
+
+    @property
+    def is_open(self) -> bool:
+        return self.connection.is_open
+
     # Called from other threads
 
     def wake(self) -> None:
         """A new frame is there (called by the camera for every frame, for every viewer).
 
-        Wakes the sender only if it could use the frame: a viewer on a slower timer, paused or
-        behind is left asleep, which saves most of the thread switches at high viewer counts.
+        Wakes the sender only if it could use the frame (see :meth:`ViewerLoop.wake`).
         """
-        if time.monotonic() >= self._wake_after:
-            self._wake.set()
+        self._loop.wake()
 
     def post(self, message: dict[str, Any], *, droppable: bool = False) -> None:
         """Queue a text message; the sender sends it before the next frame.
@@ -150,14 +163,14 @@ class ClientSession:
             if droppable and len(self._outbox) >= _OUTBOX_LIMIT:
                 return
             self._outbox.append(message)
-        self._wake.set()
+        self._loop.nudge()
 
     def update(self, **changes: Any) -> None:
         """Change settings; the viewer gets a new metadata message with the values in force."""
         with self._lock:
             self._settings = dataclasses.replace(self._settings, **changes)
             self._settings_changed = True
-        self._wake.set()
+        self._loop.nudge()
 
     def handle_text(self, text: str) -> None:
         """Act on one control message (reader thread). Bad input gets an ``error`` message.
@@ -209,67 +222,43 @@ class ClientSession:
         with self._lock:
             self._paused = paused
             self._settings_changed = True
-        self._wake.set()
+        self._loop.nudge()
 
     # The sender thread
 
     def _run(self) -> None:
         try:
-            self._send_loop()
+            self._loop.run(self)
         except ConnectionClosedError:
             pass  # the connection went away; the transport reports it
         except Exception:
             logger.exception("sender for client %s failed", self.connection.id)
             self.connection.close(CloseCode.INTERNAL_ERROR, "internal error")
-        finally:
-            if self._given is not None:
-                self.cache.release(self._given)
 
-    def _send_loop(self) -> None:
-        pacer = self._pacer
-        behind = False  # the viewer has not taken the previous frames yet
-        conn, camera = self.connection, self.camera
-        while not self._stopping.is_set() and conn.is_open:
-            # Frames wake this thread only once it is due (see wake()); its own timer and the
-            # behind-poll cover the rest.
-            self._wake_after = math.inf if behind or self._paused else pacer.wake_after(camera.fps)
-            wait = BEHIND_POLL_S if behind else pacer.wait_s(time.monotonic(), camera.fps)
-            self._wake.wait(min(wait, _IDLE_WAKE_S) if wait > 0 else _IDLE_WAKE_S)
-            self._wake.clear()
-            if self._stopping.is_set():
-                return
-            self._flush_control()
-            if self._paused:
-                continue
-            frame = camera.latest()
-            if frame is None or not pacer.wants(frame.seq, frame.captured_monotonic, camera.fps):
-                behind = False  # nothing to send: look again when a frame is wanted
-                continue
-            now = time.monotonic()
-            behind = pacer.behind(conn.unsent_bytes(), now)
-            if behind:
-                if pacer.stalled(now):
-                    logger.info("dropping client %s: it stopped reading", conn.id)
-                    conn.abort()
-                    return
-                continue
-            settings = self._settings
-            variant = self._variant(settings)
-            try:
-                encoded = self.cache.get(frame, variant)
-            except EncodeBudgetExceeded:
-                continue  # the server's encode budget is spent: skip to a later frame
-            quality = self._announced_quality(encoded.passed_through, variant)
-            if (encoded.width, encoded.height, quality, self._version) != self._announced:
-                self._send_metadata((encoded.width, encoded.height), quality, settings)
-            skipped = pacer.sent(frame.seq, len(encoded.data), now, settings.fps, camera.fps)
-            if settings.frame_info:
-                conn.send_text(protocol.encode_message(self._frame_info(encoded, skipped)))
-            conn.send_binary(encoded.data)
-            stats = self.stats
-            stats.frames_sent += 1
-            stats.frames_skipped += skipped
-            stats.bytes_sent += len(encoded.data)
+    # The loop's output (ViewerOutput; sender thread)
+
+    def unsent_bytes(self) -> int | None:
+        return self.connection.unsent_bytes()
+
+    def before_frame(self) -> None:
+        self._flush_control()
+
+    def wanted(self) -> tuple[Variant, float]:
+        self._sending = settings = self._settings
+        return settings.variant, settings.fps
+
+    def send(self, encoded: EncodedFrame, variant: Variant, skipped: int) -> None:
+        settings = self._sending
+        quality = self._announced_quality(encoded.passed_through, variant)
+        if (encoded.width, encoded.height, quality, self._version) != self._announced:
+            self._send_metadata((encoded.width, encoded.height), quality, settings)
+        if settings.frame_info:
+            self.connection.send_text(protocol.encode_message(self._frame_info(encoded, skipped)))
+        self.connection.send_binary(encoded.data)
+
+    def stalled(self) -> None:
+        logger.info("dropping client %s: it stopped reading", self.connection.id)
+        self.connection.abort()
 
     def _flush_control(self) -> None:
         """Send queued text messages and, if settings changed, fresh metadata.
@@ -290,51 +279,42 @@ class ClientSession:
         self._send_changed_settings()
 
     def _send_changed_settings(self) -> None:
-        if self._settings_changed:
-            self._settings_changed = False
+        with self._lock:
+            changed, self._settings_changed = self._settings_changed, False
+        if changed:
             self._version += 1
-            self._pacer.due = 0.0  # a new rate starts now, not when the old timer runs out
+            self._loop.restart_clock()
             settings = self._settings
-            variant = self._variant(settings)
-            latest = self.camera.latest()
+            variant = self._loop.variant(settings.variant)
+            latest = self._camera.latest()
             width, height = (
                 (latest.width, latest.height) if latest is not None
-                else (self.camera.width, self.camera.height)
+                else (self._camera.width, self._camera.height)
             )
-            passed = latest is not None and self.cache.passes_through(latest, variant)
+            passed = latest is not None and self._cache.passes_through(latest, variant)
             size = fit_size(width, height, variant.width, variant.height)
             self._send_metadata(size, self._announced_quality(passed, variant), settings)
-
-    def _variant(self, settings: ClientSettings) -> Variant:
-        """The variant this viewer gets: what it asked for, unless the cache's variant cap
-        gives it the nearest live one (sender thread only)."""
-        wanted = settings.variant
-        if wanted != self._wanted:
-            if self._given is not None:
-                self.cache.release(self._given)
-            self._given, self._wanted = self.cache.assign(wanted), wanted
-        assert self._given is not None
-        return self._given
 
     def _announced_quality(self, passed_through: bool, variant: Variant) -> int | None:
         """The metadata's ``quality``: None for the source's own JPEGs, else the one used."""
         if passed_through:
             return None
-        return self.cache.default_quality if variant.quality is None else variant.quality
+        return self._cache.default_quality if variant.quality is None else variant.quality
 
     def _effective_fps(self, settings: ClientSettings) -> float:
-        return min(settings.fps, self.camera.fps)
+        return min(settings.fps, self._camera.fps)
 
     def _send_metadata(
         self, size: tuple[int, int], quality: int | None, settings: ClientSettings
     ) -> None:
         self._announced = (size[0], size[1], quality, self._version)
+        given = self._loop.given
         message = protocol.metadata_message(
             width=size[0],
             height=size[1],
             fps=self._effective_fps(settings),
             quality=quality,
-            max_bytes=self._given.max_bytes if self._given is not None else settings.max_bytes,
+            max_bytes=given.max_bytes if given is not None else settings.max_bytes,
             frame_info=settings.frame_info,
             paused=self._paused,
             **self._describe_camera(),
@@ -354,7 +334,7 @@ class ClientSession:
         }
 
     def _send_snapshot(self, quality: int | None) -> None:
-        frame = self.camera.latest(wait=_FIRST_FRAME_WAIT_S)
+        frame = self._camera.latest(wait=_FIRST_FRAME_WAIT_S)
         if frame is None:
             self.connection.send_text(
                 protocol.encode_message(protocol.error_message("no frame to snapshot yet"))
@@ -362,7 +342,7 @@ class ClientSession:
             return
         variant = Variant(quality=quality, max_bytes=self._settings.max_bytes)
         try:
-            encoded = self.cache.get(frame, variant)
+            encoded = self._cache.get(frame, variant)
         except EncodeBudgetExceeded:
             message = protocol.error_message("snapshot refused: server busy, try again")
             self.connection.send_text(protocol.encode_message(message))

@@ -25,7 +25,7 @@ headers GET would get; for ``/stream.mjpg`` the multipart headers, then the resp
 transport answers other methods with 405.
 
 Access rules: ``/snapshot.jpg``, ``/stream.mjpg`` and ``/stats.json`` follow the WebSocket rules
-(:meth:`Streamer.access_refusal`): a missing or wrong token is answered with 401 and ``WWW-
+(:class:`~camstream.policy.AccessPolicy`): a missing or wrong token is answered with 401 and ``WWW-
 Authenticate: Bearer``, a foreign ``Origin`` or ``Host`` with 403, and so is a request a browser
 marks as made by a page of another site (``Sec-Fetch-Site: cross-site`` or ``same-site``, as for
 an ``<img>`` on another page, which sends no Origin) unless the Streamer allows other origins.
@@ -39,19 +39,18 @@ enforces the rules, so a visitor without the right token gets a page that says w
 with a Content-Security-Policy under which it loads nothing from elsewhere, and with ``Referrer-
 Policy: no-referrer`` so the token in its URL is never passed on.
 
-Every MJPEG stream follows the rules of a WebSocket viewer (``session.py``): it takes its JPEGs
-from the Streamer's shared :class:`~camstream.encoder.EncodeCache` (viewers of the same variant
-share one encode, whatever the protocol), always sends the newest frame and never one it already
-sent, is paced by its own clock (:class:`~camstream.pacing.Pacer`), skips frames while what it
-sent is still unacknowledged, and queues nothing itself: a reader that stops reading is dropped
-after ``send_timeout``. Streams end within :data:`_POLL_S` seconds of ``Streamer.stop()``.
-MJPEG streams count against ``max_clients`` together with the WebSocket viewers.
+Every MJPEG stream (:class:`~camstream.mjpeg.MjpegStream`) runs the loop of a WebSocket viewer
+(:class:`~camstream.viewer.ViewerLoop`): it takes its JPEGs from the shared
+:class:`~camstream.encoder.EncodeCache` (viewers of the same variant share one encode, whatever
+the protocol), always sends the newest frame and never one it already sent, is paced by its own
+clock, skips frames while what it sent is still unacknowledged, and queues nothing itself: a
+reader that stops reading is dropped after ``send_timeout``. Streams end as soon as the
+Streamer stops. MJPEG streams count against ``max_clients`` together with the WebSocket viewers
+(:class:`~camstream.registry.ViewerRegistry`).
 """
 
 from __future__ import annotations
 
-import contextlib
-import dataclasses
 import functools
 import importlib.resources
 import itertools
@@ -59,29 +58,27 @@ import json
 import logging
 import threading
 import time
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping
+from typing import Any, Callable, Mapping
 
 from . import protocol
-from .encoder import EncodeBudgetExceeded, Variant
+from .camera import CameraThread
+from .encoder import EncodeBudgetExceeded, EncodeCache, Variant
 from .frame import Frame
-from .pacing import BEHIND_POLL_S, Pacer
+from .mjpeg import BOUNDARY, MjpegStream
+from .policy import AccessPolicy
 from .ratelimit import LogBudget
+from .registry import Admission, ViewerRegistry
 from .ws import HttpExchange, Request
-
-if TYPE_CHECKING:
-    from .server import Streamer
 
 __all__ = ["HttpRoutes"]
 
 logger = logging.getLogger(__name__)
 _refusal_log = LogBudget()  # refused requests: anyone can cause them, so they are rate-limited
 
-_POLL_S = 0.1  # waiting loops look at Streamer.is_serving this often
+_POLL_S = 0.1  # /snapshot.jpg's wait for a first frame looks at serving() this often
 _FIRST_FRAME_WAIT_S = 2.0  # how long /snapshot.jpg waits for a first frame before a 503
 _QUERY_FIELDS = frozenset({"fps", "quality", "width", "height", "max_bytes"})
 _HEALTHY_FRAME_AGE_S = 2.0  # /healthz: 200 while the newest frame is younger (or 3 periods)
-_BOUNDARY = "camstream-frame"  # the MJPEG part boundary; parts carry Content-Length too
 
 _NO_STORE = {"Cache-Control": "no-store, no-cache, must-revalidate", "Pragma": "no-cache"}
 _PAGE_HEADERS = {
@@ -104,63 +101,51 @@ def _static_file(name: str) -> bytes:
     Raises:
         OSError: the file is not installed (a broken package).
     """
-    return importlib.resources.files(__package__).joinpath("static", name).read_bytes()
-
-
-@dataclass
-class _StreamStats:
-    """Counters of one MJPEG stream, as reported in ``stats()["http"]["mjpeg_streams"]``."""
-
-    id: int
-    address: str
-    fps: float
-    variant: Variant
-    frames_sent: int = 0
-    frames_skipped: int = 0
-    bytes_sent: int = 0
-    connected_at: float = dataclasses.field(default_factory=time.time)
-
-    def info(self, now: float) -> dict[str, Any]:
-        return {
-            "id": self.id,
-            "address": self.address,
-            "fps": self.fps,
-            "width": self.variant.width,
-            "height": self.variant.height,
-            "quality": self.variant.quality,
-            "max_bytes": self.variant.max_bytes,
-            "frames_sent": self.frames_sent,
-            "frames_skipped": self.frames_skipped,
-            "bytes_sent": self.bytes_sent,
-            "connected_s": round(now - self.connected_at, 3),
-        }
+    return importlib.resources.files(__package__).joinpath("static").joinpath(name).read_bytes()
 
 
 class _BadQuery(ValueError):
     """A query parameter could not be used; the message is the 400 response body."""
 
 
-class _Full(Exception):
-    """No room for another viewer under ``max_clients``."""
-
-
 class HttpRoutes:
     """Answers plain HTTP GETs that are not WebSocket upgrades (see the module docstring).
 
-    Created by the :class:`~camstream.server.Streamer` it serves. :meth:`handle` runs in each
-    connection's own handler thread, any number at a time; :meth:`stats` and
-    :attr:`active_streams` are safe from any thread.
+    Created by the :class:`~camstream.server.Streamer`, which hands it what the endpoints
+    need. :meth:`handle` runs in each connection's own handler thread, any number at a time;
+    :meth:`stats` is safe from any thread.
+
+    Args:
+        camera, cache: the frames and the shared encode cache.
+        policy: who may watch (token, Origin, Host rules; which client a request is).
+        viewers: the registry where each MJPEG stream takes a ``max_clients`` place.
+        stats: the server's counters for ``/stats.json``.
+        websocket_url: the WebSocket URL as the client of a request reaches it (for ``/ws``).
+        serving: whether the server still serves (streams end soon after it turns False).
+        send_timeout: seconds a stream may be behind before it is dropped.
     """
 
-    def __init__(self, streamer: Streamer) -> None:
-        self.streamer = streamer
+    def __init__(
+        self,
+        *,
+        camera: CameraThread,
+        cache: EncodeCache,
+        policy: AccessPolicy,
+        viewers: ViewerRegistry[Any, MjpegStream],
+        stats: Callable[[], dict[str, Any]],
+        websocket_url: Callable[[Request], str],
+        serving: Callable[[], bool],
+        send_timeout: float,
+    ) -> None:
+        self._camera, self._cache, self._policy, self._viewers = camera, cache, policy, viewers
+        self._server_stats, self._websocket_url = stats, websocket_url
+        self._serving, self._send_timeout = serving, send_timeout
         self._routes: dict[str, Callable[[HttpExchange], None]] = {
             "/snapshot.jpg": self._snapshot,
             "/stream.mjpg": self._stream,
             "/stats.json": self._stats_json,
         }
         self._lock = threading.Lock()  # guards everything below
-        self._streams: dict[int, _StreamStats] = {}
         self._stream_ids = itertools.count(1)
         self._counters = {
             "requests": 0,
@@ -198,7 +183,7 @@ class HttpRoutes:
         if path == "/ws":
             exchange.send_response(
                 426,
-                f"connect a WebSocket client to {self.streamer.url_for(request)}\n".encode(),
+                f"connect a WebSocket client to {self._websocket_url(request)}\n".encode(),
                 headers={"Upgrade": "websocket", "Sec-WebSocket-Version": "13"},
             )
             return
@@ -224,14 +209,15 @@ class HttpRoutes:
         stream since the start, open or ended.
         """
         now = time.time()
+        streams = self._viewers.streams()
         with self._lock:
-            streams = list(self._streams.values())
             result: dict[str, Any] = dict(self._counters)
             totals = dict(self._ended)
         for stream in streams:
-            totals["frames_sent"] += stream.frames_sent
-            totals["frames_skipped"] += stream.frames_skipped
-            totals["bytes_sent"] += stream.bytes_sent
+            stats = stream.stats
+            totals["frames_sent"] += stats.frames_sent
+            totals["frames_skipped"] += stats.frames_skipped
+            totals["bytes_sent"] += stats.bytes_sent
         result.update(
             mjpeg_active=len(streams),
             mjpeg_frames_sent=totals["frames_sent"],
@@ -240,12 +226,6 @@ class HttpRoutes:
             mjpeg_streams=[s.info(now) for s in streams],
         )
         return result
-
-    @property
-    def active_streams(self) -> int:
-        """The number of open MJPEG streams (they count against ``max_clients``)."""
-        with self._lock:
-            return len(self._streams)
 
     # Endpoints
 
@@ -263,12 +243,12 @@ class HttpRoutes:
         """Headers of the frame endpoints: never cached, and readable by other origins only if
         the Streamer allows some (``Cross-Origin-Resource-Policy``, honoured by browsers for
         ``<img>`` and ``fetch(no-cors)``, which carry no Origin header)."""
-        corp = "cross-origin" if self.streamer.allowed_origins else "same-origin"
+        corp = "cross-origin" if self._policy.other_origins_allowed else "same-origin"
         return {**_NO_STORE, "Cross-Origin-Resource-Policy": corp}
 
     def _snapshot(self, exchange: HttpExchange) -> None:
         variant, _ = self._parse_query(exchange.request.query)
-        frame = self.streamer.camera.latest() or self._wait_for_frame(0, _FIRST_FRAME_WAIT_S)
+        frame = self._camera.latest() or self._wait_for_frame(0, _FIRST_FRAME_WAIT_S)
         if frame is None:
             exchange.send_response(
                 503,
@@ -277,7 +257,7 @@ class HttpRoutes:
             )
             return
         try:
-            encoded = self.streamer.cache.get(frame, variant)
+            encoded = self._cache.get(frame, variant)
         except EncodeBudgetExceeded:
             exchange.send_response(
                 503, b"server busy, try again\n",
@@ -289,100 +269,85 @@ class HttpRoutes:
 
     def _healthz(self, exchange: HttpExchange) -> None:
         """200 ``ok`` while frames flow, else 503 ``no frames``; no token: it reveals one bit."""
-        frame = self.streamer.camera.latest()
-        limit = max(_HEALTHY_FRAME_AGE_S, 3.0 / self.streamer.camera.fps)
+        frame = self._camera.latest()
+        limit = max(_HEALTHY_FRAME_AGE_S, 3.0 / self._camera.fps)
         if frame is not None and time.monotonic() - frame.captured_monotonic <= limit:
             exchange.send_response(200, b"ok\n", headers=_NO_STORE)
         else:
             exchange.send_response(503, b"no frames\n", headers={"Retry-After": "1", **_NO_STORE})
 
     def _stats_json(self, exchange: HttpExchange) -> None:
-        body = json.dumps(self.streamer.stats(), indent=1).encode()
+        body = json.dumps(self._server_stats(), indent=1).encode()
         exchange.send_response(200, body, "application/json", headers=self._frame_headers)
 
     def _stream(self, exchange: HttpExchange) -> None:
         variant, fps = self._parse_query(exchange.request.query)
         head = {
-            "Content-Type": f"multipart/x-mixed-replace; boundary={_BOUNDARY}",
+            "Content-Type": f"multipart/x-mixed-replace; boundary={BOUNDARY}",
             "X-Accel-Buffering": "no",  # tell nginx not to buffer the stream
             **self._frame_headers,
         }
         if exchange.head_only:  # the headers a GET would get; no viewer place is taken
             exchange.start_stream(200, head)
             return
+        address = self._policy.client_of(exchange.request).address
+        with self._lock:
+            stream_id = next(self._stream_ids)
+        stream = MjpegStream(
+            stream_id, exchange, self._camera, self._cache, address=address, variant=variant,
+            fps=fps, stall_timeout=self._send_timeout,
+        )
         try:
-            with self._admitted(exchange.request, variant, fps) as stream:
-                exchange.start_stream(200, head)
-                self._send_frames(exchange, stream)
-        except _Full:
-            self._count("mjpeg_full")
-            logger.info(
-                "MJPEG client from %s refused: server full",
-                self.streamer.client_of(exchange.request).address,
-            )
-            exchange.send_response(
-                503,
-                b"server full, try again later\n",
-                headers={"Retry-After": "5", **self._frame_headers},
-            )
-
-    def _send_frames(self, exchange: HttpExchange, stream: _StreamStats) -> None:
-        """The MJPEG loop: the newest frame, never one already sent, at the stream's rate.
-
-        Returns when the Streamer stops; raises ConnectionClosedError when the client leaves
-        or its writes block for longer than ``send_timeout``.
-        """
-        streamer = self.streamer
-        camera, cache = streamer.camera, streamer.cache
-        pacer = Pacer(streamer.send_timeout)
-        seen = 0  # the newest frame looked at, sent or not
-        while streamer.is_serving:
-            wait = pacer.wait_s(time.monotonic(), camera.fps)
-            if wait > 0 and not self._sleep(wait):
+            admission = self._viewers.add_stream(stream_id, stream)
+            if admission is Admission.CLOSED:
+                exchange.send_response(503, b"server shutting down\n", headers=self._frame_headers)
                 return
-            frame = camera.wait_for_frame(seen, _POLL_S)
-            if frame is None:
-                continue
-            seen = frame.seq
-            if not pacer.wants(frame.seq, frame.captured_monotonic, camera.fps):
-                continue
-            if pacer.behind(exchange.unsent_bytes(), time.monotonic()):
-                if pacer.stalled(time.monotonic()):
-                    logger.info("MJPEG stream %d dropped: it stopped reading", stream.id)
-                    return
-                if not self._sleep(BEHIND_POLL_S):
-                    return
-                continue
-            now = time.monotonic()
+            if admission is Admission.FULL:
+                self._count("mjpeg_full")
+                logger.info("MJPEG client from %s refused: server full", address)
+                exchange.send_response(
+                    503,
+                    b"server full, try again later\n",
+                    headers={"Retry-After": "5", **self._frame_headers},
+                )
+                return
+            self._count("mjpeg_opened")
+            logger.info("MJPEG stream %d opened by %s", stream_id, address)
             try:
-                encoded = cache.get(frame, stream.variant)
-            except EncodeBudgetExceeded:
-                continue  # the server's encode budget is spent: skip to a later frame
-            exchange.write(_part(encoded.data, encoded.captured_at))
-            stream.frames_skipped += pacer.sent(
-                frame.seq, len(encoded.data), now, stream.fps, camera.fps
-            )
-            stream.frames_sent += 1
-            stream.bytes_sent += len(encoded.data)
+                exchange.start_stream(200, head)
+                stream.run()
+            finally:
+                self._viewers.remove_stream(stream_id)
+                stats = stream.stats
+                with self._lock:
+                    for key in self._ended:
+                        self._ended[key] += getattr(stats, key)
+                logger.info(
+                    "MJPEG stream %d closed: %d frames sent, %d skipped",
+                    stream_id, stats.frames_sent, stats.frames_skipped,
+                )
+        finally:
+            stream.release()
 
     # Helpers
 
     def _refuse(self, exchange: HttpExchange) -> bool:
         """Answer 401 / 403 if the token or Origin rules refuse this request; True if so."""
-        refusal = self.streamer.access_refusal(exchange.request)
+        refusal = self._policy.refusal(exchange.request)
         if refusal is None:
             return False
-        _, reason = refusal
         self._count("refused")
         _refusal_log.log(
             logger, logging.INFO, "HTTP %s from %s refused: %s",
-            exchange.request.path, self.streamer.client_of(exchange.request).address, reason,
+            exchange.request.path, self._policy.client_of(exchange.request).address,
+            refusal.reason,
         )
-        if "token" in reason:
-            challenge = {"WWW-Authenticate": 'Bearer realm="camstream"'}
-            exchange.send_response(401, f"{reason}\n".encode(), headers=challenge)
-        else:
-            exchange.send_response(403, f"{reason}\n".encode())
+        challenge = (
+            {"WWW-Authenticate": 'Bearer realm="camstream"'} if refusal.unauthenticated else None
+        )
+        exchange.send_response(
+            refusal.http_status, f"{refusal.reason}\n".encode(), headers=challenge
+        )
         return True
 
     def _parse_query(self, query: Mapping[str, str]) -> tuple[Variant, float]:
@@ -401,72 +366,19 @@ class HttpRoutes:
             quality=settings.get("quality"),  # None: the source's JPEG as it is, or the default
             max_bytes=settings.get("max_bytes"),
         )
-        camera_fps = self.streamer.camera.fps
+        camera_fps = self._camera.fps
         return variant, min(settings.get("fps", camera_fps), camera_fps)
-
-    @contextlib.contextmanager
-    def _admitted(self, request: Request, variant: Variant, fps: float) -> Iterator[_StreamStats]:
-        """Register an MJPEG stream for the duration of the block.
-
-        Raises:
-            _Full: WebSocket viewers plus MJPEG streams already reach ``max_clients``.
-        """
-        if not self.streamer.reserve_viewer():
-            raise _Full
-        variant = self.streamer.cache.assign(variant)  # the variant cap may give another
-        with self._lock:
-            address = self.streamer.client_of(request).address
-            stream = _StreamStats(next(self._stream_ids), address, fps, variant)
-            self._streams[stream.id] = stream
-            self._counters["mjpeg_opened"] += 1
-        logger.info("MJPEG stream %d opened by %s", stream.id, stream.address)
-        try:
-            yield stream
-        finally:
-            self.streamer.release_viewer()
-            self.streamer.cache.release(variant)
-            with self._lock:
-                self._streams.pop(stream.id, None)
-                for key in self._ended:
-                    self._ended[key] += getattr(stream, key)
-            logger.info(
-                "MJPEG stream %d closed: %d frames sent, %d skipped",
-                stream.id,
-                stream.frames_sent,
-                stream.frames_skipped,
-            )
 
     def _wait_for_frame(self, after_seq: int, timeout: float) -> Frame | None:
         """A frame newer than ``after_seq``, waiting up to ``timeout`` s while serving."""
         deadline = time.monotonic() + timeout
-        while self.streamer.is_serving and (left := deadline - time.monotonic()) > 0:
-            frame = self.streamer.camera.wait_for_frame(after_seq, min(left, _POLL_S))
+        while self._serving() and (left := deadline - time.monotonic()) > 0:
+            frame = self._camera.wait_for_frame(after_seq, min(left, _POLL_S))
             if frame is not None:
                 return frame
         return None
-
-    def _sleep(self, seconds: float) -> bool:
-        """Sleep while serving; returns False if the Streamer stopped meanwhile."""
-        deadline = time.monotonic() + seconds
-        while (left := deadline - time.monotonic()) > 0:
-            if not self.streamer.is_serving:
-                return False
-            time.sleep(min(left, _POLL_S))
-        return self.streamer.is_serving
 
     def _count(self, name: str) -> None:
         with self._lock:
             self._counters[name] += 1
 
-
-def _part(jpeg: bytes, captured_at: float) -> bytes:
-    """One multipart part: boundary line, part headers, the JPEG, CRLF.
-
-    ``X-Timestamp`` is the capture time in Unix seconds, as mjpg-streamer sends it; readers
-    that do not know it ignore it.
-    """
-    head = (
-        f"--{_BOUNDARY}\r\nContent-Type: image/jpeg\r\nContent-Length: {len(jpeg)}\r\n"
-        f"X-Timestamp: {captured_at:.6f}\r\n\r\n"
-    ).encode("ascii")
-    return head + jpeg + b"\r\n"

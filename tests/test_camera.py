@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import websocket
 from conftest import TIMEOUT, stop_process, wait_until, write_video
+from helpers import read_line
 
 from camstream import CameraState, CameraThread, ConfigError, SourceError
 
@@ -312,7 +313,7 @@ def test_cli_width_alone_streams_at_4_3_without_a_camera() -> None:
         env={**os.environ, "PYTHONPATH": str(root)},
     )
     try:
-        line = process.stdout.readline()  # the banner, printed once it is serving
+        line = read_line(process.stdout)  # the banner, printed once it is serving
     finally:
         stop_process(process)
     assert "320x240" in line, line

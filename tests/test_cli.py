@@ -13,6 +13,7 @@ from typing import Iterator
 
 import pytest
 from conftest import TIMEOUT, stop_process
+from helpers import read_line
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
@@ -44,7 +45,7 @@ def cli_server() -> Iterator[tuple[subprocess.Popen, str]]:
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
     try:
-        line = process.stdout.readline()  # type: ignore[union-attr]
+        line = read_line(process.stdout)
         match = URL.search(line)
         assert match, f"no URL in {line!r}"
         yield process, match.group(0)
@@ -103,7 +104,7 @@ def test_default_source_falls_back_to_the_test_pattern_without_a_camera() -> Non
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
     try:
-        line = process.stdout.readline()  # type: ignore[union-attr]
+        line = read_line(process.stdout)
         assert URL.search(line), line
         process.send_signal(signal.SIGINT)
         assert process.wait(TIMEOUT) == 0
@@ -146,7 +147,7 @@ def test_max_bytes_option_sets_the_default_for_silent_clients() -> None:
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
     try:
-        match = URL.search(process.stdout.readline())  # type: ignore[union-attr]
+        match = URL.search(read_line(process.stdout))
         assert match
         with connect(match.group(0), open_timeout=TIMEOUT) as ws:
             assert json.loads(ws.recv(timeout=TIMEOUT))["max_bytes"] is None
@@ -174,7 +175,7 @@ def test_warns_when_two_opencv_wheels_write_cv2(tmp_path) -> None:
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
     )
     try:
-        assert URL.search(process.stdout.readline())  # type: ignore[union-attr]
+        assert URL.search(read_line(process.stdout))
         process.send_signal(signal.SIGINT)
         assert process.wait(TIMEOUT) == 0
         stderr = process.stderr.read()  # type: ignore[union-attr]

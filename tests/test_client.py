@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 from conftest import TIMEOUT, stop_process
+from helpers import read_line
 
 from camstream import CloseCode, ConfigError, ConnectionClosedError
 from camstream.client import Client, RequestRefusedError
@@ -99,7 +100,7 @@ def test_push_frames_example() -> None:
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
     try:
-        line = process.stdout.readline()  # type: ignore[union-attr]
+        line = read_line(process.stdout)
         url = re.search(r"ws://\S+", line)
         assert url, line
         with Client(url.group(0), timeout=TIMEOUT) as client:

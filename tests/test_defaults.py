@@ -19,6 +19,7 @@ from typing import Any, Iterator
 import numpy as np
 import pytest
 from conftest import TIMEOUT, stop_process, wait_until
+from helpers import read_line
 from test_browser import browser, page, wait_for  # noqa: F401 - fixtures used below
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
@@ -78,6 +79,7 @@ def noisy_push(streamer_factory) -> Iterator[Any]:
     for _, stop, thread in created:
         stop.set()
         thread.join(TIMEOUT)
+        assert not thread.is_alive(), "thread did not finish"
 
 
 # Item 0: a client that says nothing gets frames Godot's default WebSocketPeer takes
@@ -191,6 +193,7 @@ def test_log_says_the_code_the_server_sent_at_shutdown(
         assert code == 1001
         raw.send_frame(OP_CLOSE, (1000).to_bytes(2, "big"))  # answers with another code
         stopper.join(TIMEOUT)
+        assert not stopper.is_alive(), "stopper did not finish"
     (line,) = _left_lines(caplog)
     assert "server closed with code 1001" in line, line
 
@@ -246,7 +249,7 @@ def test_sigterm_stops_serve_forever_cleanly_and_restores_the_handler() -> None:
         text=True,
     )
     try:
-        url = process.stdout.readline().strip()  # type: ignore[union-attr]
+        url = read_line(process.stdout).strip()
         assert url.startswith("ws://127.0.0.1:"), process.stderr.read()  # type: ignore[union-attr]
         with connect(url, open_timeout=TIMEOUT) as ws:
             assert json.loads(ws.recv(timeout=TIMEOUT))["type"] == "metadata"

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import threading
 
-import cv2
 import numpy as np
 import pytest
+from conftest import TIMEOUT
+from helpers import decode_jpeg
 
 from camstream.encoder import EncodeCache, Variant, encode_jpeg, fit_size
 from camstream.frame import Frame
@@ -20,13 +21,6 @@ def make_frame(seq: int, image: np.ndarray) -> Frame:
 def noise(width: int, height: int, seed: int = 1) -> np.ndarray:
     """A worst case for JPEG: every pixel random."""
     return np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8)
-
-
-def decode(data: bytes) -> np.ndarray:
-    assert data[:2] == b"\xff\xd8" and data[-2:] == b"\xff\xd9", "not a whole JPEG file"
-    image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
-    assert image is not None
-    return image
 
 
 @pytest.mark.parametrize(
@@ -49,9 +43,9 @@ def test_variant_size_and_quality() -> None:
     frame = make_frame(1, noise(640, 480))
     small = cache.get(frame, Variant(width=320, quality=50))
     assert (small.width, small.height, small.quality) == (320, 240, 50)
-    assert decode(small.data).shape == (240, 320, 3)
+    assert decode_jpeg(small.data).shape == (240, 320, 3)
     full = cache.get(frame, Variant(quality=90))
-    assert decode(full.data).shape == (480, 640, 3)
+    assert decode_jpeg(full.data).shape == (480, 640, 3)
     assert len(full.data) > len(small.data)
 
 
@@ -69,7 +63,8 @@ def test_one_encode_per_frame_and_variant_however_many_ask() -> None:
     for t in threads:
         t.start()
     for t in threads:
-        t.join(10)
+        t.join(TIMEOUT)
+        assert not t.is_alive(), f"{t.name} did not finish"
     assert len(results) == 20 and len(set(results)) == 1
     assert cache.encodes == 1
     cache.get(frame, Variant(quality=60))
@@ -93,7 +88,7 @@ def test_max_bytes_respected_on_a_detailed_1080p_source(limit: int) -> None:
     for seq in range(1, 6):
         encoded = cache.get(make_frame(seq, noise(1920, 1080, seed=seq)), variant)
         assert len(encoded.data) <= limit
-        image = decode(encoded.data)
+        image = decode_jpeg(encoded.data)
         assert image.shape[:2] == (encoded.height, encoded.width)
         assert abs(encoded.width / encoded.height - 16 / 9) < 0.02  # aspect kept
 
@@ -113,7 +108,7 @@ def test_grayscale_and_bgra_frames_encode() -> None:
     gray = np.full((48, 64), 128, np.uint8)
     bgra = np.zeros((48, 64, 4), np.uint8)
     for image in (gray, bgra):
-        assert decode(encode_jpeg(image, 80)).shape[:2] == (48, 64)
+        assert decode_jpeg(encode_jpeg(image, 80)).shape[:2] == (48, 64)
 
 
 def test_cache_is_bounded_in_bytes_too() -> None:

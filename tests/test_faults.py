@@ -8,31 +8,28 @@ wait is on a message, a socket read with a timeout, or a bounded poll of state t
 
 from __future__ import annotations
 
-import base64
-import contextlib
 import json
 import logging
 import os
 import re
 import select
 import signal
-import socket
-import struct
 import subprocess
 import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import pytest
 from conftest import TIMEOUT, camstream_threads, wait_until, write_video
-from test_control import next_binary, next_text
+from helpers import Counter, Publisher, RawViewer, next_binary, next_text, read_line, running
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
 from camstream import CloseCode, Streamer
+from camstream.session import ClientSession
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -51,143 +48,6 @@ def proc_status(field: str) -> int:
 
 def open_fds() -> int:
     return len(os.listdir("/proc/self/fd"))
-
-
-class RawViewer:
-    """A WebSocket viewer on a bare socket: handshake, then exactly the reads a test asks for."""
-
-    def __init__(self, port: int, *, rcvbuf: int | None = None, timeout: float = TIMEOUT) -> None:
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        if rcvbuf is not None:  # before connect, so the window is small from the start
-            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
-        self.sock.settimeout(timeout)
-        self.sock.connect(("127.0.0.1", port))
-        key = base64.b64encode(os.urandom(16)).decode()
-        self.sock.sendall(
-            f"GET / HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\n"
-            f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
-            f"Sec-WebSocket-Version: 13\r\n\r\n".encode()
-        )
-        self.buf = b""
-        while b"\r\n\r\n" not in self.buf:
-            self.buf += self._recv()
-        head, self.buf = self.buf.split(b"\r\n\r\n", 1)
-        assert head.startswith(b"HTTP/1.1 101"), head
-
-    def _recv(self) -> bytes:
-        chunk = self.sock.recv(65536)
-        if not chunk:
-            raise EOFError("server closed the connection")
-        return chunk
-
-    def read_exact(self, n: int) -> bytes:
-        while len(self.buf) < n:
-            self.buf += self._recv()
-        data, self.buf = self.buf[:n], self.buf[n:]
-        return data
-
-    def read_header(self) -> tuple[int, int]:
-        """Read one frame header; returns (opcode, payload length)."""
-        b1, b2 = self.read_exact(2)
-        n = b2 & 0x7F
-        if n == 126:
-            (n,) = struct.unpack("!H", self.read_exact(2))
-        elif n == 127:
-            (n,) = struct.unpack("!Q", self.read_exact(8))
-        return b1 & 0x0F, n
-
-    def read_message(self) -> tuple[int, bytes]:
-        opcode, n = self.read_header()
-        return opcode, self.read_exact(n)
-
-    def send_close(self, code: int = 1000) -> None:
-        payload = struct.pack("!H", code)
-        mask = os.urandom(4)
-        masked = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
-        self.sock.sendall(bytes((0x88, 0x80 | len(payload))) + mask + masked)
-
-    def reset(self) -> None:
-        """Close abruptly: SO_LINGER 0 makes close() send a RST instead of a FIN."""
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-        self.sock.close()
-
-    def close(self) -> None:
-        self.sock.close()
-
-
-class Counter(threading.Thread):
-    """A websockets viewer in its own thread, stamping the arrival time of every frame."""
-
-    def __init__(self, url: str) -> None:
-        super().__init__(name="test-viewer", daemon=True)  # daemon: a failed test must not hang
-        self.url = url
-        self.arrivals: list[float] = []
-        self.close_code: int | None = None
-        self.closed_at: float | None = None
-        self.ready = threading.Event()  # set once the first frame arrived
-        self.stop = threading.Event()
-        self.error: BaseException | None = None
-
-    def run(self) -> None:
-        try:
-            with connect(self.url, open_timeout=TIMEOUT, max_size=2**24) as ws:
-                while not self.stop.is_set():
-                    try:
-                        message = ws.recv(timeout=0.2)
-                    except TimeoutError:
-                        continue
-                    except ConnectionClosed as exc:
-                        self.closed_at = time.monotonic()
-                        self.close_code = exc.rcvd.code if exc.rcvd is not None else None
-                        return
-                    if isinstance(message, bytes):
-                        self.arrivals.append(time.monotonic())
-                        self.ready.set()
-        except BaseException as exc:  # reported by the test
-            self.error = exc
-            self.ready.set()
-
-    def frames_between(self, t0: float, t1: float) -> int:
-        return sum(1 for t in list(self.arrivals) if t0 <= t < t1)
-
-
-class Publisher(threading.Thread):
-    """Publishes the given images in turn at ``fps`` (push source), stamping each publish time."""
-
-    def __init__(self, streamer: Streamer, images: list[np.ndarray], fps: float) -> None:
-        super().__init__(name="test-publisher", daemon=True)
-        self.streamer, self.images, self.period = streamer, images, 1.0 / fps
-        self.published: list[float] = []
-        self.stop = threading.Event()
-
-    def run(self) -> None:
-        deadline = time.monotonic()
-        i = 0
-        while not self.stop.is_set():
-            self.streamer.publish(self.images[i % len(self.images)], copy=False)
-            self.published.append(time.monotonic())
-            i += 1
-            deadline = max(deadline + self.period, time.monotonic() - self.period)
-            # The publisher's clock (a camera's frame period), not a wait for some state.
-            self.stop.wait(max(deadline - time.monotonic(), 0.0))
-
-    def count_between(self, t0: float, t1: float) -> int:
-        return sum(1 for t in list(self.published) if t0 <= t < t1)
-
-
-@contextlib.contextmanager
-def running(*threads: threading.Thread) -> Iterator[None]:
-    """Start the threads; on exit set their ``stop`` event and join them (bounded)."""
-    for thread in threads:
-        thread.start()
-    try:
-        yield
-    finally:
-        for thread in threads:
-            thread.stop.set()  # type: ignore[attr-defined]
-        for thread in threads:
-            thread.join(TIMEOUT)
-            assert not thread.is_alive(), f"{thread.name} did not stop"
 
 
 # -- camera loss -------------------------------------------------------------------------------
@@ -398,7 +258,7 @@ def test_sigint_stops_the_command_cleanly_and_viewers_get_1001(tmp_path: Path) -
         assert proc.stdout is not None
         ready, _, _ = select.select([proc.stdout], [], [], 4 * TIMEOUT)
         assert ready, "no startup line"
-        line = proc.stdout.readline()
+        line = read_line(proc.stdout)
         match = re.search(r"ws://\S+/", line)
         assert match, line
         with connect(match.group(0), open_timeout=TIMEOUT) as ws:
@@ -424,21 +284,20 @@ def test_sigint_stops_the_command_cleanly_and_viewers_get_1001(tmp_path: Path) -
 # -- a crash in application code ---------------------------------------------------------------
 
 
-class CrashingStreamer(Streamer):
-    """An application that extends Streamer with its own control message, and has a bug in it."""
-
-    def on_text(self, conn: Any, text: str) -> None:
-        if json.loads(text).get("type") == "app_command":
-            raise RuntimeError("bug in the application's handler")
-        super().on_text(conn, text)
-
-
 def test_an_exception_in_an_application_callback_closes_that_client_with_1011_only(
-    caplog,
+    caplog, monkeypatch,
 ) -> None:
     # (The encoder-error path of the sender thread is covered in test_control.py; this is the
-    # transport's callback path, from a real client's message.)
-    streamer = CrashingStreamer("test", port=0, fps=30)
+    # transport's callback path, from a real client's message: a bug in the text handler.)
+    handle_text = ClientSession.handle_text
+
+    def crashing(self: ClientSession, text: str) -> None:
+        if json.loads(text).get("type") == "app_command":
+            raise RuntimeError("bug in the application's handler")
+        handle_text(self, text)
+
+    monkeypatch.setattr(ClientSession, "handle_text", crashing)
+    streamer = Streamer("test", port=0, fps=30)
     streamer.start()
     try:
         with connect(streamer.url, open_timeout=TIMEOUT) as victim, \

@@ -191,7 +191,8 @@ class GodotProcess:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             code = self.proc.wait()
-        self._reader.join(timeout=5)
+        self._reader.join(timeout=TIMEOUT)
+        assert not self._reader.is_alive(), "Godot's output reader did not finish"
         while True:
             try:
                 line = self._queue.get_nowait()
@@ -216,7 +217,7 @@ def godot_process(godot: str, env: dict[str, str], args: list[str]) -> Iterator[
     finally:
         if process.proc.poll() is None:
             process.proc.kill()
-        process.finish(timeout=5)
+        process.finish(timeout=TIMEOUT)
 
 
 # The server
@@ -508,13 +509,13 @@ def test_reconnects_with_backoff_and_reports_1001(
     port = free_port()
     args = ["--path", str(project), "--", f"--url=ws://127.0.0.1:{port}/", "--timeout=20"]
     with godot_process(godot, godot_home, args) as proc:
-        proc.wait_for(r"code -1.*retrying in", timeout=10)
-        proc.wait_for(r"code -1.*retrying in", timeout=10)  # a second, longer wait
+        proc.wait_for(r"code -1.*retrying in", timeout=TIMEOUT * 2)
+        proc.wait_for(r"code -1.*retrying in", timeout=TIMEOUT * 2)  # a second, longer wait
         with streamer(port=port, width=320, height=240):
-            proc.wait_for(r"^camstream: connected to", timeout=15)
-            proc.wait_for(r"^camstream: metadata .*\"width\":320", timeout=10)
+            proc.wait_for(r"^camstream: connected to", timeout=TIMEOUT * 3)
+            proc.wait_for(r"^camstream: metadata .*\"width\":320", timeout=TIMEOUT * 2)
         # Leaving the block stopped the server: the client must see 1001 and plan a retry.
-        line = proc.wait_for(r"^camstream: closed \(code", timeout=10)
+        line = proc.wait_for(r"^camstream: closed \(code", timeout=TIMEOUT * 2)
         assert "code 1001" in line, proc.output
         assert "retrying in 0." in line, proc.output  # backoff was reset when the connection opened
         proc.proc.kill()
@@ -612,10 +613,13 @@ func _run() -> void:
 	await _until(func() -> bool: return snapshots.size() > 0, "snapshot")
 	print("CONTROL snapshot %dx%d" % [snapshots[0].get_width(), snapshots[0].get_height()])
 
+	var announced: int = metadata.size()
 	c.pause()
-	await _sleep(0.5)  # frames already on the way
+	# The server confirms with metadata (paused: true) after any frame already on the way.
+	await _until(func() -> bool: return metadata.size() > announced and metadata[-1].paused,
+		"paused metadata")
 	var paused_at: int = frames
-	await _sleep(1.0)
+	await _sleep(1.0)  # the observation window: no frame may arrive in it
 	print("CONTROL paused frames_during_pause=%d" % (frames - paused_at))
 	c.resume()
 	await _until(func() -> bool: return frames > paused_at + 2, "frames after resume")
@@ -674,10 +678,10 @@ def test_debug_scene_prints_states_packets_and_close(
     try:
         args = ["--path", str(project), "res://test_websocket.tscn", "--", f"--url={server.url}"]
         with godot_process(godot, godot_home, args) as proc:
-            proc.wait_for(r"^packet 3 binary \d+ bytes$", timeout=10)
+            proc.wait_for(r"^packet 3 binary \d+ bytes$", timeout=TIMEOUT * 2)
             server_context.__exit__(None, None, None)  # stop the server: close 1001
             server_context = None
-            proc.wait_for(r"^closed code=", timeout=10)
+            proc.wait_for(r"^closed code=", timeout=TIMEOUT * 2)
     finally:
         if server_context is not None:
             server_context.__exit__(None, None, None)
@@ -831,6 +835,7 @@ def noisy_webcam(fps: float = 30.0, **options: Any) -> Iterator[Streamer]:
         finally:
             stop.set()
             publisher.join(TIMEOUT)
+            assert not publisher.is_alive(), "publisher did not finish"
 
 
 def test_seed_client_streams_a_noisy_720p_webcam_with_the_defaults(

@@ -21,7 +21,7 @@ from typing import Any
 import cv2
 import numpy as np
 from conftest import TIMEOUT, stop_process, wait_until
-from test_faults import Counter, Publisher, RawViewer, running
+from helpers import Counter, Publisher, RawViewer, read_line, running
 from websocket import create_connection
 
 # -- helpers -----------------------------------------------------------------------------------
@@ -213,15 +213,10 @@ def test_the_command_listens_on_loopback_only_by_default() -> None:
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
     try:
-        lines: list[str] = []
-        reader = threading.Thread(
-            target=lambda: lines.append(process.stdout.readline()), daemon=True  # type: ignore
-        )
-        reader.start()
-        reader.join(3 * TIMEOUT)
-        assert lines and lines[0], "the command printed no start-up line"
-        match = re.search(r"ws://[^ ]+:(\d+)/", lines[0])
-        assert match, lines[0]
+        line = read_line(process.stdout)
+        assert line, "the command printed no start-up line"
+        match = re.search(r"ws://[^ ]+:(\d+)/", line)
+        assert match, line
         port = int(match.group(1))
         assert wait_until(lambda: bool(_listening_addresses(port)))
         # 0100007F is 127.0.0.1 in /proc's little-endian hex; 0.0.0.0 would be 00000000.

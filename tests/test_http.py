@@ -7,115 +7,21 @@ backend reading MJPEG over HTTP), a raw-socket multipart reader, and ``websocket
 from __future__ import annotations
 
 import contextlib
-import http.client
 import json
 import re
 import socket
 import threading
 import time
-from dataclasses import dataclass
 from typing import Iterator
 
 import cv2
 import numpy as np
 import pytest
 from conftest import TIMEOUT, wait_until
+from helpers import MjpegReader, Response, decode_jpeg, get
 from websockets.sync.client import connect
 
 from camstream import Streamer
-
-
-@dataclass
-class Response:
-    status: int
-    headers: dict[str, str]  # lower-case names
-    body: bytes
-
-
-def get(port: int, target: str, headers: dict[str, str] | None = None) -> Response:
-    """One GET with ``http.client``; the whole body is read."""
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=TIMEOUT)
-    try:
-        conn.request("GET", target, headers=headers or {})
-        response = conn.getresponse()
-        body = response.read()
-        return Response(response.status, {k.lower(): v for k, v in response.getheaders()}, body)
-    finally:
-        conn.close()
-
-
-def decode(data: bytes) -> np.ndarray:
-    assert data[:2] == b"\xff\xd8" and data[-2:] == b"\xff\xd9", "not a whole JPEG file"
-    image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
-    assert image is not None, "JPEG does not decode"
-    return image
-
-
-class MjpegReader:
-    """A raw-socket ``multipart/x-mixed-replace`` reader: exactly what goes over the wire."""
-
-    def __init__(
-        self,
-        port: int,
-        target: str = "/stream.mjpg",
-        *,
-        rcvbuf: int | None = None,
-        read: bool = True,
-        headers: dict[str, str] | None = None,
-    ) -> None:
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        if rcvbuf is not None:  # a small receive window makes a stalled reader stall quickly
-            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
-        self.sock.settimeout(TIMEOUT)
-        self.sock.connect(("127.0.0.1", port))
-        lines = [f"GET {target} HTTP/1.1", "Host: 127.0.0.1"]
-        lines += [f"{k}: {v}" for k, v in (headers or {}).items()]
-        self.sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode())
-        self.file = self.sock.makefile("rb")
-        self.status = 0
-        self.headers: dict[str, str] = {}
-        self.boundary = b""
-        if read:
-            self.read_head()
-
-    def read_head(self) -> None:
-        self.status = int(self.file.readline().split()[1])
-        self.headers = self._read_headers()
-        match = re.search(r"boundary=([^;\s]+)", self.headers.get("content-type", ""))
-        if match:
-            self.boundary = match.group(1).strip('"').encode()
-
-    def _read_headers(self) -> dict[str, str]:
-        headers = {}
-        while line := self.file.readline().rstrip(b"\r\n"):
-            name, _, value = line.decode("latin-1").partition(":")
-            headers[name.strip().lower()] = value.strip()
-        return headers
-
-    def next_part(self) -> tuple[dict[str, str], bytes]:
-        """The next part's headers and body; raises EOFError at the end of the stream."""
-        line = self.file.readline()
-        if not line:
-            raise EOFError("stream ended")
-        assert line.rstrip(b"\r\n") == b"--" + self.boundary, line
-        headers = self._read_headers()
-        size = int(headers["content-length"])
-        body = self.file.read(size)
-        tail = self.file.read(2)
-        if len(body) < size or len(tail) < 2:
-            raise EOFError("stream ended inside a part")
-        assert tail == b"\r\n", tail
-        return headers, body
-
-    def close(self) -> None:
-        self.file.close()
-        self.sock.close()
-
-    def __enter__(self) -> MjpegReader:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
 
 
 @contextlib.contextmanager
@@ -174,11 +80,11 @@ def test_snapshot_is_the_latest_frame_at_the_requested_size(streamer_factory) ->
     full = get(streamer.port, "/snapshot.jpg")
     assert full.status == 200 and full.headers["content-type"] == "image/jpeg"
     assert "no-store" in full.headers["cache-control"]
-    assert decode(full.body).shape == (480, 640, 3)
+    assert decode_jpeg(full.body).shape == (480, 640, 3)
     small = get(streamer.port, "/snapshot.jpg?width=320&quality=40")
-    assert decode(small.body).shape == (240, 320, 3)
+    assert decode_jpeg(small.body).shape == (240, 320, 3)
     boxed = get(streamer.port, "/snapshot.jpg?height=120")
-    assert decode(boxed.body).shape == (120, 160, 3)
+    assert decode_jpeg(boxed.body).shape == (120, 160, 3)
     variants = {(v["width"], v["height"], v["quality"]) for v in streamer.stats()["variants"]}
     assert {(None, None, 80), (320, None, 40), (None, 120, 80)} <= variants
 
@@ -205,7 +111,8 @@ def test_snapshot_without_a_frame_is_503_after_a_short_wait(streamer_factory) ->
     assert wait_until(lambda: streamer.stats()["http"]["requests"] == 2)  # it is waiting now
     streamer.publish(np.full((90, 120, 3), 200, np.uint8))
     thread.join(TIMEOUT)
-    assert result and result[0].status == 200 and decode(result[0].body).shape == (90, 120, 3)
+    assert not thread.is_alive(), "thread did not finish"
+    assert result and result[0].status == 200 and decode_jpeg(result[0].body).shape == (90, 120, 3)
 
 
 # MJPEG
@@ -246,7 +153,7 @@ def test_mjpeg_parts_are_whole_jpegs_at_the_requested_rate(streamer_factory) -> 
     for headers, body in parts:
         assert headers["content-type"] == "image/jpeg"
         assert int(headers["content-length"]) == len(body)
-        assert decode(body).shape == (120, 160, 3)
+        assert decode_jpeg(body).shape == (120, 160, 3)
     assert 17 <= len(parts) <= 23, len(parts)  # 10 fps for 2 s, not the camera's 30
     stream = streamer.stats()["http"]
     assert stream["mjpeg_frames_skipped"] > 0  # it took every third frame or so
@@ -317,7 +224,7 @@ def test_token_is_required_by_the_data_endpoints(streamer_factory, path: str) ->
         if path == "/stream.mjpg":
             with MjpegReader(streamer.port, target, headers=headers) as reader:
                 assert reader.status == 200
-                decode(reader.next_part()[1])
+                decode_jpeg(reader.next_part()[1])
         else:
             assert get(streamer.port, target, headers).status == 200, (target, headers)
 

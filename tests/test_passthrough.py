@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import websocket  # websocket-client
 from conftest import TIMEOUT, wait_until
-from test_http import MjpegReader, get
+from helpers import MjpegReader, decode_jpeg, get
 from websockets.sync.client import connect
 
 from camstream import Streamer
@@ -42,13 +42,6 @@ def webcam_like_jpeg(index: int, size: tuple[int, int] = (640, 480), quality: in
 
 def digest(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
-
-
-def decoded_shape(data: bytes) -> tuple[int, ...]:
-    assert data[:2] == b"\xff\xd8" and data[-2:] == b"\xff\xd9", "not a whole JPEG file"
-    image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
-    assert image is not None, "JPEG does not decode"
-    return image.shape
 
 
 class Viewer:
@@ -155,26 +148,26 @@ def test_a_smaller_viewer_costs_one_decode_and_one_encode_per_frame_while_it_sta
         for i in range(3):
             streamer.publish_jpeg(jpeg := webcam_like_jpeg(i))
             assert native.next_frame() == jpeg
-        assert (streamer.camera.decodes, streamer.cache.encodes) == (0, 0)
+        assert (streamer.camera.decodes, streamer.stats()["encodes"]) == (0, 0)
 
         with Viewer(streamer, "?width=320") as small, Viewer(streamer, "?width=320") as small2:
             # Each starts with the frame that is there when it joins, frame 2.
-            assert decoded_shape(small.next_frame()) == decoded_shape(small2.next_frame())
+            assert decode_jpeg(small.next_frame()).shape == decode_jpeg(small2.next_frame()).shape
             for i in range(3, 9):
                 streamer.publish_jpeg(jpeg := webcam_like_jpeg(i))
                 assert native.next_frame() == jpeg
-                assert decoded_shape(small.next_frame()) == (240, 320, 3)
-                assert decoded_shape(small2.next_frame()) == (240, 320, 3)
+                assert decode_jpeg(small.next_frame()).shape == (240, 320, 3)
+                assert decode_jpeg(small2.next_frame()).shape == (240, 320, 3)
             assert small.metadata["width"] == 320 and small.metadata["quality"] == 80
             assert native.metadata["quality"] is None
         # One decode and one encode per frame (2 to 8), however many small viewers.
-        assert (streamer.camera.decodes, streamer.cache.encodes) == (7, 7)
+        assert (streamer.camera.decodes, streamer.stats()["encodes"]) == (7, 7)
 
         assert wait_until(lambda: streamer.client_count == 1)
         for i in range(9, 14):
             streamer.publish_jpeg(jpeg := webcam_like_jpeg(i))
             assert native.next_frame() == jpeg
-        assert (streamer.camera.decodes, streamer.cache.encodes) == (7, 7)
+        assert (streamer.camera.decodes, streamer.stats()["encodes"]) == (7, 7)
 
 
 def test_a_byte_limit_the_frame_breaks_gets_reencoded_frames_under_it(streamer_factory) -> None:
@@ -189,7 +182,7 @@ def test_a_byte_limit_the_frame_breaks_gets_reencoded_frames_under_it(streamer_f
             streamer.publish_jpeg(big)
             frame = viewer.next_frame()
             assert len(frame) <= limit and frame != big
-            decoded_shape(frame)
+            decode_jpeg(frame)  # a whole JPEG that decodes
             assert viewer.metadata["quality"] == 80 and viewer.metadata["max_bytes"] == limit
         # A frame that fits goes through untouched, and the metadata says so.
         streamer.publish_jpeg(small)
@@ -229,14 +222,14 @@ def test_snapshots_of_jpeg_frames_at_the_source_quality_and_at_another(streamer_
     assert streamer.camera.decodes == 0
     other = get(streamer.port, "/snapshot.jpg?quality=30")
     assert other.status == 200 and other.body != jpeg and len(other.body) < len(jpeg)
-    assert decoded_shape(other.body) == (480, 640, 3)
+    assert decode_jpeg(other.body).shape == (480, 640, 3)
     with Viewer(streamer) as viewer:
         viewer.ws.send(json.dumps({"type": "snapshot", "quality": 50}))
         reply = viewer.next_text("snapshot")
         data = viewer.next_frame()
         assert reply["quality"] == 50 and reply["bytes"] == len(data)
         assert (reply["width"], reply["height"]) == (640, 480)
-        assert data != jpeg and decoded_shape(data) == (480, 640, 3)
+        assert data != jpeg and decode_jpeg(data).shape == (480, 640, 3)
     assert streamer.camera.decodes == 1  # one decode served both snapshots
 
 
@@ -287,6 +280,6 @@ def test_the_default_byte_limit_passes_small_frames_and_reencodes_big_ones(
         assert viewer.metadata["quality"] is None and viewer.metadata["max_bytes"] == 65535
         streamer.publish_jpeg(big)
         frame = viewer.next_frame()
-        assert len(frame) <= 65535 and decoded_shape(frame)[:2] == (720, 1280)
+        assert len(frame) <= 65535 and decode_jpeg(frame).shape[:2] == (720, 1280)
         assert viewer.metadata["quality"] == 80  # re-encoded: the metadata says at what
     assert streamer.stats()["encodes_refused"] == 0

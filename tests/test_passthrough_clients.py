@@ -16,10 +16,10 @@ import struct
 from pathlib import Path
 from typing import Any, Iterator
 
-import cv2
 import numpy as np
 import pytest
 from conftest import TIMEOUT
+from helpers import decode_jpeg
 from test_browser import browser, page, wait_for  # noqa: F401 - fixtures
 from test_godot import godot, godot_home, project, run_example, run_godot  # noqa: F401
 from test_passthrough import Viewer, publishing, webcam_like_jpeg
@@ -51,12 +51,6 @@ def without_huffman_tables(jpeg: bytes) -> bytes:
     return bytes(out)
 
 
-def opencv_decode(jpeg: bytes) -> np.ndarray:
-    image = cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR)
-    assert image is not None, "OpenCV cannot decode it"
-    return image
-
-
 @pytest.fixture(scope="module")
 def sources() -> list[tuple[bytes, bytes]]:
     """(with DHT, without DHT) pairs of webcam-like 640x480 frames."""
@@ -72,7 +66,7 @@ def test_opencv_writes_the_standard_tables_so_cutting_them_out_keeps_the_picture
         table = with_dht[first_pos + 5 : first_pos + 2 + first_length]
         assert with_dht[first_pos + 4] == 0x00 and table == _STANDARD_DC_LUMINANCE
         assert len(without_dht) < len(with_dht)
-        assert np.array_equal(opencv_decode(without_dht), opencv_decode(with_dht))
+        assert np.array_equal(decode_jpeg(without_dht), decode_jpeg(with_dht))
 
 
 def test_dht_less_frames_pass_through_untouched_and_decode_in_opencv(
@@ -84,12 +78,12 @@ def test_dht_less_frames_pass_through_untouched_and_decode_in_opencv(
             assert streamer.publish_jpeg(without_dht) is not None
             got = viewer.next_frame()
             assert got == without_dht
-            assert np.array_equal(opencv_decode(got), opencv_decode(with_dht))
+            assert np.array_equal(decode_jpeg(got), decode_jpeg(with_dht))
         # Re-encoding (another size) decodes them too.
         viewer.ws.send('{"type": "config", "width": 320}')
         assert viewer.next_text("metadata")["width"] == 320
         streamer.publish_jpeg(sources[0][1])
-        assert opencv_decode(viewer.next_frame()).shape == (240, 320, 3)
+        assert decode_jpeg(viewer.next_frame()).shape == (240, 320, 3)
     assert streamer.stats()["frames_dropped_corrupt"] == 0
 
 
@@ -122,9 +116,9 @@ def test_dht_less_frames_decode_in_chromium(streamer_factory, sources, page: Any
         seen = page.evaluate(BROWSER_DECODE)
     assert seen["bytes"] == len(without_dht)  # the snapshot is the frame as published
     assert seen["bitmap"] == seen["img"] == [640, 480]
-    expected = opencv_decode(with_dht)[240, 320][::-1]  # BGR -> RGB
+    expected = decode_jpeg(with_dht)[240, 320][::-1]  # BGR -> RGB
     assert np.abs(np.array(seen["pixel"], int) - expected.astype(int)).max() <= 8, seen
-    assert streamer.camera.decodes == 0 and streamer.cache.encodes == 0
+    assert streamer.camera.decodes == 0 and streamer.stats()["encodes"] == 0
 
 
 GODOT_SCRIPT = """\
@@ -174,11 +168,11 @@ def test_dht_less_frames_decode_in_godot(
         result.stdout, re.MULTILINE,
     )
     assert len(lines) == 5, result.stdout
-    expected = opencv_decode(with_dht)[240, 320][::-1].astype(int)
+    expected = decode_jpeg(with_dht)[240, 320][::-1].astype(int)
     for size, err, width, height, *pixel in lines:
         assert (int(size), int(err), int(width), int(height)) == (len(without_dht), 0, 640, 480)
         assert np.abs(np.array(pixel, int) - expected).max() <= 8, (pixel, expected)
-    assert streamer.camera.decodes == 0 and streamer.cache.encodes == 0
+    assert streamer.camera.decodes == 0 and streamer.stats()["encodes"] == 0
 
 
 def test_the_godot_example_streams_passthrough_frames(

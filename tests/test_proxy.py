@@ -14,11 +14,12 @@ import time
 import numpy as np
 import pytest
 from conftest import TIMEOUT, wait_until
-from test_control import close_code_of, next_text
+from helpers import close_code_of, next_text
 from websockets.sync.client import connect
 from wsraw import RawClient
 
 from camstream import CloseCode, ConfigError, Streamer
+from camstream.policy import AccessPolicy
 from camstream.proxy import ClientView, is_trusted, parse_trusted_proxies, resolve
 
 LOCAL = parse_trusted_proxies(["127.0.0.1", "10.0.0.0/8", "::1"])
@@ -258,10 +259,10 @@ def test_log_names_client_and_proxy(streamer_factory, caplog) -> None:
 
 
 def test_is_trusted_proxy_is_the_accept_time_exemption() -> None:
-    streamer = Streamer("push", trusted_proxies=["127.0.0.0/8"])
-    assert streamer.is_trusted_proxy("127.0.0.5")
-    assert not streamer.is_trusted_proxy("192.0.2.1")
-    assert not Streamer("push").is_trusted_proxy("127.0.0.1")
+    policy = AccessPolicy(trusted_proxies=parse_trusted_proxies(["127.0.0.0/8"]))
+    assert policy.is_trusted_proxy("127.0.0.5")
+    assert not policy.is_trusted_proxy("192.0.2.1")
+    assert not AccessPolicy().is_trusted_proxy("127.0.0.1")
 
 
 # /healthz

@@ -155,9 +155,11 @@ def test_relay_of_camstream_stores_the_origins_jpegs_untouched(streamer_factory)
     finally:
         stop.set()
         publisher.join(TIMEOUT)
+        assert not publisher.is_alive(), "publisher did not finish"
         reader.stop_event.set()
         origin.stop()
         reader.join(TIMEOUT)
+        assert not reader.is_alive(), "reader did not finish"
     assert reader.error is None, reader.error
     missing = [f.seq for f in relayed if sha(f.jpeg) not in reader.hashes]
     assert not missing, f"relayed frames that the origin never sent: {missing}"
@@ -190,9 +192,11 @@ def test_relay_viewers_get_the_origins_bytes_untouched(streamer_factory) -> None
     finally:
         stop.set()
         publisher.join(TIMEOUT)
+        assert not publisher.is_alive(), "publisher did not finish"
         reader.stop_event.set()
         origin.stop()
         reader.join(TIMEOUT)
+        assert not reader.is_alive(), "reader did not finish"
     assert reader.error is None, reader.error
     assert [sha(m) in reader.hashes for m in received] == [True] * len(received)
     assert stats["camera"]["jpeg_passthrough"] is True

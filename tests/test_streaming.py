@@ -8,44 +8,18 @@ import re
 import threading
 import time
 from pathlib import Path
-from typing import Any
 
-import cv2
 import numpy as np
 import pytest
 import websocket  # websocket-client
-from conftest import TIMEOUT
+from conftest import TIMEOUT, wait_until
+from helpers import decode_jpeg, receive_for
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
 from camstream import CloseCode, Streamer
 
 ISO_UTC = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$")
-
-
-def decode_jpeg(data: bytes) -> np.ndarray:
-    assert isinstance(data, bytes), f"expected a binary message, got {data!r:.80}"
-    assert data[:2] == b"\xff\xd8" and data[-2:] == b"\xff\xd9", "not a whole JPEG file"
-    image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
-    assert image is not None, "JPEG does not decode"
-    return image
-
-
-def receive_for(ws: Any, seconds: float) -> tuple[list[dict], list[bytes]]:
-    """Collect messages from a websockets client for ``seconds``."""
-    texts: list[dict] = []
-    frames: list[bytes] = []
-    deadline = time.monotonic() + seconds
-    while (left := deadline - time.monotonic()) > 0:
-        try:
-            message = ws.recv(timeout=left)
-        except TimeoutError:
-            break
-        if isinstance(message, bytes):
-            frames.append(message)
-        else:
-            texts.append(json.loads(message))
-    return texts, frames
 
 
 def test_metadata_first_then_whole_jpegs(streamer_factory) -> None:
@@ -108,6 +82,7 @@ def test_many_clients_of_both_libraries_share_one_encode_per_frame(streamer_fact
     go.set()
     for t in threads:
         t.join(TIMEOUT * 3)
+        assert not t.is_alive(), f"{t.name} did not finish"
     assert not errors, errors
     assert len(counts) == 10
     assert min(counts.values()) >= 45, counts  # ~60 frames in 2 s at 30 fps
@@ -138,6 +113,7 @@ def test_each_client_on_its_own_rate(streamer_factory) -> None:
         t.start()
     for t in threads:
         t.join(TIMEOUT * 3)
+        assert not t.is_alive(), f"{t.name} did not finish"
     assert metadata["slow"]["fps"] == 5 and metadata["fast"]["fps"] == 30
     assert 13 <= len(results["slow"]) <= 17, len(results["slow"])  # 5 fps for 3 s
     assert len(results["fast"]) >= 80, len(results["fast"])  # 30 fps for 3 s
@@ -234,9 +210,7 @@ def test_serve_forever_returns_after_stop_from_another_thread() -> None:
     runner = threading.Thread(target=streamer.serve_forever, name="camstream-test-runner")
     runner.start()
     try:
-        deadline = time.monotonic() + TIMEOUT
-        while not streamer.is_serving and time.monotonic() < deadline:
-            runner.join(0.01)  # not serving yet: give it a moment
+        assert wait_until(lambda: streamer.is_serving)
         with connect(streamer.url, open_timeout=TIMEOUT) as ws:
             assert json.loads(ws.recv(timeout=TIMEOUT))["type"] == "metadata"
     finally:

@@ -21,7 +21,7 @@ from typing import Iterator
 import numpy as np
 import pytest
 from conftest import TIMEOUT, wait_until
-from test_http import get
+from helpers import get
 from test_passthrough import Viewer
 from wsraw import RawClient
 
@@ -155,6 +155,7 @@ class Drain:
     def __exit__(self, *exc_info: object) -> None:
         self._stop.set()
         self._thread.join(TIMEOUT)
+        assert not self._thread.is_alive(), "thread did not finish"
         for client in self.clients:
             client.close()
         self.selector.close()

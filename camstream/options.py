@@ -1,0 +1,80 @@
+"""Checks of the :class:`~camstream.server.Streamer` options, run by its constructor.
+
+Each failure is a :class:`~camstream.errors.ConfigError` whose message starts with the option's
+name as the user wrote it (``send_timeout must be ...``), so a mistake is caught where it is
+made, not when the server starts.
+"""
+
+from __future__ import annotations
+
+import math
+
+from . import protocol
+from .errors import ConfigError
+
+__all__ = ["check_streamer_options"]
+
+
+def check_streamer_options(
+    *,
+    quality: int, fps: float, max_clients: int | None, port: int, token: str | None,
+    max_bytes: int | None, max_variants: int, max_encodes_per_s: float | None,
+    send_timeout: float, ping_interval: float | None, ping_timeout: float,
+    handshake_timeout: float, first_line_timeout: float, max_message_size: int,
+    max_connections_per_address: int | None, host: str,
+) -> None:
+    """Raise :class:`ConfigError` naming the first :class:`Streamer` argument out of range."""
+    if not isinstance(host, str):
+        raise ConfigError(f"host must be a string, not {host!r}")
+    _check_int("quality", quality, 1, 100)
+    if not _is_number(fps) or not 0 < fps <= protocol.MAX_FPS:
+        raise ConfigError(f"fps must be above 0 and at most {protocol.MAX_FPS:g}, not {fps}")
+    if max_clients is not None:
+        _check_int("max_clients", max_clients, 1, None, "at least 1")
+    _check_int("port", port, 0, 65535)
+    if token is not None and (not isinstance(token, str) or not token):
+        raise ConfigError("token must not be empty" if token == "" else
+                          f"token must be a string, not {type(token).__name__}")
+    if max_bytes is not None and not (
+        isinstance(max_bytes, int) and not isinstance(max_bytes, bool)
+        and (max_bytes == 0 or protocol.MIN_MAX_BYTES <= max_bytes <= 2**31 - 1)
+    ):
+        raise ConfigError(
+            f"max_bytes must be 0 (no limit) or {protocol.MIN_MAX_BYTES}-{2**31 - 1}, "
+            f"not {max_bytes}"
+        )
+    _check_int("max_variants", max_variants, 0, 64)
+    if max_encodes_per_s is not None and not (
+        _is_number(max_encodes_per_s) and 1 <= max_encodes_per_s <= 100_000
+    ):
+        raise ConfigError(f"max_encodes_per_s must be 1-100000, not {max_encodes_per_s}")
+    for name, seconds in (
+        ("send_timeout", send_timeout),
+        ("ping_interval", 1.0 if ping_interval is None else ping_interval),
+        ("ping_timeout", ping_timeout),
+        ("handshake_timeout", handshake_timeout),
+        ("first_line_timeout", first_line_timeout),
+    ):
+        if not _is_number(seconds) or not 0 < seconds <= 86_400:
+            raise ConfigError(f"{name} must be seconds above 0 (at most 86400), not {seconds!r}")
+    _check_int("max_message_size", max_message_size, 1, 2**31 - 1)
+    if max_connections_per_address is not None:
+        _check_int("max_connections_per_address", max_connections_per_address, 1, None,
+                   "a positive integer")
+
+
+def _is_number(value: object) -> bool:
+    return (
+        isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    )
+
+
+def _check_int(
+    name: str, value: object, low: int, high: int | None, wanted: str | None = None
+) -> None:
+    if (
+        isinstance(value, int) and not isinstance(value, bool)
+        and value >= low and (high is None or value <= high)
+    ):
+        return
+    raise ConfigError(f"{name} must be {wanted or f'{low}-{high}'}, not {value!r}")

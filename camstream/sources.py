@@ -1,0 +1,156 @@
+"""What a source names, and small helpers for reading it through OpenCV. No threads.
+
+:func:`classify` tells the kinds of :data:`Source` apart (see :mod:`camstream.camera` for what
+each means); :func:`describe_source` words one for logs and errors.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import enum
+from typing import Iterator, Union
+
+import cv2
+import numpy as np
+
+from .errors import ConfigError
+
+__all__ = [
+    "AUTO", "Source", "SourceKind", "check_pushed_image", "classify", "complete_size",
+    "describe_source", "is_buffer", "quiet_opencv",
+]
+
+Source = Union[int, str]
+"""``"auto"``, a device index or path, a file path or URL, ``"test"``, or ``"push"``."""
+
+AUTO = "auto"
+_DEVICE_PREFIXES = ("/dev/video", "/dev/v4l/")
+_URL_SCHEMES = ("rtsp://", "rtsps://", "rtmp://", "http://", "https://", "udp://", "tcp://")
+
+
+class SourceKind(str, enum.Enum):
+    """What kind of source a :data:`Source` names."""
+
+    AUTO = "auto"
+    DEVICE = "device"
+    FILE = "file"
+    URL = "url"
+    TEST = "test"
+    PUSH = "push"
+
+
+_SOURCE_HELP = "a camera index (0), a device path, a video file, a stream URL, 'test' or 'push'"
+
+
+def classify(source: Source) -> tuple[SourceKind, Union[int, str, None]]:
+    """The kind of ``source`` and its target (device index or path, file, URL).
+
+    Raises:
+        ConfigError: not a source camstream knows.
+    """
+    if source is None:
+        # None used to mean push; with "auto" as the default it is more likely a mistake.
+        raise ConfigError(
+            f"source is None: give 'auto', 'push' (to publish frames) or {_SOURCE_HELP}"
+        )
+    if isinstance(source, bool):
+        raise ConfigError(f"unknown source {source!r}: give {_SOURCE_HELP}")
+    if isinstance(source, int):
+        if source < 0:
+            raise ConfigError(f"camera index must be 0 or more, not {source}")
+        return SourceKind.DEVICE, source
+    if not isinstance(source, str):
+        raise ConfigError(f"source must be {_SOURCE_HELP}, not {type(source).__name__}")
+    if not source.strip():
+        raise ConfigError(f"source is empty: give {_SOURCE_HELP}")
+    if source == "push":
+        return SourceKind.PUSH, None
+    if source == AUTO:
+        return SourceKind.AUTO, 0
+    if source.strip().isdigit():
+        return SourceKind.DEVICE, int(source)
+    if source.startswith(_DEVICE_PREFIXES):
+        return SourceKind.DEVICE, source
+    if source == "test":
+        return SourceKind.TEST, source
+    if source.lower().startswith(_URL_SCHEMES):
+        return SourceKind.URL, source
+    return SourceKind.FILE, source
+
+
+def describe_source(source: Source) -> str:
+    """A short human description of ``source``, for logs and error messages."""
+    kind, value = classify(source)
+    if kind is SourceKind.AUTO:
+        return "camera 0 or the test pattern"
+    if kind is SourceKind.DEVICE:
+        return f"camera {value}"
+    if kind is SourceKind.TEST:
+        return "test pattern"
+    if kind is SourceKind.PUSH:
+        return "pushed frames"
+    return f"{kind.value} {value}"
+
+
+@contextlib.contextmanager
+def quiet_opencv() -> Iterator[None]:
+    """Silence OpenCV's own warnings (e.g. "can't open camera by index") for a moment.
+
+    camstream reports these failures itself, as one clear exception or log line.
+    """
+    try:
+        previous = cv2.utils.logging.getLogLevel()
+        cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
+    except AttributeError:  # an OpenCV build without the utils.logging module
+        yield
+        return
+    try:
+        yield
+    finally:
+        cv2.utils.logging.setLogLevel(previous)
+
+
+def is_buffer(image: np.ndarray) -> bool:
+    """A 1xN (or N) uint8 array: an encoded buffer, not a picture."""
+    return image.dtype == np.uint8 and (
+        image.ndim == 1 or (image.ndim == 2 and image.shape[0] == 1)
+    )
+
+
+def complete_size(
+    width: int | None, height: int | None, ratio_w: int, ratio_h: int
+) -> tuple[int | None, int | None]:
+    """Fill in the missing side of a size from an aspect ratio (even, at least 16)."""
+    if width is not None and height is None:
+        height = max(16, int(round(width * ratio_h / ratio_w / 2)) * 2)
+    elif height is not None and width is None:
+        width = max(16, int(round(height * ratio_w / ratio_h / 2)) * 2)
+    return width, height
+
+
+_MAX_SIDE = 65500  # the largest picture a JPEG can hold
+
+
+def check_pushed_image(image: object) -> None:
+    """Check an image handed to ``publish()``: an 8-bit BGR, BGRA or grayscale numpy array.
+
+    Raises:
+        ConfigError: not such an image (the message says what it got).
+    """
+    if not isinstance(image, np.ndarray):
+        raise ConfigError(
+            f"publish() takes a numpy array (8-bit BGR, BGRA or grayscale), "
+            f"not {type(image).__name__}"
+        )
+    got = f"got dtype {image.dtype}, shape {image.shape}"
+    if image.dtype != np.uint8 or image.ndim not in (2, 3):
+        raise ConfigError(
+            f"publish() takes an 8-bit BGR (HxWx3), BGRA (HxWx4) or grayscale (HxW) "
+            f"array; {got}"
+        )
+    if image.ndim == 3 and image.shape[2] not in (1, 3, 4):
+        raise ConfigError(f"publish() takes 1, 3 or 4 colour channels; {got}")
+    if image.size == 0 or max(image.shape[:2]) > _MAX_SIDE:
+        raise ConfigError(
+            f"publish() takes a non-empty image at most {_MAX_SIDE} px a side; {got}"
+        )
