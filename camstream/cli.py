@@ -36,9 +36,10 @@ def build_parser() -> argparse.ArgumentParser:
         "(JSON metadata + binary JPEG frames).",
     )
     parser.add_argument(
-        "--source", default=AUTO_SOURCE,
+        "--source", default=os.environ.get("CAMSTREAM_SOURCE") or AUTO_SOURCE,
         help="camera index (0), video file, stream URL, or 'test' for the built-in test "
-        "pattern. Default 'auto': camera 0, or the test pattern if there is no camera.",
+        "pattern. Default $CAMSTREAM_SOURCE (keeps a URL's token off the command line), else "
+        "'auto': camera 0, or the test pattern if there is no camera.",
     )
     parser.add_argument("--host", default="127.0.0.1",
                         help="address to listen on (default 127.0.0.1: this machine only)")

@@ -86,7 +86,10 @@ class Frame:
             if self._image is None:
                 assert self.jpeg is not None
                 buffer = np.frombuffer(self.jpeg, np.uint8)
-                decoded = cv2.imdecode(buffer, cv2.IMREAD_UNCHANGED)
+                try:
+                    decoded = cv2.imdecode(buffer, cv2.IMREAD_UNCHANGED)
+                except cv2.error as exc:  # e.g. a frame header claiming 60000x60000
+                    raise ValueError(f"frame {self.seq}: the JPEG cannot be decoded") from exc
                 if decoded is None:
                     raise ValueError(f"frame {self.seq}: the JPEG cannot be decoded")
                 decoded.flags.writeable = False

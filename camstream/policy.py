@@ -177,7 +177,11 @@ class AccessPolicy:
 
     def _origin_allowed(self, origin: str, host: str) -> bool:
         """Same-origin pages always; other pages only if listed (``"*"``: any page)."""
-        if urllib.parse.urlsplit(origin).netloc == host:
+        try:
+            netloc = urllib.parse.urlsplit(origin).netloc
+        except ValueError:  # "http://[::1": not an origin any browser sends
+            return False
+        if netloc == host:
             return True
         allowed = self._allowed_origins
         return allowed is not None and ("*" in allowed or origin in allowed)

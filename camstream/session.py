@@ -331,6 +331,7 @@ class ClientSession:
             "bytes": len(encoded.data),
             "width": encoded.width,
             "height": encoded.height,
+            "quality": encoded.quality,
         }
 
     def _send_snapshot(self, quality: int | None) -> None:
@@ -345,6 +346,10 @@ class ClientSession:
             encoded = self._cache.get(frame, variant)
         except EncodeBudgetExceeded:
             message = protocol.error_message("snapshot refused: server busy, try again")
+            self.connection.send_text(protocol.encode_message(message))
+            return
+        except ValueError:  # the source's JPEG cannot be decoded
+            message = protocol.error_message("snapshot failed: the frame cannot be decoded")
             self.connection.send_text(protocol.encode_message(message))
             return
         message = {

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import enum
+import urllib.parse
 from typing import Iterator, Union
 
 import cv2
@@ -89,7 +90,26 @@ def describe_source(source: Source) -> str:
         return "test pattern"
     if kind is SourceKind.PUSH:
         return "pushed frames"
+    if kind is SourceKind.URL:
+        return f"url {_redacted(str(value))}"
     return f"{kind.value} {value}"
+
+
+def _redacted(url: str) -> str:
+    """``url`` without its secrets, for logs and stats: a relay's source URL may carry the
+    upstream's token (``?token=``) or a password (``user:pass@``)."""
+    try:
+        parts = urllib.parse.urlsplit(url)
+    except ValueError:
+        return "(unparsable URL)"
+    netloc = parts.netloc
+    if "@" in netloc:
+        netloc = "***@" + netloc.rsplit("@", 1)[1]
+    query = "&".join(
+        f"{pair.split('=', 1)[0]}=***" if "=" in pair else pair
+        for pair in parts.query.split("&") if pair
+    )
+    return urllib.parse.urlunsplit((parts.scheme, netloc, parts.path, query, ""))
 
 
 @contextlib.contextmanager

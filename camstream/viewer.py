@@ -17,6 +17,7 @@ multipart part a frame).
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 import threading
 import time
@@ -28,6 +29,8 @@ from .encoder import EncodeBudgetExceeded, EncodeCache, EncodedFrame, Variant
 from .pacing import BEHIND_POLL_S, Pacer
 
 __all__ = ["ViewerLoop", "ViewerOutput", "ViewerStats"]
+
+logger = logging.getLogger(__name__)
 
 IDLE_WAKE_S = 1.0
 """A viewer with nothing to do still looks at its state this often, in seconds."""
@@ -185,6 +188,9 @@ class ViewerLoop:
                 encoded = self._cache.get(frame, variant)
             except EncodeBudgetExceeded:
                 continue  # the server's encode budget is spent: skip to a later frame
+            except ValueError as exc:  # a source JPEG that cannot be decoded: skip it
+                logger.debug("skipping frame %d: %s", frame.seq, exc)
+                continue
             skipped = pacer.sent(frame.seq, len(encoded.data), now, fps, camera.fps)
             output.send(encoded, variant, skipped)
             stats.frames_sent += 1

@@ -264,6 +264,12 @@ class HttpRoutes:
                 headers={"Retry-After": "1", **self._frame_headers},
             )
             return
+        except ValueError:  # the source's JPEG cannot be decoded
+            exchange.send_response(
+                503, b"the latest frame cannot be decoded\n",
+                headers={"Retry-After": "1", **self._frame_headers},
+            )
+            return
         self._count("snapshots")
         exchange.send_response(200, encoded.data, "image/jpeg", headers=self._frame_headers)
 
