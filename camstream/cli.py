@@ -83,6 +83,12 @@ def build_parser() -> argparse.ArgumentParser:
                           help="admit browser pages from this origin (repeatable)")
     security.add_argument("--max-clients", type=int, help="most viewers at once (more get 1013)")
     security.add_argument(
+        "--max-connections-per-address", type=int, default=32, metavar="N",
+        help="connections one client address may hold (default 32; IPv6: per /64; 0: no "
+        "limit). Through a --trusted-proxy, counted by the forwarded address: raise it when "
+        "many viewers share one address (NAT, a test machine)",
+    )
+    security.add_argument(
         "--max-variants", type=int, default=4, metavar="N",
         help="distinct sizes/qualities encoded at once besides the default (default 4); "
         "a viewer asking for another gets the nearest one in use",
@@ -115,6 +121,7 @@ def _make_streamer(args: argparse.Namespace, source: object) -> Streamer:
         pixel_format=args.pixel_format, backend=args.backend,
         camera_settings=args.camera_settings, token=args.token,
         allowed_origins=args.allow_origin, max_clients=args.max_clients,
+        max_connections_per_address=args.max_connections_per_address or None,
         max_variants=args.max_variants, certfile=args.certfile, keyfile=args.keyfile,
         trusted_proxies=args.trusted_proxy,
     )
