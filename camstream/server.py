@@ -10,11 +10,12 @@ import functools
 import logging
 import threading
 import time
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any, Iterable, Mapping
 
 import numpy as np
 
 from . import protocol
+from .callbacks import TransportCallbacks, how_it_closed
 from .camera import CameraThread, Frame, Source, describe_source
 from .devices import CaptureFactory
 from .encoder import EncodeCache
@@ -30,21 +31,13 @@ from .report import camera_report, camera_state_fields
 from .session import ClientSession, ClientSettings
 from .sigterm import Terminated, stop_on_sigterm
 from .webroutes import HttpRoutes
-from .ws import (
-    Connection,
-    HandshakeRejected,
-    HttpExchange,
-    Request,
-    WebSocketServer,
-    make_ssl_context,
-)
+from .ws import Connection, Request, WebSocketServer, make_ssl_context
 
 __all__ = ["Streamer"]
 
 logger = logging.getLogger(__name__)
 _refusal_log = LogBudget()  # refused viewers: anyone can cause them, so they are rate-limited
 
-_WEBSOCKET_PATHS = frozenset({"/", "/ws"})
 GODOT_MAX_MESSAGE = 65535
 """Godot 4's default ``WebSocketPeer.inbound_buffer_size``: the largest message it accepts."""
 SUBPROTOCOL = "camstream.v1"  # optional: clients that offer no subprotocol are welcome too
@@ -234,7 +227,7 @@ class Streamer:
         self._camera.start()
         try:
             self._server = WebSocketServer(
-                _TransportCallbacks(
+                TransportCallbacks(
                     self._policy, opened=self._open, closed=self._close,
                     http=self._http.handle,
                 ),
@@ -434,7 +427,7 @@ class Streamer:
             stats = session.stats
             logger.info(
                 "client %s left (%s): %d frames sent, %d skipped",
-                conn.id, _how_it_closed(conn), stats.frames_sent, stats.frames_skipped,
+                conn.id, how_it_closed(conn), stats.frames_sent, stats.frames_skipped,
             )
 
     # Internals
@@ -462,60 +455,3 @@ class Streamer:
                 "listening on %s without a token: anyone who can reach this port can watch. "
                 "Set token=... (CLI: --token or CAMSTREAM_TOKEN).", self._host,
             )
-
-
-
-
-class _TransportCallbacks:
-    """What the transport calls (its ``Application``): the Streamer's private adapter.
-
-    Every callback runs in that connection's own handler thread. WebSocket upgrades are
-    accepted on ``/`` and ``/ws`` only; who may watch is decided after the 101, so a refused
-    client learns why from the close code (the policy's refusal).
-    """
-
-    def __init__(
-        self,
-        policy: AccessPolicy,
-        *,
-        opened: Callable[[Connection], None],
-        closed: Callable[[Connection], None],
-        http: Callable[[HttpExchange], None],
-    ) -> None:
-        self._policy = policy
-        self.on_open = opened
-        self.on_close = closed
-        self.on_http = http
-
-    def authorize(self, request: Request) -> None:
-        if request.path not in _WEBSOCKET_PATHS:
-            raise HandshakeRejected(404, f"no WebSocket endpoint at {request.path}")
-
-    def authenticated(self, request: Request) -> bool:
-        """The request carries the valid token: it may use the places reserved for such."""
-        return self._policy.authenticated(request)
-
-    def is_trusted_proxy(self, address: str) -> bool:
-        """A trusted proxy's connections count by their forwarded address, not the proxy's."""
-        return self._policy.is_trusted_proxy(address)
-
-    def client_address(self, request: Request) -> str | None:
-        """The address a trusted proxy's connection counts against: the client it carries."""
-        return self._policy.client_of(request).address
-
-    def on_text(self, conn: Connection, text: str) -> None:
-        session = conn.session
-        if isinstance(session, ClientSession):
-            session.handle_text(text)
-
-    def on_binary(self, conn: Connection, data: bytes) -> None:
-        conn.close(CloseCode.UNSUPPORTED_DATA, "binary messages are not accepted")
-
-
-def _how_it_closed(conn: Connection) -> str:
-    """The close as the client saw it: the code we sent if we closed first, else its own."""
-    if conn.sent_close_code is not None:
-        return f"server closed with code {conn.sent_close_code}"
-    if conn.close_code is not None:
-        return f"client closed with code {conn.close_code}"
-    return "connection lost, code 1006"
