@@ -25,11 +25,12 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 from .camera import CameraThread
+from .encoder import EncodeCache, EncodedFrame, Variant
 from .errors import ConnectionClosedError
+from .frame import Frame
 from .ws.frames import OP_BINARY, frame_header
 
 if TYPE_CHECKING:
-    from .frame import Frame
     from .session import ClientSession
     from .ws import Connection
 
@@ -47,6 +48,15 @@ class FanOutRound:
 
     def __init__(self) -> None:
         self._messages: dict[int, tuple[bytes, bytes]] = {}  # id(jpeg) -> (jpeg, message)
+        self._encoded: dict[tuple[int, Variant], tuple[Frame, EncodedFrame]] = {}
+
+    def encoded(self, cache: EncodeCache, frame: Frame, variant: Variant) -> EncodedFrame:
+        """``cache.get(frame, variant)``, asked once per round and variant."""
+        key = (id(frame), variant)
+        entry = self._encoded.get(key)
+        if entry is None or entry[0] is not frame:
+            entry = self._encoded[key] = (frame, cache.get(frame, variant))
+        return entry[1]
 
     def message(self, data: bytes) -> bytes:
         """The BINARY message (header + ``data``) of ``data``, made once per round."""

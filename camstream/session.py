@@ -161,7 +161,8 @@ class ClientSession:
         """The fan-out's fast path (see :mod:`camstream.fanout`): True if ``frame`` went out
         from the calling thread; False if the sender should look at it (then :meth:`wake`)."""
         return self._loop.offer(
-            frame, self, lambda encoded, variant: self._fast_send(encoded, variant, fanout)
+            frame, self, fanout.encoded,
+            lambda encoded, variant: self._fast_send(encoded, variant, fanout),
         )
 
     def post(self, message: dict[str, Any], *, droppable: bool = False) -> None:

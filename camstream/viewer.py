@@ -155,11 +155,13 @@ class ViewerLoop:
         self,
         frame: Frame,
         output: FastOutput,
+        get: Callable[[EncodeCache, Frame, Variant], EncodedFrame],
         send: Callable[[EncodedFrame, Variant], bool],
     ) -> bool:
         """The fan-out's fast path: send ``frame`` now, from the calling thread, if this viewer
-        is due, idle and not behind, and its variant is at hand; ``send`` writes it without
-        blocking (False: it could not). Records it exactly as the loop would.
+        is due, idle and not behind; ``get`` is :meth:`EncodeCache.get` (or a memo of it),
+        ``send`` writes the JPEG without blocking (False: it could not). Records it exactly as
+        the loop would.
 
         Returns:
             True if the frame went (nothing to wake); False if the loop should look at it.
@@ -183,7 +185,7 @@ class ViewerLoop:
             if pacer.behind(output.unsent_bytes(), now):
                 return False
             try:
-                encoded = self._cache.get(frame, variant)
+                encoded = get(self._cache, frame, variant)
             except (EncodeBudgetExceeded, ValueError):
                 return False  # the loop skips the frame (or says why)
             if not send(encoded, variant):
