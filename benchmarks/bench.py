@@ -84,9 +84,9 @@ MJPEG_POINTS = [
 ]
 
 
-def matrix(quick: bool, naive: bool) -> list[Point]:
+def matrix(quick: bool, naive: bool, counts: list[int] | None = None) -> list[Point]:
     sizes = ["640x480"] if quick else list(SIZES)
-    counts = [1, 10, 50] if quick else [1, 10, 50, 100]
+    counts = counts or ([1, 10, 50] if quick else [1, 10, 50, 100])
     servers = ["camstream", "naive"] if naive else ["camstream"]
     points = [Point(s, size, n) for size in sizes for s in servers for n in counts]
     mixed_counts = [50] if quick else [50, 100]
@@ -578,6 +578,7 @@ def main() -> int:
     parser.add_argument("--plot", help="PNG (default docs/images/benchmark.png, or no plot with "
                         "--quick); 'none': no plot")
     parser.add_argument("--only", help="run only points whose label contains this text")
+    parser.add_argument("--counts", help="viewer counts N, comma-separated (default 1,10,50,100)")
     args = parser.parse_args()
     if args.duration is None:
         args.duration = 5.0 if args.quick else 10.0
@@ -590,7 +591,8 @@ def main() -> int:
     workdir = os.path.join(tempfile.gettempdir(), "camstream-bench")  # child logs, scratch
     os.makedirs(workdir, exist_ok=True)
     os.makedirs(os.path.dirname(out), exist_ok=True)
-    points = [p for p in matrix(args.quick, not args.no_naive)
+    counts = [int(n) for n in args.counts.split(",")] if args.counts else None
+    points = [p for p in matrix(args.quick, not args.no_naive, counts)
               if not args.only or args.only in p.label]
     info = machine_info()
     print(f"camstream benchmark, {info['date']}: {info['cpu_model']}, {info['cores']} cores, "

@@ -153,7 +153,9 @@ def main() -> int:
     # Every benchmark viewer connects from 127.0.0.1: no per-address limit here.
     streamer = Streamer("push", port=args.port, fps=args.fps, quality=args.quality,
                         send_timeout=args.send_timeout, max_connections_per_address=None,
-                        max_clients=None).start()
+                        max_clients=None,
+                        # CAMSTREAM_BENCH_FANOUT=0: the sender-thread path only (before/after)
+                        fast_fanout=os.environ.get("CAMSTREAM_BENCH_FANOUT", "1") != "0").start()
     publisher = Publisher(
         streamer, args.width, args.height, args.fps, args.mjpeg_seconds if args.mjpeg else 0
     ).start()

@@ -19,6 +19,7 @@ from .callbacks import TransportCallbacks, how_it_closed
 from .camera import CameraThread, Frame, Source, describe_source
 from .devices import CaptureFactory
 from .encoder import EncodeCache
+from .fanout import FanOut
 from .mjpeg import MjpegStream
 from .options import check_streamer_options
 from .pacing import CounterRates
@@ -100,6 +101,9 @@ class Streamer:
         max_variants: distinct sizes/qualities/limits encoded at once besides the default one
             (default 4); a viewer asking for another gets the nearest one in use (its metadata
             says which).
+        fast_fanout: send frames to idle WebSocket viewers from one fan-out thread without
+            waking their sender threads (default True; see :mod:`camstream.fanout`). False:
+            every frame goes through the viewer's own sender thread.
         max_encodes_per_s: JPEG encodes a second for non-default variants and snapshots, all
             viewers together (default None: ``fps * (max_variants + 1)``); past it, frames are
             skipped.
@@ -142,6 +146,7 @@ class Streamer:
         max_variants: int = 4,
         max_encodes_per_s: float | None = None,
         max_connections_per_address: int | None = 32,
+        fast_fanout: bool = True,
     ) -> None:
         check_streamer_options(
             quality=quality, fps=fps, max_clients=max_clients, port=port, token=token,
@@ -174,6 +179,7 @@ class Streamer:
         )
         self._viewers: ViewerRegistry[ClientSession, MjpegStream] = ViewerRegistry(max_clients)
         self._rates = CounterRates()  # encodes and decodes per second
+        self._fanout = FanOut(self._camera, self._viewers.sessions) if fast_fanout else None
         self._stopped = threading.Event()
         self._http = HttpRoutes(
             camera=self._camera, cache=self._cache, policy=self._policy, viewers=self._viewers,
@@ -225,6 +231,8 @@ class Streamer:
         self._camera.add_listener(self._on_camera_event)
         self._camera.add_frame_listener(self._on_frame)
         self._camera.start()
+        if self._fanout is not None:
+            self._fanout.start()
         try:
             self._server = WebSocketServer(
                 TransportCallbacks(
@@ -236,6 +244,8 @@ class Streamer:
                 **self._transport_options,
             )
         except BaseException:
+            if self._fanout is not None:
+                self._fanout.stop()
             self._camera.stop()
             raise
         self._warn_if_exposed()
@@ -279,6 +289,8 @@ class Streamer:
         # that interrupted the first, __exit__ after stop()) runs the same idempotent steps, so
         # whichever finishes, everything is closed.
         self._stopped.set()
+        if self._fanout is not None:
+            self._fanout.stop(timeout)
         for stream in self._viewers.close():
             stream.stop()  # it ends in its HTTP handler thread; the transport joins that
         server = self._server
@@ -441,8 +453,13 @@ class Streamer:
 
     def _on_frame(self, frame: Frame) -> None:
         self._rates.sample(time.monotonic(), (self._cache.encodes, self._camera.decodes))
-        for viewer in self._viewers.all():
-            viewer.wake()
+        if self._fanout is None:
+            for viewer in self._viewers.all():
+                viewer.wake()
+            return
+        self._fanout.notify()
+        for stream in self._viewers.streams():
+            stream.wake()
 
     def _on_camera_event(self, event: str, details: dict[str, Any]) -> None:
         message = {"type": event, "timestamp": protocol.iso_utc(), **details}

@@ -29,6 +29,8 @@ from .protocol import CloseCode, ProtocolInputError
 from .viewer import ViewerLoop, ViewerStats
 
 if TYPE_CHECKING:
+    from .fanout import FanOutRound
+    from .frame import Frame
     from .ws import Connection
 
 __all__ = ["ClientSettings", "ClientSession"]
@@ -93,6 +95,8 @@ class ClientSession:
         # (width, height, quality, _version) last announced in metadata
         self._announced: tuple[int, int, int | None, int] | None = None
         self._sending = settings  # the settings of the frame being sent
+        # The rest of a frame the fan-out began writing; it left the send lock held for us.
+        self._partial: memoryview | None = None
         self._thread = threading.Thread(
             target=self._run, name=f"camstream-sender-{connection.id}", daemon=True
         )  # daemon: a sender blocked on a dead socket must never hold the process open
@@ -152,6 +156,14 @@ class ClientSession:
         Wakes the sender only if it could use the frame (see :meth:`ViewerLoop.wake`).
         """
         self._loop.wake()
+
+    def offer(self, frame: Frame, fanout: FanOutRound) -> bool:
+        """The fan-out's fast path (see :mod:`camstream.fanout`): True if ``frame`` went out
+        from the calling thread; False if the sender should look at it (then :meth:`wake`)."""
+        return self._loop.offer(
+            frame, self, fanout.encoded,
+            lambda encoded, variant: self._fast_send(encoded, variant, fanout),
+        )
 
     def post(self, message: dict[str, Any], *, droppable: bool = False) -> None:
         """Queue a text message; the sender sends it before the next frame.
@@ -234,6 +246,11 @@ class ClientSession:
         except Exception:
             logger.exception("sender for client %s failed", self.connection.id)
             self.connection.close(CloseCode.INTERNAL_ERROR, "internal error")
+        finally:
+            if self._partial is not None:  # a half-written frame nothing may follow
+                self._partial = None
+                self.connection.abort()
+                self.connection.link.send_lock.release()
 
     # The loop's output (ViewerOutput; sender thread)
 
@@ -241,7 +258,18 @@ class ClientSession:
         return self.connection.unsent_bytes()
 
     def before_frame(self) -> None:
+        self._finish_partial()
         self._flush_control()
+
+    def fast_wanted(self) -> tuple[Variant, float] | None:
+        with self._lock:
+            if self._outbox or self._settings_changed or self._paused:
+                return None
+            settings = self._settings
+        if settings.frame_info or self._announced is None or self._partial is not None:
+            return None
+        self._sending = settings
+        return settings.variant, settings.fps
 
     def wanted(self) -> tuple[Variant, float]:
         self._sending = settings = self._settings
@@ -255,6 +283,29 @@ class ClientSession:
         if settings.frame_info:
             self.connection.send_text(protocol.encode_message(self._frame_info(encoded, skipped)))
         self.connection.send_binary(encoded.data)
+
+    def _fast_send(self, encoded: EncodedFrame, variant: Variant, fanout: FanOutRound) -> bool:
+        """Write ``encoded`` without blocking if nothing else is owed first (the loop's lock
+        held by the fan-out); a partial write leaves the rest to :meth:`_finish_partial`."""
+        quality = self._announced_quality(encoded.passed_through, variant)
+        if (encoded.width, encoded.height, quality, self._version) != self._announced:
+            return False  # metadata first: the sender does it
+        sent, rest = fanout.send(self.connection, encoded.data)
+        if rest is not None:
+            self._partial = rest
+            self.stats.fast_partial += 1
+            self._loop.nudge()
+        return sent
+
+    def _finish_partial(self) -> None:
+        """Write the rest of a frame the fan-out began, with the send lock it left held."""
+        rest, self._partial = self._partial, None
+        if rest is not None:
+            link = self.connection.link
+            try:
+                link.sendall(rest)
+            finally:
+                link.send_lock.release()
 
     def stalled(self) -> None:
         logger.info("dropping client %s: it stopped reading", self.connection.id)

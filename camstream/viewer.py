@@ -22,13 +22,14 @@ import math
 import threading
 import time
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Callable, Protocol
 
 from .camera import CameraThread
 from .encoder import EncodeBudgetExceeded, EncodeCache, EncodedFrame, Variant
+from .frame import Frame
 from .pacing import BEHIND_POLL_S, Pacer
 
-__all__ = ["ViewerLoop", "ViewerOutput", "ViewerStats"]
+__all__ = ["FastOutput", "ViewerLoop", "ViewerOutput", "ViewerStats"]
 
 logger = logging.getLogger(__name__)
 
@@ -44,6 +45,8 @@ class ViewerStats:
     frames_skipped: int = 0
     bytes_sent: int = 0
     errors: int = 0  # error messages sent in answer to bad input (WebSocket viewers)
+    fast_frames: int = 0  # of frames_sent, those the fan-out sent (camstream.fanout)
+    fast_partial: int = 0  # of those, the ones whose rest the sender thread wrote
     connected_at: float = dataclasses.field(default_factory=time.time)
 
 
@@ -78,6 +81,13 @@ class ViewerOutput(Protocol):
         """The viewer stopped reading: drop it (the loop ends after this)."""
 
 
+class FastOutput(ViewerOutput, Protocol):
+    """An output the fan-out may serve without waking the loop (see :meth:`ViewerLoop.offer`)."""
+
+    def fast_wanted(self) -> tuple[Variant, float] | None:
+        """The variant and rate, or None unless the viewer is idle (nothing queued or owed)."""
+
+
 class ViewerLoop:
     """The frame clock and loop of one viewer (see the module docstring).
 
@@ -92,6 +102,9 @@ class ViewerLoop:
         self._cache = cache
         self._pacer = Pacer(stall_timeout)  # used by the loop's thread only
         self._wake = threading.Event()
+        # Held by the loop's thread while it works (not while it sleeps); the fan-out takes it
+        # without blocking, so the Pacer and the output's state have one user at a time.
+        self._busy = threading.Lock()
         self._stopping = threading.Event()
         self._wake_after = 0.0  # time.monotonic() from which new frames wake the loop
         self._wanted: Variant | None = None  # the variant asked for, and the one given (cache cap)
@@ -138,6 +151,56 @@ class ViewerLoop:
         """The variant given now, or None before the first."""
         return self._given
 
+    def offer(
+        self,
+        frame: Frame,
+        output: FastOutput,
+        get: Callable[[EncodeCache, Frame, Variant], EncodedFrame],
+        send: Callable[[EncodedFrame, Variant], bool],
+    ) -> bool:
+        """The fan-out's fast path: send ``frame`` now, from the calling thread, if this viewer
+        is due, idle and not behind; ``get`` is :meth:`EncodeCache.get` (or a memo of it),
+        ``send`` writes the JPEG without blocking (False: it could not). Records it exactly as
+        the loop would.
+
+        Returns:
+            True if the frame went (nothing to wake); False if the loop should look at it.
+
+        Raises:
+            ConnectionClosedError: the viewer went away during ``send``.
+        """
+        if self._stopping.is_set() or time.monotonic() < self._wake_after:
+            return False
+        if not self._busy.acquire(blocking=False):
+            return False  # the loop's thread is at work: it looks at the frame itself
+        try:
+            pacer, camera_fps = self._pacer, self._camera.fps
+            if not pacer.wants(frame.seq, frame.captured_monotonic, camera_fps):
+                return False
+            wanted = output.fast_wanted()
+            if wanted is None or wanted[0] != self._wanted or self._given is None:
+                return False
+            variant, fps = self._given, wanted[1]
+            now = time.monotonic()
+            if pacer.behind(output.unsent_bytes(), now):
+                return False
+            try:
+                encoded = get(self._cache, frame, variant)
+            except (EncodeBudgetExceeded, ValueError):
+                return False  # the loop skips the frame (or says why)
+            if not send(encoded, variant):
+                return False
+            skipped = pacer.sent(frame.seq, len(encoded.data), now, fps, camera_fps)
+            self._wake_after = pacer.wake_after(camera_fps)
+            stats = self.stats
+            stats.fast_frames += 1
+            stats.frames_sent += 1
+            stats.frames_skipped += skipped
+            stats.bytes_sent += len(encoded.data)
+            return True
+        finally:
+            self._busy.release()
+
     def run(self, output: ViewerOutput) -> None:
         """Send frames to ``output`` until stopped, closed or stalled.
 
@@ -156,43 +219,56 @@ class ViewerLoop:
             self._given = self._wanted = None
 
     def _loop(self, output: ViewerOutput) -> None:
-        pacer, camera, stats = self._pacer, self._camera, self.stats
-        behind = False  # the viewer has not taken the previous frames yet
-        while not self._stopping.is_set() and output.is_open:
-            # Frames wake this thread only once it is due (see wake()); its own timer and the
-            # behind-poll cover the rest.
-            paused = output.paused
-            self._wake_after = math.inf if behind or paused else pacer.wake_after(camera.fps)
-            wait = BEHIND_POLL_S if behind else pacer.wait_s(time.monotonic(), camera.fps)
+        pacer, camera, busy = self._pacer, self._camera, self._busy
+        behind: bool | None = False  # the viewer has not taken the previous frames yet
+        while True:
+            with busy:
+                if self._stopping.is_set() or not output.is_open:
+                    return
+                # Frames wake this thread only once it is due (see wake()); its own timer and
+                # the behind-poll cover the rest.
+                paused = output.paused
+                self._wake_after = (
+                    math.inf if behind or paused else pacer.wake_after(camera.fps)
+                )
+                wait = BEHIND_POLL_S if behind else pacer.wait_s(time.monotonic(), camera.fps)
             self._wake.wait(min(wait, IDLE_WAKE_S) if wait > 0 else IDLE_WAKE_S)
             self._wake.clear()
-            if self._stopping.is_set():
-                return
-            output.before_frame()
-            if output.paused:
-                continue
-            frame = camera.latest()
-            if frame is None or not pacer.wants(frame.seq, frame.captured_monotonic, camera.fps):
-                behind = False  # nothing to send: look again when a frame is wanted
-                continue
-            now = time.monotonic()
-            behind = pacer.behind(output.unsent_bytes(), now)
-            if behind:
-                if pacer.stalled(now):
-                    output.stalled()
+            with busy:
+                if self._stopping.is_set():
                     return
-                continue
-            wanted, fps = output.wanted()
-            variant = self.variant(wanted)
-            try:
-                encoded = self._cache.get(frame, variant)
-            except EncodeBudgetExceeded:
-                continue  # the server's encode budget is spent: skip to a later frame
-            except ValueError as exc:  # a source JPEG that cannot be decoded: skip it
-                logger.debug("skipping frame %d: %s", frame.seq, exc)
-                continue
-            skipped = pacer.sent(frame.seq, len(encoded.data), now, fps, camera.fps)
-            output.send(encoded, variant, skipped)
-            stats.frames_sent += 1
-            stats.frames_skipped += skipped
-            stats.bytes_sent += len(encoded.data)
+                behind = self._tick(output)
+                if behind is None:
+                    return
+
+    def _tick(self, output: ViewerOutput) -> bool | None:
+        """One look at the newest frame (``_busy`` held); returns whether the viewer is behind,
+        or None if it stalled and was dropped."""
+        pacer, camera, stats = self._pacer, self._camera, self.stats
+        output.before_frame()
+        if output.paused:
+            return False
+        frame = camera.latest()
+        if frame is None or not pacer.wants(frame.seq, frame.captured_monotonic, camera.fps):
+            return False  # nothing to send: look again when a frame is wanted
+        now = time.monotonic()
+        if pacer.behind(output.unsent_bytes(), now):
+            if pacer.stalled(now):
+                output.stalled()
+                return None
+            return True
+        wanted, fps = output.wanted()
+        variant = self.variant(wanted)
+        try:
+            encoded = self._cache.get(frame, variant)
+        except EncodeBudgetExceeded:
+            return False  # the server's encode budget is spent: skip to a later frame
+        except ValueError as exc:  # a source JPEG that cannot be decoded: skip it
+            logger.debug("skipping frame %d: %s", frame.seq, exc)
+            return False
+        skipped = pacer.sent(frame.seq, len(encoded.data), now, fps, camera.fps)
+        output.send(encoded, variant, skipped)
+        stats.frames_sent += 1
+        stats.frames_skipped += skipped
+        stats.bytes_sent += len(encoded.data)
+        return False

@@ -1,0 +1,210 @@
+"""The fan-out fast path (camstream.fanout): what a viewer receives is what the sender thread
+would have sent, a partial non-blocking write is finished before anything else, each viewer
+keeps its own rate.
+
+Real servers on port 0, real clients (``websockets``, raw sockets); every wait is bounded.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import socket
+import threading
+import time
+from typing import Any
+
+import cv2
+import numpy as np
+import pytest
+from conftest import TIMEOUT, wait_until
+from helpers import RawViewer, receive_for, running
+from websockets.sync.client import connect
+from wsraw import build_frame
+
+from camstream import Streamer
+from camstream.session import ClientSession
+
+
+class JpegPublisher(threading.Thread):
+    """Hands the given JPEG files to ``publish_jpeg`` in turn at ``fps`` (once through)."""
+
+    def __init__(self, streamer: Streamer, jpegs: list[bytes], fps: float) -> None:
+        super().__init__(name="test-jpeg-publisher", daemon=True)
+        self.streamer, self.jpegs, self.period = streamer, jpegs, 1.0 / fps
+        self.stop = threading.Event()
+
+    def run(self) -> None:
+        deadline = time.monotonic()
+        for jpeg in self.jpegs:
+            if self.stop.is_set():
+                return
+            assert self.streamer.publish_jpeg(jpeg) is not None
+            deadline += self.period
+            self.stop.wait(max(deadline - time.monotonic(), 0.0))
+
+
+def sessions(streamer: Streamer) -> list[ClientSession]:
+    return streamer._viewers.sessions()  # the per-viewer counters of the fast path
+
+
+def numbered_jpegs(count: int) -> list[bytes]:
+    """``count`` distinct small JPEGs; frame i is a flat grey of level 2 * i + 20."""
+    jpegs = []
+    for i in range(count):
+        image = np.full((120, 160, 3), 2 * i + 20, np.uint8)
+        ok, data = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, 90])
+        assert ok
+        jpegs.append(data.tobytes())
+    assert len(set(jpegs)) == count
+    return jpegs
+
+
+@pytest.mark.parametrize("fast", [True, False])
+def test_a_viewer_gets_metadata_first_then_the_published_jpegs_in_order_none_twice(
+    streamer_factory, fast: bool
+) -> None:
+    jpegs = numbered_jpegs(100)  # 100 frames at 30 fps: 3.3 s, no repeats
+    index = {jpeg: i for i, jpeg in enumerate(jpegs)}
+    streamer = streamer_factory("push", fps=30, fast_fanout=fast)
+    with contextlib.ExitStack() as stack:
+        clients = [
+            stack.enter_context(connect(streamer.url, open_timeout=TIMEOUT)) for _ in range(3)
+        ]
+        for ws in clients:
+            first = json.loads(ws.recv(timeout=TIMEOUT))  # sent before any frame exists
+            assert first["type"] == "metadata", first
+        publisher = JpegPublisher(streamer, jpegs, 30.0)
+        with running(publisher):
+            received = [receive_for(ws, 2.5) for ws in clients]
+        for texts, frames in received:
+            assert texts == [] or all(t["type"] == "metadata" for t in texts), texts
+            # Byte for byte the published files (passthrough), in order, never one twice.
+            numbers = [index[frame] for frame in frames]
+            assert numbers == sorted(set(numbers)), numbers
+            assert len(numbers) >= 60, len(numbers)
+        fast_frames = [s.stats.fast_frames for s in sessions(streamer)]
+        sent = [s.stats.frames_sent for s in sessions(streamer)]
+        if fast:  # the fan-out served most frames (the first one waits for the metadata)
+            assert all(f >= 0.8 * n for f, n in zip(fast_frames, sent)), (fast_frames, sent)
+        else:
+            assert fast_frames == [0, 0, 0]
+
+
+def test_mixed_rates_keep_their_rate_on_the_fast_path(streamer_factory) -> None:
+    streamer = streamer_factory("test", width=320, height=240, fps=30)
+    urls = {"slow": streamer.url + "?fps=10", "fast": streamer.url}
+    counts: dict[str, int] = {}
+    errors: list[BaseException] = []
+
+    def viewer(name: str) -> None:
+        try:
+            with connect(urls[name], open_timeout=TIMEOUT) as ws:
+                assert json.loads(ws.recv(timeout=TIMEOUT))["type"] == "metadata"
+                ws.recv(timeout=TIMEOUT)  # the first frame starts the clock
+                counts[name] = len(receive_for(ws, 3.0)[1])
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=viewer, args=(n,), name=f"test-{n}") for n in urls]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(3 * TIMEOUT)
+        assert not t.is_alive()
+    assert not errors, errors
+    assert 27 <= counts["slow"] <= 33, counts  # 10 fps for 3 s
+    assert counts["fast"] >= 84, counts  # 30 fps for 3 s
+    assert all(s.stats.fast_frames > 0 for s in sessions(streamer))
+
+
+def test_a_partial_fast_send_is_finished_by_the_sender_before_anything_else(
+    streamer_factory,
+) -> None:
+    """Large noise frames into a small receive window: fast sends end part-way; the rest goes
+    out before the next message (a pong, a frame), so the stream still parses frame by frame."""
+    rng = np.random.default_rng(3)
+    images = [rng.integers(0, 256, (480, 640, 3), dtype=np.uint8) for _ in range(3)]
+    jpegs = []
+    for image in images:
+        ok, data = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, 80])
+        assert ok
+        jpegs.append(data.tobytes())  # ~200 KB each
+    streamer = streamer_factory("push", fps=20, max_bytes=None)
+    viewer = RawViewer(streamer.port, rcvbuf=8192)  # a small window from the start
+    publisher = JpegPublisher(streamer, jpegs * 30, 20.0)  # 90 frames, 4.5 s
+    frames: list[bytes] = []
+    pongs: list[dict[str, Any]] = []
+    try:
+        with running(publisher):
+            opcode, payload = viewer.read_message()
+            assert opcode == 0x1 and json.loads(payload)["type"] == "metadata"
+            # A small send buffer on the server's side too: no 200 KB message fits at once.
+            link = sessions(streamer)[0].connection.link
+            link.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 32768)
+            deadline = time.monotonic() + 3.0
+            t, next_ping = 0, 0.0
+            while time.monotonic() < deadline:
+                if time.monotonic() >= next_ping:  # text replies amid partial frames (10/s)
+                    ping = json.dumps({"type": "ping", "t": t}).encode()
+                    viewer.sock.sendall(build_frame(0x1, ping))
+                    t, next_ping = t + 1, time.monotonic() + 0.1
+                # Read slowly, a small piece at a time: the server's writes end part-way.
+                opcode, n = viewer.read_header()
+                payload = b""
+                while len(payload) < n:
+                    payload += viewer.read_exact(min(n - len(payload), 16384))
+                    time.sleep(0.001)
+                if opcode == 0x2:
+                    frames.append(payload)
+                else:
+                    assert opcode == 0x1, opcode  # no other frame type, no garbage
+                    parsed = json.loads(payload)
+                    assert parsed["type"] == "pong", parsed
+                    pongs.append(parsed)
+            session = sessions(streamer)[0]
+            partial, fast = session.stats.fast_partial, session.stats.fast_frames
+    finally:
+        viewer.close()
+    assert frames and pongs
+    for frame in frames:
+        assert frame in jpegs  # whole and untouched
+    assert fast > 0 and partial > 0, (fast, partial)
+    assert wait_until(lambda: streamer.stats()["client_count"] == 0)
+
+
+def test_a_fast_path_viewer_is_not_slowed_by_one_that_stopped_reading(streamer_factory) -> None:
+    rng = np.random.default_rng(5)
+    image = rng.integers(0, 256, (480, 640, 3), dtype=np.uint8)
+    streamer = streamer_factory("push", fps=30, max_bytes=None, send_timeout=2)
+    stop = threading.Event()
+
+    def publish() -> None:
+        deadline = time.monotonic()
+        while not stop.is_set():
+            streamer.publish(image, copy=False)
+            deadline += 1 / 30
+            stop.wait(max(deadline - time.monotonic(), 0.0))
+
+    publisher = threading.Thread(target=publish, name="test-publisher", daemon=True)
+    publisher.start()
+    try:
+        stalled = RawViewer(streamer.port, rcvbuf=4096)  # handshake, then never reads
+        try:
+            with connect(streamer.url, open_timeout=TIMEOUT, max_size=2**22) as reader:
+                assert json.loads(reader.recv(timeout=TIMEOUT))["type"] == "metadata"
+                reader.recv(timeout=TIMEOUT)
+                gaps = []
+                last = time.monotonic()
+                for _ in range(45):  # 1.5 s
+                    assert isinstance(reader.recv(timeout=TIMEOUT), bytes)
+                    now = time.monotonic()
+                    gaps.append(now - last)
+                    last = now
+                assert max(gaps) < 2.5 / 30, max(gaps)  # never more than one frame late
+        finally:
+            stalled.close()
+    finally:
+        stop.set()
+        publisher.join(TIMEOUT)
+    assert not publisher.is_alive()
