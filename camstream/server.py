@@ -406,7 +406,7 @@ class Streamer:
             "connections": self._server.admission_stats() if self._server is not None else {},
         }
 
-    # Transport callbacks (through _TransportCallbacks; each runs in that connection's thread)
+    # Transport callbacks (through TransportCallbacks; each runs in that connection's thread)
 
     def _open(self, conn: Connection) -> None:
         refusal = self._policy.refusal(conn.request)
