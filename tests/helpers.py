@@ -318,3 +318,14 @@ def read_line(stream: Any, timeout: float = 3 * TIMEOUT) -> Any:
     reader.join(timeout)
     assert not reader.is_alive(), f"no line within {timeout:g} s"
     return lines[0]
+
+
+def frames_from(camera: Any, count: int) -> list:
+    """The next ``count`` frames of a started CameraThread, each newer than the one before."""
+    frames, seq = [], 0
+    for _ in range(count):
+        frame = camera.wait_for_frame(seq, TIMEOUT)
+        assert frame is not None, "no frame within the timeout"
+        frames.append(frame)
+        seq = frame.seq
+    return frames

@@ -14,19 +14,9 @@ import numpy as np
 import pytest
 import websocket
 from conftest import TIMEOUT, stop_process, wait_until, write_video
-from helpers import read_line
+from helpers import frames_from, read_line
 
 from camstream import CameraState, CameraThread, ConfigError, SourceError
-
-
-def frames_from(camera: CameraThread, count: int) -> list:
-    frames, seq = [], 0
-    for _ in range(count):
-        frame = camera.wait_for_frame(seq, TIMEOUT)
-        assert frame is not None, "no frame within the timeout"
-        frames.append(frame)
-        seq = frame.seq
-    return frames
 
 
 def test_test_pattern_runs_at_requested_size_and_rate() -> None:

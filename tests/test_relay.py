@@ -7,12 +7,14 @@ camstream's ``/stream.mjpg``, the bytes that camstream sent.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import http.client
 import json
 import threading
 import time
 from pathlib import Path
+from typing import Any, Iterator
 
 import cv2
 import numpy as np
@@ -134,7 +136,13 @@ def publish_loop(origin: Streamer, stop: threading.Event) -> None:
         i += 1
 
 
-def test_relay_of_camstream_stores_the_origins_jpegs_untouched(streamer_factory) -> None:
+@contextlib.contextmanager
+def publishing_origin(streamer_factory: Any) -> Iterator[tuple[Streamer, MjpegReader]]:
+    """A push-mode camstream fed by :func:`publish_loop`, and a reader of its /stream.mjpg.
+
+    Yields once the reader has seen two parts; on exit the publisher, the origin and the reader
+    are stopped and joined (checked), and the reader must not have failed.
+    """
     origin = streamer_factory("push")
     stop = threading.Event()
     publisher = threading.Thread(target=publish_loop, args=(origin, stop),
@@ -144,14 +152,7 @@ def test_relay_of_camstream_stores_the_origins_jpegs_untouched(streamer_factory)
     reader.start()
     try:
         assert wait_until(lambda: len(reader.hashes) >= 2)
-        relay = CameraThread(f"http://127.0.0.1:{origin.port}/stream.mjpg")
-        log = FrameLog(relay)
-        with relay:
-            assert relay.jpeg_passthrough and relay.pixel_format == "MJPG"
-            assert wait_until(lambda: log.count() >= 15)
-        relayed = [f for f in log.frames]
-        # The reader may be a part or two behind the relay.
-        wait_until(lambda: all(sha(f.jpeg) in reader.hashes for f in relayed))
+        yield origin, reader
     finally:
         stop.set()
         publisher.join(TIMEOUT)
@@ -161,6 +162,18 @@ def test_relay_of_camstream_stores_the_origins_jpegs_untouched(streamer_factory)
         reader.join(TIMEOUT)
         assert not reader.is_alive(), "reader did not finish"
     assert reader.error is None, reader.error
+
+
+def test_relay_of_camstream_stores_the_origins_jpegs_untouched(streamer_factory) -> None:
+    with publishing_origin(streamer_factory) as (origin, reader):
+        relay = CameraThread(f"http://127.0.0.1:{origin.port}/stream.mjpg")
+        log = FrameLog(relay)
+        with relay:
+            assert relay.jpeg_passthrough and relay.pixel_format == "MJPG"
+            assert wait_until(lambda: log.count() >= 15)
+        relayed = [f for f in log.frames]
+        # The reader may be a part or two behind the relay.
+        wait_until(lambda: all(sha(f.jpeg) in reader.hashes for f in relayed))
     missing = [f.seq for f in relayed if sha(f.jpeg) not in reader.hashes]
     assert not missing, f"relayed frames that the origin never sent: {missing}"
     assert not any(f.is_decoded for f in relayed) and relay.decodes == 0
@@ -168,15 +181,7 @@ def test_relay_of_camstream_stores_the_origins_jpegs_untouched(streamer_factory)
 
 def test_relay_viewers_get_the_origins_bytes_untouched(streamer_factory) -> None:
     """origin camstream -> relay camstream -> WebSocket viewer: no decode, no encode on the way."""
-    origin = streamer_factory("push")
-    stop = threading.Event()
-    publisher = threading.Thread(target=publish_loop, args=(origin, stop),
-                                 name="camstream-test-publisher")
-    publisher.start()
-    reader = MjpegReader(origin.port)
-    reader.start()
-    try:
-        assert wait_until(lambda: len(reader.hashes) >= 2)
+    with publishing_origin(streamer_factory) as (origin, reader):
         relay = streamer_factory(f"http://127.0.0.1:{origin.port}/stream.mjpg")
         ws = websocket.create_connection(f"{relay.url}?max_bytes=0", timeout=TIMEOUT)
         try:
@@ -189,15 +194,6 @@ def test_relay_viewers_get_the_origins_bytes_untouched(streamer_factory) -> None
             ws.close()
         stats = relay.stats()
         wait_until(lambda: all(sha(m) in reader.hashes for m in received))
-    finally:
-        stop.set()
-        publisher.join(TIMEOUT)
-        assert not publisher.is_alive(), "publisher did not finish"
-        reader.stop_event.set()
-        origin.stop()
-        reader.join(TIMEOUT)
-        assert not reader.is_alive(), "reader did not finish"
-    assert reader.error is None, reader.error
     assert [sha(m) in reader.hashes for m in received] == [True] * len(received)
     assert stats["camera"]["jpeg_passthrough"] is True
     assert stats["encodes"] == 0 and stats["decodes"] == 0, stats

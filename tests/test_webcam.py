@@ -17,20 +17,11 @@ import pytest
 import websocket
 from conftest import TIMEOUT, wait_until
 from fake_capture import FakeCapture, FakeWebcam, pictures, strip_dht
+from helpers import frames_from
 
 from camstream import CameraState, CameraThread, ConfigError, SourceError
 from camstream.camera import describe_source
 from camstream.jpeg import inspect_jpeg
-
-
-def frames_from(camera: CameraThread, count: int) -> list:
-    frames, seq = [], 0
-    for _ in range(count):
-        frame = camera.wait_for_frame(seq, TIMEOUT)
-        assert frame is not None, "no frame within the timeout"
-        frames.append(frame)
-        seq = frame.seq
-    return frames
 
 
 def test_mjpeg_is_asked_for_before_size_and_fps(caplog: pytest.LogCaptureFixture) -> None:
