@@ -1,54 +1,63 @@
-"""The fan-out fast path: one thread hands each new frame to the idle WebSocket viewers.
+"""The fan-out fast path: one thread hands each new frame to the idle viewers.
 
-Waking a viewer's sender thread for every frame costs far more CPU than the frame's ``send``
-(the wake, the GIL hand-over, the context switch). So one :class:`FanOut` thread, woken once a
-frame, walks the WebSocket viewers and offers them the frame
-(:meth:`~camstream.session.ClientSession.offer`). A viewer that is due by its own
-:class:`~camstream.pacing.Pacer`, idle (nothing queued, no settings change, no ``frame`` info,
-not behind, its loop and its send lock free) and on a plain TCP connection gets the whole
-WebSocket message in one non-blocking ``send``; nothing is woken. The framed message (header +
-JPEG) is built once per JPEG and shared by every viewer of it (server frames are unmasked).
+Waking a viewer's own thread for every frame costs far more CPU than the frame's ``send`` (the
+wake, the GIL hand-over, the context switch). So one :class:`FanOut` thread, woken once a
+frame, walks the viewers, WebSocket sessions and MJPEG streams alike, and offers them the frame
+(:meth:`~camstream.session.ClientSession.offer`, :meth:`~camstream.mjpeg.MjpegStream.offer`).
+A viewer that is due by its own :class:`~camstream.pacing.Pacer`, idle (nothing queued, no
+settings change, no ``frame`` info, not behind, its loop and its send lock free) and on a plain
+TCP connection gets the whole message in one non-blocking ``send``; nothing is woken. The
+bytes are built once per JPEG and shared by every viewer of it: the WebSocket message (header +
+JPEG; server frames are unmasked) and the MJPEG part (boundary, headers, JPEG).
 
-Everything else goes to the viewer's own sender thread exactly as without the fast path: a
-viewer that is behind, text messages, metadata, snapshots, TLS, MJPEG streams. A partial write
-keeps the connection's send lock held and leaves the rest to that viewer's sender thread, which
-finishes it (blocking, under the watchdog's send timeout) before anything else is written, so
-messages keep their order.
+Everything else goes to the viewer's own thread exactly as without the fast path: a viewer
+that is behind, text messages, metadata, snapshots, TLS connections. A partial write keeps the
+connection's send lock held and leaves the rest to that viewer's thread, which finishes it
+(blocking, under the watchdog's send timeout) before anything else is written, so messages
+keep their order.
 """
 
 from __future__ import annotations
 
 import logging
-import socket
 import threading
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from .camera import CameraThread
 from .encoder import EncodeCache, EncodedFrame, Variant
 from .errors import ConnectionClosedError
 from .frame import Frame
+from .mjpeg import part as mjpeg_part
 from .ws.frames import OP_BINARY, frame_header
 
 if TYPE_CHECKING:
-    from .session import ClientSession
     from .ws import Connection
 
-__all__ = ["FanOut", "FanOutRound"]
+__all__ = ["FanOut", "FanOutRound", "FastViewer"]
 
 logger = logging.getLogger(__name__)
 
 _IDLE_WAKE_S = 1.0  # the thread looks at its stop flag at least this often
 
-_DONTWAIT = getattr(socket, "MSG_DONTWAIT", 0)
+
+class FastViewer(Protocol):
+    """A viewer the fan-out serves: a WebSocket session or an MJPEG stream."""
+
+    def offer(self, frame: Frame, round_: FanOutRound) -> bool:
+        """Send ``frame`` now if idle and due; False: the viewer's own thread should look."""
+
+    def wake(self) -> None:
+        """Wake the viewer's own thread (it takes the frame itself if it wants it)."""
 
 
 class FanOutRound:
-    """One frame's fan-out: the framed message of each JPEG, built once, and the sends."""
+    """One frame's fan-out: each JPEG's encode, WebSocket message and MJPEG part, made once."""
 
     def __init__(self) -> None:
-        self._messages: dict[int, tuple[bytes, bytes]] = {}  # id(jpeg) -> (jpeg, message)
         self._encoded: dict[tuple[int, Variant], tuple[Frame, EncodedFrame]] = {}
+        self._messages: dict[int, tuple[bytes, bytes]] = {}  # id(jpeg) -> (jpeg, message)
+        self._parts: dict[int, tuple[bytes, bytes]] = {}  # id(jpeg) -> (jpeg, part)
 
     def encoded(self, cache: EncodeCache, frame: Frame, variant: Variant) -> EncodedFrame:
         """``cache.get(frame, variant)``, asked once per round and variant."""
@@ -66,47 +75,35 @@ class FanOutRound:
             self._messages[id(data)] = entry
         return entry[1]
 
+    def part(self, encoded: EncodedFrame) -> bytes:
+        """The MJPEG multipart part of ``encoded``, made once per round."""
+        data = encoded.data
+        entry = self._parts.get(id(data))
+        if entry is None or entry[0] is not data:
+            entry = (data, mjpeg_part(data, encoded.captured_at))
+            self._parts[id(data)] = entry
+        return entry[1]
+
     def send(self, connection: Connection, data: bytes) -> tuple[bool, memoryview | None]:
         """Write ``data`` as one BINARY message without blocking, if the connection is idle.
 
         Returns:
-            ``(sent, rest)``: ``sent`` is True if the message was written, wholly or in part;
-            ``rest`` is the part still to write, for which the send lock is left held (the
-            caller's sender thread writes it and releases the lock).
+            ``(sent, rest)`` as :meth:`camstream.ws.link.Link.try_send` (with ``rest``, the
+            send lock is left held for the caller's sender thread, which writes the rest).
         """
-        link = connection.link
-        if link.tls is not None or not _DONTWAIT:
+        if connection.closing:
             return False, None
-        if not link.send_lock.acquire(blocking=False):
-            return False, None
-        rest: memoryview | None = None
-        try:
-            if connection.closing or not link.writable:
-                return False, None
-            message = self.message(data)
-            try:
-                n = link.sock.send(message, _DONTWAIT)
-            except (BlockingIOError, InterruptedError):
-                return False, None
-            except (OSError, ValueError) as exc:
-                link.abort()
-                raise ConnectionClosedError(f"send failed: {exc}") from exc
-            if n < len(message):
-                rest = memoryview(message)[n:]
-            return True, rest
-        finally:
-            if rest is None:
-                link.send_lock.release()
+        return connection.link.try_send(self.message(data))
 
 
 class FanOut:
     """The fan-out thread: :meth:`notify` once a frame; :meth:`start`, :meth:`stop` (joins)."""
 
     def __init__(
-        self, camera: CameraThread, sessions: Callable[[], Sequence[ClientSession]]
+        self, camera: CameraThread, viewers: Callable[[], Sequence[FastViewer]]
     ) -> None:
         self._camera = camera
-        self._sessions = sessions
+        self._viewers = viewers
         self._event = threading.Event()
         self._stopping = threading.Event()
         self._thread = threading.Thread(target=self._run, name="camstream-fanout", daemon=True)
@@ -135,19 +132,19 @@ class FanOut:
             if self._stopping.is_set() or frame is None or frame.seq == last_seq:
                 continue
             last_seq = frame.seq
-            fan_out(frame, self._sessions())
+            fan_out(frame, self._viewers())
 
 
-def fan_out(frame: Frame, sessions: Sequence[ClientSession]) -> None:
-    """Offer ``frame`` to every session; wake the sender of each one that did not take it."""
+def fan_out(frame: Frame, viewers: Sequence[FastViewer]) -> None:
+    """Offer ``frame`` to every viewer; wake the thread of each one that did not take it."""
     round_ = FanOutRound()
-    for session in sessions:
+    for viewer in viewers:
         try:
-            taken = session.offer(frame, round_)
+            taken = viewer.offer(frame, round_)
         except ConnectionClosedError:
-            taken = False  # the sender sees the connection closed
+            taken = False  # the viewer's own thread sees the connection closed
         except Exception:
-            logger.exception("fan-out to client %s failed", session.connection.id)
+            logger.exception("fan-out to %r failed", viewer)
             taken = False
         if not taken:
-            session.wake()
+            viewer.wake()

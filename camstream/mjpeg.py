@@ -4,18 +4,24 @@ An :class:`MjpegStream` is the output of a :class:`~camstream.viewer.ViewerLoop`
 clock WebSocket viewers use too) that writes each frame as one multipart part, with
 ``Content-Type``, ``Content-Length`` and ``X-Timestamp`` (capture time, Unix seconds, as
 mjpg-streamer sends it). It runs in the HTTP connection's own handler thread; it queues nothing
-itself: a reader that stops reading is dropped after the stall timeout.
+itself: a reader that stops reading is dropped after the stall timeout. The fan-out fast path
+(:mod:`camstream.fanout`) may write a due frame's part from its own thread instead
+(:meth:`MjpegStream.offer`); the stream's thread finishes a part it could not write whole.
 """
 
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .camera import CameraThread
 from .encoder import EncodeCache, EncodedFrame, Variant
 from .viewer import ViewerLoop, ViewerStats
 from .ws import HttpExchange
+
+if TYPE_CHECKING:
+    from .fanout import FanOutRound
+    from .frame import Frame
 
 __all__ = ["BOUNDARY", "MjpegStream", "part"]
 
@@ -55,6 +61,12 @@ class MjpegStream:
         self._loop = ViewerLoop(camera, cache, stall_timeout)
         self._wanted = variant
         self._variant = self._loop.variant(variant)  # the one given; released by run()
+        self._running = False  # the fan-out may write only once the headers went, in run()
+        # The rest of a part the fan-out began writing; it left the send lock held for us.
+        self._partial: memoryview | None = None
+
+    def __repr__(self) -> str:
+        return f"<MjpegStream {self.id} from {self.address}>"
 
     @property
     def stats(self) -> ViewerStats:
@@ -63,6 +75,14 @@ class MjpegStream:
     def wake(self) -> None:
         """A new frame is there (camera thread)."""
         self._loop.wake()
+
+    def offer(self, frame: Frame, fanout: FanOutRound) -> bool:
+        """The fan-out's fast path (see :mod:`camstream.fanout`): True if ``frame``'s part went
+        out from the calling thread; False if the stream's thread should look (then wake)."""
+        return self._loop.offer(
+            frame, self, fanout.encoded,
+            lambda encoded, variant: self._fast_send(encoded, fanout),
+        )
 
     def stop(self) -> None:
         """End the stream within one wake (any thread)."""
@@ -78,7 +98,14 @@ class MjpegStream:
         Raises:
             ConnectionClosedError: the client went away or a write timed out.
         """
-        self._loop.run(self)
+        self._running = True
+        try:
+            self._loop.run(self)
+        finally:
+            self._running = False
+            if self._partial is not None:  # half a part: nothing may follow it
+                self._partial = None
+                self._exchange.abandon_write()
 
     def info(self, now: float) -> dict[str, Any]:
         """This stream in ``stats()["http"]["mjpeg_streams"]``."""
@@ -106,10 +133,27 @@ class MjpegStream:
         return self._exchange.unsent_bytes()
 
     def before_frame(self) -> None:
-        pass
+        rest, self._partial = self._partial, None
+        if rest is not None:
+            self._exchange.finish_write(rest)
 
     def wanted(self) -> tuple[Variant, float]:
         return self._wanted, self.fps
+
+    def fast_wanted(self) -> tuple[Variant, float] | None:
+        if not self._running or self._partial is not None:
+            return None
+        return self._wanted, self.fps
+
+    def _fast_send(self, encoded: EncodedFrame, fanout: FanOutRound) -> bool:
+        """Write ``encoded``'s part without blocking (the loop's lock held by the fan-out); a
+        partial write leaves the rest to :meth:`before_frame` in the stream's thread."""
+        sent, rest = self._exchange.try_write(fanout.part(encoded))
+        if rest is not None:
+            self._partial = rest
+            self._loop.stats.fast_partial += 1
+            self._loop.nudge()
+        return sent
 
     def send(self, encoded: EncodedFrame, variant: Variant, skipped: int) -> None:
         self._exchange.write(part(encoded.data, encoded.captured_at))

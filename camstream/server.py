@@ -101,9 +101,9 @@ class Streamer:
         max_variants: distinct sizes/qualities/limits encoded at once besides the default one
             (default 4); a viewer asking for another gets the nearest one in use (its metadata
             says which).
-        fast_fanout: send frames to idle WebSocket viewers from one fan-out thread without
-            waking their sender threads (default True; see :mod:`camstream.fanout`). False:
-            every frame goes through the viewer's own sender thread.
+        fast_fanout: send frames to idle viewers (WebSocket and MJPEG over plain TCP) from one
+            fan-out thread without waking their own threads (default True; see
+            :mod:`camstream.fanout`). False: every frame goes through the viewer's own thread.
         max_encodes_per_s: JPEG encodes a second for non-default variants and snapshots, all
             viewers together (default None: ``fps * (max_variants + 1)``); past it, frames are
             skipped.
@@ -179,7 +179,7 @@ class Streamer:
         )
         self._viewers: ViewerRegistry[ClientSession, MjpegStream] = ViewerRegistry(max_clients)
         self._rates = CounterRates()  # encodes and decodes per second
-        self._fanout = FanOut(self._camera, self._viewers.sessions) if fast_fanout else None
+        self._fanout = FanOut(self._camera, self._viewers.all) if fast_fanout else None
         self._stopped = threading.Event()
         self._http = HttpRoutes(
             camera=self._camera, cache=self._cache, policy=self._policy, viewers=self._viewers,
@@ -458,8 +458,6 @@ class Streamer:
                 viewer.wake()
             return
         self._fanout.notify()
-        for stream in self._viewers.streams():
-            stream.wake()
 
     def _on_camera_event(self, event: str, details: dict[str, Any]) -> None:
         message = {"type": event, "timestamp": protocol.iso_utc(), **details}

@@ -157,6 +157,9 @@ class ClientSession:
         """
         self._loop.wake()
 
+    def __repr__(self) -> str:
+        return f"<ClientSession {self.connection.id}>"
+
     def offer(self, frame: Frame, fanout: FanOutRound) -> bool:
         """The fan-out's fast path (see :mod:`camstream.fanout`): True if ``frame`` went out
         from the calling thread; False if the sender should look at it (then :meth:`wake`)."""
@@ -249,8 +252,8 @@ class ClientSession:
         finally:
             if self._partial is not None:  # a half-written frame nothing may follow
                 self._partial = None
-                self.connection.abort()
-                self.connection.link.send_lock.release()
+                self.connection.abort()  # marks the connection closing too
+                self.connection.link.abandon_send()
 
     # The loop's output (ViewerOutput; sender thread)
 
@@ -301,11 +304,7 @@ class ClientSession:
         """Write the rest of a frame the fan-out began, with the send lock it left held."""
         rest, self._partial = self._partial, None
         if rest is not None:
-            link = self.connection.link
-            try:
-                link.sendall(rest)
-            finally:
-                link.send_lock.release()
+            self.connection.link.finish_send(rest)
 
     def stalled(self) -> None:
         logger.info("dropping client %s: it stopped reading", self.connection.id)

@@ -169,11 +169,13 @@ class ViewerLoop:
         Raises:
             ConnectionClosedError: the viewer went away during ``send``.
         """
-        if self._stopping.is_set() or time.monotonic() < self._wake_after:
+        if time.monotonic() < self._wake_after:
             return False
         if not self._busy.acquire(blocking=False):
             return False  # the loop's thread is at work: it looks at the frame itself
         try:
+            if self._stopping.is_set():
+                return False  # (checked under the lock: once run() ended, nothing is sent)
             pacer, camera_fps = self._pacer, self._camera.fps
             if not pacer.wants(frame.seq, frame.captured_monotonic, camera_fps):
                 return False
@@ -210,6 +212,8 @@ class ViewerLoop:
         try:
             self._loop(output)
         finally:
+            with self._busy:  # the fan-out sends nothing from now on (see offer())
+                self._stopping.set()
             self.release()
 
     def release(self) -> None:

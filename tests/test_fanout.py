@@ -1,6 +1,6 @@
-"""The fan-out fast path (camstream.fanout): what a viewer receives is what the sender thread
-would have sent, a partial non-blocking write is finished before anything else, each viewer
-keeps its own rate.
+"""The fan-out fast path (camstream.fanout): what a viewer (WebSocket or MJPEG) receives is what
+its own thread would have sent, a partial non-blocking write is finished before anything else,
+each viewer keeps its own rate.
 
 Real servers on port 0, real clients (``websockets``, raw sockets); every wait is bounded.
 """
@@ -18,11 +18,12 @@ import cv2
 import numpy as np
 import pytest
 from conftest import TIMEOUT, wait_until
-from helpers import RawViewer, receive_for, running
+from helpers import MjpegReader, Publisher, RawViewer, receive_for, running
 from websockets.sync.client import connect
 from wsraw import build_frame
 
 from camstream import Streamer
+from camstream.mjpeg import MjpegStream
 from camstream.session import ClientSession
 
 
@@ -208,3 +209,97 @@ def test_a_fast_path_viewer_is_not_slowed_by_one_that_stopped_reading(streamer_f
         stop.set()
         publisher.join(TIMEOUT)
     assert not publisher.is_alive()
+
+
+def streams(streamer: Streamer) -> list[MjpegStream]:
+    return streamer._viewers.streams()  # the per-stream counters of the fast path
+
+
+@pytest.mark.parametrize("fast", [True, False])
+def test_mjpeg_viewers_get_the_published_jpegs_whole_in_order_none_twice(
+    streamer_factory, fast: bool
+) -> None:
+    """MJPEG streams take the fan-out's path too: each part is the file as published, with its
+    headers, in order; and a WebSocket viewer alongside is unaffected."""
+    jpegs = numbered_jpegs(100)
+    index = {jpeg: i for i, jpeg in enumerate(jpegs)}
+    streamer = streamer_factory("push", fps=30, fast_fanout=fast)
+    with contextlib.ExitStack() as stack:
+        readers = [stack.enter_context(MjpegReader(streamer.port)) for _ in range(3)]
+        ws = stack.enter_context(connect(streamer.url, open_timeout=TIMEOUT))
+        assert json.loads(ws.recv(timeout=TIMEOUT))["type"] == "metadata"
+        assert all(r.status == 200 for r in readers)
+        assert wait_until(lambda: len(streams(streamer)) == 3)
+        publisher = JpegPublisher(streamer, jpegs, 30.0)
+        parts: list[list[tuple[dict[str, str], bytes]]] = [[] for _ in readers]
+        with running(publisher):
+            deadline = time.monotonic() + 2.5
+            while time.monotonic() < deadline:
+                for reader, got in zip(readers, parts):
+                    got.append(reader.next_part())
+            _, frames = receive_for(ws, 0.5)
+        assert frames and all(frame in index for frame in frames)
+        counters = [(s.stats.fast_frames, s.stats.frames_sent) for s in streams(streamer)]
+    for got in parts:
+        numbers = [index[body] for _, body in got]  # byte for byte a published file
+        assert numbers == sorted(set(numbers)), numbers
+        assert len(numbers) >= 60, len(numbers)
+        for headers, body in got:
+            assert headers["content-type"] == "image/jpeg"
+            assert int(headers["content-length"]) == len(body)
+            assert float(headers["x-timestamp"]) > 0
+    if fast:
+        assert all(f >= 0.8 * n for f, n in counters), counters
+    else:
+        assert all(f == 0 and n > 0 for f, n in counters), counters
+    assert wait_until(lambda: streamer.stats()["client_count"] == 0)
+
+
+def test_a_partial_fast_mjpeg_part_is_finished_before_the_next_one(streamer_factory) -> None:
+    """Large noise frames into a small window: the fan-out's writes end part-way and the
+    stream's own thread writes the rest, so every part still parses and is a whole JPEG."""
+    rng = np.random.default_rng(4)
+    jpegs = []
+    for _ in range(3):
+        image = rng.integers(0, 256, (480, 640, 3), dtype=np.uint8)
+        ok, data = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, 80])
+        assert ok
+        jpegs.append(data.tobytes())  # ~200 KB each
+    streamer = streamer_factory("push", fps=20)
+    with MjpegReader(streamer.port, rcvbuf=8192) as reader:
+        assert reader.status == 200
+        assert wait_until(lambda: len(streams(streamer)) == 1)
+        stream = streams(streamer)[0]
+        # A small send buffer on the server's side too: no 200 KB part fits at once.
+        server_sock = stream._exchange._link.sock  # (the stream's socket has no public name)
+        server_sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 32768)
+        publisher = JpegPublisher(streamer, jpegs * 30, 20.0)  # 90 frames, 4.5 s
+        bodies = []
+        with running(publisher):
+            deadline = time.monotonic() + 3.0
+            while time.monotonic() < deadline:
+                bodies.append(reader.next_part()[1])
+        partial, fast = stream.stats.fast_partial, stream.stats.fast_frames
+    assert len(bodies) >= 10 and all(body in jpegs for body in bodies)
+    assert fast > 0 and partial > 0, (fast, partial)
+    assert wait_until(lambda: streamer.stats()["client_count"] == 0)
+
+
+def test_an_mjpeg_reader_that_leaves_mid_part_leaves_the_server_serving(streamer_factory) -> None:
+    """A reader that goes away while the fan-out's write is part-way: its place is freed, the
+    server stops cleanly and other viewers keep their frames."""
+    rng = np.random.default_rng(6)
+    image = rng.integers(0, 256, (720, 1280, 3), dtype=np.uint8)
+    streamer = streamer_factory("push", fps=30, send_timeout=2)
+    publisher = Publisher(streamer, [image], 30.0)
+    with running(publisher):
+        for _ in range(5):
+            reader = MjpegReader(streamer.port, rcvbuf=4096)
+            assert reader.status == 200
+            reader.next_part()
+            reader.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\1\0\0\0\0\0\0\0")
+            reader.close()  # RST, most likely in the middle of a part
+        assert wait_until(lambda: streamer.stats()["client_count"] == 0)
+        with MjpegReader(streamer.port) as reader:
+            bodies = [reader.next_part()[1] for _ in range(10)]
+    assert all(body.startswith(b"\xff\xd8") and body.endswith(b"\xff\xd9") for body in bodies)

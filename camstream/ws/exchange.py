@@ -64,6 +64,22 @@ class HttpExchange:
         if data and not self.head_only:
             self._link.send(data)
 
+    def try_write(self, data: bytes) -> tuple[bool, memoryview | None]:
+        """Write ``data`` without blocking, if the connection is idle (see
+        :meth:`~camstream.ws.link.Link.try_send`; a ``rest`` must go to :meth:`finish_write`
+        or :meth:`abandon_write`). A stream not started, or a HEAD, writes nothing here."""
+        if not self.started or self.head_only:
+            return False, None
+        return self._link.try_send(data)
+
+    def finish_write(self, rest: memoryview) -> None:
+        """Write the rest :meth:`try_write` left (see ``Link.finish_send``)."""
+        self._link.finish_send(rest)
+
+    def abandon_write(self) -> None:
+        """Give up the rest :meth:`try_write` left; the connection is aborted."""
+        self._link.abandon_send()
+
     def unsent_bytes(self) -> int | None:
         """See :meth:`camstream.ws.connection.Connection.unsent_bytes`."""
         return self._link.unsent_bytes()

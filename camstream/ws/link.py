@@ -30,6 +30,8 @@ from .tls import TlsChannel
 
 __all__ = ["Link", "writable_now"]
 
+_DONTWAIT = getattr(socket, "MSG_DONTWAIT", 0)  # 0 where the platform has none: no fast path
+
 
 def writable_now(sock: socket.socket) -> bool:
     """Return whether a small write to ``sock`` would not block (used by non-blocking paths)."""
@@ -141,6 +143,58 @@ class Link:
         """Take :attr:`send_lock` and :meth:`sendall` ``chunks``; same errors."""
         with self.send_lock:
             self.sendall(*chunks)
+
+    def try_send(self, data: bytes) -> tuple[bool, memoryview | None]:
+        """Write ``data`` now without blocking, if nothing else is being written.
+
+        For the fan-out's fast path (``camstream.fanout``): plain TCP only; a TLS link, a busy
+        send lock, a dead link or a full kernel buffer gives ``(False, None)`` and nothing is
+        written.
+
+        Returns:
+            ``(sent, rest)``: ``sent`` is True if ``data`` was written, wholly or in part;
+            ``rest`` is the part still to write. Then :attr:`send_lock` stays held, no other
+            write can come between, and the caller must pass ``rest`` to :meth:`finish_send`
+            (or give up with :meth:`abandon_send`).
+
+        Raises:
+            ConnectionClosedError: the write failed (the link is then dead).
+        """
+        if self.tls is not None or not _DONTWAIT:
+            return False, None
+        if not self.send_lock.acquire(blocking=False):
+            return False, None
+        rest: memoryview | None = None
+        try:
+            if not self.writable:
+                return False, None
+            try:
+                n = self.sock.send(data, _DONTWAIT)
+            except (BlockingIOError, InterruptedError):
+                return False, None
+            except (OSError, ValueError) as exc:
+                self.abort()
+                raise ConnectionClosedError(f"send failed: {exc}") from exc
+            if n < len(data):
+                rest = memoryview(data)[n:]
+            return True, rest
+        finally:
+            if rest is None:
+                self.send_lock.release()
+
+    def finish_send(self, rest: memoryview) -> None:
+        """Write the ``rest`` :meth:`try_send` left (blocking, bounded by ``send_timeout``) and
+        release :attr:`send_lock`; same errors as :meth:`sendall`."""
+        try:
+            self.sendall(rest)
+        finally:
+            self.send_lock.release()
+
+    def abandon_send(self) -> None:
+        """Give up the ``rest`` :meth:`try_send` left: the message is cut, so the link is
+        aborted (nothing may follow half a message), and :attr:`send_lock` released."""
+        self.abort()
+        self.send_lock.release()
 
     def writable_now(self) -> bool:
         """Whether a small write would not block (for paths that must not block)."""
