@@ -11,7 +11,8 @@ Talks to its parent over stdio:
 * prints ``READY <url> <pid>`` once serving;
 * on a ``stats`` line on stdin prints ``STATS <json>``: ``Streamer.stats()`` plus the
   publisher's own counters (frames published, its thread CPU time, so the cost of the test
-  source can be told apart from camstream's);
+  source can be told apart from camstream's) and ``fast_fanout`` (false when the environment
+  has ``CAMSTREAM_BENCH_FANOUT=0``: the sender-thread path only, for before/after runs);
 * on ``quit``, end of stdin when stdin is a pipe, SIGTERM or SIGINT, stops the Streamer and exits 0.
 
 Logging goes to stderr.
@@ -150,12 +151,12 @@ def main() -> int:
     logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
+    # CAMSTREAM_BENCH_FANOUT=0: the sender-thread path only (bench.py's "camstream-threads")
+    fast_fanout = os.environ.get("CAMSTREAM_BENCH_FANOUT", "1") != "0"
     # Every benchmark viewer connects from 127.0.0.1: no per-address limit here.
     streamer = Streamer("push", port=args.port, fps=args.fps, quality=args.quality,
                         send_timeout=args.send_timeout, max_connections_per_address=None,
-                        max_clients=None,
-                        # CAMSTREAM_BENCH_FANOUT=0: the sender-thread path only (before/after)
-                        fast_fanout=os.environ.get("CAMSTREAM_BENCH_FANOUT", "1") != "0").start()
+                        max_clients=None, fast_fanout=fast_fanout).start()
     publisher = Publisher(
         streamer, args.width, args.height, args.fps, args.mjpeg_seconds if args.mjpeg else 0
     ).start()
@@ -174,6 +175,7 @@ def main() -> int:
                 stats = streamer.stats()
                 stats["publisher"] = {"published": publisher.published, "late": publisher.late,
                                       "cpu_s": publisher.cpu_s}
+                stats["fast_fanout"] = fast_fanout  # so the driver can check which path ran
                 stats["t"] = time.time()
                 print("STATS " + json.dumps(stats), flush=True)
             elif command == "quit":
