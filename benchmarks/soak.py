@@ -3,13 +3,16 @@
 Starts ``stamped_server.py`` (640x480 at 30 fps by default) in its own process and, in this
 process, drives 20 raw-socket viewers (``loadgen.Viewer``) for ``--minutes`` (30 by default).
 About once a second a random viewer either leaves (a clean Close, or a RST) and comes back with a
-random ``?fps=``, or sends a ``config`` message with a new rate. Every ``--interval`` seconds it
+random ``?fps=``, or sends a ``config`` message with a new rate. Besides, ``--mjpeg`` MJPEG
+readers (4 by default, a thread each) come and go at random rates: each part must be a whole
+JPEG. Every ``--interval`` seconds it
 samples the server process (RSS, threads, open fds, CPU %) and the delivery: frames received /
 frames expected at each viewer's requested rate.
 
 At the end every viewer leaves, and the server must be back to its idle thread and fd count. It
 prints whether anything grew, writes ``benchmarks/results/soak-<date>.json`` and
-``docs/images/soak.png``, and exits 1 if something grew or delivery fell below 95 %.
+``docs/images/soak.png``, and exits 1 if something grew or delivery (WebSocket or MJPEG) fell
+below 95 %.
 
 Usage: ``python benchmarks/soak.py [--minutes 30] [--clients 20] [--seed 1]``.
 """
@@ -26,8 +29,10 @@ import statistics
 import struct
 import sys
 import tempfile
+import threading
 import time
 from typing import Any
+from urllib.parse import urlsplit
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
@@ -128,6 +133,89 @@ class Fleet:
         self.loop.close()
 
 
+class MjpegReaders:
+    """``count`` MJPEG readers (``/stream.mjpg``), each in its own thread: it reads parts at a
+    random rate for a random while (about a minute), leaves (FIN or RST) and comes back.
+
+    Counts the parts read, the parts owed at each reader's rate, parts that are not whole JPEGs
+    and streams the server ended on its own.
+    """
+
+    def __init__(self, url: str, count: int, seed: int) -> None:
+        split = urlsplit(url)
+        self.address = (split.hostname or "127.0.0.1", split.port or 80)
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self.parts = self.corrupt = self.reconnects = self.unexpected_ends = 0
+        self.expected = 0.0
+        self._threads = [
+            threading.Thread(target=self._run, args=(random.Random(seed * 1000 + i),),
+                             name=f"soak-mjpeg-{i}", daemon=True)
+            for i in range(count)
+        ]
+
+    def start(self) -> MjpegReaders:
+        for thread in self._threads:
+            thread.start()
+        return self
+
+    def stop(self) -> None:
+        """Every reader leaves; joined (each notices within one part or a 10 s timeout)."""
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(15)
+
+    def _run(self, rng: random.Random) -> None:
+        while not self._stop.is_set():
+            fps = rng.choice(RATES)
+            started = time.monotonic()
+            parts, corrupt, ended = self._read_one(fps, started + rng.expovariate(1 / 60), rng)
+            with self._lock:
+                self.parts += parts
+                self.corrupt += corrupt
+                self.unexpected_ends += ended
+                self.expected += (time.monotonic() - started) * fps
+                self.reconnects += 1
+
+    def _read_one(self, fps: float, until: float, rng: random.Random) -> tuple[int, int, int]:
+        """One visit: (parts read, parts not whole JPEGs, 1 if the server ended it)."""
+        parts = corrupt = 0
+        sock = socket.create_connection(self.address, timeout=10)
+        try:
+            host = f"{self.address[0]}:{self.address[1]}"
+            sock.sendall(f"GET /stream.mjpg?fps={fps:g} HTTP/1.1\r\nHost: {host}\r\n\r\n"
+                         .encode())
+            f = sock.makefile("rb")
+            if b" 200 " not in f.readline():
+                return 0, 0, 1
+            while f.readline().strip():  # the response headers
+                pass
+            while not self._stop.is_set() and time.monotonic() < until:
+                if not f.readline():  # the boundary line
+                    return parts, corrupt, 1
+                length = 0
+                while line := f.readline().strip():
+                    name, _, value = line.partition(b":")
+                    if name.lower() == b"content-length":
+                        length = int(value)
+                body, tail = f.read(length), f.read(2)
+                if len(body) < length or tail != b"\r\n":
+                    return parts, corrupt, 1
+                parts += 1
+                corrupt += not (body.startswith(b"\xff\xd8") and body.endswith(b"\xff\xd9"))
+            return parts, corrupt, 0
+        except OSError:
+            return parts, corrupt, 1
+        finally:
+            if rng.random() < 0.5:  # half leave with a RST
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            sock.close()
+
+    def delivery(self) -> float | None:
+        with self._lock:
+            return self.parts / self.expected if self.expected else None
+
+
 def trend(values: list[float]) -> tuple[float, float]:
     """(median of the first quarter, median of the last quarter) of ``values``."""
     k = max(len(values) // 4, 1)
@@ -142,6 +230,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     str(args.width), "--height", str(args.height), "--fps", str(args.fps)], log)
     samples: list[dict[str, Any]] = []
     fleet: Fleet | None = None
+    readers: MjpegReaders | None = None
     try:
         url, pid_text = server.expect("READY ", 30).split()
         pid = int(pid_text)
@@ -151,6 +240,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         fleet = Fleet(url, args.clients, args.fps, rng)
         for i in range(args.clients):
             fleet.connect(i)
+        readers = MjpegReaders(url, args.mjpeg, args.seed).start()
         started = time.time()
         end = started + args.minutes * 60
         next_sample = started + args.interval
@@ -204,6 +294,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                           f"{sample['clients']} clients, {fleet.reconnects} reconnects, "
                           f"{fleet.config_changes} rate changes", flush=True)
         fleet.close()
+        readers.stop()
         # Every viewer gone: the server must drop back to its idle threads and fds.
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
@@ -215,8 +306,22 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     finally:
         if fleet is not None:
             fleet.close()
+        if readers is not None:
+            readers.stop()
         server_exit = server.stop()
-    return analyse(args, samples, idle, after, final_stats, fleet, server_exit)
+    report = analyse(args, samples, idle, after, final_stats, fleet, server_exit)
+    assert readers is not None
+    mjpeg = {"readers": args.mjpeg, "parts": readers.parts, "delivery": readers.delivery(),
+             "corrupt": readers.corrupt, "visits": readers.reconnects,
+             "unexpected_ends": readers.unexpected_ends}
+    report["findings"]["mjpeg"] = mjpeg
+    if mjpeg["corrupt"]:
+        report["problems"].append(f"{mjpeg['corrupt']} MJPEG parts were not whole JPEGs")
+    if mjpeg["unexpected_ends"]:
+        report["problems"].append(f"{mjpeg['unexpected_ends']} MJPEG streams ended by the server")
+    if mjpeg["delivery"] is not None and mjpeg["delivery"] < 0.95:
+        report["problems"].append(f"MJPEG delivery fell to {mjpeg['delivery']:.3f}")
+    return report
 
 
 def analyse(args: argparse.Namespace, samples: list[dict[str, Any]], idle: dict[str, int],
@@ -327,6 +432,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--minutes", type=float, default=30.0)
     parser.add_argument("--clients", type=int, default=20)
+    parser.add_argument("--mjpeg", type=int, default=4,
+                        help="MJPEG readers besides the WebSocket viewers (each its own thread)")
     parser.add_argument("--width", type=int, default=640)
     parser.add_argument("--height", type=int, default=480)
     parser.add_argument("--fps", type=float, default=30.0)
@@ -357,6 +464,11 @@ def main() -> int:
           f"idle fds {f['idle_fds_before_after']}; delivery median {f['delivery_median']:.3f}, "
           f"min {f['delivery_min']:.3f}; {f['reconnects']} reconnects, {f['rate_changes']} rate "
           f"changes, {f['unexpected_closes']} unexpected closes")
+    if "mjpeg" in f:
+        m = f["mjpeg"]
+        print(f"MJPEG: {m['readers']} readers, {m['visits']} visits, {m['parts']} parts, delivery "
+              f"{m['delivery'] or 0:.3f}, {m['corrupt']} not whole, {m['unexpected_ends']} ended "
+              f"by the server")
     print("nothing grew" if not report["grew"] else "GREW: " + "; ".join(report["grew"]))
     for problem in report["problems"]:
         if problem not in report["grew"]:
