@@ -284,6 +284,27 @@ class EncodeCache:
             ValueError: the frame cannot be decoded or encoded.
             EncodeBudgetExceeded: the encode is needed but the budget of this second is spent.
         """
+        result = self._lookup(frame, variant, may_encode=True)
+        assert result is not None
+        return result
+
+    def made(self, frame: Frame, variant: Variant) -> EncodedFrame | None:
+        """:meth:`get` without making anything: the JPEG if it needs no encode (the source's
+        own, or one already made), else None. Never waits for an encode in progress.
+
+        Raises:
+            ValueError: the encode of this frame for this variant failed.
+        """
+        return self._lookup(frame, variant, may_encode=False)
+
+    def encodes_inline(self) -> frozenset[Variant]:
+        """The variants the fan-out may encode itself: the default ones and the one most
+        viewers use (others are encoded by their viewers' own threads, in parallel)."""
+        with self._lock:
+            popular = max(self._live.items(), key=lambda item: item[1], default=None)
+        return self._defaults if popular is None else self._defaults | {popular[0]}
+
+    def _lookup(self, frame: Frame, variant: Variant, may_encode: bool) -> EncodedFrame | None:
         if self.passes_through(frame, variant):
             assert frame.jpeg is not None
             return EncodedFrame(
@@ -294,16 +315,21 @@ class EncodeCache:
         if variant.quality is None:
             variant = dataclasses.replace(variant, quality=self.default_quality)
         if variant.max_bytes is not None:
-            whole = self._whole_if_it_fits(frame, variant, budgeted)
+            whole = self._whole_if_it_fits(frame, variant, budgeted, may_encode)
             if whole is not None:
                 return whole
-        return self._get(frame, variant, budgeted)
+        return self._get(frame, variant, budgeted, may_encode)
 
-    def _get(self, frame: Frame, variant: Variant, budgeted: bool) -> EncodedFrame:
-        """get() for a variant with its quality filled in (``budgeted``: not a default one)."""
+    def _get(
+        self, frame: Frame, variant: Variant, budgeted: bool, may_encode: bool = True
+    ) -> EncodedFrame | None:
+        """get() for a variant with its quality filled in (``budgeted``: not a default one);
+        None if it is not made yet and ``may_encode`` is False."""
         key = (frame.seq, variant)
         with self._lock:
             slot = self._slots.get(key)
+            if not may_encode and (slot is None or not slot.done.is_set()):
+                return None
             owner = slot is None
             if slot is None:
                 if budgeted and self._over_budget():
@@ -334,7 +360,7 @@ class EncodeCache:
         return budget is not None and self._budget.count(time.monotonic()) >= budget
 
     def _whole_if_it_fits(
-        self, frame: Frame, variant: Variant, budgeted: bool
+        self, frame: Frame, variant: Variant, budgeted: bool, may_encode: bool
     ) -> EncodedFrame | None:
         """The encode without a byte limit, if it fits under ``variant.max_bytes``.
 
@@ -351,7 +377,9 @@ class EncodeCache:
         made = slot is not None and slot.done.is_set() and slot.result is not None
         if not (made or at_full):
             return None
-        whole = self._get(frame, whole_variant, budgeted)
+        whole = self._get(frame, whole_variant, budgeted, may_encode)
+        if whole is None:
+            return None  # not made, and not to be made here
         if len(whole.data) <= variant.max_bytes:
             return whole
         if at_full:  # the limit's search starts one step down, not with this encode again

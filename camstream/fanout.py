@@ -55,16 +55,31 @@ class FanOutRound:
     """One frame's fan-out: each JPEG's encode, WebSocket message and MJPEG part, made once."""
 
     def __init__(self) -> None:
+        self._inline: frozenset[Variant] | None = None  # the variants encoded here if need be
         self._encoded: dict[tuple[int, Variant], tuple[Frame, EncodedFrame]] = {}
         self._messages: dict[int, tuple[bytes, bytes]] = {}  # id(jpeg) -> (jpeg, message)
         self._parts: dict[int, tuple[bytes, bytes]] = {}  # id(jpeg) -> (jpeg, part)
 
-    def encoded(self, cache: EncodeCache, frame: Frame, variant: Variant) -> EncodedFrame:
-        """``cache.get(frame, variant)``, asked once per round and variant."""
+    def encoded(self, cache: EncodeCache, frame: Frame, variant: Variant) -> EncodedFrame | None:
+        """The JPEG of ``frame`` for ``variant``, asked of the cache once per round and variant.
+
+        This thread encodes only the default variants and the most used one
+        (:meth:`EncodeCache.encodes_inline`); for any other variant not made yet it returns
+        None, and that viewer's own thread encodes it, in parallel with the fan-out, so a few
+        viewers asking for their own size never delay everyone else's frame.
+        """
         key = (id(frame), variant)
         entry = self._encoded.get(key)
         if entry is None or entry[0] is not frame:
-            entry = self._encoded[key] = (frame, cache.get(frame, variant))
+            if self._inline is None:
+                self._inline = cache.encodes_inline()
+            if variant in self._inline:
+                result: EncodedFrame | None = cache.get(frame, variant)
+            else:
+                result = cache.made(frame, variant)
+            if result is None:
+                return None  # (asked again for the next viewer: its thread may have made it)
+            entry = self._encoded[key] = (frame, result)
         return entry[1]
 
     def message(self, data: bytes) -> bytes:

@@ -155,13 +155,13 @@ class ViewerLoop:
         self,
         frame: Frame,
         output: FastOutput,
-        get: Callable[[EncodeCache, Frame, Variant], EncodedFrame],
+        get: Callable[[EncodeCache, Frame, Variant], EncodedFrame | None],
         send: Callable[[EncodedFrame, Variant], bool],
     ) -> bool:
         """The fan-out's fast path: send ``frame`` now, from the calling thread, if this viewer
-        is due, idle and not behind; ``get`` is :meth:`EncodeCache.get` (or a memo of it),
-        ``send`` writes the JPEG without blocking (False: it could not). Records it exactly as
-        the loop would.
+        is due, idle and not behind; ``get`` is :meth:`EncodeCache.get` (or a memo of it; None:
+        not made, for the loop to encode), ``send`` writes the JPEG without blocking (False: it
+        could not). Records it exactly as the loop would.
 
         Returns:
             True if the frame went (nothing to wake); False if the loop should look at it.
@@ -190,7 +190,7 @@ class ViewerLoop:
                 encoded = get(self._cache, frame, variant)
             except (EncodeBudgetExceeded, ValueError):
                 return False  # the loop skips the frame (or says why)
-            if not send(encoded, variant):
+            if encoded is None or not send(encoded, variant):
                 return False
             skipped = pacer.sent(frame.seq, len(encoded.data), now, fps, camera_fps)
             self._wake_after = pacer.wake_after(camera_fps)

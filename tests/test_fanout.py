@@ -18,11 +18,14 @@ import cv2
 import numpy as np
 import pytest
 from conftest import TIMEOUT, wait_until
-from helpers import MjpegReader, Publisher, RawViewer, receive_for, running
+from helpers import MjpegReader, Publisher, RawViewer, decode_jpeg, receive_for, running
 from websockets.sync.client import connect
 from wsraw import build_frame
 
 from camstream import Streamer
+from camstream.encoder import EncodeCache, Variant
+from camstream.fanout import FanOutRound
+from camstream.frame import Frame
 from camstream.mjpeg import MjpegStream
 from camstream.session import ClientSession
 
@@ -303,3 +306,58 @@ def test_an_mjpeg_reader_that_leaves_mid_part_leaves_the_server_serving(streamer
         with MjpegReader(streamer.port) as reader:
             bodies = [reader.next_part()[1] for _ in range(10)]
     assert all(body.startswith(b"\xff\xd8") and body.endswith(b"\xff\xd9") for body in bodies)
+
+
+def test_the_fanout_encodes_only_the_default_and_the_most_used_variant() -> None:
+    """Any other variant is left to its viewers' own threads (encoded there, in parallel):
+    ``made`` neither encodes nor waits; once one thread made it, the fan-out takes it."""
+    cache = EncodeCache(default_max_bytes=65535)
+    default, popular, odd = Variant(max_bytes=65535), Variant(width=320), Variant(width=160)
+    for variant in (default, popular, popular, odd):
+        cache.assign(variant)
+    image = np.full((480, 640, 3), 90, np.uint8)
+    frame = Frame(1, image, 1.0, 1.0)
+    round_ = FanOutRound()
+    assert round_.encoded(cache, frame, odd) is None and cache.encodes == 0
+    made = round_.encoded(cache, frame, popular)
+    assert made is not None and made.width == 320 and cache.encodes == 1
+    assert round_.encoded(cache, frame, default) is not None and cache.encodes == 2
+    assert round_.encoded(cache, frame, default) is made or cache.encodes == 2  # asked once
+    by_its_thread = cache.get(frame, odd)  # what the odd viewer's own thread does
+    assert round_.encoded(cache, frame, odd) is by_its_thread and cache.encodes == 3
+
+
+def test_a_viewer_of_its_own_size_is_served_by_its_own_thread(streamer_factory) -> None:
+    """One viewer asks for 160 wide, three take the default: the fan-out serves the three,
+    the small one's own thread encodes and sends its frames."""
+    streamer = streamer_factory("test", width=320, height=240, fps=30)
+    urls = {"plain0": streamer.url, "plain1": streamer.url, "plain2": streamer.url,
+            "small": streamer.url + "?width=160"}
+    received: dict[str, list[bytes]] = {}
+    errors: list[BaseException] = []
+
+    def viewer(name: str) -> None:
+        try:
+            with connect(urls[name], open_timeout=TIMEOUT) as ws:
+                assert json.loads(ws.recv(timeout=TIMEOUT))["type"] == "metadata"
+                ws.recv(timeout=TIMEOUT)
+                received[name] = receive_for(ws, 2.0)[1]
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=viewer, args=(n,), name=f"test-{n}") for n in urls]
+    for t in threads:
+        t.start()
+    assert wait_until(lambda: len(sessions(streamer)) == 4)
+    stats = [(s.settings.width, s.stats) for s in sessions(streamer)]  # live counters
+    for t in threads:
+        t.join(3 * TIMEOUT)
+        assert not t.is_alive()
+    assert not errors, errors
+    assert all(len(frames) >= 50 for frames in received.values()), received.keys()
+    assert all(decode_jpeg(f).shape[1] == 160 for f in received["small"])
+    for width, s in stats:
+        if width == 160:  # (the first frame or two may race the others' variants coming in)
+            assert s.frames_sent >= 50 and s.fast_frames <= 0.1 * s.frames_sent, s
+        else:
+            assert s.fast_frames >= 0.8 * s.frames_sent, s
