@@ -21,12 +21,10 @@ from __future__ import annotations
 
 import enum
 import logging
-import math
 import threading
 import time
 from typing import Callable, Iterable, Mapping
 
-import cv2
 import numpy as np
 
 from .capture import CaptureOpener
@@ -34,16 +32,16 @@ from .controls import ControlResult, ControlValue
 from .devices import CaptureFactory, CaptureMode, VideoCaptureLike
 from .errors import ConfigError, SourceError
 from .frame import Frame
+from .framereader import FrameReader
 from .jpeg import CorruptJpeg, inspect_jpeg
-from .protocol import MAX_FPS, MAX_SIDE
 from .sources import (
     AUTO,
     Source,
     SourceKind,
     check_pushed_image,
+    check_request,
     classify,
     describe_source,
-    is_buffer,
 )
 from .testpattern import TestPattern
 
@@ -52,7 +50,6 @@ __all__ = ["CameraThread", "CameraState", "Frame", "Source", "describe_source"]
 logger = logging.getLogger(__name__)
 
 _DEFAULT_SIZE = (640, 480)
-_MAX_JPEG_BYTES = 64 * 1024 * 1024  # far above an 8192x8192 JPEG at quality 100
 
 class CameraState(str, enum.Enum):
     """Where a :class:`CameraThread` is in its life."""
@@ -124,17 +121,7 @@ class CameraThread:
     ) -> None:
         self._kind, self._target = classify(source)
         self.source = source
-        if isinstance(fps, bool) or not isinstance(fps, (int, float)) or not (
-            math.isfinite(fps) and 0 < fps <= MAX_FPS
-        ):
-            raise ConfigError(f"fps must be above 0 and at most {MAX_FPS:g}, not {fps!r}")
-        for name, value in (("width", width), ("height", height)):
-            if value is None:
-                continue
-            if isinstance(value, bool) or not isinstance(value, int):
-                raise ConfigError(f"{name} must be a whole number of pixels, not {value!r}")
-            if not 16 <= value <= MAX_SIDE:
-                raise ConfigError(f"{name} must be 16 to {MAX_SIDE} pixels, not {value}")
+        check_request(width, height, fps)
         self._opener = CaptureOpener(
             pixel_format=pixel_format, backend=backend, camera_settings=camera_settings,
             capture_factory=capture_factory, size=(width, height), fps=float(fps),
@@ -340,8 +327,7 @@ class CameraThread:
         try:
             info = inspect_jpeg(data)
         except CorruptJpeg as exc:
-            with self._cond:
-                self.frames_dropped_corrupt += 1
+            self._count_dropped()
             logger.debug("dropped a corrupt JPEG from %s: %s", describe_source(self.source), exc)
             return None
         with self._cond:
@@ -353,6 +339,10 @@ class CameraThread:
             self._publish_locked(frame)
         self._notify_frame(frame)
         return frame
+
+    def _count_dropped(self) -> None:
+        with self._cond:
+            self.frames_dropped_corrupt += 1
 
     def _count_decode(self) -> None:
         with self._cond:
@@ -465,16 +455,16 @@ class CameraThread:
 
     def _run_capture(self) -> None:
         paced = self._kind is SourceKind.FILE  # devices and live streams pace themselves
+        reader = FrameReader(self._kind, lambda: self._opener.requested_size, self._count_dropped)
         deadline = time.monotonic()
         frames_since_open = 0
         while not self._stopping.is_set():
-            ok, payload = self._read()
+            ok, payload = reader.read(self._capture, self.mode)
             if ok and payload is not None:
                 if self._state is not CameraState.STREAMING:
                     self._set_state(CameraState.STREAMING)
                 if isinstance(payload, bytes):
-                    if self._matches_stream(payload):
-                        self._store_jpeg(payload)  # a corrupt one is dropped and counted
+                    self._store_jpeg(payload)  # a corrupt one is dropped and counted
                 else:
                     self._store(payload)
                 self._retry_delay = 0.25
@@ -495,54 +485,6 @@ class CameraThread:
                 return
             frames_since_open = 0
             deadline = time.monotonic()
-
-    def _read(self) -> tuple[bool, np.ndarray | bytes | None]:
-        """One frame: the source's JPEG file (bytes) or pixels, scaled; a failure is (False, None).
-
-        In passthrough mode the backend hands out a 1xN uint8 array holding one JPEG file; a
-        backend that ignored ``CONVERT_RGB = 0`` hands out BGR pixels instead, taken as such.
-        """
-        capture = self._capture
-        if capture is None:
-            return False, None
-        try:
-            ok, image = capture.read()
-            if not ok or not isinstance(image, np.ndarray) or image.size == 0:
-                return False, None
-            if self.jpeg_passthrough and is_buffer(image):
-                if image.size > _MAX_JPEG_BYTES:  # no real frame is this big: a broken stream
-                    with self._cond:
-                        self.frames_dropped_corrupt += 1
-                    return True, None
-                return True, image.tobytes()
-            if image.dtype != np.uint8 or image.ndim not in (2, 3) or is_buffer(image):
-                logger.debug("dropped a %s %s frame", image.dtype, image.shape)
-                return True, None
-            return True, self._fit(image)
-        except cv2.error as exc:  # a broken stream: treated like any failed read (reopen)
-            logger.debug("read failed: %s", exc)
-            return False, None
-
-    def _matches_stream(self, data: bytes) -> bool:
-        """A camera's JPEG must have the size the camera granted; others are dropped, counted.
-
-        (V4L2 fixes the size when the format is set; a frame header that says otherwise is a
-        damaged buffer. Files and streams may change size between frames: not checked.)
-        """
-        mode = self.mode
-        if self._kind is not SourceKind.DEVICE or mode is None or not mode.width:
-            return True
-        try:
-            info = inspect_jpeg(data)
-        except CorruptJpeg:
-            return True  # _store_jpeg drops and counts it
-        if (info.width, info.height) == (mode.width, mode.height):
-            return True
-        with self._cond:
-            self.frames_dropped_corrupt += 1
-        logger.debug("dropped a %dx%d JPEG from a %dx%d camera stream",
-                     info.width, info.height, mode.width, mode.height)
-        return False
 
     def _reopen(self, wait_first: bool, quietly: bool) -> bool:
         """Reopen the source with backoff until it works or stop() is called.
@@ -565,12 +507,3 @@ class CameraThread:
                 self._set_state(CameraState.LOST)
                 logger.debug("reopen failed: %s", exc)
         return False
-
-    def _fit(self, image: np.ndarray) -> np.ndarray:
-        """Scale file and stream frames to the requested size, if one was given."""
-        width, height = self._opener.requested_size
-        if self._kind is SourceKind.DEVICE or width is None or height is None:
-            return image
-        if image.shape[1] == width and image.shape[0] == height:
-            return image
-        return cv2.resize(image, (width, height), interpolation=cv2.INTER_AREA)

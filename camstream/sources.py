@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import enum
+import math
 import urllib.parse
 from typing import Iterator, Union
 
@@ -15,9 +16,11 @@ import cv2
 import numpy as np
 
 from .errors import ConfigError
+from .protocol import MAX_FPS, MAX_SIDE
 
 __all__ = [
-    "AUTO", "Source", "SourceKind", "check_pushed_image", "classify", "complete_size",
+    "AUTO", "Source", "SourceKind", "check_pushed_image", "check_request", "classify",
+    "complete_size",
     "describe_source", "is_buffer", "quiet_opencv",
 ]
 
@@ -135,6 +138,27 @@ def is_buffer(image: np.ndarray) -> bool:
     return image.dtype == np.uint8 and (
         image.ndim == 1 or (image.ndim == 2 and image.shape[0] == 1)
     )
+
+
+def check_request(width: object, height: object, fps: object) -> None:
+    """Check the size and rate a camera is asked for (either side may be None).
+
+    Raises:
+        ConfigError: a side is not a whole number of pixels from 16 to
+            :data:`~camstream.protocol.MAX_SIDE`, or the rate not above 0 and at most
+            :data:`~camstream.protocol.MAX_FPS`.
+    """
+    if isinstance(fps, bool) or not isinstance(fps, (int, float)) or not (
+        math.isfinite(fps) and 0 < fps <= MAX_FPS
+    ):
+        raise ConfigError(f"fps must be above 0 and at most {MAX_FPS:g}, not {fps!r}")
+    for name, value in (("width", width), ("height", height)):
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{name} must be a whole number of pixels, not {value!r}")
+        if not 16 <= value <= MAX_SIDE:
+            raise ConfigError(f"{name} must be 16 to {MAX_SIDE} pixels, not {value}")
 
 
 def complete_size(
