@@ -79,10 +79,7 @@ class MjpegStream:
     def offer(self, frame: Frame, fanout: FanOutRound) -> bool:
         """The fan-out's fast path (see :mod:`camstream.fanout`): True if ``frame``'s part went
         out from the calling thread; False if the stream's thread should look (then wake)."""
-        return self._loop.offer(
-            frame, self, fanout.encoded,
-            lambda encoded, variant: self._fast_send(encoded, fanout),
-        )
+        return self._loop.offer(frame, self, fanout)
 
     def stop(self) -> None:
         """End the stream within one wake (any thread)."""
@@ -145,7 +142,7 @@ class MjpegStream:
             return None
         return self._wanted, self.fps
 
-    def _fast_send(self, encoded: EncodedFrame, fanout: FanOutRound) -> bool:
+    def fast_send(self, encoded: EncodedFrame, variant: Variant, fanout: FanOutRound) -> bool:
         """Write ``encoded``'s part without blocking (the loop's lock held by the fan-out); a
         partial write leaves the rest to :meth:`before_frame` in the stream's thread."""
         sent, rest = self._exchange.try_write(fanout.part(encoded))

@@ -78,6 +78,7 @@ class ClientSession:
         describe_camera: Callable[[], dict[str, Any]] | None = None,
     ) -> None:
         self.connection = connection
+        self._link = connection.link  # (looked at for every frame)
         self._camera = camera
         self._cache = cache
         self._loop = ViewerLoop(camera, cache, stall_timeout)
@@ -163,10 +164,7 @@ class ClientSession:
     def offer(self, frame: Frame, fanout: FanOutRound) -> bool:
         """The fan-out's fast path (see :mod:`camstream.fanout`): True if ``frame`` went out
         from the calling thread; False if the sender should look at it (then :meth:`wake`)."""
-        return self._loop.offer(
-            frame, self, fanout.encoded,
-            lambda encoded, variant: self._fast_send(encoded, variant, fanout),
-        )
+        return self._loop.offer(frame, self, fanout)
 
     def post(self, message: dict[str, Any], *, droppable: bool = False) -> None:
         """Queue a text message; the sender sends it before the next frame.
@@ -258,7 +256,7 @@ class ClientSession:
     # The loop's output (ViewerOutput; sender thread)
 
     def unsent_bytes(self) -> int | None:
-        return self.connection.unsent_bytes()
+        return self._link.unsent_bytes()
 
     def before_frame(self) -> None:
         self._finish_partial()
@@ -287,7 +285,7 @@ class ClientSession:
             self.connection.send_text(protocol.encode_message(self._frame_info(encoded, skipped)))
         self.connection.send_binary(encoded.data)
 
-    def _fast_send(self, encoded: EncodedFrame, variant: Variant, fanout: FanOutRound) -> bool:
+    def fast_send(self, encoded: EncodedFrame, variant: Variant, fanout: FanOutRound) -> bool:
         """Write ``encoded`` without blocking if nothing else is owed first (the loop's lock
         held by the fan-out); a partial write leaves the rest to :meth:`_finish_partial`."""
         quality = self._announced_quality(encoded.passed_through, variant)

@@ -22,12 +22,15 @@ import math
 import threading
 import time
 from dataclasses import dataclass
-from typing import Callable, Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from .camera import CameraThread
 from .encoder import EncodeBudgetExceeded, EncodeCache, EncodedFrame, Variant
 from .frame import Frame
 from .pacing import BEHIND_POLL_S, Pacer
+
+if TYPE_CHECKING:
+    from .fanout import FanOutRound
 
 __all__ = ["FastOutput", "ViewerLoop", "ViewerOutput", "ViewerStats"]
 
@@ -86,6 +89,14 @@ class FastOutput(ViewerOutput, Protocol):
 
     def fast_wanted(self) -> tuple[Variant, float] | None:
         """The variant and rate, or None unless the viewer is idle (nothing queued or owed)."""
+
+    def fast_send(self, encoded: EncodedFrame, variant: Variant, round_: FanOutRound) -> bool:
+        """Write ``encoded`` without blocking, with the bytes ``round_`` shares; False if it
+        could not (nothing written). A partial write is finished by the loop's thread.
+
+        Raises:
+            ConnectionClosedError: the viewer went away.
+        """
 
 
 class ViewerLoop:
@@ -151,17 +162,11 @@ class ViewerLoop:
         """The variant given now, or None before the first."""
         return self._given
 
-    def offer(
-        self,
-        frame: Frame,
-        output: FastOutput,
-        get: Callable[[EncodeCache, Frame, Variant], EncodedFrame | None],
-        send: Callable[[EncodedFrame, Variant], bool],
-    ) -> bool:
+    def offer(self, frame: Frame, output: FastOutput, round_: FanOutRound) -> bool:
         """The fan-out's fast path: send ``frame`` now, from the calling thread, if this viewer
-        is due, idle and not behind; ``get`` is :meth:`EncodeCache.get` (or a memo of it; None:
-        not made, for the loop to encode), ``send`` writes the JPEG without blocking (False: it
-        could not). Records it exactly as the loop would.
+        is due, idle and not behind. The JPEG comes from ``round_.encoded`` (None: not made, for
+        the loop to encode), and :meth:`FastOutput.fast_send` writes it without blocking (False:
+        it could not). Records it exactly as the loop would.
 
         Returns:
             True if the frame went (nothing to wake); False if the loop should look at it.
@@ -180,17 +185,19 @@ class ViewerLoop:
             if not pacer.wants(frame.seq, frame.captured_monotonic, camera_fps):
                 return False
             wanted = output.fast_wanted()
-            if wanted is None or wanted[0] != self._wanted or self._given is None:
+            if wanted is None or self._given is None or (
+                wanted[0] is not self._wanted and wanted[0] != self._wanted
+            ):
                 return False
             variant, fps = self._given, wanted[1]
             now = time.monotonic()
             if pacer.behind(output.unsent_bytes(), now):
                 return False
             try:
-                encoded = get(self._cache, frame, variant)
+                encoded = round_.encoded(self._cache, frame, variant)
             except (EncodeBudgetExceeded, ValueError):
                 return False  # the loop skips the frame (or says why)
-            if encoded is None or not send(encoded, variant):
+            if encoded is None or not output.fast_send(encoded, variant, round_):
                 return False
             skipped = pacer.sent(frame.seq, len(encoded.data), now, fps, camera_fps)
             self._wake_after = pacer.wake_after(camera_fps)
