@@ -4,17 +4,18 @@ Waking a viewer's own thread for every frame costs far more CPU than the frame's
 wake, the GIL hand-over, the context switch). So one :class:`FanOut` thread, woken once a
 frame, walks the viewers, WebSocket sessions and MJPEG streams alike, and offers them the frame
 (:meth:`~camstream.session.ClientSession.offer`, :meth:`~camstream.mjpeg.MjpegStream.offer`).
-A viewer that is due by its own :class:`~camstream.pacing.Pacer`, idle (nothing queued, no
-settings change, no ``frame`` info, not behind, its loop and its send lock free) and on a plain
-TCP connection gets the whole message in one non-blocking ``send``; nothing is woken. The
-bytes are built once per JPEG and shared by every viewer of it: the WebSocket message (header +
-JPEG; server frames are unmasked) and the MJPEG part (boundary, headers, JPEG).
+A viewer that is due by its own :class:`~camstream.pacing.Pacer` and idle (nothing queued, no
+settings change, no ``frame`` info, not behind, its loop and its send lock free) gets the whole
+message in one non-blocking ``send`` (``Link.try_send``; on TLS, encrypted for that connection
+first); nothing is woken. The bytes are built once per JPEG and shared by every viewer of it:
+the WebSocket message (header + JPEG; server frames are unmasked) and the MJPEG part
+(boundary, headers, JPEG). The fan-out encodes only the default variants and the one most
+viewers use; a viewer of another size is encoded for by its own thread, in parallel.
 
 Everything else goes to the viewer's own thread exactly as without the fast path: a viewer
-that is behind, text messages, metadata, snapshots, TLS connections. A partial write keeps the
-connection's send lock held and leaves the rest to that viewer's thread, which finishes it
-(blocking, under the watchdog's send timeout) before anything else is written, so messages
-keep their order.
+that is behind, text messages, metadata, snapshots. A partial write keeps the connection's
+send lock held and leaves the rest to that viewer's thread, which finishes it (blocking, under
+the watchdog's send timeout) before anything else is written, so messages keep their order.
 """
 
 from __future__ import annotations

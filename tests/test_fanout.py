@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import socket
+import ssl
 import threading
 import time
 from typing import Any
@@ -19,6 +20,7 @@ import numpy as np
 import pytest
 from conftest import TIMEOUT, wait_until
 from helpers import MjpegReader, Publisher, RawViewer, decode_jpeg, receive_for, running
+from test_transport_tls import self_signed_cert
 from websockets.sync.client import connect
 from wsraw import build_frame
 
@@ -52,6 +54,24 @@ def sessions(streamer: Streamer) -> list[ClientSession]:
     return streamer._viewers.sessions()  # the per-viewer counters of the fast path
 
 
+def receive_together(clients: list[Any], seconds: float) -> list[tuple[list[dict], list[bytes]]]:
+    """``receive_for`` on every client at once (a client left unread for long would fill its
+    queue and stall its own closing handshake)."""
+    results: list[tuple[list[dict], list[bytes]]] = [([], []) for _ in clients]
+
+    def read(i: int) -> None:
+        results[i] = receive_for(clients[i], seconds)
+
+    threads = [threading.Thread(target=read, args=(i,), name=f"test-reader-{i}")
+               for i in range(len(clients))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(seconds + 3 * TIMEOUT)
+        assert not thread.is_alive()
+    return results
+
+
 def numbered_jpegs(count: int) -> list[bytes]:
     """``count`` distinct small JPEGs; frame i is a flat grey of level 2 * i + 20."""
     jpegs = []
@@ -80,7 +100,7 @@ def test_a_viewer_gets_metadata_first_then_the_published_jpegs_in_order_none_twi
             assert first["type"] == "metadata", first
         publisher = JpegPublisher(streamer, jpegs, 30.0)
         with running(publisher):
-            received = [receive_for(ws, 2.5) for ws in clients]
+            received = receive_together(clients, 2.5)
         for texts, frames in received:
             assert texts == [] or all(t["type"] == "metadata" for t in texts), texts
             # Byte for byte the published files (passthrough), in order, never one twice.
@@ -361,3 +381,30 @@ def test_a_viewer_of_its_own_size_is_served_by_its_own_thread(streamer_factory) 
             assert s.frames_sent >= 50 and s.fast_frames <= 0.1 * s.frames_sent, s
         else:
             assert s.fast_frames >= 0.8 * s.frames_sent, s
+
+
+@pytest.fixture(scope="module")
+def cert(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
+    return self_signed_cert(tmp_path_factory.mktemp("tls"))
+
+
+def test_wss_viewers_take_the_fast_path_too(streamer_factory, cert: tuple[str, str]) -> None:
+    """TLS viewers: the fan-out encrypts the message for each and writes the records without
+    blocking; what arrives is the published files, in order, none twice."""
+    jpegs = numbered_jpegs(100)
+    index = {jpeg: i for i, jpeg in enumerate(jpegs)}
+    streamer = streamer_factory("push", fps=30, certfile=cert[0], keyfile=cert[1])
+    context = ssl.create_default_context(cafile=cert[0])
+    url = f"wss://localhost:{streamer.port}/"
+    with contextlib.ExitStack() as stack:
+        clients = [stack.enter_context(connect(url, ssl=context, open_timeout=TIMEOUT))
+                   for _ in range(2)]
+        for ws in clients:
+            assert json.loads(ws.recv(timeout=TIMEOUT))["type"] == "metadata"
+        with running(JpegPublisher(streamer, jpegs, 30.0)):
+            received = [frames for _, frames in receive_together(clients, 2.5)]
+        counters = [(s.stats.fast_frames, s.stats.frames_sent) for s in sessions(streamer)]
+    for frames in received:
+        numbers = [index[frame] for frame in frames]
+        assert numbers == sorted(set(numbers)) and len(numbers) >= 60, numbers
+    assert all(f >= 0.8 * n for f, n in counters), counters

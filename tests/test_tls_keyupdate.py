@@ -9,6 +9,7 @@ an ordinary :class:`ssl.SSLSocket`.
 
 from __future__ import annotations
 
+import collections
 import ctypes
 import ctypes.util
 import hashlib
@@ -19,6 +20,7 @@ import struct
 import threading
 import time
 import weakref
+from typing import Callable
 
 import pytest
 from conftest import wait_until
@@ -28,7 +30,7 @@ from wsraw import RawClient
 
 from camstream.errors import ConnectionClosedError
 from camstream.ws import Connection, make_ssl_context
-from camstream.ws.frames import OP_BINARY
+from camstream.ws.frames import OP_BINARY, frame_header
 from camstream.ws.tls import _MAX_READER_BACKLOG
 
 pytestmark = [
@@ -129,6 +131,29 @@ def feed(conn: Connection, stop: threading.Event) -> None:
         i += 1
 
 
+NONBLOCKING: collections.Counter[str] = collections.Counter()  # how try_send went
+
+
+def feed_nonblocking(conn: Connection, stop: threading.Event) -> None:
+    """Send frames back to back the way the fan-out does: ``Link.try_send`` of the framed
+    message, the rest (ciphertext) finished with ``Link.finish_send``; a busy link falls back
+    to the blocking send."""
+    link = conn.link
+    i = 0
+    while not stop.is_set():
+        frame = FRAMES[i % len(FRAMES)]
+        try:
+            sent, rest = link.try_send(frame_header(OP_BINARY, len(frame)) + frame)
+            NONBLOCKING["whole" if rest is None and sent else "rest" if sent else "busy"] += 1
+            if rest is not None:
+                link.finish_send(rest)
+            elif not sent:
+                conn.send_binary(frame)
+        except ConnectionClosedError:
+            return
+        i += 1
+
+
 def check_stream(client: KeyUpdatingClient, frames: int, errors: list[str]) -> None:
     """Receive ``frames`` binary messages, sending a KeyUpdate after each; record any damage."""
     try:
@@ -146,14 +171,16 @@ def check_stream(client: KeyUpdatingClient, frames: int, errors: list[str]) -> N
 
 
 @pytest.mark.skipif(LIBSSL is None, reason="libssl not loadable through ctypes")
+@pytest.mark.parametrize("feeder", [feed, feed_nonblocking])
 @pytest.mark.parametrize("clients", [1, 4])
 def test_key_updates_during_streaming_corrupt_nothing(
-    cert: tuple[str, str], clients: int
+    cert: tuple[str, str], clients: int, feeder: Callable[[Connection, threading.Event], None]
 ) -> None:
     app = Recorder()
     stop = threading.Event()
     errors: list[str] = []
     frames = 300 if clients == 1 else 120
+    NONBLOCKING.clear()
     with run_server(app, ssl_context=make_ssl_context(*cert)) as srv:
         conns = []
         feeders: list[threading.Thread] = []
@@ -163,7 +190,7 @@ def test_key_updates_during_streaming_corrupt_nothing(
                 c.handshake()
                 conns.append(c)
                 feeders.append(
-                    threading.Thread(target=feed, args=(app.opened.get(timeout=TIMEOUT), stop))
+                    threading.Thread(target=feeder, args=(app.opened.get(timeout=TIMEOUT), stop))
                 )
             readers = [
                 threading.Thread(target=check_stream, args=(c, frames, errors)) for c in conns
@@ -180,6 +207,8 @@ def test_key_updates_during_streaming_corrupt_nothing(
             for t in feeders:
                 t.join(TIMEOUT)
     assert not errors, errors
+    if feeder is feed_nonblocking:  # both ways of the fast path were taken
+        assert NONBLOCKING["whole"] > 0 and NONBLOCKING["rest"] > 0, NONBLOCKING
 
 
 @pytest.mark.skipif(LIBSSL is None, reason="libssl not loadable through ctypes")

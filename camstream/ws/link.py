@@ -52,9 +52,10 @@ class Link:
     TLS handshake; its :attr:`deadline` bounds the handshake, later the closing handshake.
 
     Every write goes through :meth:`sendall` with :attr:`send_lock` held, and is stamped so the
-    watchdog can shed a write that blocks for longer than ``send_timeout``. Any failed write
-    marks the link dead and shuts the socket down, so a half-written frame is never followed by
-    another frame (defect #2).
+    watchdog can shed a write that blocks for longer than ``send_timeout`` (or through
+    :meth:`try_send`, which never blocks, and :meth:`finish_send` for what it left). Any
+    failed write marks the link dead and shuts the socket down, so a half-written frame is never
+    followed by another frame (defect #2).
     """
 
     def __init__(self, sock: socket.socket, deadline: float) -> None:
@@ -77,15 +78,25 @@ class Link:
             ConnectionClosedError: the link is dead, or the write failed or timed out (the link
                 is then dead).
         """
+        if self.tls is not None:
+            self._write(self.tls.sendall, *chunks)
+        else:
+            self._write(self._sendall_plain, *chunks)
+
+    def _sendall_plain(self, *chunks: bytes | bytearray | memoryview) -> None:
+        for chunk in chunks:
+            self.sock.sendall(chunk)
+
+    def _write(
+        self, write: Callable[..., None], *chunks: bytes | bytearray | memoryview
+    ) -> None:
+        """Run one blocking ``write(*chunks)``, stamped for the watchdog; a failure kills the
+        link (the caller holds :attr:`send_lock`)."""
         if not self.writable:
             raise ConnectionClosedError("connection is closed")
         self._send_started = time.monotonic()
         try:
-            if self.tls is not None:
-                self.tls.sendall(*chunks)
-            else:
-                for chunk in chunks:
-                    self.sock.sendall(chunk)
+            write(*chunks)
         except (OSError, ValueError) as exc:
             self.abort()
             why = "send timed out" if self.timed_out else f"send failed: {exc}"
@@ -147,28 +158,30 @@ class Link:
     def try_send(self, data: bytes) -> tuple[bool, memoryview | None]:
         """Write ``data`` now without blocking, if nothing else is being written.
 
-        For the fan-out's fast path (``camstream.fanout``): plain TCP only; a TLS link, a busy
-        send lock, a dead link or a full kernel buffer gives ``(False, None)`` and nothing is
-        written.
+        For the fan-out's fast path. A busy send lock, a dead link or (plain TCP) a full
+        kernel buffer gives ``(False, None)`` and nothing is written. On TLS, ``data`` is
+        encrypted once the channel is free, and its records then go out whole whatever the
+        kernel takes now.
 
         Returns:
-            ``(sent, rest)``: ``sent`` is True if ``data`` was written, wholly or in part;
-            ``rest`` is the part still to write. Then :attr:`send_lock` stays held, no other
-            write can come between, and the caller must pass ``rest`` to :meth:`finish_send`
-            (or give up with :meth:`abandon_send`).
+            ``(sent, rest)``: ``sent`` is True if ``data`` was written (or, on TLS, encrypted),
+            wholly or in part; ``rest`` is what is still to write. Then :attr:`send_lock` stays
+            held, no other write can come between, and the caller must pass ``rest`` to
+            :meth:`finish_send` (or give up with :meth:`abandon_send`).
 
         Raises:
             ConnectionClosedError: the write failed (the link is then dead).
         """
-        if self.tls is not None or not _DONTWAIT:
-            return False, None
-        if not self.send_lock.acquire(blocking=False):
+        if not _DONTWAIT or not self.send_lock.acquire(blocking=False):
             return False, None
         rest: memoryview | None = None
         try:
             if not self.writable:
                 return False, None
             try:
+                if self.tls is not None:
+                    sent, rest = self.tls.try_sendall(data)
+                    return sent, rest
                 n = self.sock.send(data, _DONTWAIT)
             except (BlockingIOError, InterruptedError):
                 return False, None
@@ -186,7 +199,10 @@ class Link:
         """Write the ``rest`` :meth:`try_send` left (blocking, bounded by ``send_timeout``) and
         release :attr:`send_lock`; same errors as :meth:`sendall`."""
         try:
-            self.sendall(rest)
+            if self.tls is None:
+                self.sendall(rest)
+            else:
+                self._write(self.tls.finish_write, rest)  # ciphertext: not encrypted again
         finally:
             self.send_lock.release()
 
@@ -194,6 +210,8 @@ class Link:
         """Give up the ``rest`` :meth:`try_send` left: the message is cut, so the link is
         aborted (nothing may follow half a message), and :attr:`send_lock` released."""
         self.abort()
+        if self.tls is not None:
+            self.tls.abandon_write()
         self.send_lock.release()
 
     def writable_now(self) -> bool:

@@ -21,7 +21,8 @@ the TLS state machine on memory buffers (``ssl.MemoryBIO`` + :class:`ssl.SSLObje
   write is never stuck behind a stalled one.
 
 The channel knows nothing about WebSocket or HTTP. Thread roles: one reader (the thread that
-ran :meth:`handshake`) calls :meth:`recv_into`; any number of threads call :meth:`sendall`.
+ran :meth:`handshake`) calls :meth:`recv_into`; any number of threads call :meth:`sendall`
+(or :meth:`try_sendall`, which never waits, then :meth:`finish_write` for what it left).
 Shutting the socket down (``socket.shutdown``) wakes both. :func:`make_ssl_context` builds the
 server's context and says in words which certificate or key file is wrong.
 """
@@ -49,6 +50,7 @@ _ENCRYPT_SIZE = 65536  # plaintext encrypted per lock hold: the reader waits at 
 # The reader's own output (KeyUpdate answers...) waiting behind a blocked sender, beyond which the
 # reader stops reading until it is written: a peer cannot grow it by not reading.
 _MAX_READER_BACKLOG = 262144
+_DONTWAIT = getattr(socket, "MSG_DONTWAIT", 0)
 
 
 class TlsChannel:
@@ -185,6 +187,75 @@ class TlsChannel:
         finally:
             self._write_lock.release()
         self._flush()
+
+    def try_sendall(self, data: bytes | memoryview) -> tuple[bool, memoryview | None]:
+        """Encrypt ``data`` and write it without blocking, if no other write is in progress.
+
+        For the fan-out's fast path. Once encrypted, the records must go out whole and in
+        order, so a write that the socket takes only in part (or not at all) is not undone:
+
+        Returns:
+            ``(sent, rest)``: ``(False, None)`` if another thread is writing (nothing was
+            done); else ``sent`` is True and ``rest`` is the ciphertext still to write (None if
+            none), for which the write lock stays held: pass it to :meth:`finish_write` (or
+            :meth:`abandon_write`).
+
+        Raises:
+            OSError: the socket write failed (every later call fails too), or the channel is
+                unusable.
+        """
+        if not self._write_lock.acquire(blocking=False):
+            return False, None
+        rest: memoryview | None = None
+        try:
+            view = memoryview(data).cast("B")
+            for start in range(0, len(view), _ENCRYPT_SIZE):
+                with self._tls_lock:
+                    self._check_writable()
+                    self._tls.write(view[start : start + _ENCRYPT_SIZE])
+            with self._tls_lock:
+                out = self._outgoing.read()  # with any output the reader left: in order
+            try:
+                n = self.sock.send(out, _DONTWAIT)
+            except (BlockingIOError, InterruptedError):
+                n = 0
+            except BaseException as exc:
+                self._broken = exc
+                raise
+            if n < len(out):
+                rest = memoryview(out)[n:]
+        finally:
+            if rest is None:
+                self._write_lock.release()
+        if rest is None:
+            self._flush()
+        return True, rest
+
+    def finish_write(self, rest: memoryview) -> None:
+        """Write the ciphertext :meth:`try_sendall` left (blocking), release the write lock.
+
+        Raises:
+            OSError: the socket write failed (every later call fails too).
+        """
+        try:
+            self.write_started = time.monotonic()
+            try:
+                self.sock.sendall(rest)
+            except BaseException as exc:
+                self._broken = exc
+                raise
+            finally:
+                self.write_started = None
+        finally:
+            self._write_lock.release()
+        self._flush()
+
+    def abandon_write(self) -> None:
+        """Give up the ciphertext :meth:`try_sendall` left: the record stream is cut, so the
+        channel is unusable from now on; the write lock is released."""
+        if self._broken is None:
+            self._broken = BrokenPipeError("a TLS write was abandoned part-way")
+        self._write_lock.release()
 
     def _check_writable(self) -> None:
         if self._broken is not None:
