@@ -702,6 +702,9 @@ def _plot_server_column(axes: list[Any], pts: list[dict[str, Any]],
     if server == CAMSTREAM:
         axes[2].plot(n, [r["loadgen_cpu_pct"] for r in pts], ":", color="grey",
                      label="load generator")
+    # At small N the difference from N=1 is within the noise and may come out at or below
+    # zero: such points cannot go on the log axis and are left out (the table has them).
+    entries = [e for e in entries if e["us_per_viewer_frame"] > 0]
     if entries:
         axes[3].plot([e["clients"] for e in entries],
                      [e["us_per_viewer_frame"] for e in entries], "o-", color=colour, label=name)
