@@ -34,8 +34,8 @@ class FrameReader:
 
     Args:
         kind: the source's kind (devices are not scaled; their JPEGs are size-checked).
-        requested_size: the size asked for, ``(None, None)`` if none (files and streams are
-            scaled to it).
+        requested_size: returns the size asked for, ``(None, None)`` if none (files and
+            streams are scaled to it; it may change when the source opens).
         on_dropped: called for every buffer dropped as not a frame (the camera counts them).
     """
 

@@ -101,7 +101,7 @@ class Streamer:
         max_variants: distinct sizes/qualities/limits encoded at once besides the default one
             (default 4); a viewer asking for another gets the nearest one in use (its metadata
             says which).
-        fast_fanout: send frames to idle viewers (WebSocket and MJPEG over plain TCP) from one
+        fast_fanout: send frames to idle viewers (WebSocket, ``wss://`` and MJPEG) from one
             fan-out thread without waking their own threads (default True; see
             :mod:`camstream.fanout`). False: every frame goes through the viewer's own thread.
         max_encodes_per_s: JPEG encodes a second for non-default variants and snapshots, all

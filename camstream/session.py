@@ -251,7 +251,7 @@ class ClientSession:
             if self._partial is not None:  # a half-written frame nothing may follow
                 self._partial = None
                 self.connection.abort()  # marks the connection closing too
-                self.connection.link.abandon_send()
+                self._link.abandon_send()
 
     # The loop's output (ViewerOutput; sender thread)
 
@@ -302,7 +302,7 @@ class ClientSession:
         """Write the rest of a frame the fan-out began, with the send lock it left held."""
         rest, self._partial = self._partial, None
         if rest is not None:
-            self.connection.link.finish_send(rest)
+            self._link.finish_send(rest)
 
     def stalled(self) -> None:
         logger.info("dropping client %s: it stopped reading", self.connection.id)

@@ -238,14 +238,7 @@ class TlsChannel:
             OSError: the socket write failed (every later call fails too).
         """
         try:
-            self.write_started = time.monotonic()
-            try:
-                self.sock.sendall(rest)
-            except BaseException as exc:
-                self._broken = exc
-                raise
-            finally:
-                self.write_started = None
+            self._write_raw(rest)
         finally:
             self._write_lock.release()
         self._flush()
@@ -266,8 +259,12 @@ class TlsChannel:
         with self._tls_lock:
             self._check_writable()
             data = self._outgoing.read()
-        if not data:
-            return
+        if data:
+            self._write_raw(data)
+
+    def _write_raw(self, data: bytes | memoryview) -> None:
+        """Write TLS records to the socket (blocking), stamped for the watchdog; a failure
+        breaks the channel for good. The caller holds ``_write_lock``."""
         self.write_started = time.monotonic()
         try:
             self.sock.sendall(data)
