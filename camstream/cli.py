@@ -12,10 +12,10 @@ import sys
 from typing import NoReturn, Sequence
 
 from . import __version__
-from .camera import describe_source
-from .controls import CONTROLS
-from .devices import BACKENDS, PIXEL_FORMATS
-from .discovery import format_cameras, list_cameras
+from .capture.camera import describe_source
+from .capture.controls import CONTROLS
+from .capture.devices import BACKENDS, PIXEL_FORMATS
+from .capture.discovery import format_cameras, list_cameras
 from .errors import CamstreamError, ConfigError
 from .server import GODOT_MAX_MESSAGE, Streamer
 

@@ -1,7 +1,8 @@
 """One WebSocket viewer: its settings, its sender thread and its control messages.
 
 Each :class:`ClientSession` owns one sender thread running the viewer's
-:class:`~camstream.viewer.ViewerLoop` (the frame clock shared with MJPEG streams), which wakes
+:class:`~camstream.delivery.viewer.ViewerLoop` (the frame clock shared with MJPEG streams), which
+wakes
 on every new camera frame, on control messages and on its own timer, and sends at most one
 frame per tick: always the newest frame, never one it already sent, never a backlog. A slow
 viewer only slows itself: while its ``send`` is blocked, the camera moves on and the viewer
@@ -21,17 +22,17 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable
 
-from . import protocol
-from .camera import CameraThread
+from .. import protocol
+from ..capture.camera import CameraThread
+from ..errors import ConnectionClosedError
+from ..protocol import CloseCode, ProtocolInputError
 from .encoder import EncodeBudgetExceeded, EncodeCache, EncodedFrame, Variant, fit_size
-from .errors import ConnectionClosedError
-from .protocol import CloseCode, ProtocolInputError
 from .viewer import ViewerLoop, ViewerStats
 
 if TYPE_CHECKING:
+    from ..capture.frame import Frame
+    from ..ws import Connection
     from .fanout import FanOutRound
-    from .frame import Frame
-    from .ws import Connection
 
 __all__ = ["ClientSettings", "ClientSession"]
 
@@ -162,7 +163,8 @@ class ClientSession:
         return f"<ClientSession {self.connection.id}>"
 
     def offer(self, frame: Frame, fanout: FanOutRound) -> bool:
-        """The fan-out's fast path (see :mod:`camstream.fanout`): True if ``frame`` went out
+        """The fan-out's fast path (see :mod:`camstream.delivery.fanout`): True if ``frame`` went
+        out
         from the calling thread; False if the sender should look at it (then :meth:`wake`)."""
         return self._loop.offer(frame, self, fanout)
 

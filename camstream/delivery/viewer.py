@@ -24,9 +24,9 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
-from .camera import CameraThread
+from ..capture.camera import CameraThread
+from ..capture.frame import Frame
 from .encoder import EncodeBudgetExceeded, EncodeCache, EncodedFrame, Variant
-from .frame import Frame
 from .pacing import BEHIND_POLL_S, Pacer
 
 if TYPE_CHECKING:
@@ -48,7 +48,7 @@ class ViewerStats:
     frames_skipped: int = 0
     bytes_sent: int = 0
     errors: int = 0  # error messages sent in answer to bad input (WebSocket viewers)
-    fast_frames: int = 0  # of frames_sent, those the fan-out sent (camstream.fanout)
+    fast_frames: int = 0  # of frames_sent, those the fan-out sent (camstream.delivery.fanout)
     fast_partial: int = 0  # of those, the ones whose rest the sender thread wrote
     connected_at: float = dataclasses.field(default_factory=time.time)
 

@@ -31,7 +31,7 @@ from typing import Any, Callable, Protocol, Union
 
 import cv2
 
-from .errors import ConfigError
+from ..errors import ConfigError
 
 __all__ = [
     "BACKENDS",

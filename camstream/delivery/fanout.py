@@ -3,8 +3,10 @@
 Waking a viewer's own thread for every frame costs far more CPU than the frame's ``send`` (the
 wake, the GIL hand-over, the context switch). So one :class:`FanOut` thread, woken once a
 frame, walks the viewers, WebSocket sessions and MJPEG streams alike, and offers them the frame
-(:meth:`~camstream.session.ClientSession.offer`, :meth:`~camstream.mjpeg.MjpegStream.offer`).
-A viewer that is due by its own :class:`~camstream.pacing.Pacer` and idle (nothing queued, no
+(:meth:`~camstream.delivery.session.ClientSession.offer`,
+:meth:`~camstream.delivery.mjpeg.MjpegStream.offer`).
+A viewer that is due by its own :class:`~camstream.delivery.pacing.Pacer` and idle (nothing queued,
+no
 settings change, no ``frame`` info, not behind, its loop and its send lock free) gets the whole
 message in one non-blocking ``send`` (``Link.try_send``; on TLS, encrypted for that connection
 first); nothing is woken. The bytes are built once per JPEG and shared by every viewer of it:
@@ -25,15 +27,15 @@ import threading
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Protocol
 
-from .camera import CameraThread
+from ..capture.camera import CameraThread
+from ..capture.frame import Frame
+from ..errors import ConnectionClosedError
+from ..ws.frames import OP_BINARY, frame_header
 from .encoder import EncodeCache, EncodedFrame, Variant
-from .errors import ConnectionClosedError
-from .frame import Frame
 from .mjpeg import part as mjpeg_part
-from .ws.frames import OP_BINARY, frame_header
 
 if TYPE_CHECKING:
-    from .ws import Connection
+    from ..ws import Connection
 
 __all__ = ["FanOut", "FanOutRound", "FastViewer"]
 

@@ -24,7 +24,7 @@ import cv2
 import imutils
 import numpy as np
 
-from .frame import Frame
+from ..capture.frame import Frame
 
 __all__ = [
     "Variant", "EncodedFrame", "EncodeCache", "EncodeBudgetExceeded", "encode_jpeg", "fit_size"
@@ -63,7 +63,8 @@ class Variant:
 
 @dataclass(frozen=True)
 class EncodedFrame:
-    """A JPEG file made from one :class:`~camstream.camera.Frame` for one :class:`Variant`."""
+    """A JPEG file made from one :class:`~camstream.capture.camera.Frame` for one
+    :class:`Variant`."""
 
     seq: int
     data: bytes

@@ -15,7 +15,7 @@ from typing import Iterable, Mapping, Union
 
 import cv2
 
-from .errors import ConfigError
+from ..errors import ConfigError
 
 __all__ = ["CONTROLS", "ControlResult", "apply_controls", "parse_control", "parse_controls"]
 
