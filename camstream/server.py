@@ -14,7 +14,7 @@ from typing import Any, Iterable, Mapping
 
 import numpy as np
 
-from . import protocol
+from . import logs, protocol
 from .callbacks import TransportCallbacks, how_it_closed
 from .capture.camera import CameraThread, Frame, Source, describe_source
 from .capture.devices import CaptureFactory
@@ -36,7 +36,7 @@ from .ws import Connection, Request, WebSocketServer, make_ssl_context
 
 __all__ = ["Streamer"]
 
-logger = logging.getLogger(__name__)
+logger = logs.get_logger(__name__)
 _refusal_log = LogBudget()  # refused viewers: anyone can cause them, so they are rate-limited
 
 GODOT_MAX_MESSAGE = 65535
@@ -181,7 +181,10 @@ class Streamer:
         )
         self._viewers: ViewerRegistry[ClientSession, MjpegStream] = ViewerRegistry(max_clients)
         self._rates = CounterRates()  # encodes and decodes per second
-        self._fanout = FanOut(self._camera, self._viewers.all) if fast_fanout else None
+        # Log lines of this Streamer's threads carry its label when several run (camstream.logs).
+        self._label = logs.Label()
+        with logs.bound(self._label):
+            self._fanout = FanOut(self._camera, self._viewers.all) if fast_fanout else None
         self._stopped = threading.Event()
         self._http = HttpRoutes(
             camera=self._camera, cache=self._cache, policy=self._policy, viewers=self._viewers,
@@ -230,6 +233,10 @@ class Streamer:
         """
         if self._server is not None or self._stopped.is_set():
             raise RuntimeError("a Streamer can be started only once")
+        with logs.bound(self._label):
+            return self._start()
+
+    def _start(self) -> Streamer:
         self._camera.add_listener(self._on_camera_event)
         self._camera.add_frame_listener(self._on_frame)
         self._camera.start()
@@ -250,12 +257,14 @@ class Streamer:
                 self._fanout.stop()
             self._camera.stop()
             raise
+        self._label.set(f":{self._server.port}")
+        self._label.activate()
         self._warn_if_exposed()
         self._started_at = time.monotonic()
         # Daemon, like every camstream thread: a program that exits without stop() must not
         # hang on it (its viewers are then dropped without a Close). stop() joins it.
         self._serve_thread = threading.Thread(
-            target=self._server.serve_forever, kwargs={"poll_interval": 0.1},
+            target=logs.thread_target(self._server.serve_forever), kwargs={"poll_interval": 0.1},
             name="camstream-server", daemon=True,
         )
         self._serve_thread.start()
@@ -307,6 +316,7 @@ class Streamer:
         thread = self._serve_thread
         if thread is not None and thread is not threading.current_thread():
             thread.join(timeout)
+        self._label.deactivate()
 
     def __enter__(self) -> Streamer:
         return self.start() if self._server is None else self

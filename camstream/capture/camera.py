@@ -20,13 +20,13 @@ and always get the latest, so a slow reader skips frames instead of falling behi
 from __future__ import annotations
 
 import enum
-import logging
 import threading
 import time
 from typing import Callable, Iterable, Mapping
 
 import numpy as np
 
+from .. import logs
 from ..errors import ConfigError, SourceError
 from .controls import ControlResult, ControlValue
 from .devices import CaptureFactory, CaptureMode, VideoCaptureLike
@@ -47,7 +47,7 @@ from .testpattern import TestPattern
 
 __all__ = ["CameraThread", "CameraState", "Frame", "Source", "describe_source"]
 
-logger = logging.getLogger(__name__)
+logger = logs.get_logger(__name__)
 
 _DEFAULT_SIZE = (640, 480)
 
@@ -199,7 +199,9 @@ class CameraThread:
         # Daemon: a thread blocked in a driver's read() must not keep the interpreter alive
         # if the application forgets stop(); stop() itself joins it.
         self._thread = threading.Thread(
-            target=self._run, name=f"camstream-camera({describe_source(self.source)})", daemon=True
+            target=logs.thread_target(self._run),
+            name=f"camstream-camera({describe_source(self.source)})",
+            daemon=True,
         )
         self._thread.start()
         return self

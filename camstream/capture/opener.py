@@ -11,12 +11,12 @@ they must be scaled. No thread of its own: the camera thread calls it.
 
 from __future__ import annotations
 
-import logging
 import os
 from typing import Iterable, Mapping
 
 import cv2
 
+from .. import logs
 from ..errors import SourceError
 from . import devices
 from .controls import ControlResult, ControlValue, apply_controls, parse_controls
@@ -25,7 +25,7 @@ from .sources import Source, SourceKind, complete_size, describe_source, quiet_o
 
 __all__ = ["CaptureOpener"]
 
-logger = logging.getLogger(__name__)
+logger = logs.get_logger(__name__)
 
 
 class CaptureOpener:

@@ -22,11 +22,11 @@ the watchdog's send timeout) before anything else is written, so messages keep t
 
 from __future__ import annotations
 
-import logging
 import threading
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Protocol
 
+from .. import logs
 from ..capture.camera import CameraThread
 from ..capture.frame import Frame
 from ..errors import ConnectionClosedError
@@ -39,7 +39,7 @@ if TYPE_CHECKING:
 
 __all__ = ["FanOut", "FanOutRound", "FastViewer"]
 
-logger = logging.getLogger(__name__)
+logger = logs.get_logger(__name__)
 
 _IDLE_WAKE_S = 1.0  # the thread looks at its stop flag at least this often
 
@@ -124,7 +124,9 @@ class FanOut:
         self._viewers = viewers
         self._event = threading.Event()
         self._stopping = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="camstream-fanout", daemon=True)
+        self._thread = threading.Thread(
+            target=logs.thread_target(self._run), name="camstream-fanout", daemon=True
+        )
 
     def start(self) -> FanOut:
         self._thread.start()

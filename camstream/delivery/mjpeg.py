@@ -11,9 +11,9 @@ itself: a reader that stops reading is dropped after the stall timeout. The fan-
 
 from __future__ import annotations
 
-import logging
 from typing import TYPE_CHECKING, Any
 
+from .. import logs
 from ..capture.camera import CameraThread
 from ..ws import HttpExchange
 from .encoder import EncodeCache, EncodedFrame, Variant
@@ -25,7 +25,7 @@ if TYPE_CHECKING:
 
 __all__ = ["BOUNDARY", "MjpegStream", "part"]
 
-logger = logging.getLogger(__name__)
+logger = logs.get_logger(__name__)
 
 BOUNDARY = "camstream-frame"
 """The MJPEG part boundary; parts carry ``Content-Length`` too."""

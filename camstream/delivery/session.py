@@ -16,13 +16,12 @@ from __future__ import annotations
 import collections
 import dataclasses
 import functools
-import logging
 import threading
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable
 
-from .. import protocol
+from .. import logs, protocol
 from ..capture.camera import CameraThread
 from ..errors import ConnectionClosedError
 from ..protocol import CloseCode, ProtocolInputError
@@ -36,7 +35,7 @@ if TYPE_CHECKING:
 
 __all__ = ["ClientSettings", "ClientSession"]
 
-logger = logging.getLogger(__name__)
+logger = logs.get_logger(__name__)
 
 _OUTBOX_LIMIT = 64  # queued replies beyond this are dropped (events are kept)
 _FIRST_FRAME_WAIT_S = 2.0  # a snapshot asked for before the first frame waits this long for it
@@ -100,7 +99,8 @@ class ClientSession:
         # The rest of a frame the fan-out began writing; it left the send lock held for us.
         self._partial: memoryview | None = None
         self._thread = threading.Thread(
-            target=self._run, name=f"camstream-sender-{connection.id}", daemon=True
+            target=logs.thread_target(self._run), name=f"camstream-sender-{connection.id}",
+            daemon=True,
         )  # daemon: a sender blocked on a dead socket must never hold the process open
 
     # Lifecycle

@@ -17,13 +17,13 @@ multipart part a frame).
 from __future__ import annotations
 
 import dataclasses
-import logging
 import math
 import threading
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
+from .. import logs
 from ..capture.camera import CameraThread
 from ..capture.frame import Frame
 from .encoder import EncodeBudgetExceeded, EncodeCache, EncodedFrame, Variant
@@ -34,7 +34,7 @@ if TYPE_CHECKING:
 
 __all__ = ["FastOutput", "ViewerLoop", "ViewerOutput", "ViewerStats"]
 
-logger = logging.getLogger(__name__)
+logger = logs.get_logger(__name__)
 
 IDLE_WAKE_S = 1.0
 """A viewer with nothing to do still looks at its state this often, in seconds."""

@@ -63,7 +63,7 @@ import threading
 import time
 from typing import Any, Callable, Mapping
 
-from .. import protocol
+from .. import logs, protocol
 from ..capture.camera import CameraThread
 from ..capture.frame import Frame
 from ..delivery.encoder import EncodeBudgetExceeded, EncodeCache, Variant
@@ -75,7 +75,7 @@ from .policy import AccessPolicy
 
 __all__ = ["HttpRoutes"]
 
-logger = logging.getLogger(__name__)
+logger = logs.get_logger(__name__)
 _refusal_log = LogBudget()  # refused requests: anyone can cause them, so they are rate-limited
 
 _POLL_S = 0.1  # /snapshot.jpg's wait for a first frame looks at serving() this often
