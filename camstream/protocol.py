@@ -68,7 +68,71 @@ def metadata_message(
 
 
 def error_message(message: str) -> dict[str, Any]:
+    """The ``error`` message: a client's request or value could not be used (``message`` says
+    why, for people)."""
     return {"type": "error", "message": message}
+
+
+def pong_message(t: float | str | None) -> dict[str, Any]:
+    """The ``pong`` answer to a client's ``ping``: its ``t`` echoed, the server's clock."""
+    return {"type": "pong", "t": t, "server_time": time.time()}
+
+
+def frame_message(
+    *,
+    seq: int,
+    captured_at: float,
+    skipped: int,
+    size: int,
+    width: int,
+    height: int,
+    quality: int | None,
+) -> dict[str, Any]:
+    """The ``frame`` message sent right before a frame's JPEG to viewers that asked for
+    ``frame_info`` (``size``: the JPEG's length in bytes; ``skipped``: frames that went unsent
+    since the previous one; ``sent_at``: now)."""
+    return {
+        "type": "frame",
+        "seq": seq,
+        "captured_at": round(captured_at, 6),
+        "sent_at": round(time.time(), 6),
+        "skipped": skipped,
+        "bytes": size,
+        "width": width,
+        "height": height,
+        "quality": quality,
+    }
+
+
+def snapshot_message(
+    *, seq: int, width: int, height: int, quality: int | None, size: int, captured_at: float
+) -> dict[str, Any]:
+    """The ``snapshot`` message; the JPEG (``size`` bytes) follows as the next binary message."""
+    return {
+        "type": "snapshot",
+        "seq": seq,
+        "width": width,
+        "height": height,
+        "quality": quality,
+        "bytes": size,
+        "captured_at": round(captured_at, 6),
+    }
+
+
+CAMERA_EVENTS = frozenset({"camera_lost", "camera_restored", "source_ended"})
+"""The camera's events, sent to every WebSocket viewer as they happen."""
+
+
+def event_message(event: str, details: Mapping[str, Any]) -> dict[str, Any]:
+    """A camera event (one of :data:`CAMERA_EVENTS`) with its details (``source``,
+    ``reason``), stamped now.
+
+    Raises:
+        ValueError: ``event`` is not a camera event (a programming error).
+    """
+    if event not in CAMERA_EVENTS:
+        raise ValueError(f"unknown camera event {event!r}")
+    return {"type": event, "timestamp": iso_utc(), **details}
 
 
 def _number(value: float) -> float | int:

@@ -472,7 +472,7 @@ class Streamer:
         self._fanout.notify()
 
     def _on_camera_event(self, event: str, details: dict[str, Any]) -> None:
-        message = {"type": event, "timestamp": protocol.iso_utc(), **details}
+        message = protocol.event_message(event, details)
         for session in self._viewers.sessions():
             session.post(message)
 

@@ -30,7 +30,7 @@ from wsraw import RawClient
 
 from camstream.errors import ConnectionClosedError
 from camstream.ws import Connection, make_ssl_context
-from camstream.ws.frames import OP_BINARY, frame_header
+from camstream.ws.frames import OP_BINARY
 from camstream.ws.tls import _MAX_READER_BACKLOG
 
 pytestmark = [
@@ -135,18 +135,19 @@ NONBLOCKING: collections.Counter[str] = collections.Counter()  # how try_send we
 
 
 def feed_nonblocking(conn: Connection, stop: threading.Event) -> None:
-    """Send frames back to back the way the fan-out does: ``Link.try_send`` of the framed
-    message, the rest (ciphertext) finished with ``Link.finish_send``; a busy link falls back
-    to the blocking send."""
-    link = conn.link
+    """Send frames back to back the way the fan-out does: ``Connection.try_send_messages`` of
+    the framed message; a rest (ciphertext) the kernel did not take is left with the link and
+    written by ``Connection.flush`` before the next frame; a busy link falls back to the
+    blocking send."""
     i = 0
     while not stop.is_set():
         frame = FRAMES[i % len(FRAMES)]
         try:
-            sent, rest = link.try_send(frame_header(OP_BINARY, len(frame)) + frame)
-            NONBLOCKING["whole" if rest is None and sent else "rest" if sent else "busy"] += 1
-            if rest is not None:
-                link.finish_send(rest)
+            sent = conn.try_send_messages(Connection.binary_message(frame))
+            rest = sent and conn.pending > 0
+            NONBLOCKING["rest" if rest else "whole" if sent else "busy"] += 1
+            if rest:
+                conn.flush()
             elif not sent:
                 conn.send_binary(frame)
         except ConnectionClosedError:

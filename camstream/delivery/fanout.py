@@ -3,45 +3,45 @@
 Waking a viewer's own thread for every frame costs far more CPU than the frame's ``send`` (the
 wake, the GIL hand-over, the context switch). So one :class:`FanOut` thread, woken once a
 frame, walks the viewers, WebSocket sessions and MJPEG streams alike, and offers them the frame
-(:meth:`~camstream.delivery.session.ClientSession.offer`,
-:meth:`~camstream.delivery.mjpeg.MjpegStream.offer`).
-A viewer that is due by its own :class:`~camstream.delivery.pacing.Pacer` and idle (nothing queued,
-no
-settings change, no ``frame`` info, not behind, its loop and its send lock free) gets the whole
-message in one non-blocking ``send`` (``Link.try_send``; on TLS, encrypted for that connection
-first); nothing is woken. The bytes are built once per JPEG and shared by every viewer of it:
-the WebSocket message (header + JPEG; server frames are unmasked) and the MJPEG part
-(boundary, headers, JPEG). The fan-out encodes only the default variants and the one most
-viewers use; a viewer of another size is encoded for by its own thread, in parallel.
+(:meth:`~camstream.delivery.viewer.ViewerLoop.offer`, through each viewer's ``offer``): the
+viewer's own delivery routine runs in the fan-out's thread, in its "never block, encode only
+what the round allows" form. A viewer that is due by its own
+:class:`~camstream.delivery.pacing.Pacer` and idle (nothing queued, no settings change, not
+behind, its loop free and nothing of an earlier message left to write) gets its message in one
+non-blocking write; nothing is woken.
+
+A :class:`FanOutRound` is one frame's shared work: each JPEG's encode, and each output kind's
+wire bytes of it (the WebSocket message, the MJPEG part), made once and shared by every viewer
+of that JPEG; the outputs build them (this module knows no output and no protocol). The
+fan-out encodes only the default variants and the one most viewers use; a viewer of another
+size is encoded for by its own thread, in parallel.
 
 Everything else goes to the viewer's own thread exactly as without the fast path: a viewer
-that is behind, text messages, metadata, snapshots. A partial write keeps the connection's
-send lock held and leaves the rest to that viewer's thread, which finishes it (blocking, under
-the watchdog's send timeout) before anything else is written, so messages keep their order.
+that is behind, queued text messages, metadata, snapshots. A write the kernel takes only in
+part leaves the rest with the connection's link (``camstream.ws.link``), and the viewer's
+thread (woken) writes it before anything else, so messages keep their order.
 """
 
 from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol
 
 from .. import logs
 from ..capture.camera import CameraThread
 from ..capture.frame import Frame
 from ..errors import ConnectionClosedError
-from ..ws.frames import OP_BINARY, frame_header
 from .encoder import EncodeCache, EncodedFrame, Variant
-from .mjpeg import part as mjpeg_part
 
-if TYPE_CHECKING:
-    from ..ws import Connection
-
-__all__ = ["FanOut", "FanOutRound", "FastViewer"]
+__all__ = ["FanOut", "FanOutRound", "FastViewer", "WireBuilder"]
 
 logger = logs.get_logger(__name__)
 
 _IDLE_WAKE_S = 1.0  # the thread looks at its stop flag at least this often
+
+WireBuilder = Callable[[EncodedFrame], bytes]
+"""An output kind's wire bytes of one JPEG (a module-level function: it is the round's key)."""
 
 
 class FastViewer(Protocol):
@@ -55,13 +55,14 @@ class FastViewer(Protocol):
 
 
 class FanOutRound:
-    """One frame's fan-out: each JPEG's encode, WebSocket message and MJPEG part, made once."""
+    """One frame's fan-out: each JPEG's encode, and each output kind's wire bytes of it, made
+    once. Used by the fan-out's thread only."""
 
     def __init__(self) -> None:
         self._inline: frozenset[Variant] | None = None  # the variants encoded here if need be
         self._encoded: dict[tuple[int, Variant], tuple[Frame, EncodedFrame]] = {}
-        self._messages: dict[int, tuple[bytes, bytes]] = {}  # id(jpeg) -> (jpeg, message)
-        self._parts: dict[int, tuple[bytes, bytes]] = {}  # id(jpeg) -> (jpeg, part)
+        # (builder, id(jpeg)) -> (jpeg, wire bytes); the JPEG is kept so its id is not reused
+        self._wire: dict[tuple[WireBuilder, int], tuple[bytes, bytes]] = {}
 
     def encoded(self, cache: EncodeCache, frame: Frame, variant: Variant) -> EncodedFrame | None:
         """The JPEG of ``frame`` for ``variant``, asked of the cache once per round and variant.
@@ -85,33 +86,15 @@ class FanOutRound:
             entry = self._encoded[key] = (frame, result)
         return entry[1]
 
-    def message(self, data: bytes) -> bytes:
-        """The BINARY message (header + ``data``) of ``data``, made once per round."""
-        entry = self._messages.get(id(data))
-        if entry is None or entry[0] is not data:
-            entry = (data, frame_header(OP_BINARY, len(data)) + data)
-            self._messages[id(data)] = entry
-        return entry[1]
-
-    def part(self, encoded: EncodedFrame) -> bytes:
-        """The MJPEG multipart part of ``encoded``, made once per round."""
+    def wire(self, build: WireBuilder, encoded: EncodedFrame) -> bytes:
+        """``build(encoded)``: an output kind's bytes of this JPEG, made once per round and
+        shared by every viewer of that kind and JPEG."""
         data = encoded.data
-        entry = self._parts.get(id(data))
+        key = (build, id(data))
+        entry = self._wire.get(key)
         if entry is None or entry[0] is not data:
-            entry = (data, mjpeg_part(data, encoded.captured_at))
-            self._parts[id(data)] = entry
+            entry = self._wire[key] = (data, build(encoded))
         return entry[1]
-
-    def send(self, connection: Connection, data: bytes) -> tuple[bool, memoryview | None]:
-        """Write ``data`` as one BINARY message without blocking, if the connection is idle.
-
-        Returns:
-            ``(sent, rest)`` as :meth:`camstream.ws.link.Link.try_send` (with ``rest``, the
-            send lock is left held for the caller's sender thread, which writes the rest).
-        """
-        if connection.closing:
-            return False, None
-        return connection.link.try_send(self.message(data))
 
 
 class FanOut:

@@ -1,12 +1,13 @@
 """One MJPEG viewer: a ``multipart/x-mixed-replace`` writer driven by the shared viewer loop.
 
-An :class:`MjpegStream` is the output of a :class:`~camstream.delivery.viewer.ViewerLoop` (the frame
-clock WebSocket viewers use too) that writes each frame as one multipart part, with
+An :class:`MjpegStream` is the output of a :class:`~camstream.delivery.viewer.ViewerLoop` (the
+frame clock WebSocket viewers use too) that writes each frame as one multipart part, with
 ``Content-Type``, ``Content-Length`` and ``X-Timestamp`` (capture time, Unix seconds, as
 mjpg-streamer sends it). It runs in the HTTP connection's own handler thread; it queues nothing
 itself: a reader that stops reading is dropped after the stall timeout. The fan-out fast path
 (:mod:`camstream.delivery.fanout`) may write a due frame's part from its own thread instead
-(:meth:`MjpegStream.offer`); the stream's thread finishes a part it could not write whole.
+(:meth:`MjpegStream.offer`; the part is built once per JPEG for every stream); the stream's
+thread writes the rest of a part the kernel did not take whole.
 """
 
 from __future__ import annotations
@@ -17,13 +18,13 @@ from .. import logs
 from ..capture.camera import CameraThread
 from ..ws import HttpExchange
 from .encoder import EncodeCache, EncodedFrame, Variant
+from .fanout import FanOutRound
 from .viewer import ViewerLoop, ViewerStats
 
 if TYPE_CHECKING:
     from ..capture.frame import Frame
-    from .fanout import FanOutRound
 
-__all__ = ["BOUNDARY", "MjpegStream", "part"]
+__all__ = ["BOUNDARY", "MjpegStream", "part", "part_of"]
 
 logger = logs.get_logger(__name__)
 
@@ -62,8 +63,6 @@ class MjpegStream:
         self._wanted = variant
         self._variant = self._loop.variant(variant)  # the one given; released by run()
         self._running = False  # the fan-out may write only once the headers went, in run()
-        # The rest of a part the fan-out began writing; it left the send lock held for us.
-        self._partial: memoryview | None = None
 
     def __repr__(self) -> str:
         return f"<MjpegStream {self.id} from {self.address}>"
@@ -77,9 +76,9 @@ class MjpegStream:
         self._loop.wake()
 
     def offer(self, frame: Frame, fanout: FanOutRound) -> bool:
-        """The fan-out's fast path (see :mod:`camstream.delivery.fanout`): True if ``frame``'s part
-        went
-        out from the calling thread; False if the stream's thread should look (then wake)."""
+        """The fan-out's fast path (see :mod:`camstream.delivery.fanout`): True if ``frame``'s
+        part went out from the calling thread; False if the stream's thread should look (then
+        wake)."""
         return self._loop.offer(frame, self, fanout)
 
     def stop(self) -> None:
@@ -98,12 +97,9 @@ class MjpegStream:
         """
         self._running = True
         try:
-            self._loop.run(self)
+            self._loop.run(self)  # (a part's rest left unwritten is cut with the connection)
         finally:
             self._running = False
-            if self._partial is not None:  # half a part: nothing may follow it
-                self._partial = None
-                self._exchange.abandon_write()
 
     def info(self, now: float) -> dict[str, Any]:
         """This stream in ``stats()["http"]["mjpeg_streams"]``."""
@@ -130,34 +126,32 @@ class MjpegStream:
     def unsent_bytes(self) -> int | None:
         return self._exchange.unsent_bytes()
 
-    def before_frame(self) -> None:
-        rest, self._partial = self._partial, None
-        if rest is not None:
-            self._exchange.finish_write(rest)
+    @property
+    def pending(self) -> int:
+        return self._exchange.pending
 
-    def wanted(self) -> tuple[Variant, float]:
-        return self._wanted, self.fps
-
-    def fast_wanted(self) -> tuple[Variant, float] | None:
-        if not self._running or self._partial is not None:
+    def ready(self, may_block: bool) -> tuple[Variant, float] | None:
+        if may_block:
+            self._exchange.flush()  # the rest of a part the fan-out began
+        elif not self._running or self._exchange.pending:
             return None
         return self._wanted, self.fps
 
-    def fast_send(self, encoded: EncodedFrame, variant: Variant, fanout: FanOutRound) -> bool:
-        """Write ``encoded``'s part without blocking (the loop's lock held by the fan-out); a
-        partial write leaves the rest to :meth:`before_frame` in the stream's thread."""
-        sent, rest = self._exchange.try_write(fanout.part(encoded))
-        if rest is not None:
-            self._partial = rest
-            self._loop.stats.fast_partial += 1
-            self._loop.nudge()
-        return sent
-
-    def send(self, encoded: EncodedFrame, variant: Variant, skipped: int) -> None:
-        self._exchange.write(part(encoded.data, encoded.captured_at))
+    def send(
+        self, encoded: EncodedFrame, variant: Variant, skipped: int, round_: FanOutRound | None
+    ) -> bool:
+        if round_ is None:
+            self._exchange.write(part_of(encoded))
+            return True
+        return self._exchange.try_write(round_.wire(part_of, encoded))
 
     def stalled(self) -> None:
         logger.info("MJPEG stream %d dropped: it stopped reading", self.id)
+
+
+def part_of(encoded: EncodedFrame) -> bytes:
+    """The multipart part of one encoded frame (the fan-out's wire bytes for MJPEG streams)."""
+    return part(encoded.data, encoded.captured_at)
 
 
 def part(jpeg: bytes, captured_at: float) -> bytes:

@@ -1,14 +1,14 @@
 """One WebSocket viewer: its settings, its sender thread and its control messages.
 
 Each :class:`ClientSession` owns one sender thread running the viewer's
-:class:`~camstream.delivery.viewer.ViewerLoop` (the frame clock shared with MJPEG streams), which
-wakes
-on every new camera frame, on control messages and on its own timer, and sends at most one
-frame per tick: always the newest frame, never one it already sent, never a backlog. A slow
-viewer only slows itself: while its ``send`` is blocked, the camera moves on and the viewer
+:class:`~camstream.delivery.viewer.ViewerLoop` (the frame clock shared with MJPEG streams),
+which wakes on every new camera frame, on control messages and on its own timer, and sends at
+most one frame per tick: always the newest frame, never one it already sent, never a backlog. A
+slow viewer only slows itself: while its ``send`` is blocked, the camera moves on and the viewer
 skips to the newest frame afterwards. The session is the loop's output: before each frame it
-sends queued control replies, events and (when the size, quality or settings changed) a fresh
-``metadata`` message; with ``frame_info`` on, a ``frame`` message precedes each JPEG.
+sends queued control replies, events, snapshots and (when the size, quality or settings
+changed) a fresh ``metadata`` message; with ``frame_info`` on, a ``frame`` message precedes each
+JPEG (on the fan-out's path too: both go out in one non-blocking write).
 """
 
 from __future__ import annotations
@@ -17,28 +17,48 @@ import collections
 import dataclasses
 import functools
 import threading
-import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Union
 
 from .. import logs, protocol
 from ..capture.camera import CameraThread
 from ..errors import ConnectionClosedError
 from ..protocol import CloseCode, ProtocolInputError
-from .encoder import EncodeBudgetExceeded, EncodeCache, EncodedFrame, Variant, fit_size
+from ..ws import Connection
+from .encoder import EncodeCache, EncodedFrame, Variant, fit_size
+from .fanout import FanOutRound
+from .snapshot import SnapshotFailure, take_snapshot
 from .viewer import ViewerLoop, ViewerStats
 
 if TYPE_CHECKING:
     from ..capture.frame import Frame
-    from ..ws import Connection
-    from .fanout import FanOutRound
 
-__all__ = ["ClientSettings", "ClientSession"]
+__all__ = ["ClientSettings", "ClientSession", "SnapshotRequest"]
 
 logger = logs.get_logger(__name__)
 
 _OUTBOX_LIMIT = 64  # queued replies beyond this are dropped (events are kept)
-_FIRST_FRAME_WAIT_S = 2.0  # a snapshot asked for before the first frame waits this long for it
+_SNAPSHOT_ERRORS = {  # what a WebSocket client is told when its snapshot fails
+    SnapshotFailure.NO_FRAME: "no frame to snapshot yet",
+    SnapshotFailure.BUSY: "snapshot refused: server busy, try again",
+    SnapshotFailure.UNDECODABLE: "snapshot failed: the frame cannot be decoded",
+}
+
+
+@dataclass(frozen=True)
+class SnapshotRequest:
+    """A client's ``snapshot`` request, queued in order with the text messages; the sender
+    thread answers it (a ``snapshot`` message and the JPEG, or an ``error``)."""
+
+    quality: int | None
+
+
+_Outgoing = Union[dict[str, Any], SnapshotRequest]  # what the outbox holds
+
+
+def _frame_message(encoded: EncodedFrame) -> bytes:
+    """The WebSocket message of one JPEG (the fan-out's wire bytes for sessions)."""
+    return Connection.binary_message(encoded.data)
 
 
 @dataclass(frozen=True)
@@ -89,15 +109,13 @@ class ClientSession:
         self._settings = settings
         self._paused = False
         self._settings_changed = True  # the first thing sent is the metadata
-        self._outbox: collections.deque[dict[str, Any]] = collections.deque()
+        self._outbox: collections.deque[_Outgoing] = collections.deque()
         self._describe_camera = describe_camera or (lambda: {})
         # Sender thread only:
         self._version = 0  # counts settings changes; metadata is resent when it moves
         # (width, height, quality, _version) last announced in metadata
         self._announced: tuple[int, int, int | None, int] | None = None
         self._sending = settings  # the settings of the frame being sent
-        # The rest of a frame the fan-out began writing; it left the send lock held for us.
-        self._partial: memoryview | None = None
         self._thread = threading.Thread(
             target=logs.thread_target(self._run), name=f"camstream-sender-{connection.id}",
             daemon=True,
@@ -163,13 +181,14 @@ class ClientSession:
         return f"<ClientSession {self.connection.id}>"
 
     def offer(self, frame: Frame, fanout: FanOutRound) -> bool:
-        """The fan-out's fast path (see :mod:`camstream.delivery.fanout`): True if ``frame`` went
-        out
-        from the calling thread; False if the sender should look at it (then :meth:`wake`)."""
+        """The fan-out's fast path (see :mod:`camstream.delivery.fanout`): True if ``frame``
+        went out from the calling thread; False if the sender should look at it (then
+        :meth:`wake`)."""
         return self._loop.offer(frame, self, fanout)
 
-    def post(self, message: dict[str, Any], *, droppable: bool = False) -> None:
-        """Queue a text message; the sender sends it before the next frame.
+    def post(self, message: _Outgoing, *, droppable: bool = False) -> None:
+        """Queue a text message (built by :mod:`camstream.protocol`) or a
+        :class:`SnapshotRequest`; the sender sends it before the next frame.
 
         ``droppable`` messages (replies to the client's own requests) are dropped when the
         queue is full, so a client that floods requests cannot push out events.
@@ -206,14 +225,13 @@ class ClientSession:
         elif kind == "resume":
             self._set_paused(False)
         elif kind == "ping":
-            pong = {"type": "pong", "t": message.get("t"), "server_time": time.time()}
-            self.post(pong, droppable=True)
+            self.post(protocol.pong_message(message.get("t")), droppable=True)
         elif kind == "snapshot":
             wanted, problems = protocol.parse_config({"quality": message.get("quality", 95)})
             for problem in problems:
                 self._refuse(f"snapshot {problem}")
             if wanted:
-                self.post({"type": "_snapshot", "quality": wanted["quality"]}, droppable=True)
+                self.post(SnapshotRequest(wanted["quality"]), droppable=True)
 
     def apply_config(self, values: dict[str, Any], *, from_url: bool) -> None:
         """Apply settings from a ``config`` message or URL query; report refused values."""
@@ -242,6 +260,8 @@ class ClientSession:
     # The sender thread
 
     def _run(self) -> None:
+        # A message the fan-out began and the link still holds is written before anything
+        # else that follows (the Close of a closing connection), or cut with the link.
         try:
             self._loop.run(self)
         except ConnectionClosedError:
@@ -249,62 +269,53 @@ class ClientSession:
         except Exception:
             logger.exception("sender for client %s failed", self.connection.id)
             self.connection.close(CloseCode.INTERNAL_ERROR, "internal error")
-        finally:
-            if self._partial is not None:  # a half-written frame nothing may follow
-                self._partial = None
-                self.connection.abort()  # marks the connection closing too
-                self._link.abandon_send()
 
     # The loop's output (ViewerOutput; sender thread)
 
     def unsent_bytes(self) -> int | None:
         return self._link.unsent_bytes()
 
-    def before_frame(self) -> None:
-        self._finish_partial()
-        self._flush_control()
+    @property
+    def pending(self) -> int:
+        return self._link.pending
 
-    def fast_wanted(self) -> tuple[Variant, float] | None:
-        with self._lock:
-            if self._outbox or self._settings_changed or self._paused:
+    def ready(self, may_block: bool) -> tuple[Variant, float] | None:
+        if may_block:
+            self.connection.flush()  # the rest of a message the fan-out began
+            self._flush_control()
+            if self._paused:
                 return None
             settings = self._settings
-        if settings.frame_info or self._announced is None or self._partial is not None:
-            return None
+        else:
+            with self._lock:
+                if self._outbox or self._settings_changed or self._paused:
+                    return None
+                settings = self._settings
+            if self._announced is None or self._link.pending:
+                return None
         self._sending = settings
         return settings.variant, settings.fps
 
-    def wanted(self) -> tuple[Variant, float]:
-        self._sending = settings = self._settings
-        return settings.variant, settings.fps
-
-    def send(self, encoded: EncodedFrame, variant: Variant, skipped: int) -> None:
+    def send(
+        self, encoded: EncodedFrame, variant: Variant, skipped: int, round_: FanOutRound | None
+    ) -> bool:
         settings = self._sending
         quality = self._announced_quality(encoded.passed_through, variant)
         if (encoded.width, encoded.height, quality, self._version) != self._announced:
+            if round_ is not None:
+                return False  # metadata first: the sender does it
             self._send_metadata((encoded.width, encoded.height), quality, settings)
-        if settings.frame_info:
-            self.connection.send_text(protocol.encode_message(self._frame_info(encoded, skipped)))
-        self.connection.send_binary(encoded.data)
-
-    def fast_send(self, encoded: EncodedFrame, variant: Variant, fanout: FanOutRound) -> bool:
-        """Write ``encoded`` without blocking if nothing else is owed first (the loop's lock
-        held by the fan-out); a partial write leaves the rest to :meth:`_finish_partial`."""
-        quality = self._announced_quality(encoded.passed_through, variant)
-        if (encoded.width, encoded.height, quality, self._version) != self._announced:
-            return False  # metadata first: the sender does it
-        sent, rest = fanout.send(self.connection, encoded.data)
-        if rest is not None:
-            self._partial = rest
-            self.stats.fast_partial += 1
-            self._loop.nudge()
-        return sent
-
-    def _finish_partial(self) -> None:
-        """Write the rest of a frame the fan-out began, with the send lock it left held."""
-        rest, self._partial = self._partial, None
-        if rest is not None:
-            self._link.finish_send(rest)
+        connection = self.connection
+        if round_ is None:
+            if settings.frame_info:
+                connection.send_text(protocol.encode_message(self._frame_info(encoded, skipped)))
+            connection.send_binary(encoded.data)
+            return True
+        message = round_.wire(_frame_message, encoded)
+        if settings.frame_info:  # the frame's text and its JPEG in one write
+            text = protocol.encode_message(self._frame_info(encoded, skipped))
+            return connection.try_send_messages(Connection.text_message(text), message)
+        return connection.try_send_messages(message)
 
     def stalled(self) -> None:
         logger.info("dropping client %s: it stopped reading", self.connection.id)
@@ -322,8 +333,8 @@ class ClientSession:
                 if not self._outbox:
                     break
                 message = self._outbox.popleft()
-            if message["type"] == "_snapshot":
-                self._send_snapshot(message["quality"])
+            if isinstance(message, SnapshotRequest):
+                self._send_snapshot(message.quality)
             else:
                 self.connection.send_text(protocol.encode_message(message))
         self._send_changed_settings()
@@ -372,44 +383,30 @@ class ClientSession:
         self.connection.send_text(protocol.encode_message(message))
 
     def _frame_info(self, encoded: EncodedFrame, skipped: int) -> dict[str, Any]:
-        return {
-            "type": "frame",
-            "seq": encoded.seq,
-            "captured_at": round(encoded.captured_at, 6),
-            "sent_at": round(time.time(), 6),
-            "skipped": skipped,
-            "bytes": len(encoded.data),
-            "width": encoded.width,
-            "height": encoded.height,
-            "quality": encoded.quality,
-        }
+        return protocol.frame_message(
+            seq=encoded.seq,
+            captured_at=encoded.captured_at,
+            skipped=skipped,
+            size=len(encoded.data),
+            width=encoded.width,
+            height=encoded.height,
+            quality=encoded.quality,
+        )
 
     def _send_snapshot(self, quality: int | None) -> None:
-        frame = self._camera.latest(wait=_FIRST_FRAME_WAIT_S)
-        if frame is None:
-            self.connection.send_text(
-                protocol.encode_message(protocol.error_message("no frame to snapshot yet"))
-            )
-            return
         variant = Variant(quality=quality, max_bytes=self._settings.max_bytes)
-        try:
-            encoded = self._cache.get(frame, variant)
-        except EncodeBudgetExceeded:
-            message = protocol.error_message("snapshot refused: server busy, try again")
-            self.connection.send_text(protocol.encode_message(message))
+        encoded = take_snapshot(self._camera, self._cache, variant)
+        if isinstance(encoded, SnapshotFailure):
+            error = protocol.error_message(_SNAPSHOT_ERRORS[encoded])
+            self.connection.send_text(protocol.encode_message(error))
             return
-        except ValueError:  # the source's JPEG cannot be decoded
-            message = protocol.error_message("snapshot failed: the frame cannot be decoded")
-            self.connection.send_text(protocol.encode_message(message))
-            return
-        message = {
-            "type": "snapshot",
-            "seq": encoded.seq,
-            "width": encoded.width,
-            "height": encoded.height,
-            "quality": encoded.quality,
-            "bytes": len(encoded.data),
-            "captured_at": round(encoded.captured_at, 6),
-        }
+        message = protocol.snapshot_message(
+            seq=encoded.seq,
+            width=encoded.width,
+            height=encoded.height,
+            quality=encoded.quality,
+            size=len(encoded.data),
+            captured_at=encoded.captured_at,
+        )
         self.connection.send_text(protocol.encode_message(message))
         self.connection.send_binary(encoded.data)

@@ -1,4 +1,4 @@
-"""One viewer's frame loop, shared by WebSocket viewers and MJPEG streams.
+"""One viewer's frame loop and its one delivery routine, shared by WebSocket viewers and MJPEG.
 
 A :class:`ViewerLoop` decides when its viewer gets a frame and which: always the newest one,
 never one it already sent, never a backlog, at the viewer's own rate (:class:`~.pacing.Pacer`).
@@ -9,30 +9,46 @@ for longer than the stall timeout is dropped. Frames come from the shared
 :class:`~.encoder.EncodeCache` (viewers of one variant share one encode, whatever the protocol;
 the cache's variant cap may give a viewer the nearest live variant).
 
+Every frame reaches a viewer through one routine, ``ViewerLoop._deliver``: called by the
+viewer's own thread (which may block and may encode any variant) or, through
+:meth:`ViewerLoop.offer`, by the fan-out's thread (which never blocks, encodes only what its
+:class:`~.fanout.FanOutRound` allows, and leaves to the viewer's thread anything else). Its
+steps, in order: the output says what it wants (:meth:`ViewerOutput.ready`; the viewer's thread
+first writes what is owed), the Pacer says whether this frame is due, the viewer must not be
+behind, the viewer's :class:`Controller` picks the variant for this frame or holds it back, the
+cache gives the JPEG, the output writes it (:meth:`ViewerOutput.send`, with any text message
+that goes with the frame), and the Pacer, the controller and :class:`ViewerStats` record it.
+
 What differs between protocols is the :class:`ViewerOutput`: ``session.ClientSession`` (the
-WebSocket sender: metadata, ``frame`` info, control replies) and ``mjpeg.MjpegOutput`` (one
+WebSocket sender: metadata, ``frame`` info, control replies) and ``mjpeg.MjpegStream`` (one
 multipart part a frame).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import enum
 import math
 import threading
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol
 
 from .. import logs
 from ..capture.camera import CameraThread
 from ..capture.frame import Frame
 from .encoder import EncodeBudgetExceeded, EncodeCache, EncodedFrame, Variant
+from .fanout import FanOutRound
 from .pacing import BEHIND_POLL_S, Pacer
 
-if TYPE_CHECKING:
-    from .fanout import FanOutRound
-
-__all__ = ["FastOutput", "ViewerLoop", "ViewerOutput", "ViewerStats"]
+__all__ = [
+    "Controller",
+    "Delivery",
+    "FixedVariant",
+    "ViewerLoop",
+    "ViewerOutput",
+    "ViewerStats",
+]
 
 logger = logs.get_logger(__name__)
 
@@ -49,12 +65,26 @@ class ViewerStats:
     bytes_sent: int = 0
     errors: int = 0  # error messages sent in answer to bad input (WebSocket viewers)
     fast_frames: int = 0  # of frames_sent, those the fan-out sent (camstream.delivery.fanout)
-    fast_partial: int = 0  # of those, the ones whose rest the sender thread wrote
+    fast_partial: int = 0  # of those, the ones whose rest the viewer's thread wrote
     connected_at: float = dataclasses.field(default_factory=time.time)
 
 
+class Delivery(enum.Enum):
+    """What one call of the delivery routine did."""
+
+    SENT = "sent"  # the frame went out (or, from the fan-out, was begun: its rest is owed)
+    IDLE = "idle"  # nothing to send now: paused, not due, no frame, held back, or skipped
+    BEHIND = "behind"  # the viewer has not taken what it was sent: this frame is skipped
+    STALLED = "stalled"  # behind for longer than the stall timeout: the viewer was dropped
+    LEFT = "left"  # the fan-out could not (busy, owed, not encoded here): the thread will look
+
+
 class ViewerOutput(Protocol):
-    """Where one viewer's frames go. Called from the loop's thread only."""
+    """Where one viewer's frames go: a WebSocket session or an MJPEG stream.
+
+    Called by the delivery routine, with the loop's lock held: from the loop's own thread, or
+    from the fan-out's thread (``round_`` given / ``may_block`` False).
+    """
 
     @property
     def is_open(self) -> bool:
@@ -62,19 +92,42 @@ class ViewerOutput(Protocol):
 
     @property
     def paused(self) -> bool:
-        """True while the viewer wants no frames."""
+        """True while the viewer wants no frames (new frames do not wake the loop)."""
+
+    @property
+    def pending(self) -> int:
+        """Bytes of an earlier message not yet written (a non-blocking write's rest)."""
 
     def unsent_bytes(self) -> int | None:
         """Bytes written but not yet taken by the viewer (None: cannot tell)."""
 
-    def before_frame(self) -> None:
-        """Called on every wake before a frame is looked at (send queued messages)."""
+    def ready(self, may_block: bool) -> tuple[Variant, float] | None:
+        """The variant and rate (frames a second) the viewer asks for now, or None if it takes
+        no frame now (paused).
 
-    def wanted(self) -> tuple[Variant, float]:
-        """The variant and rate (frames a second) the viewer asks for now."""
+        With ``may_block`` (the loop's thread), first write everything owed before a frame:
+        the rest of an earlier message, queued text messages, fresh metadata. Without (the
+        fan-out), write nothing and return None unless nothing is owed.
 
-    def send(self, encoded: EncodedFrame, variant: Variant, skipped: int) -> None:
-        """Send one frame (``variant`` is the one given; ``skipped`` frames went unsent).
+        Raises:
+            ConnectionClosedError: the viewer went away.
+        """
+
+    def send(
+        self,
+        encoded: EncodedFrame,
+        variant: Variant,
+        skipped: int,
+        round_: FanOutRound | None,
+    ) -> bool:
+        """Write one frame (``variant`` is the one given; ``skipped`` frames went unsent since
+        the previous one), preceded by any text message that goes with it (the whole lot one
+        write when ``round_`` is given).
+
+        ``round_`` None: the loop's thread; blocks until written, returns True. Else the
+        fan-out's thread: never blocks, takes the shared wire bytes from ``round_.wire``;
+        False if nothing was written (busy, or something must go first): the loop's thread
+        takes the frame then.
 
         Raises:
             ConnectionClosedError: the viewer went away.
@@ -84,31 +137,57 @@ class ViewerOutput(Protocol):
         """The viewer stopped reading: drop it (the loop ends after this)."""
 
 
-class FastOutput(ViewerOutput, Protocol):
-    """An output the fan-out may serve without waking the loop (see :meth:`ViewerLoop.offer`)."""
+class Controller(Protocol):
+    """Picks the variant of each frame for one viewer, or holds a frame back.
 
-    def fast_wanted(self) -> tuple[Variant, float] | None:
-        """The variant and rate, or None unless the viewer is idle (nothing queued or owed)."""
+    The seat of a per-viewer rate controller (issue 18: a quality rung per frame, frames held
+    back while too many bytes are in flight). Called by the delivery routine with the loop's
+    lock held (the loop's thread or the fan-out's), so it has one user at a time; it must not
+    block. A variant other than the one the fan-out last used is taken by the loop's thread
+    (the cache's variant cap, and the viewer's metadata, are updated there).
+    """
 
-    def fast_send(self, encoded: EncodedFrame, variant: Variant, round_: FanOutRound) -> bool:
-        """Write ``encoded`` without blocking, with the bytes ``round_`` shares; False if it
-        could not (nothing written). A partial write is finished by the loop's thread.
+    def choose(self, wanted: Variant, unsent_bytes: int | None, now: float) -> Variant | None:
+        """The variant to send this frame in (``wanted``: what the viewer asked for;
+        ``unsent_bytes``: bytes the viewer has not taken yet, None if unknown; ``now``:
+        ``time.monotonic()``), or None to hold the frame back."""
 
-        Raises:
-            ConnectionClosedError: the viewer went away.
-        """
+    def sent(self, variant: Variant, size: int, now: float) -> None:
+        """A frame of ``size`` bytes in ``variant`` was written (or begun) at ``now``."""
+
+
+class FixedVariant:
+    """The default :class:`Controller`: every frame in the variant asked for, none held back
+    (the Pacer already skips frames while the viewer is behind)."""
+
+    def choose(self, wanted: Variant, unsent_bytes: int | None, now: float) -> Variant | None:
+        return wanted
+
+    def sent(self, variant: Variant, size: int, now: float) -> None:
+        pass
+
+
+_FIXED = FixedVariant()  # stateless: shared by every loop that has no controller of its own
 
 
 class ViewerLoop:
     """The frame clock and loop of one viewer (see the module docstring).
 
     :meth:`run` runs in the viewer's own thread (a WebSocket sender, an HTTP handler) until
-    :meth:`stop`, the output closing or a stall; :meth:`wake`, :meth:`nudge` and :meth:`stop`
-    are safe from any thread.
+    :meth:`stop`, the output closing or a stall; :meth:`offer` is the fan-out's way in;
+    :meth:`wake`, :meth:`nudge` and :meth:`stop` are safe from any thread. ``controller``
+    picks each frame's variant (default :class:`FixedVariant`: the one asked for).
     """
 
-    def __init__(self, camera: CameraThread, cache: EncodeCache, stall_timeout: float) -> None:
+    def __init__(
+        self,
+        camera: CameraThread,
+        cache: EncodeCache,
+        stall_timeout: float,
+        controller: Controller | None = None,
+    ) -> None:
         self.stats = ViewerStats()
+        self._controller = _FIXED if controller is None else controller
         self._camera = camera
         self._cache = cache
         self._pacer = Pacer(stall_timeout)  # used by the loop's thread only
@@ -162,11 +241,11 @@ class ViewerLoop:
         """The variant given now, or None before the first."""
         return self._given
 
-    def offer(self, frame: Frame, output: FastOutput, round_: FanOutRound) -> bool:
-        """The fan-out's fast path: send ``frame`` now, from the calling thread, if this viewer
-        is due, idle and not behind. The JPEG comes from ``round_.encoded`` (None: not made, for
-        the loop to encode), and :meth:`FastOutput.fast_send` writes it without blocking (False:
-        it could not). Records it exactly as the loop would.
+    def offer(self, frame: Frame, output: ViewerOutput, round_: FanOutRound) -> bool:
+        """The fan-out's call of the delivery routine: send ``frame`` now, from the calling
+        thread, without blocking, if this viewer is due, idle and not behind (see the module
+        docstring). The JPEG comes from ``round_.encoded`` (None: not made, for the loop to
+        encode) and the output's wire bytes from ``round_.wire``.
 
         Returns:
             True if the frame went (nothing to wake); False if the loop should look at it.
@@ -181,32 +260,7 @@ class ViewerLoop:
         try:
             if self._stopping.is_set():
                 return False  # (checked under the lock: once run() ended, nothing is sent)
-            pacer, camera_fps = self._pacer, self._camera.fps
-            if not pacer.wants(frame.seq, frame.captured_monotonic, camera_fps):
-                return False
-            wanted = output.fast_wanted()
-            if wanted is None or self._given is None or (
-                wanted[0] is not self._wanted and wanted[0] != self._wanted
-            ):
-                return False
-            variant, fps = self._given, wanted[1]
-            now = time.monotonic()
-            if pacer.behind(output.unsent_bytes(), now):
-                return False
-            try:
-                encoded = round_.encoded(self._cache, frame, variant)
-            except (EncodeBudgetExceeded, ValueError):
-                return False  # the loop skips the frame (or says why)
-            if encoded is None or not output.fast_send(encoded, variant, round_):
-                return False
-            skipped = pacer.sent(frame.seq, len(encoded.data), now, fps, camera_fps)
-            self._wake_after = pacer.wake_after(camera_fps)
-            stats = self.stats
-            stats.fast_frames += 1
-            stats.frames_sent += 1
-            stats.frames_skipped += skipped
-            stats.bytes_sent += len(encoded.data)
-            return True
+            return self._deliver(output, frame, round_) is Delivery.SENT
         finally:
             self._busy.release()
 
@@ -231,16 +285,15 @@ class ViewerLoop:
 
     def _loop(self, output: ViewerOutput) -> None:
         pacer, camera, busy = self._pacer, self._camera, self._busy
-        behind: bool | None = False  # the viewer has not taken the previous frames yet
+        behind = False  # the viewer has not taken the previous frames yet
         while True:
             with busy:
                 if self._stopping.is_set() or not output.is_open:
                     return
                 # Frames wake this thread only once it is due (see wake()); its own timer and
                 # the behind-poll cover the rest.
-                paused = output.paused
                 self._wake_after = (
-                    math.inf if behind or paused else pacer.wake_after(camera.fps)
+                    math.inf if behind or output.paused else pacer.wake_after(camera.fps)
                 )
                 wait = BEHIND_POLL_S if behind else pacer.wait_s(time.monotonic(), camera.fps)
             self._wake.wait(min(wait, IDLE_WAKE_S) if wait > 0 else IDLE_WAKE_S)
@@ -248,38 +301,79 @@ class ViewerLoop:
             with busy:
                 if self._stopping.is_set():
                     return
-                behind = self._tick(output)
-                if behind is None:
+                outcome = self._deliver(output, None, None)
+                if outcome is Delivery.STALLED:
                     return
+                behind = outcome is Delivery.BEHIND
 
-    def _tick(self, output: ViewerOutput) -> bool | None:
-        """One look at the newest frame (``_busy`` held); returns whether the viewer is behind,
-        or None if it stalled and was dropped."""
-        pacer, camera, stats = self._pacer, self._camera, self.stats
-        output.before_frame()
-        if output.paused:
-            return False
-        frame = camera.latest()
-        if frame is None or not pacer.wants(frame.seq, frame.captured_monotonic, camera.fps):
-            return False  # nothing to send: look again when a frame is wanted
+    def _deliver(
+        self, output: ViewerOutput, frame: Frame | None, round_: FanOutRound | None
+    ) -> Delivery:
+        """The delivery routine: one look at a frame for this viewer (``_busy`` held).
+
+        ``round_`` None: the loop's own thread, which looks at the camera's newest frame, may
+        block (what is owed goes out first, then the frame), may encode any variant, and drops
+        a stalled viewer. Else the fan-out's thread with its ``frame``: it never blocks,
+        encodes only what ``round_`` allows, and returns :attr:`Delivery.LEFT` for anything
+        the loop's thread must do (a change of variant, an encode, metadata, a busy link).
+        """
+        may_block = round_ is None
+        wanted = output.ready(may_block)
+        if wanted is None:
+            return Delivery.IDLE if may_block else Delivery.LEFT
+        pacer, camera_fps = self._pacer, self._camera.fps
+        if frame is None:
+            frame = self._camera.latest()
+            if frame is None:
+                return Delivery.IDLE
+        if not pacer.wants(frame.seq, frame.captured_monotonic, camera_fps):
+            return Delivery.IDLE  # not due, or sent already: look again when one is wanted
         now = time.monotonic()
-        if pacer.behind(output.unsent_bytes(), now):
-            if pacer.stalled(now):
+        unsent = output.unsent_bytes()
+        if pacer.behind(unsent, now):
+            if may_block and pacer.stalled(now):
                 output.stalled()
-                return None
-            return True
-        wanted, fps = output.wanted()
-        variant = self.variant(wanted)
+                return Delivery.STALLED
+            return Delivery.BEHIND
+        # The viewer's controller: this frame's variant, or none (held back).
+        chosen = self._controller.choose(wanted[0], unsent, now)
+        if chosen is None:
+            return Delivery.IDLE
+        if may_block:
+            variant = self.variant(chosen)
+        elif self._given is not None and (chosen is self._wanted or chosen == self._wanted):
+            variant = self._given
+        else:
+            return Delivery.LEFT  # a new variant: assigned (and announced) by the loop's thread
         try:
-            encoded = self._cache.get(frame, variant)
+            if round_ is None:
+                encoded = self._cache.get(frame, variant)
+            else:
+                made = round_.encoded(self._cache, frame, variant)
+                if made is None:
+                    return Delivery.LEFT  # not encoded by the fan-out: the loop's thread does
+                encoded = made
         except EncodeBudgetExceeded:
-            return False  # the server's encode budget is spent: skip to a later frame
+            return Delivery.IDLE  # the server's encode budget is spent: skip to a later frame
         except ValueError as exc:  # a source JPEG that cannot be decoded: skip it
-            logger.debug("skipping frame %d: %s", frame.seq, exc)
-            return False
-        skipped = pacer.sent(frame.seq, len(encoded.data), now, fps, camera.fps)
-        output.send(encoded, variant, skipped)
+            if may_block:
+                logger.debug("skipping frame %d: %s", frame.seq, exc)
+            return Delivery.IDLE
+        last = pacer.last_seq
+        skipped = frame.seq - last - 1 if last else 0
+        if not output.send(encoded, variant, skipped, round_):
+            return Delivery.LEFT
+        size = len(encoded.data)
+        pacer.sent(frame.seq, size, now, wanted[1], camera_fps)
+        self._controller.sent(variant, size, now)
+        stats = self.stats
         stats.frames_sent += 1
         stats.frames_skipped += skipped
-        stats.bytes_sent += len(encoded.data)
-        return False
+        stats.bytes_sent += size
+        if round_ is not None:
+            self._wake_after = pacer.wake_after(camera_fps)
+            stats.fast_frames += 1
+            if output.pending:  # the rest is the loop's thread's to write, first thing
+                stats.fast_partial += 1
+                self._wake.set()
+        return Delivery.SENT

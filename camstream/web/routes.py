@@ -65,10 +65,10 @@ from typing import Any, Callable, Mapping
 
 from .. import logs, protocol
 from ..capture.camera import CameraThread
-from ..capture.frame import Frame
-from ..delivery.encoder import EncodeBudgetExceeded, EncodeCache, Variant
+from ..delivery.encoder import EncodeCache, Variant
 from ..delivery.mjpeg import BOUNDARY, MjpegStream
 from ..delivery.registry import Admission, ViewerRegistry
+from ..delivery.snapshot import SnapshotFailure, take_snapshot
 from ..ratelimit import LogBudget
 from ..ws import HttpExchange, Request
 from .policy import AccessPolicy
@@ -78,8 +78,11 @@ __all__ = ["HttpRoutes"]
 logger = logs.get_logger(__name__)
 _refusal_log = LogBudget()  # refused requests: anyone can cause them, so they are rate-limited
 
-_POLL_S = 0.1  # /snapshot.jpg's wait for a first frame looks at serving() this often
-_FIRST_FRAME_WAIT_S = 2.0  # how long /snapshot.jpg waits for a first frame before a 503
+_SNAPSHOT_FAILURES = {  # the 503 bodies of /snapshot.jpg
+    SnapshotFailure.NO_FRAME: b"no frame yet: the camera has not delivered one\n",
+    SnapshotFailure.BUSY: b"server busy, try again\n",
+    SnapshotFailure.UNDECODABLE: b"the latest frame cannot be decoded\n",
+}
 _QUERY_FIELDS = frozenset({"fps", "quality", "width", "height", "max_bytes"})
 _HEALTHY_FRAME_AGE_S = 2.0  # /healthz: 200 while the newest frame is younger (or 3 periods)
 
@@ -251,25 +254,10 @@ class HttpRoutes:
 
     def _snapshot(self, exchange: HttpExchange) -> None:
         variant, _ = self._parse_query(exchange.request.query)
-        frame = self._camera.latest() or self._wait_for_frame(0, _FIRST_FRAME_WAIT_S)
-        if frame is None:
+        encoded = take_snapshot(self._camera, self._cache, variant, serving=self._serving)
+        if isinstance(encoded, SnapshotFailure):
             exchange.send_response(
-                503,
-                b"no frame yet: the camera has not delivered one\n",
-                headers={"Retry-After": "1", **self._frame_headers},
-            )
-            return
-        try:
-            encoded = self._cache.get(frame, variant)
-        except EncodeBudgetExceeded:
-            exchange.send_response(
-                503, b"server busy, try again\n",
-                headers={"Retry-After": "1", **self._frame_headers},
-            )
-            return
-        except ValueError:  # the source's JPEG cannot be decoded
-            exchange.send_response(
-                503, b"the latest frame cannot be decoded\n",
+                503, _SNAPSHOT_FAILURES[encoded],
                 headers={"Retry-After": "1", **self._frame_headers},
             )
             return
@@ -377,15 +365,6 @@ class HttpRoutes:
         )
         camera_fps = self._camera.fps
         return variant, min(settings.get("fps", camera_fps), camera_fps)
-
-    def _wait_for_frame(self, after_seq: int, timeout: float) -> Frame | None:
-        """A frame newer than ``after_seq``, waiting up to ``timeout`` s while serving."""
-        deadline = time.monotonic() + timeout
-        while self._serving() and (left := deadline - time.monotonic()) > 0:
-            frame = self._camera.wait_for_frame(after_seq, min(left, _POLL_S))
-            if frame is not None:
-                return frame
-        return None
 
     def _count(self, name: str) -> None:
         with self._lock:

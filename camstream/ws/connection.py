@@ -128,6 +128,55 @@ class Connection:
                 if self._close_frame is not None:  # close() queued it while we were writing
                     self._flush_close_locked()
 
+    # Sending without blocking (the fan-out's fast path): messages framed once, sent to many
+
+    @staticmethod
+    def binary_message(data: bytes | bytearray | memoryview) -> bytes:
+        """``data`` as one whole BINARY message on the wire (header and payload).
+
+        A server's frames are not masked, so these bytes are the same for every connection:
+        build them once and hand them to any number of :meth:`try_send_messages`.
+        """
+        return frame_header(OP_BINARY, len(data)) + data
+
+    @staticmethod
+    def text_message(text: str) -> bytes:
+        """``text`` as one whole TEXT message on the wire (see :meth:`binary_message`)."""
+        payload = text.encode("utf-8")
+        return frame_header(OP_TEXT, len(payload)) + payload
+
+    def try_send_messages(self, *messages: bytes) -> bool:
+        """Write whole messages (from :meth:`binary_message` / :meth:`text_message`), in
+        order and as one write, without blocking, if the connection is idle. Any thread.
+
+        Returns:
+            False if nothing was written: another thread is writing, an earlier message's rest
+            is still to go, the connection is closing, or the kernel's buffer is full. True if
+            the messages were written or begun: what the kernel did not take stays with the
+            link (:attr:`pending`), written before anything else by the next send or by
+            :meth:`flush`.
+
+        Raises:
+            ConnectionClosedError: the write failed (the connection is then dead).
+        """
+        if self._close_started:
+            return False
+        return self._link.try_send(*messages)
+
+    @property
+    def pending(self) -> int:
+        """Bytes of a message :meth:`try_send_messages` began that are not written yet."""
+        return self._link.pending
+
+    def flush(self) -> None:
+        """Write what :meth:`try_send_messages` left, if anything (blocking, bounded by
+        ``send_timeout``); returns at once if nothing is pending.
+
+        Raises:
+            ConnectionClosedError: the write failed or timed out, or the connection is dead.
+        """
+        self._link.flush()
+
     # Closing
 
     def close(self, code: int = 1000, reason: str = "") -> None:

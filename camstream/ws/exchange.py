@@ -64,21 +64,28 @@ class HttpExchange:
         if data and not self.head_only:
             self._link.send(data)
 
-    def try_write(self, data: bytes) -> tuple[bool, memoryview | None]:
-        """Write ``data`` without blocking, if the connection is idle (see
-        :meth:`~camstream.ws.link.Link.try_send`; a ``rest`` must go to :meth:`finish_write`
-        or :meth:`abandon_write`). A stream not started, or a HEAD, writes nothing here."""
+    def try_write(self, *chunks: bytes | memoryview) -> bool:
+        """Write ``chunks`` (one piece of the stream, e.g. a multipart part) without blocking,
+        if the connection is idle (see :meth:`~camstream.ws.link.Link.try_send`: what the
+        kernel does not take now is written first by the next :meth:`write` or :meth:`flush`).
+        A stream not started, or a HEAD, writes nothing here (False)."""
         if not self.started or self.head_only:
-            return False, None
-        return self._link.try_send(data)
+            return False
+        return self._link.try_send(*chunks)
 
-    def finish_write(self, rest: memoryview) -> None:
-        """Write the rest :meth:`try_write` left (see ``Link.finish_send``)."""
-        self._link.finish_send(rest)
+    @property
+    def pending(self) -> int:
+        """Bytes :meth:`try_write` left unwritten (0: none)."""
+        return self._link.pending
 
-    def abandon_write(self) -> None:
-        """Give up the rest :meth:`try_write` left; the connection is aborted."""
-        self._link.abandon_send()
+    def flush(self) -> None:
+        """Write what :meth:`try_write` left, if anything (blocking, bounded by
+        ``send_timeout``).
+
+        Raises:
+            ConnectionClosedError: the client went away, or the write blocked > send_timeout.
+        """
+        self._link.flush()
 
     def unsent_bytes(self) -> int | None:
         """See :meth:`camstream.ws.connection.Connection.unsent_bytes`."""

@@ -5,6 +5,14 @@ through :meth:`Link.sendall` with :attr:`Link.send_lock` held; a failed write ki
 shuts the socket down; :meth:`Link.abort` and :meth:`Link.half_close` are ordered against the
 descriptor's close (:meth:`Link.close_fd`). With TLS the bytes go through a
 :class:`~camstream.ws.tls.TlsChannel`; :attr:`Link.sock` stays the plain socket.
+
+Bytes in flight belong to the link. A non-blocking write (:meth:`Link.try_send`, the fan-out's)
+that the kernel takes only in part leaves the rest of its message in the link's outgoing buffer
+(:attr:`Link.pending`) and releases the lock; whoever takes the lock next writes that rest before
+anything else (the rule :class:`~camstream.ws.tls.TlsChannel` follows for its records), and
+:meth:`Link.flush` writes it for a thread that has nothing else to send. So a message is never
+interleaved with another, and a message cut by a failed write is never followed by anything:
+the link is dead from then on.
 """
 
 from __future__ import annotations
@@ -31,6 +39,7 @@ from .tls import TlsChannel
 __all__ = ["Link", "writable_now"]
 
 _DONTWAIT = getattr(socket, "MSG_DONTWAIT", 0)  # 0 where the platform has none: no fast path
+_SENDMSG = hasattr(socket.socket, "sendmsg")  # several chunks in one non-blocking write
 
 
 def writable_now(sock: socket.socket) -> bool:
@@ -52,10 +61,11 @@ class Link:
     TLS handshake; its :attr:`deadline` bounds the handshake, later the closing handshake.
 
     Every write goes through :meth:`sendall` with :attr:`send_lock` held, and is stamped so the
-    watchdog can shed a write that blocks for longer than ``send_timeout`` (or through
-    :meth:`try_send`, which never blocks, and :meth:`finish_send` for what it left). Any
-    failed write marks the link dead and shuts the socket down, so a half-written frame is never
-    followed by another frame (defect #2).
+    watchdog can shed a write that blocks for longer than ``send_timeout``; or through
+    :meth:`try_send`, which never blocks and leaves what the kernel did not take in the link's
+    outgoing buffer, written first by the next holder of the lock (or by :meth:`flush`). The
+    lock is held only while bytes are being written. Any failed write marks the link dead and
+    shuts the socket down, so a half-written frame is never followed by another frame (#2).
     """
 
     def __init__(self, sock: socket.socket, deadline: float) -> None:
@@ -63,6 +73,10 @@ class Link:
         self.send_lock = threading.Lock()
         self._fd_lock = threading.Lock()  # orders shutdown() against close(): no fd-reuse race
         self._send_started: float | None = None
+        # The rest of a message try_send began (plain TCP; TLS keeps its ciphertext itself),
+        # and when it was left; guarded by send_lock.
+        self._pending: bytes | memoryview | None = None
+        self._pending_since: float | None = None
         self.tls: TlsChannel | None = None  # set by the handler after the TLS handshake
         self.deadline: float | None = deadline  # handshake or closing deadline (monotonic)
         self.writable = True
@@ -72,7 +86,8 @@ class Link:
         self.owner = threading.current_thread()  # the handler thread (it creates the link)
 
     def sendall(self, *chunks: bytes | bytearray | memoryview) -> None:
-        """Write ``chunks`` completely; the caller holds :attr:`send_lock`.
+        """Write the rest of a message :meth:`try_send` began, if any, then ``chunks``,
+        completely; the caller holds :attr:`send_lock`.
 
         Raises:
             ConnectionClosedError: the link is dead, or the write failed or timed out (the link
@@ -84,6 +99,10 @@ class Link:
             self._write(self._sendall_plain, *chunks)
 
     def _sendall_plain(self, *chunks: bytes | bytearray | memoryview) -> None:
+        rest = self._pending
+        if rest is not None:
+            self.sock.sendall(rest)
+            self._pending = self._pending_since = None
         for chunk in chunks:
             self.sock.sendall(chunk)
 
@@ -108,11 +127,27 @@ class Link:
     def send_started(self) -> float | None:
         """When the write in progress started (monotonic), or None; the watchdog sheds the
         link when it is older than ``send_timeout``. With TLS this includes the reader's own
-        writes (KeyUpdate answers, alerts), which happen outside :meth:`sendall`."""
+        writes (KeyUpdate answers, alerts), which happen outside :meth:`sendall`. With no write
+        in progress, bytes left in the outgoing buffer count as a write that started when they
+        were left: a rest nobody drains is bounded like a blocked write."""
         started = self._send_started
-        if started is None and self.tls is not None:
-            started = self.tls.write_started
+        tls = self.tls
+        if started is None and tls is not None:
+            started = tls.write_started
+            if started is None:
+                started = tls.pending_since
+        if started is None and self.writable:
+            started = self._pending_since
         return started
+
+    @property
+    def pending(self) -> int:
+        """Bytes of a begun message not yet handed to the kernel (0: none). Any thread; a
+        snapshot (the sender of a non-blocking write, or the next writer, changes it)."""
+        if self.tls is not None:
+            return self.tls.pending
+        rest = self._pending
+        return 0 if rest is None else len(rest)
 
     def half_close(self) -> None:
         """``shutdown(SHUT_WR)`` on the raw socket (see :meth:`abort`); never raises."""
@@ -125,14 +160,16 @@ class Link:
                     pass
 
     def unsent_bytes(self) -> int | None:
-        """Bytes written that the peer has not acknowledged, or None (``SIOCOUTQ``, Linux)."""
+        """Bytes the peer has not taken yet: those in the kernel's send queue that it has not
+        acknowledged (``SIOCOUTQ``, Linux), plus the link's :attr:`pending` bytes; None where
+        the kernel cannot tell."""
         if _SIOCOUTQ is None:
             return None
         try:
             raw = fcntl.ioctl(self.sock.fileno(), _SIOCOUTQ, b"\0\0\0\0")
         except (OSError, ValueError):
             return None
-        return int(struct.unpack("i", raw)[0])
+        return int(struct.unpack("i", raw)[0]) + self.pending
 
     def abort(self) -> None:
         """Mark dead and ``shutdown(SHUT_RDWR)``: wakes the reader and any blocked sender.
@@ -155,68 +192,77 @@ class Link:
         with self.send_lock:
             self.sendall(*chunks)
 
-    def try_send(self, data: bytes) -> tuple[bool, memoryview | None]:
-        """Write ``data`` now without blocking, if nothing else is being written.
+    def try_send(self, *chunks: bytes | memoryview) -> bool:
+        """Write one message (``chunks``, in order) without blocking, if the link is idle.
 
-        For the fan-out's fast path. A busy send lock, a dead link or (plain TCP) a full
-        kernel buffer gives ``(False, None)`` and nothing is written. On TLS, ``data`` is
-        encrypted once the channel is free, and its records then go out whole whatever the
-        kernel takes now.
+        For the fan-out's fast path. Nothing is written, and False returned, if another thread
+        holds :attr:`send_lock`, a message's rest is still :attr:`pending`, the link is dead or
+        (plain TCP) the kernel's buffer is full. Else the message is the link's: what the kernel
+        did not take now stays in the outgoing buffer, and the next writer (any
+        :meth:`sendall`, or :meth:`flush`) writes it before anything else; the lock is released
+        either way. On TLS, the message is encrypted once the channel is free, and its records
+        then go out whole whatever the kernel takes now.
 
         Returns:
-            ``(sent, rest)``: ``sent`` is True if ``data`` was written (or, on TLS, encrypted),
-            wholly or in part; ``rest`` is what is still to write. Then :attr:`send_lock` stays
-            held, no other write can come between, and the caller must pass ``rest`` to
-            :meth:`finish_send` (or give up with :meth:`abandon_send`).
+            True if the message was written or begun (see :attr:`pending` for a rest).
 
         Raises:
             ConnectionClosedError: the write failed (the link is then dead).
         """
         if not _DONTWAIT or not self.send_lock.acquire(blocking=False):
-            return False, None
-        rest: memoryview | None = None
+            return False
         try:
-            if not self.writable:
-                return False, None
+            if not self.writable or self._pending is not None:
+                return False
             try:
                 if self.tls is not None:
-                    sent, rest = self.tls.try_sendall(data)
-                    return sent, rest
-                n = self.sock.send(data, _DONTWAIT)
+                    return self.tls.try_sendall(*chunks)
+                self._send_nowait(chunks)
+                return True
             except (BlockingIOError, InterruptedError):
-                return False, None
+                return False
             except (OSError, ValueError) as exc:
                 self.abort()
                 raise ConnectionClosedError(f"send failed: {exc}") from exc
-            if n < len(data):
-                rest = memoryview(data)[n:]
-            return True, rest
-        finally:
-            if rest is None:
-                self.send_lock.release()
-
-    def finish_send(self, rest: memoryview) -> None:
-        """Write the ``rest`` :meth:`try_send` left (blocking, bounded by ``send_timeout``) and
-        release :attr:`send_lock`; same errors as :meth:`sendall`."""
-        try:
-            if self.tls is None:
-                self.sendall(rest)
-            else:
-                self._write(self.tls.finish_write, rest)  # ciphertext: not encrypted again
         finally:
             self.send_lock.release()
 
-    def abandon_send(self) -> None:
-        """Give up the ``rest`` :meth:`try_send` left: the message is cut, so the link is
-        aborted (nothing may follow half a message), and :attr:`send_lock` released."""
-        self.abort()
-        if self.tls is not None:
-            self.tls.abandon_write()
-        self.send_lock.release()
+    def _send_nowait(self, chunks: tuple[bytes | memoryview, ...]) -> None:
+        """One non-blocking write of ``chunks``; keep what the kernel did not take (plain TCP,
+        :attr:`send_lock` held, nothing pending). BlockingIOError: nothing was written."""
+        if len(chunks) == 1:
+            sent = self.sock.send(chunks[0], _DONTWAIT)
+        elif _SENDMSG:
+            sent = self.sock.sendmsg(chunks, (), _DONTWAIT)
+        else:
+            chunks = (b"".join(chunks),)
+            sent = self.sock.send(chunks[0], _DONTWAIT)
+        for i, chunk in enumerate(chunks):
+            if sent < len(chunk):
+                rest = memoryview(chunk)[sent:]
+                later = chunks[i + 1:]
+                self._pending = b"".join((rest, *later)) if later else rest
+                self._pending_since = time.monotonic()
+                return
+            sent -= len(chunk)
+
+    def flush(self) -> None:
+        """Write what :meth:`try_send` left of a message, if anything (blocking, bounded by
+        ``send_timeout``); takes :attr:`send_lock`. Any thread; returns at once if nothing is
+        pending.
+
+        Raises:
+            ConnectionClosedError: the write failed or timed out, or the link is dead.
+        """
+        if self.pending:
+            with self.send_lock:
+                if self.pending:
+                    self.sendall()
 
     def writable_now(self) -> bool:
-        """Whether a small write would not block (for paths that must not block)."""
-        return writable_now(self.sock)
+        """Whether a small write would not block (for paths that must not block): nothing is
+        pending and the kernel's buffer has room."""
+        return not self.pending and writable_now(self.sock)
 
     def close_fd(self, close: Callable[[], None]) -> None:
         """Run ``close()`` (which closes the descriptor) ordered against :meth:`abort` and

@@ -17,12 +17,17 @@ the TLS state machine on memory buffers (``ssl.MemoryBIO`` + :class:`ssl.SSLObje
   ``_write_lock`` checks the buffer again, so output the reader left while a sender held the
   lock is never stranded. The reader does not wait for a sender, unless its own output has
   backed up beyond ``_MAX_READER_BACKLOG`` (a peer that asks for key updates and never reads).
+* A non-blocking write (:meth:`TlsChannel.try_sendall`) that the socket takes only in part
+  keeps the rest of its ciphertext (:attr:`TlsChannel.pending`) ahead of that buffer and
+  releases the lock; the next blocking writer (:meth:`TlsChannel.sendall`, called with no data
+  to write only that) writes it first. The reader leaves it to that writer too, unless its own
+  output has backed up as above.
 * A write waits at most ``wait_limit`` for another thread's write, so a watchdog that needs to
   write is never stuck behind a stalled one.
 
 The channel knows nothing about WebSocket or HTTP. Thread roles: one reader (the thread that
 ran :meth:`handshake`) calls :meth:`recv_into`; any number of threads call :meth:`sendall`
-(or :meth:`try_sendall`, which never waits, then :meth:`finish_write` for what it left).
+(or :meth:`try_sendall`, which never waits).
 Shutting the socket down (``socket.shutdown``) wakes both. :func:`make_ssl_context` builds the
 server's context and says in words which certificate or key file is wrong.
 """
@@ -79,12 +84,24 @@ class TlsChannel:
         #: ``time.monotonic()`` when the socket write in progress started, or None. A write
         #: blocked for too long means the peer does not read; the caller may shut it down.
         self.write_started: float | None = None
+        # Ciphertext a non-blocking write left (it goes before _outgoing), guarded by
+        # _write_lock, and when it was left (None: nothing left).
+        self._pending: memoryview | None = None
+        self.pending_since: float | None = None
 
     @property
     def backlog(self) -> int:
-        """Bytes of TLS records produced but not yet handed to the socket."""
+        """Bytes of TLS records produced but not yet handed to the socket (besides
+        :attr:`pending`)."""
         with self._tls_lock:
             return self._outgoing.pending
+
+    @property
+    def pending(self) -> int:
+        """Bytes of ciphertext a :meth:`try_sendall` left, to be written before anything else
+        (0: none). Any thread; a snapshot."""
+        rest = self._pending
+        return 0 if rest is None else len(rest)
 
     def handshake(self) -> None:
         """Run the server side of the TLS handshake; the caller bounds it (socket timeout, or
@@ -159,7 +176,9 @@ class TlsChannel:
                 self._incoming.write(data)
 
     def sendall(self, *chunks: bytes | bytearray | memoryview) -> None:
-        """Encrypt ``chunks`` and write them completely, in order, as one unit.
+        """Encrypt ``chunks`` and write them completely, in order, as one unit, after the rest
+        of a :meth:`try_sendall` (:attr:`pending`) and any output produced before them; with no
+        ``chunks``, write only those.
 
         Thread-safe. Waits (up to ``wait_limit``) while another thread writes.
 
@@ -188,31 +207,35 @@ class TlsChannel:
             self._write_lock.release()
         self._flush()
 
-    def try_sendall(self, data: bytes | memoryview) -> tuple[bool, memoryview | None]:
-        """Encrypt ``data`` and write it without blocking, if no other write is in progress.
+    def try_sendall(self, *chunks: bytes | memoryview) -> bool:
+        """Encrypt ``chunks`` (one message) and write them without blocking, if no other write
+        is in progress and nothing is :attr:`pending`.
 
         For the fan-out's fast path. Once encrypted, the records must go out whole and in
-        order, so a write that the socket takes only in part (or not at all) is not undone:
+        order, so a write that the socket takes only in part (or not at all) is not undone: the
+        rest of the ciphertext is kept (:attr:`pending`) and the next :meth:`sendall` writes it
+        first. The write lock is released either way.
 
         Returns:
-            ``(sent, rest)``: ``(False, None)`` if another thread is writing (nothing was
-            done); else ``sent`` is True and ``rest`` is the ciphertext still to write (None if
-            none), for which the write lock stays held: pass it to :meth:`finish_write` (or
-            :meth:`abandon_write`).
+            False if another thread is writing or a rest is pending (nothing was done); else
+            True (see :attr:`pending`).
 
         Raises:
             OSError: the socket write failed (every later call fails too), or the channel is
                 unusable.
         """
         if not self._write_lock.acquire(blocking=False):
-            return False, None
-        rest: memoryview | None = None
+            return False
+        left = True  # (nothing to flush after an early return)
         try:
-            view = memoryview(data).cast("B")
-            for start in range(0, len(view), _ENCRYPT_SIZE):
-                with self._tls_lock:
-                    self._check_writable()
-                    self._tls.write(view[start : start + _ENCRYPT_SIZE])
+            if self._pending is not None:
+                return False
+            for chunk in chunks:
+                view = memoryview(chunk).cast("B")
+                for start in range(0, len(view), _ENCRYPT_SIZE):
+                    with self._tls_lock:
+                        self._check_writable()
+                        self._tls.write(view[start : start + _ENCRYPT_SIZE])
             with self._tls_lock:
                 out = self._outgoing.read()  # with any output the reader left: in order
             try:
@@ -222,40 +245,28 @@ class TlsChannel:
             except BaseException as exc:
                 self._broken = exc
                 raise
-            if n < len(out):
-                rest = memoryview(out)[n:]
-        finally:
-            if rest is None:
-                self._write_lock.release()
-        if rest is None:
-            self._flush()
-        return True, rest
-
-    def finish_write(self, rest: memoryview) -> None:
-        """Write the ciphertext :meth:`try_sendall` left (blocking), release the write lock.
-
-        Raises:
-            OSError: the socket write failed (every later call fails too).
-        """
-        try:
-            self._write_raw(rest)
+            left = n < len(out)
+            if left:
+                self._pending = memoryview(out)[n:]
+                self.pending_since = time.monotonic()
         finally:
             self._write_lock.release()
-        self._flush()
-
-    def abandon_write(self) -> None:
-        """Give up the ciphertext :meth:`try_sendall` left: the record stream is cut, so the
-        channel is unusable from now on; the write lock is released."""
-        if self._broken is None:
-            self._broken = BrokenPipeError("a TLS write was abandoned part-way")
-        self._write_lock.release()
+        if not left:
+            self._flush()  # output the reader produced meanwhile
+        return True
 
     def _check_writable(self) -> None:
         if self._broken is not None:
             raise BrokenPipeError(f"TLS channel is broken: {self._broken!r}")
 
     def _write_outgoing_locked(self) -> None:
-        """Move everything produced so far to the socket; the caller holds ``_write_lock``."""
+        """Move the :attr:`pending` rest, then everything produced so far, to the socket; the
+        caller holds ``_write_lock``."""
+        rest = self._pending
+        if rest is not None:
+            self._check_writable()
+            self._write_raw(rest)
+            self._pending = self.pending_since = None
         with self._tls_lock:
             self._check_writable()
             data = self._outgoing.read()
@@ -276,11 +287,15 @@ class TlsChannel:
 
     def _flush(self, wait: bool = False) -> None:
         """Write pending output unless another thread holds the write lock (it will write it:
-        every holder checks again after releasing); with ``wait``, wait for that lock."""
+        every holder checks again after releasing) or a :meth:`try_sendall` left a rest (the
+        next :meth:`sendall` writes it, then this output); with ``wait``, wait for that lock
+        and write both."""
         while True:
             with self._tls_lock:
                 if not self._outgoing.pending:
                     return
+            if self._pending is not None and not wait:
+                return
             if not self._write_lock.acquire(timeout=self._wait_limit if wait else 0):
                 return
             try:

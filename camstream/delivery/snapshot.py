@@ -1,0 +1,74 @@
+"""One snapshot: the newest frame as one JPEG, for ``/snapshot.jpg`` and the ``snapshot`` message.
+
+The first-frame wait and the encode live here once; each channel says the outcome in its own
+words (an HTTP status and body, a WebSocket ``snapshot`` or ``error`` message).
+"""
+
+from __future__ import annotations
+
+import enum
+import time
+from collections.abc import Callable
+
+from ..capture.camera import CameraThread
+from ..capture.frame import Frame
+from .encoder import EncodeBudgetExceeded, EncodeCache, EncodedFrame, Variant
+
+__all__ = ["FIRST_FRAME_WAIT_S", "SnapshotFailure", "first_frame", "take_snapshot"]
+
+FIRST_FRAME_WAIT_S = 2.0
+"""How long a snapshot asked for before the camera's first frame waits for it, in seconds."""
+
+_POLL_S = 0.1  # the wait looks at ``serving()`` this often
+
+
+class SnapshotFailure(enum.Enum):
+    """Why no snapshot could be taken."""
+
+    NO_FRAME = "no frame yet"  # the camera delivered none within FIRST_FRAME_WAIT_S
+    BUSY = "server busy"  # the server's encode budget is spent
+    UNDECODABLE = "frame cannot be decoded"  # the source's JPEG is damaged
+
+
+def first_frame(
+    camera: CameraThread,
+    timeout: float = FIRST_FRAME_WAIT_S,
+    serving: Callable[[], bool] | None = None,
+) -> Frame | None:
+    """The newest frame; before the camera's first one, wait up to ``timeout`` s for it.
+
+    Returns None if none came in time, the camera stopped, or ``serving()`` turned False (looked
+    at every 0.1 s, so a stopping server does not hold the caller for the whole wait). Any
+    thread; blocks.
+    """
+    frame = camera.latest()
+    if frame is not None or timeout <= 0:
+        return frame
+    if serving is None:
+        return camera.wait_for_frame(0, timeout)
+    deadline = time.monotonic() + timeout
+    while serving() and (left := deadline - time.monotonic()) > 0:
+        frame = camera.wait_for_frame(0, min(left, _POLL_S))
+        if frame is not None:
+            return frame
+    return None
+
+
+def take_snapshot(
+    camera: CameraThread,
+    cache: EncodeCache,
+    variant: Variant,
+    serving: Callable[[], bool] | None = None,
+) -> EncodedFrame | SnapshotFailure:
+    """The newest frame as ``variant`` (from the shared cache: a viewer of the same variant may
+    already have it), waiting for a first frame as :func:`first_frame` does. Any thread;
+    blocks for the wait and the encode."""
+    frame = first_frame(camera, serving=serving)
+    if frame is None:
+        return SnapshotFailure.NO_FRAME
+    try:
+        return cache.get(frame, variant)
+    except EncodeBudgetExceeded:
+        return SnapshotFailure.BUSY
+    except ValueError:  # the source's JPEG cannot be decoded
+        return SnapshotFailure.UNDECODABLE
