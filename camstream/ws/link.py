@@ -134,10 +134,8 @@ class Link:
         tls = self.tls
         if started is None and tls is not None:
             started = tls.write_started
-            if started is None:
-                started = tls.pending_since
         if started is None and self.writable:
-            started = self._pending_since
+            started = self._pending_since if tls is None else tls.pending_since
         return started
 
     @property
