@@ -27,10 +27,11 @@ from wsraw import build_frame
 
 from camstream import Streamer
 from camstream.capture.frame import Frame
-from camstream.delivery.encoder import EncodeCache, Variant
-from camstream.delivery.fanout import FanOutRound
+from camstream.delivery.encoder import EncodeCache, EncodedFrame, Variant
+from camstream.delivery.fanout import FanOutRound, fan_out
 from camstream.delivery.mjpeg import MjpegStream
 from camstream.delivery.session import ClientSession
+from camstream.errors import ConnectionClosedError
 
 
 class JpegPublisher(threading.Thread):
@@ -409,3 +410,61 @@ def test_wss_viewers_take_the_fast_path_too(streamer_factory, cert: tuple[str, s
         numbers = [index[frame] for frame in frames]
         assert numbers == sorted(set(numbers)) and len(numbers) >= 60, numbers
     assert all(f >= 0.8 * n for f, n in counters), counters
+
+
+class OfferedViewer:
+    """A FastViewer that answers an offer as told and records the wakes."""
+
+    def __init__(self, answer: bool | BaseException) -> None:
+        self.answer, self.offers, self.wakes = answer, 0, 0
+
+    def offer(self, frame: Frame, round_: FanOutRound) -> bool:
+        self.offers += 1
+        if isinstance(self.answer, BaseException):
+            raise self.answer
+        return self.answer
+
+    def wake(self) -> None:
+        self.wakes += 1
+
+
+def test_fan_out_wakes_each_viewer_that_did_not_take_the_frame(caplog) -> None:
+    """Unit, no sockets: a viewer that took the frame is left asleep; any other is woken (a
+    closed one too: its thread sees it closed); a viewer that fails is logged, not fatal."""
+    viewers = [
+        OfferedViewer(True),
+        OfferedViewer(False),
+        OfferedViewer(ConnectionClosedError("gone")),
+        OfferedViewer(RuntimeError("bug")),
+        OfferedViewer(True),
+    ]
+    fan_out(Frame(1, np.zeros((8, 8, 3), np.uint8), 1.0, 1.0), viewers)
+    assert [v.offers for v in viewers] == [1, 1, 1, 1, 1]
+    assert [v.wakes for v in viewers] == [0, 1, 1, 1, 0]
+    assert "fan-out to" in caplog.text and "RuntimeError: bug" in caplog.text
+
+
+def test_a_round_builds_each_kinds_wire_bytes_once_per_jpeg() -> None:
+    """Unit, no sockets: the outputs' wire bytes (WebSocket message, MJPEG part) are made once
+    per round and JPEG, whichever viewer asks first, and shared by the others."""
+    built: list[str] = []
+
+    def ws(encoded: EncodedFrame) -> bytes:
+        built.append("ws")
+        return b"ws" + encoded.data
+
+    def mjpeg(encoded: EncodedFrame) -> bytes:
+        built.append("mjpeg")
+        return b"mjpeg" + encoded.data
+
+    cache = EncodeCache()
+    frame = Frame(1, np.full((48, 64, 3), 90, np.uint8), 1.0, 1.0)
+    big, small = cache.get(frame, Variant()), cache.get(frame, Variant(width=32))
+    round_ = FanOutRound()
+    for _ in range(3):  # three viewers of each kind and size
+        assert round_.wire(ws, big) == b"ws" + big.data
+        assert round_.wire(mjpeg, big) == b"mjpeg" + big.data
+        assert round_.wire(ws, small) == b"ws" + small.data
+    assert round_.wire(ws, big) is round_.wire(ws, big)  # the same bytes, not a copy
+    assert sorted(built) == ["mjpeg", "ws", "ws"]
+    assert FanOutRound().wire(ws, big) == b"ws" + big.data and built.count("ws") == 3
