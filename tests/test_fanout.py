@@ -117,6 +117,34 @@ def test_a_viewer_gets_metadata_first_then_the_published_jpegs_in_order_none_twi
             assert fast_frames == [0, 0, 0]
 
 
+def test_frame_info_viewers_take_the_fast_path_with_their_frame_message(streamer_factory) -> None:
+    """A ``frame`` message right before each JPEG, carrying its seq and size, written by the
+    fan-out together with the JPEG (one write) for most frames."""
+    jpegs = numbered_jpegs(60)
+    streamer = streamer_factory("push", fps=30)
+    with connect(streamer.url + "?frame_info=1", open_timeout=TIMEOUT) as ws:
+        assert json.loads(ws.recv(timeout=TIMEOUT))["type"] == "metadata"
+        messages: list[Any] = []
+        with running(JpegPublisher(streamer, jpegs, 30.0)):
+            deadline = time.monotonic() + 1.8
+            while (left := deadline - time.monotonic()) > 0:
+                try:
+                    messages.append(ws.recv(timeout=left))
+                except TimeoutError:
+                    break
+        (session,) = sessions(streamer)
+        fast, sent = session.stats.fast_frames, session.stats.frames_sent
+    pairs = 0
+    for i, message in enumerate(messages):
+        if isinstance(message, bytes):
+            info = json.loads(messages[i - 1])  # the message right before every JPEG
+            assert info["type"] == "frame" and info["bytes"] == len(message), info
+            assert message == jpegs[info["seq"] - 1]  # its seq names this very JPEG
+            pairs += 1
+    assert pairs >= 40 and sent - 3 <= pairs <= sent, (pairs, sent)  # (a last one in flight)
+    assert fast >= 0.8 * sent, (fast, sent)
+
+
 def test_mixed_rates_keep_their_rate_on_the_fast_path(streamer_factory) -> None:
     streamer = streamer_factory("test", width=320, height=240, fps=30)
     urls = {"slow": streamer.url + "?fps=10", "fast": streamer.url}

@@ -65,7 +65,7 @@ class ViewerStats:
     bytes_sent: int = 0
     errors: int = 0  # error messages sent in answer to bad input (WebSocket viewers)
     fast_frames: int = 0  # of frames_sent, those the fan-out sent (camstream.delivery.fanout)
-    fast_partial: int = 0  # of those, the ones whose rest the viewer's thread wrote
+    fast_partial: int = 0  # of those, the ones the kernel took only in part (rest: the link)
     connected_at: float = dataclasses.field(default_factory=time.time)
 
 
