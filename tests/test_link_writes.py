@@ -61,20 +61,30 @@ class Peer(threading.Thread):
 
     def messages(self) -> tuple[list[bytes], bytes]:
         """The whole messages received, and the bytes after the last whole one."""
-        data, found, at = bytes(self.data), [], 0
-        while at + 2 <= len(data):
-            b1, b2 = data[at], data[at + 1]
-            assert b1 == 0x82, f"message {len(found)}: not a binary frame header: {b1:#x}"
-            n, head = b2 & 0x7F, 2
-            if n == 126:
-                n, head = struct.unpack_from("!H", data, at + 2)[0], 4
-            elif n == 127:
-                n, head = struct.unpack_from("!Q", data, at + 2)[0], 10
-            if at + head + n > len(data):
-                break
-            found.append(data[at + head : at + head + n])
-            at += head + n
-        return found, data[at:]
+        found, tail = split_messages(bytes(self.data))
+        for i, (opcode, _) in enumerate(found):
+            assert opcode == 0x2, f"message {i}: not a binary message: {opcode:#x}"
+        return [payload for _, payload in found], tail
+
+
+def split_messages(data: bytes) -> tuple[list[tuple[int, bytes]], bytes]:
+    """A server's unmasked, unfragmented messages in ``data`` as (opcode, payload), and the
+    bytes after the last whole one."""
+    found, at = [], 0
+    while at + 2 <= len(data):
+        opcode, n, head = data[at] & 0x0F, data[at + 1] & 0x7F, 2
+        assert data[at] & 0xF0 == 0x80 and opcode in (0x1, 0x2), (
+            f"message {len(found)}: not a frame header: {data[at]:#x}"
+        )
+        if n == 126:
+            n, head = struct.unpack_from("!H", data, at + 2)[0], 4
+        elif n == 127:
+            n, head = struct.unpack_from("!Q", data, at + 2)[0], 10
+        if at + head + n > len(data):
+            break
+        found.append((opcode, data[at + head : at + head + n]))
+        at += head + n
+    return found, data[at:]
 
 
 def check_whole(messages: list[bytes], sizes: dict[int, int]) -> list[int]:

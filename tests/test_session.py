@@ -9,7 +9,6 @@ message, with the transport's own framing.
 from __future__ import annotations
 
 import json
-import struct
 import threading
 import time
 from collections.abc import Iterator
@@ -19,6 +18,7 @@ import numpy as np
 import pytest
 from conftest import TIMEOUT, wait_until
 from helpers import decode_jpeg
+from test_link_writes import split_messages
 
 from camstream.capture.camera import CameraThread
 from camstream.capture.frame import Frame
@@ -66,19 +66,7 @@ class MemoryWire:
         """The whole messages written so far, as (opcode, payload)."""
         with self.changed:
             data = bytes(self.data)
-        found, at = [], 0
-        while at + 2 <= len(data):
-            opcode, n, head = data[at] & 0x0F, data[at + 1] & 0x7F, 2
-            assert data[at] & 0x80 and opcode in (0x1, 0x2), f"bad frame at {at}: {data[at]:#x}"
-            if n == 126:
-                n, head = struct.unpack_from("!H", data, at + 2)[0], 4
-            elif n == 127:
-                n, head = struct.unpack_from("!Q", data, at + 2)[0], 10
-            if at + head + n > len(data):
-                break
-            found.append((opcode, data[at + head : at + head + n]))
-            at += head + n
-        return found
+        return split_messages(data)[0]
 
     def wait_for(self, count: int) -> list[tuple[int, bytes]]:
         """The first ``count`` messages, waiting (TIMEOUT-bounded) for them."""
