@@ -10,7 +10,6 @@ import json
 import logging
 import select
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -21,7 +20,6 @@ import pytest
 from conftest import TIMEOUT, stop_process
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from test_transport import Recorder, run_server
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 from wsraw import OP_PING, OP_PONG, OP_TEXT, RawClient
@@ -255,27 +253,6 @@ def test_a_tokened_viewer_gets_in_while_600_anonymous_sockets_hold_connections(
         stop_process(idlers)
 
 
-def test_connections_per_address_are_limited(streamer_factory) -> None:
-    streamer = streamer_factory("test", fps=5, width=64, height=48,
-                                max_connections_per_address=4)
-    def from_one_address() -> socket.socket:
-        return socket.create_connection(("127.0.0.1", streamer.port), TIMEOUT,
-                                        source_address=("127.0.0.9", 0))
-
-    held = [from_one_address() for _ in range(4)]
-    try:
-        with from_one_address() as fifth:
-            try:
-                assert fifth.recv(1) == b"", "a fifth connection was kept open"
-            except ConnectionResetError:
-                pass
-        _watch_one_frame(streamer.url)  # another address is not affected
-        assert streamer.stats()["connections"]["refused_per_address"] == 1
-    finally:
-        for sock in held:
-            sock.close()
-
-
 def test_silent_and_slow_requests_are_cut_at_their_deadlines(streamer_factory) -> None:
     streamer = streamer_factory("test", fps=5, width=64, height=48,
                                 first_line_timeout=0.3, handshake_timeout=1.0)
@@ -331,33 +308,3 @@ def test_a_bad_tls_file_is_named_with_the_reason(pem_files: Path, certfile, keyf
     assert words.format(d=pem_files) in str(info.value)
     assert "_ssl.c" not in str(info.value)
     make_ssl_context(str(pem_files / "a.crt"), str(pem_files / "a.key"))  # the good pair works
-
-
-def _raw_client_from(port: int, source: str) -> RawClient:
-    """A :class:`RawClient` whose socket is bound to ``source`` (another loopback address)."""
-    client = RawClient.__new__(RawClient)
-    client.sock = socket.create_connection(("127.0.0.1", port), TIMEOUT,
-                                           source_address=(source, 0))
-    client.buf = b""
-    return client
-
-
-def test_trusted_proxies_are_exempt_from_the_per_address_limit() -> None:
-    """The application's ``is_trusted_proxy`` (a reverse proxy carries many clients)."""
-
-    class BehindProxy(Recorder):
-        def is_trusted_proxy(self, address: str) -> bool:
-            return address == "127.0.0.10"
-
-    with run_server(BehindProxy(), max_connections_per_address=2) as server:
-        proxied = [_raw_client_from(server.port, "127.0.0.10") for _ in range(4)]
-        direct = [_raw_client_from(server.port, "127.0.0.11") for _ in range(3)]
-        try:
-            for client in proxied:
-                client.handshake()
-            direct[0].handshake()
-            direct[1].handshake()
-            assert direct[2].expect_eof()  # the third from one ordinary address
-        finally:
-            for client in proxied + direct:
-                client.close()

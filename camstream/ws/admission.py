@@ -59,7 +59,6 @@ _LIFTED_BY = {
         "NAT or proxy share an address"
     ),
 }
-_refusal_log = LogBudget()  # anyone can cause refusals: a burst of lines, then one a second
 
 
 @dataclasses.dataclass(frozen=True)
@@ -129,6 +128,8 @@ class Admission:
 
     Args:
         is_trusted_proxy: ``peer address -> bool``, the application's.
+        exempt_loopback: False: loopback clients count like any other (for a machine shared
+            by several users, or tests that play remote clients from 127.0.0.2, 127.0.0.3...).
         lifted_by: What lifts each limit, for the refusal log lines, by the limit's name
             (``max_connections``, ``max_connections_per_address``), e.g. the option of the
             application that sets it.
@@ -141,12 +142,14 @@ class Admission:
         max_connections_per_address: int | None,
         reserved_connections: int,
         is_trusted_proxy: Callable[[str], bool],
+        exempt_loopback: bool = True,
         lifted_by: Mapping[str, str] | None = None,
     ) -> None:
         self.max_connections = max_connections
         self.max_connections_per_address = max_connections_per_address
         self.reserved_connections = reserved_connections
         self._is_trusted_proxy = is_trusted_proxy
+        self._exempt_loopback = exempt_loopback
         self._lifted_by = {**_LIFTED_BY, **(lifted_by or {})}
         self._lock = threading.Lock()
         self._slots: dict[Any, Slot] = {}  # accepted socket -> its record
@@ -155,6 +158,7 @@ class Admission:
         self._anonymous = 0  # admitted sockets not (yet) known to be authenticated
         self._answering = 0  # refused sockets being answered
         self._answers = RateLimiter(ANSWER_RATE, ANSWER_BURST)
+        self._log = LogBudget()  # anyone can cause refusals: a burst of lines, then one a second
         self._counts = {
             "refused_full": 0, "refused_per_address": 0, "evicted": 0, "refusals_answered": 0,
         }
@@ -172,7 +176,7 @@ class Admission:
         peer = str(client_address[0]) if isinstance(client_address, tuple) else ""
         client = counted_form(peer) if peer else str(client_address)
         proxied = bool(peer) and self._is_trusted_proxy(peer)
-        counted = bool(peer) and not proxied and not is_loopback(client)
+        counted = bool(peer) and not proxied and not self._exempt(client)
         victim: Slot | None = None
         now = time.monotonic()
         with self._lock:
@@ -201,7 +205,7 @@ class Admission:
                 if counted:
                     self._per_address[client] = self._per_address.get(client, 0) + 1
         if refusal is not None:
-            _refusal_log.log(
+            self._log.log(
                 logger, logging.WARNING, "refused a connection from %s (%s): %s",
                 client, "answered 503" if answered else "closed", refusal.reason,
             )
@@ -243,6 +247,9 @@ class Admission:
             ):
                 stalest = slot
         return stalest
+
+    def _exempt(self, client: str) -> bool:
+        return self._exempt_loopback and is_loopback(client)
 
     # -- Handler threads -----------------------------------------------------------------------
 
@@ -296,7 +303,7 @@ class Admission:
             if client is None:
                 return slot
             slot.client = client
-            if is_loopback(client):
+            if self._exempt(client):
                 return slot
             refusal = self._per_address_refusal_locked(client)
             if refusal is None:
@@ -304,7 +311,7 @@ class Admission:
                 self._per_address[client] = self._per_address.get(client, 0) + 1
                 return slot
             self._counts[refusal.counter] += 1
-        _refusal_log.log(logger, logging.WARNING, "refused a request from %s (answered 503): %s",
+        self._log.log(logger, logging.WARNING, "refused a request from %s (answered 503): %s",
                          logs.printable(client), refusal.reason)
         raise _answer(refusal)
 

@@ -48,8 +48,8 @@ class WebSocketServer(BaseServer):  # type: ignore[misc]
 
     Admission (see :class:`~camstream.ws.admission.Admission`): ``max_connections`` sockets in
     all (each costs a thread), ``max_connections_per_address`` per client address (None: no
-    limit; loopback clients are not counted: they are this machine, and only the caps in all
-    bound them), and the last ``reserved_connections`` of them only for requests the
+    limit; loopback clients are not counted unless ``exempt_loopback`` is False: they are this
+    machine, and only the caps in all bound them), and the last ``reserved_connections`` of them only for requests the
     application calls :meth:`Application.authenticated`. A refused socket is answered 503 with
     ``Retry-After`` and a reason (within a small budget of answers; past it, closed), and
     logged at WARNING (rate-limited) with what lifts the limit (``lifted_by`` names the
@@ -111,6 +111,7 @@ class WebSocketServer(BaseServer):  # type: ignore[misc]
         byte_rate: float | None = None,
         byte_burst: float | None = None,
         address_rates: AddressRates | None = None,
+        exempt_loopback: bool = True,
         lifted_by: Mapping[str, str] | None = None,
     ) -> None:
         if ssl_context is not None and not isinstance(ssl_context, ssl.SSLContext):
@@ -172,7 +173,8 @@ class WebSocketServer(BaseServer):  # type: ignore[misc]
         self.admission = Admission(
             max_connections=max_connections, max_connections_per_address=per_address,
             reserved_connections=reserved_connections,
-            is_trusted_proxy=app.is_trusted_proxy, lifted_by=lifted_by,
+            is_trusted_proxy=app.is_trusted_proxy, exempt_loopback=exempt_loopback,
+            lifted_by=lifted_by,
         )
         if message_rate is not None and not message_rate > 0:
             raise ConfigError(f"message_rate must be > 0, not {message_rate!r}")
