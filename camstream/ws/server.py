@@ -47,13 +47,16 @@ class WebSocketServer(BaseServer):  # type: ignore[misc]
     :meth:`shutdown`, :meth:`close_all`, :meth:`server_close`, in that order.
 
     Admission (see :class:`~camstream.ws.admission.Admission`): ``max_connections`` sockets in
-    all (each costs a thread), ``max_connections_per_address`` per client address (None: no
-    limit; loopback clients are not counted unless ``exempt_loopback`` is False: they are this
-    machine, and only the caps in all bound them), and the last ``reserved_connections`` of them only for requests the
-    application calls :meth:`Application.authenticated`. A refused socket is answered 503 with
-    ``Retry-After`` and a reason (within a small budget of answers; past it, closed), and
-    logged at WARNING (rate-limited) with what lifts the limit (``lifted_by`` names the
-    application's options for ``max_connections`` / ``max_connections_per_address``).
+    all (each costs a thread); ``max_connections_per_address`` per client address (None: no
+    limit), which holds for remote clients only: loopback clients are this machine and are not
+    counted (unless ``exempt_loopback`` is False), so any number of local viewers fits within
+    the caps in all. Remote clients behind one NAT (a classroom, an office) or one proxy share an
+    address and so share this limit: raise it for them, or list the proxy as trusted. The last
+    ``reserved_connections`` places are only for requests the application calls
+    :meth:`Application.authenticated`. A refused socket is answered 503 with ``Retry-After``
+    and a reason (within a small budget of answers; past it, closed), and logged at WARNING
+    (rate-limited) with what lifts the limit (``lifted_by`` names the application's options for
+    ``max_connections`` / ``max_connections_per_address``).
     ``first_line_timeout`` (default: ``handshake_timeout``) bounds the time from accept to the
     request line, ``handshake_timeout`` to the end of the request head (TLS handshake included).
 
@@ -184,13 +187,9 @@ class WebSocketServer(BaseServer):  # type: ignore[misc]
             raise ConfigError(f"message_burst must be at least 1, not {message_burst!r}")
         if byte_rate is not None and not byte_rate > 0:
             raise ConfigError(f"byte_rate must be > 0, not {byte_rate!r}")
-        largest = frame_cost(max_message_size)
-        byte_burst = max(4 * (byte_rate or 0), largest) if byte_burst is None else byte_burst
-        if byte_rate is not None and not byte_burst >= largest:
-            raise ConfigError(
-                f"byte_burst must be at least one largest message ({largest} bytes), not "
-                f"{byte_burst!r}"
-            )
+        # A burst holds at least one largest message, else such a message could never pass.
+        byte_burst = max(4 * (byte_rate or 0) if byte_burst is None else byte_burst,
+                         frame_cost(max_message_size))
         self._address_budgets = AddressBudgets(address_rates or AddressRates())
         self._client_log = KeyedLogBudget()  # per-connection log lines of one address
         self.request_queue_size = backlog  # socketserver's default of 5 drops connect bursts (#16)
