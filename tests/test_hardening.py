@@ -198,10 +198,47 @@ def test_ping_flood_is_closed_and_a_viewer_keeps_its_rate(streamer_factory, capl
     print(f"viewer fps during a 12-client ping flood: {fps:.1f}; attackers: {out.strip()}")
     assert int(counts["closes_1008"]) >= 12
     assert int(counts["closes_1008"]) >= int(counts["connections"]) - 12  # all but the last
-    assert fps >= 20, fps
+    assert fps >= 30 * min(0.5, 2.5 / TIMEOUT), fps  # generous: the figure is a benchmark
     # Hundreds of flood closes a second cost a few log lines (rate-limited), not hundreds.
     floods = [r for r in caplog.records if "messages/s" in r.getMessage()]
     assert 1 <= len(floods) <= 10 + 10, len(floods)
+
+
+# -- Issue 22 item 10: big control messages are no CPU lever ------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("kind", "connections", "addresses", "size", "codes"),
+    [
+        ("pings", 96, 3, 64_000, {"1009"}),  # the issue's attack: a 64 KB ``t``, echoed back
+        ("config", 32, 3, 64_000, {"1009"}),  # 5,000 unknown keys a message
+        ("pings", 12, 12, 4_000, {"1008"}),  # under the size cap: 76 KB/s a connection
+        ("pings", 96, 3, 700, set()),  # under each connection's budgets: its address's holds
+    ],
+    ids=["pings-64k", "config-64k", "pings-4k", "pings-fit"],
+)
+def test_big_message_floods_are_closed_and_a_viewer_keeps_receiving(
+    streamer_factory, kind: str, connections: int, addresses: int, size: int, codes: set[str]
+) -> None:
+    """19 messages a second a connection, each reconnecting when closed, from 127.0.0.2...; the
+    viewer's rate is a benchmark figure (``benchmarks/attacks.py``: >= 27 fps), here only a
+    generous floor."""
+    streamer = streamer_factory("test", fps=30, width=320, height=240)
+    seconds = 3.0
+    attack = _attack("messages", kind, str(streamer.port), str(seconds + 2), str(connections),
+                     str(addresses), "19", str(size))
+    try:
+        assert select.select([attack.stdout], [], [], TIMEOUT)[0], "the attack did not start"
+        assert attack.stdout.readline().strip() == "STARTED"
+        fps = _frames_per_second(streamer.url, seconds)
+        out, _ = attack.communicate(timeout=TIMEOUT + 5)
+    finally:
+        stop_process(attack)
+    result = json.loads(out.strip().splitlines()[-1])
+    print(f"{kind} {size} B x {connections}: viewer {fps:.1f} fps, attackers {result}")
+    assert set(result["closes"]) == codes, result
+    assert result["sent"] > connections  # it did flood
+    assert fps >= 30 * min(0.5, 2.5 / TIMEOUT), fps
 
 
 # -- Item 2: connection slots -------------------------------------------------------------------

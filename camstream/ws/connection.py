@@ -374,4 +374,4 @@ class Connection:
                     args = (*args, skipped, logs.printable(self.address))
             logged = self._logged
         if logged:
-            log.log(level, msg, *args)
+            log.log(level, msg, *args, stacklevel=2)
