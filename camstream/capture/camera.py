@@ -551,10 +551,10 @@ class CameraThread:
                 self._stream()
             if self._stopping.is_set() or self._state is CameraState.ENDED:
                 return
-            if self._state is CameraState.STREAMING:
-                reason = f"no viewer for {self._on_demand:g} s"
-            else:
+            if self._state is CameraState.LOST:
                 reason = "no viewer waits any more: stopped retrying"
+            else:
+                reason = f"no viewer for {self._on_demand:g} s"
             self._close_source()
             with self._cond:
                 self._latest = None  # a viewer coming back must not get a stale picture
