@@ -48,10 +48,20 @@ PAINT_WATCH = """(() => {
 })();"""
 
 
+# Every violation of the page's Content-Security-Policy (Chromium also logs them as errors).
+CSP_WATCH = """window.cspViolations = [];
+document.addEventListener("securitypolicyviolation",
+    (e) => window.cspViolations.push(`${e.violatedDirective} ${e.blockedURI}`));"""
+
+
 @pytest.fixture(name="tab")
-def _tab(page: Any) -> Any:  # noqa: F811 - test_browser's fixture
-    """A fresh tab in the shared headless Chromium; JavaScript errors on it fail the test."""
-    return page
+def _tab(page: Any) -> Iterator[Any]:  # noqa: F811 - test_browser's fixture
+    """A fresh tab in the shared headless Chromium; JavaScript errors and violations of the
+    page's Content-Security-Policy on it fail the test."""
+    page.add_init_script(CSP_WATCH)
+    yield page
+    if page.url.startswith("http"):
+        assert page.evaluate("() => window.cspViolations") == []
 
 
 class Wire:
