@@ -175,6 +175,12 @@ class CameraThread:
         """JPEG frames decoded to pixels (only when something needed the pixels)."""
 
     @property
+    def source_kind(self) -> str:
+        """What the source is: ``device``, ``file``, ``url``, ``test`` or ``push`` (``auto``
+        until :meth:`start` has decided between a camera and the test pattern)."""
+        return str(self._kind.value)
+
+    @property
     def pixel_format(self) -> str | None:
         """The pixel format the source delivers (``"MJPG"``, ``"YUYV"``, ...), if known."""
         if self.mode is not None:

@@ -18,6 +18,7 @@ def camera_state_fields(camera: CameraThread) -> dict[str, Any]:
         "source_height": camera.height,
         "source_format": camera.pixel_format,
         "source_fps": camera.fps,
+        "source_kind": camera.source_kind,
         "camera": camera.state.value,
     }
 
