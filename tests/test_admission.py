@@ -9,6 +9,7 @@ through a trusted proxy that names remote clients.
 from __future__ import annotations
 
 import logging
+import shutil
 import socket
 import ssl
 import time
@@ -182,6 +183,7 @@ def test_websocket_client_reports_the_503_and_its_reason(full_server: Any) -> No
     assert info.value.resp_body == b"server busy: too many connections; try again later\n"
 
 
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl CLI")
 def test_a_tls_client_reads_the_503_too(tmp_path, app: Recorder) -> None:
     cert, key = self_signed_cert(tmp_path)
     with run_server(app, ssl_context=make_ssl_context(cert, key), max_connections=1) as server:
