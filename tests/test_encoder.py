@@ -78,7 +78,8 @@ def test_cache_is_bounded() -> None:
     image = noise(64, 48)
     for seq in range(1, 20):
         cache.get(make_frame(seq, image.copy()), Variant())
-    assert len(cache._slots) <= 4
+    assert cache.jpegs.held[0] == 4
+    assert cache.encodes == 19
 
 
 @pytest.mark.parametrize("limit", [65535, 30000, 8000])
@@ -113,11 +114,13 @@ def test_grayscale_and_bgra_frames_encode() -> None:
 
 def test_cache_is_bounded_in_bytes_too() -> None:
     cache = EncodeCache(max_entries=64, max_total_bytes=200_000)
+    sizes = []
     for seq in range(1, 30):
-        cache.get(make_frame(seq, noise(320, 240, seed=seq)), Variant(quality=95))
-    held = sum(len(s.result.data) for s in cache._slots.values() if s.result is not None)
-    assert held == cache._total_bytes <= 200_000 + 100_000  # one frame may exceed the bound
-    assert len(cache._slots) >= 1
+        encoded = cache.get(make_frame(seq, noise(320, 240, seed=seq)), Variant(quality=95))
+        sizes.append(len(encoded.data))
+    entries, held = cache.jpegs.held
+    assert 1 <= entries < 29
+    assert held == sum(sizes[-entries:]) <= 200_000  # the newest ones, every byte accounted for
 
 
 @pytest.mark.parametrize(
