@@ -12,10 +12,12 @@ The cases (one process each, so a checkout's modules never mix with another's):
 * ``max_bytes 640x480``: a new noisy frame each call under a 20,000-byte limit (the search).
 
 Best of ``--repeat`` runs of ``--number`` calls (the minimum is the least disturbed figure on
-a shared machine). ``--root DIR`` measures another checkout the same way (before/after)::
+a shared machine). ``--root DIR`` measures another checkout the same way; ``--compare DIR``
+measures this checkout and DIR in turn, ``--rounds`` times each, and shows the best of all
+rounds side by side (before/after on a busy machine)::
 
     flock /tmp/camstream-bench.lock python benchmarks/encode_cache.py
-    flock /tmp/camstream-bench.lock python benchmarks/encode_cache.py --root /work/main
+    flock /tmp/camstream-bench.lock python benchmarks/encode_cache.py --compare /work/main
 """
 
 from __future__ import annotations
@@ -64,7 +66,7 @@ seq = [10]
 def encode_new(image, variant):
     seq[0] += 1
     cache.get(Frame(seq[0], image, 0.0, 0.0), variant)
-n = max(number // 100, 20)
+n = max(number // 200, 10)
 results["encode 640x480"] = best(lambda: encode_new(smooth, Variant(quality=80)), n)
 results["max_bytes 640x480"] = best(
     lambda: encode_new(noisy, Variant(quality=80, max_bytes=20_000)), n)
@@ -83,13 +85,24 @@ def measure(root: str, number: int, repeat: int) -> dict[str, float]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--root", default=REPO, help="the checkout to measure (default this one)")
-    parser.add_argument("--number", type=int, default=20_000, help="calls per run")
-    parser.add_argument("--repeat", type=int, default=7, help="runs (the best is shown)")
+    parser.add_argument("--compare", metavar="DIR", help="also measure DIR, in turns")
+    parser.add_argument("--rounds", type=int, default=5, help="turns each, with --compare")
+    parser.add_argument("--number", type=int, default=5_000, help="calls per run")
+    parser.add_argument("--repeat", type=int, default=40, help="runs (the best is shown)")
     args = parser.parse_args()
-    figures = measure(os.path.abspath(args.root), args.number, args.repeat)
-    print(f"EncodeCache from {args.root} (best of {args.repeat}, us per call):")
+    roots = [os.path.abspath(args.root)]
+    if args.compare:
+        roots.append(os.path.abspath(args.compare))
+    best: dict[str, dict[str, float]] = {root: {} for root in roots}
+    for _ in range(args.rounds if args.compare else 1):
+        for root in roots:
+            for case, value in measure(root, args.number, args.repeat).items():
+                best[root][case] = min(value, best[root].get(case, value))
+    print(f"EncodeCache.get / made, us per call (best of {args.repeat} runs x "
+          f"{args.rounds if args.compare else 1} rounds):")
+    print(f"  {'case':<20}" + "".join(f"{root[-28:]:>30}" for root in roots))
     for case in CASES:
-        print(f"  {case:<20} {figures[case]:10.2f}")
+        print(f"  {case:<20}" + "".join(f"{best[root][case]:30.2f}" for root in roots))
     return 0
 
 

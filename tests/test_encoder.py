@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import threading
-
 import numpy as np
 import pytest
-from conftest import TIMEOUT
 from helpers import decode_jpeg
+from together import run_together
 
 from camstream.capture.frame import Frame
 from camstream.delivery.encoder import EncodeCache, Variant, encode_jpeg, fit_size
@@ -52,19 +50,8 @@ def test_variant_size_and_quality() -> None:
 def test_one_encode_per_frame_and_variant_however_many_ask() -> None:
     cache = EncodeCache()
     frame = make_frame(7, noise(1280, 720))
-    barrier = threading.Barrier(20)
     results: list[bytes] = []
-
-    def ask() -> None:
-        barrier.wait()
-        results.append(cache.get(frame, Variant(quality=80)).data)
-
-    threads = [threading.Thread(target=ask) for _ in range(20)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(TIMEOUT)
-        assert not t.is_alive(), f"{t.name} did not finish"
+    run_together([lambda: results.append(cache.get(frame, Variant(quality=80)).data)] * 20)
     assert len(results) == 20 and len(set(results)) == 1
     assert cache.encodes == 1
     cache.get(frame, Variant(quality=60))

@@ -9,6 +9,7 @@ import threading
 
 import pytest
 from conftest import TIMEOUT
+from together import watch_slot
 
 from camstream.delivery.jpegcache import JpegCache, MakeFailed
 from camstream.delivery.variant import EncodedFrame, Variant
@@ -18,25 +19,6 @@ V = Variant(quality=80)
 
 def jpeg(seq: int, size: int = 10) -> EncodedFrame:
     return EncodedFrame(seq, bytes(size), 64, 48, 80, 0.0, 0.0)
-
-
-class WatchedEvent(threading.Event):
-    """A slot's ``done`` event that tells the test when a caller waits on it."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.waiters = threading.Semaphore(0)
-
-    def wait(self, timeout: float | None = None) -> bool:
-        self.waiters.release()
-        return super().wait(timeout)
-
-
-def watch_slot(cache: JpegCache, key: tuple[int, Variant]) -> WatchedEvent:
-    """Swap the ``done`` event of the slot being made for ``key`` for a watched one."""
-    event = WatchedEvent()
-    cache._slots[key].done = event
-    return event
 
 
 def start_all(threads: list[threading.Thread]) -> None:

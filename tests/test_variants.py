@@ -24,7 +24,7 @@ import pytest
 from conftest import TIMEOUT, wait_until
 from helpers import get
 from test_passthrough import Viewer
-from together import run_together
+from together import run_together, watch_slot
 from wsraw import RawClient
 
 from camstream import Streamer
@@ -145,8 +145,23 @@ def test_the_default_variants_search_without_spending_the_budget() -> None:
     assert cache.admission.budget.attempts == 1
 
 
+class GatedClock(Clock):
+    """A clock that, once armed, holds the caller until the test opens the gate."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.armed, self.entered, self.gate = False, threading.Event(), threading.Event()
+
+    def __call__(self) -> float:
+        if self.armed:
+            self.entered.set()
+            assert self.gate.wait(TIMEOUT)
+        return self.now
+
+
 def test_viewers_waiting_on_a_refused_encode_are_refused_too() -> None:
-    cache = EncodeCache(max_encodes_per_s=1, clock=Clock())
+    clock = GatedClock()
+    cache = EncodeCache(max_encodes_per_s=1, clock=clock)
     cache.get(pixel_frame(1), Variant(quality=50))  # the budget of this second is spent
     frame, variant = pixel_frame(2), Variant(quality=60)
     errors: list[BaseException] = []
@@ -157,8 +172,22 @@ def test_viewers_waiting_on_a_refused_encode_are_refused_too() -> None:
         except Exception as exc:  # noqa: BLE001 (the type is what is checked)
             errors.append(exc)
 
-    run_together([ask] * 8)
-    assert len(errors) == 8 and all(type(e) is EncodeBudgetExceeded for e in errors), errors
+    clock.armed = True
+    owner = threading.Thread(target=ask)
+    owner.start()  # it makes the encode: held in the budget's check
+    assert clock.entered.wait(TIMEOUT)
+    done = watch_slot(cache.jpegs, (2, Variant(quality=60)))
+    waiters = [threading.Thread(target=ask) for _ in range(3)]
+    for t in waiters:
+        t.start()
+    for _ in waiters:
+        assert done.waiters.acquire(timeout=TIMEOUT)  # all three wait for the owner's encode
+    clock.gate.set()
+    for t in (owner, *waiters):
+        t.join(TIMEOUT)
+        assert not t.is_alive()
+    assert len(errors) == 4 and all(type(e) is EncodeBudgetExceeded for e in errors), errors
+    assert cache.encodes_refused == 1  # one attempt refused, four viewers skip the frame
 
 
 def test_streamer_options_are_checked() -> None:

@@ -174,7 +174,7 @@ class EncodeCache:
         if not may_encode:
             return self.jpegs.made(key)
         try:
-            return self.jpegs.get(key, lambda: self._encode(frame, variant, asked))
+            return self.jpegs.get(key, self._encode, frame, variant, asked)
         except MakeFailed as exc:  # it failed in the thread that made it, while this one waited
             if isinstance(exc.cause, EncodeBudgetExceeded):
                 raise EncodeBudgetExceeded(str(exc.cause)) from None

@@ -12,7 +12,7 @@ from __future__ import annotations
 import collections
 import threading
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Any, Callable
 
 from .variant import EncodedFrame, Variant
 
@@ -69,10 +69,10 @@ class JpegCache:
         with self._lock:
             return len(self._slots), self._total_bytes
 
-    def get(self, key: Key, make: Callable[[], EncodedFrame]) -> EncodedFrame:
-        """The JPEG for ``key``: kept, or made by ``make()`` in this thread if no other thread
-        is making it (else waits for that one). A failed ``make`` is not kept: the next caller
-        tries again.
+    def get(self, key: Key, make: Callable[..., EncodedFrame], *args: Any) -> EncodedFrame:
+        """The JPEG for ``key``: kept, or made by ``make(*args)`` in this thread if no other
+        thread is making it (else waits for that one). A failed ``make`` is not kept: the next
+        caller tries again.
 
         Raises:
             Whatever ``make`` raised, in the thread that called it.
@@ -90,7 +90,7 @@ class JpegCache:
             assert slot.result is not None
             return slot.result
         try:
-            result = make()
+            result = make(*args)
         except BaseException as exc:
             slot.error = exc
             with self._lock:
