@@ -143,3 +143,14 @@ def test_quality_none_encodes_pixel_frames_at_the_default_and_shares_the_encode(
     assert first.quality == 55 and not first.passed_through
     assert cache.get(frame, Variant(quality=55)) is first
     assert cache.encodes == 1
+
+
+def test_the_facade_keeps_its_names_and_exposes_its_parts() -> None:
+    from camstream.delivery import encoder
+
+    for name in ("Variant", "EncodedFrame", "EncodeCache", "EncodeBudgetExceeded",
+                 "encode_jpeg", "fit_size"):
+        assert name in encoder.__all__ and hasattr(encoder, name)
+    cache = EncodeCache(default_quality=70, max_variants=3, max_encodes_per_s=7.5)
+    assert (cache.default_quality, cache.max_variants, cache.max_encodes_per_s) == (70, 3, 7.5)
+    assert cache.encodes_inline() == cache.admission.encodes_inline() == cache.admission.defaults

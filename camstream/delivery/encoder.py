@@ -106,6 +106,16 @@ class EncodeCache:
         kept here for callers of the time before the split)."""
         return self.admission.encodes_inline()
 
+    @property
+    def max_variants(self) -> int:
+        """Distinct live variants allowed besides the default ones."""
+        return self.admission.max_variants
+
+    @property
+    def max_encodes_per_s(self) -> float | None:
+        """The encode budget (None: none)."""
+        return self.admission.budget.per_s
+
     # Counters
 
     @property
