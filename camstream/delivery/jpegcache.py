@@ -84,7 +84,8 @@ class JpegCache:
             if slot is None:
                 slot = self._slots[key] = _Slot()
         if not owner:
-            slot.done.wait()
+            if not slot.done.is_set():  # (is_set is cheaper than wait on a done slot)
+                slot.done.wait()
             if slot.error is not None:
                 raise MakeFailed(key[0], slot.error)
             assert slot.result is not None
