@@ -14,29 +14,29 @@ from typing import Any, Iterable, Mapping
 
 import numpy as np
 
-from . import protocol
+from . import logs, protocol
 from .callbacks import TransportCallbacks, how_it_closed
-from .camera import CameraThread, Frame, Source, describe_source
-from .devices import CaptureFactory
-from .encoder import EncodeCache
-from .fanout import FanOut
-from .mjpeg import MjpegStream
+from .capture.camera import CameraThread, Frame, Source, describe_source
+from .capture.devices import CaptureFactory
+from .capture.report import camera_report, camera_state_fields
+from .delivery.encoder import EncodeCache
+from .delivery.fanout import FanOut
+from .delivery.mjpeg import MjpegStream
+from .delivery.pacing import CounterRates
+from .delivery.registry import Admission, ViewerRegistry
+from .delivery.session import ClientSession, ClientSettings
 from .options import check_streamer_options
-from .pacing import CounterRates
-from .policy import AccessPolicy
 from .protocol import CloseCode
-from .proxy import parse_trusted_proxies
 from .ratelimit import LogBudget
-from .registry import Admission, ViewerRegistry
-from .report import camera_report, camera_state_fields
-from .session import ClientSession, ClientSettings
 from .sigterm import Terminated, stop_on_sigterm
-from .webroutes import HttpRoutes
+from .web.policy import AccessPolicy
+from .web.proxy import parse_trusted_proxies
+from .web.routes import HttpRoutes
 from .ws import Connection, Request, WebSocketServer, make_ssl_context
 
 __all__ = ["Streamer"]
 
-logger = logging.getLogger(__name__)
+logger = logs.get_logger(__name__)
 _refusal_log = LogBudget()  # refused viewers: anyone can cause them, so they are rate-limited
 
 GODOT_MAX_MESSAGE = 65535
@@ -69,7 +69,8 @@ class Streamer:
         loop: play files again from the start when they end (default True; else viewers get
             ``source_ended``).
         pixel_format, backend, camera_settings, capture_factory: how a camera is opened: see
-            :class:`~camstream.camera.CameraThread` (MJPEG by default, the platform's backend).
+            :class:`~camstream.capture.camera.CameraThread` (MJPEG by default, the platform's
+            backend).
         token: if set, clients must present it (``?token=`` or ``Authorization: Bearer``);
             others are closed with 1008. Default None: no token.
         allowed_origins: browser origins admitted besides the server's own pages (e.g.
@@ -97,13 +98,14 @@ class Streamer:
             ``X-Forwarded-For/-Proto/-Host`` or ``Forwarded`` headers are believed: for logs,
             ``stats()``, per-address limits, the Origin rule and the URLs camstream serves.
             From any other peer those headers are ignored (default None: no proxy is trusted).
-            See :mod:`camstream.proxy`.
+            See :mod:`camstream.web.proxy`.
         max_variants: distinct sizes/qualities/limits encoded at once besides the default one
             (default 4); a viewer asking for another gets the nearest one in use (its metadata
             says which).
         fast_fanout: send frames to idle viewers (WebSocket, ``wss://`` and MJPEG) from one
             fan-out thread without waking their own threads (default True; see
-            :mod:`camstream.fanout`). False: every frame goes through the viewer's own thread.
+            :mod:`camstream.delivery.fanout`). False: every frame goes through the viewer's own
+            thread.
         max_encodes_per_s: JPEG encodes a second for non-default variants and snapshots, all
             viewers together (default None: ``fps * (max_variants + 1)``); past it, frames are
             skipped.
@@ -179,7 +181,10 @@ class Streamer:
         )
         self._viewers: ViewerRegistry[ClientSession, MjpegStream] = ViewerRegistry(max_clients)
         self._rates = CounterRates()  # encodes and decodes per second
-        self._fanout = FanOut(self._camera, self._viewers.all) if fast_fanout else None
+        # Log lines of this Streamer's threads carry its label when several run (camstream.logs).
+        self._label = logs.Label()
+        with logs.bound(self._label):
+            self._fanout = FanOut(self._camera, self._viewers.all) if fast_fanout else None
         self._stopped = threading.Event()
         self._http = HttpRoutes(
             camera=self._camera, cache=self._cache, policy=self._policy, viewers=self._viewers,
@@ -212,7 +217,7 @@ class Streamer:
 
     @property
     def camera(self) -> CameraThread:
-        """The :class:`~camstream.camera.CameraThread` this Streamer serves (read-only): its
+        """The :class:`~camstream.capture.camera.CameraThread` this Streamer serves (read-only): its
         ``state``, ``width``/``height``/``fps``, ``controls`` and counters."""
         return self._camera
 
@@ -228,6 +233,10 @@ class Streamer:
         """
         if self._server is not None or self._stopped.is_set():
             raise RuntimeError("a Streamer can be started only once")
+        with logs.bound(self._label):
+            return self._start()
+
+    def _start(self) -> Streamer:
         self._camera.add_listener(self._on_camera_event)
         self._camera.add_frame_listener(self._on_frame)
         self._camera.start()
@@ -248,12 +257,14 @@ class Streamer:
                 self._fanout.stop()
             self._camera.stop()
             raise
+        self._label.set(f":{self._server.port}")
+        self._label.activate()
         self._warn_if_exposed()
         self._started_at = time.monotonic()
         # Daemon, like every camstream thread: a program that exits without stop() must not
         # hang on it (its viewers are then dropped without a Close). stop() joins it.
         self._serve_thread = threading.Thread(
-            target=self._server.serve_forever, kwargs={"poll_interval": 0.1},
+            target=logs.thread_target(self._server.serve_forever), kwargs={"poll_interval": 0.1},
             name="camstream-server", daemon=True,
         )
         self._serve_thread.start()
@@ -305,6 +316,7 @@ class Streamer:
         thread = self._serve_thread
         if thread is not None and thread is not threading.current_thread():
             thread.join(timeout)
+        self._label.deactivate()
 
     def __enter__(self) -> Streamer:
         return self.start() if self._server is None else self

@@ -9,8 +9,8 @@ import pytest
 from conftest import TIMEOUT
 from helpers import decode_jpeg
 
-from camstream.encoder import EncodeCache, Variant, encode_jpeg, fit_size
-from camstream.frame import Frame
+from camstream.capture.frame import Frame
+from camstream.delivery.encoder import EncodeCache, Variant, encode_jpeg, fit_size
 
 
 def make_frame(seq: int, image: np.ndarray) -> Frame:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from camstream.pacing import MAX_IN_FLIGHT_BYTES, CounterRates, Pacer
+from camstream.delivery.pacing import MAX_IN_FLIGHT_BYTES, CounterRates, Pacer
 
 CAMERA_FPS = 30.0
 PERIOD = 1 / CAMERA_FPS

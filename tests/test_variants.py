@@ -26,9 +26,9 @@ from test_passthrough import Viewer
 from wsraw import RawClient
 
 from camstream import Streamer
-from camstream.encoder import EncodeBudgetExceeded, EncodeCache, Variant
+from camstream.capture.frame import Frame
+from camstream.delivery.encoder import EncodeBudgetExceeded, EncodeCache, Variant
 from camstream.errors import ConfigError
-from camstream.frame import Frame
 
 
 def pixel_frame(seq: int, width: int = 320, height: int = 240) -> Frame:

@@ -12,6 +12,7 @@ import os
 import threading
 import time
 
+from .. import logs
 from ..errors import ConnectionClosedError
 from ..ratelimit import RateLimiter
 from .frames import (
@@ -155,7 +156,9 @@ class Connection:
             # queued Close after its frame; for the others, a helper waits for the lock. Whoever
             # comes second finds nothing queued.
             threading.Thread(
-                target=self._flush_close, name=f"camstream-close-{self.id}", daemon=True
+                target=logs.thread_target(self._flush_close),
+                name=f"camstream-close-{self.id}",
+                daemon=True,
             ).start()
             return
         try:
@@ -169,7 +172,9 @@ class Connection:
         # The socket buffer is full: write the Close from a helper so the caller does not block;
         # the watchdog bounds that write by send_timeout.
         threading.Thread(
-            target=self._flush_close, name=f"camstream-close-{self.id}", daemon=True
+            target=logs.thread_target(self._flush_close),
+            name=f"camstream-close-{self.id}",
+            daemon=True,
         ).start()
 
     def abort(self) -> None:

@@ -19,6 +19,7 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
+from .. import logs
 from ..errors import ConnectionClosedError
 from ..ratelimit import LogBudget
 from .application import Application
@@ -42,7 +43,7 @@ from .upstream import BaseHandler
 
 __all__ = ["HandlerHost", "WebSocketHandler"]
 
-logger = logging.getLogger(__name__)
+logger = logs.get_logger(__name__)
 _refusal_log = LogBudget()  # handshake refusals and flood closes: hostile clients cause them
 
 

@@ -10,7 +10,6 @@ shed (see :meth:`WebSocketServer.verify_request`).
 
 from __future__ import annotations
 
-import logging
 import os
 import socket
 import socketserver
@@ -21,6 +20,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+from .. import logs
 from ..errors import ConfigError, ServerError
 from .admission import Slot, counted_form
 from .application import Application
@@ -34,7 +34,7 @@ from .watchdog import Watchdog
 
 __all__ = ["WebSocketServer"]
 
-logger = logging.getLogger(__name__)
+logger = logs.get_logger(__name__)
 
 _EVICTION_SLACK = 16  # shed connections may overlap new ones by this many until they are gone
 
@@ -155,6 +155,7 @@ class WebSocketServer(BaseServer):  # type: ignore[misc]
         self.max_connections_per_address = per_address
         self.reserved_connections = reserved_connections
         self.first_line_timeout = min(first_line_timeout, handshake_timeout)
+        self._log_label = logs.current()  # handler threads log with it (camstream.logs)
         self._slots: dict[Any, Slot] = {}  # accepted socket -> its admission record
         self._per_address: dict[str, int] = {}
         self._anonymous = 0  # accepted connections not (yet) known to be authenticated
@@ -429,7 +430,8 @@ class WebSocketServer(BaseServer):  # type: ignore[misc]
 
     def process_request_thread(self, request: Any, client_address: Any) -> None:
         try:
-            super().process_request_thread(request, client_address)
+            with logs.bound(self._log_label):  # the label of whoever made this server
+                super().process_request_thread(request, client_address)
         finally:
             self._connection_done(request)
 

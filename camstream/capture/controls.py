@@ -8,18 +8,18 @@ it back and reports each as granted or refused.
 
 from __future__ import annotations
 
-import logging
 import math
 from dataclasses import dataclass
 from typing import Iterable, Mapping, Union
 
 import cv2
 
-from .errors import ConfigError
+from .. import logs
+from ..errors import ConfigError
 
 __all__ = ["CONTROLS", "ControlResult", "apply_controls", "parse_control", "parse_controls"]
 
-logger = logging.getLogger(__name__)
+logger = logs.get_logger(__name__)
 
 CONTROLS: dict[str, int] = {
     "exposure": cv2.CAP_PROP_EXPOSURE,

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import collections
 import dataclasses
-import logging
 import math
 import threading
 import time
@@ -24,13 +23,14 @@ import cv2
 import imutils
 import numpy as np
 
-from .frame import Frame
+from .. import logs
+from ..capture.frame import Frame
 
 __all__ = [
     "Variant", "EncodedFrame", "EncodeCache", "EncodeBudgetExceeded", "encode_jpeg", "fit_size"
 ]
 
-logger = logging.getLogger(__name__)
+logger = logs.get_logger(__name__)
 
 _MIN_QUALITY = 10
 _MIN_SIDE = 16
@@ -63,7 +63,8 @@ class Variant:
 
 @dataclass(frozen=True)
 class EncodedFrame:
-    """A JPEG file made from one :class:`~camstream.camera.Frame` for one :class:`Variant`."""
+    """A JPEG file made from one :class:`~camstream.capture.camera.Frame` for one
+    :class:`Variant`."""
 
     seq: int
     data: bytes

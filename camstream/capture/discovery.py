@@ -9,15 +9,16 @@ Linux); on Linux the pixel formats, sizes and frame rates come from ``linuxpy`` 
 
 from __future__ import annotations
 
-import logging
 import os
 import sys
 from dataclasses import dataclass, field
 from typing import Iterable
 
+from .. import logs
+
 __all__ = ["CameraDescription", "CameraMode", "format_cameras", "list_cameras"]
 
-logger = logging.getLogger(__name__)
+logger = logs.get_logger(__name__)
 
 
 @dataclass(frozen=True)

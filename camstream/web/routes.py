@@ -25,7 +25,8 @@ headers GET would get; for ``/stream.mjpg`` the multipart headers, then the resp
 transport answers other methods with 405.
 
 Access rules: ``/snapshot.jpg``, ``/stream.mjpg`` and ``/stats.json`` follow the WebSocket rules
-(:class:`~camstream.policy.AccessPolicy`): a missing or wrong token is answered with 401 and ``WWW-
+(:class:`~camstream.web.policy.AccessPolicy`): a missing or wrong token is answered with 401 and
+``WWW-
 Authenticate: Bearer``, a foreign ``Origin`` or ``Host`` with 403, and so is a request a browser
 marks as made by a page of another site (``Sec-Fetch-Site: cross-site`` or ``same-site``, as for
 an ``<img>`` on another page, which sends no Origin) unless the Streamer allows other origins.
@@ -39,14 +40,16 @@ enforces the rules, so a visitor without the right token gets a page that says w
 with a Content-Security-Policy under which it loads nothing from elsewhere, and with ``Referrer-
 Policy: no-referrer`` so the token in its URL is never passed on.
 
-Every MJPEG stream (:class:`~camstream.mjpeg.MjpegStream`) runs the loop of a WebSocket viewer
-(:class:`~camstream.viewer.ViewerLoop`): it takes its JPEGs from the shared
-:class:`~camstream.encoder.EncodeCache` (viewers of the same variant share one encode, whatever
+Every MJPEG stream (:class:`~camstream.delivery.mjpeg.MjpegStream`) runs the loop of a WebSocket
+viewer
+(:class:`~camstream.delivery.viewer.ViewerLoop`): it takes its JPEGs from the shared
+:class:`~camstream.delivery.encoder.EncodeCache` (viewers of the same variant share one encode,
+whatever
 the protocol), always sends the newest frame and never one it already sent, is paced by its own
 clock, skips frames while what it sent is still unacknowledged, and queues nothing itself: a
 reader that stops reading is dropped after ``send_timeout``. Streams end as soon as the
 Streamer stops. MJPEG streams count against ``max_clients`` together with the WebSocket viewers
-(:class:`~camstream.registry.ViewerRegistry`).
+(:class:`~camstream.delivery.registry.ViewerRegistry`).
 """
 
 from __future__ import annotations
@@ -60,19 +63,19 @@ import threading
 import time
 from typing import Any, Callable, Mapping
 
-from . import protocol
-from .camera import CameraThread
-from .encoder import EncodeBudgetExceeded, EncodeCache, Variant
-from .frame import Frame
-from .mjpeg import BOUNDARY, MjpegStream
+from .. import logs, protocol
+from ..capture.camera import CameraThread
+from ..capture.frame import Frame
+from ..delivery.encoder import EncodeBudgetExceeded, EncodeCache, Variant
+from ..delivery.mjpeg import BOUNDARY, MjpegStream
+from ..delivery.registry import Admission, ViewerRegistry
+from ..ratelimit import LogBudget
+from ..ws import HttpExchange, Request
 from .policy import AccessPolicy
-from .ratelimit import LogBudget
-from .registry import Admission, ViewerRegistry
-from .ws import HttpExchange, Request
 
 __all__ = ["HttpRoutes"]
 
-logger = logging.getLogger(__name__)
+logger = logs.get_logger(__name__)
 _refusal_log = LogBudget()  # refused requests: anyone can cause them, so they are rate-limited
 
 _POLL_S = 0.1  # /snapshot.jpg's wait for a first frame looks at serving() this often
@@ -96,7 +99,7 @@ _PAGE_HEADERS = {
 
 @functools.cache
 def _static_file(name: str) -> bytes:
-    """The bytes of ``camstream/static/<name>`` (read once, then kept).
+    """The bytes of ``camstream/web/static/<name>`` (read once, then kept).
 
     Raises:
         OSError: the file is not installed (a broken package).

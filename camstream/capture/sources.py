@@ -1,6 +1,7 @@
 """What a source names, and small helpers for reading it through OpenCV. No threads.
 
-:func:`classify` tells the kinds of :data:`Source` apart (see :mod:`camstream.camera` for what
+:func:`classify` tells the kinds of :data:`Source` apart (see :mod:`camstream.capture.camera` for
+what
 each means); :func:`describe_source` words one for logs and errors.
 """
 
@@ -15,8 +16,8 @@ from typing import Iterator, Union
 import cv2
 import numpy as np
 
-from .errors import ConfigError
-from .protocol import MAX_FPS, MAX_SIDE
+from ..errors import ConfigError
+from ..protocol import MAX_FPS, MAX_SIDE
 
 __all__ = [
     "AUTO", "Source", "SourceKind", "check_pushed_image", "check_request", "classify",

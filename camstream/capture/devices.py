@@ -23,7 +23,6 @@ URLs                         and MJPEG streams pass through without a decode
 
 from __future__ import annotations
 
-import logging
 import math
 import sys
 from dataclasses import dataclass
@@ -31,7 +30,8 @@ from typing import Any, Callable, Protocol, Union
 
 import cv2
 
-from .errors import ConfigError
+from .. import logs
+from ..errors import ConfigError
 
 __all__ = [
     "BACKENDS",
@@ -49,7 +49,7 @@ __all__ = [
     "pixel_format_code",
 ]
 
-logger = logging.getLogger(__name__)
+logger = logs.get_logger(__name__)
 
 BACKENDS: dict[str, int] = {
     "any": cv2.CAP_ANY,

@@ -27,7 +27,7 @@ class Frame:
         captured_monotonic: capture time on ``time.monotonic()``'s clock, for durations.
         jpeg: the source's own JPEG file, untouched; None for frames made from pixels.
         width, height: the picture size; required with ``jpeg`` and no ``image`` (read it
-            from the JPEG frame header: :func:`camstream.jpeg.inspect_jpeg`).
+            from the JPEG frame header: :func:`camstream.capture.jpeg.inspect_jpeg`).
         on_decode: called once, in the decoding thread, when the JPEG is decoded to pixels
             (for counting decodes).
     """

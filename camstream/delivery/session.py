@@ -1,7 +1,8 @@
 """One WebSocket viewer: its settings, its sender thread and its control messages.
 
 Each :class:`ClientSession` owns one sender thread running the viewer's
-:class:`~camstream.viewer.ViewerLoop` (the frame clock shared with MJPEG streams), which wakes
+:class:`~camstream.delivery.viewer.ViewerLoop` (the frame clock shared with MJPEG streams), which
+wakes
 on every new camera frame, on control messages and on its own timer, and sends at most one
 frame per tick: always the newest frame, never one it already sent, never a backlog. A slow
 viewer only slows itself: while its ``send`` is blocked, the camera moves on and the viewer
@@ -15,27 +16,26 @@ from __future__ import annotations
 import collections
 import dataclasses
 import functools
-import logging
 import threading
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable
 
-from . import protocol
-from .camera import CameraThread
+from .. import logs, protocol
+from ..capture.camera import CameraThread
+from ..errors import ConnectionClosedError
+from ..protocol import CloseCode, ProtocolInputError
 from .encoder import EncodeBudgetExceeded, EncodeCache, EncodedFrame, Variant, fit_size
-from .errors import ConnectionClosedError
-from .protocol import CloseCode, ProtocolInputError
 from .viewer import ViewerLoop, ViewerStats
 
 if TYPE_CHECKING:
+    from ..capture.frame import Frame
+    from ..ws import Connection
     from .fanout import FanOutRound
-    from .frame import Frame
-    from .ws import Connection
 
 __all__ = ["ClientSettings", "ClientSession"]
 
-logger = logging.getLogger(__name__)
+logger = logs.get_logger(__name__)
 
 _OUTBOX_LIMIT = 64  # queued replies beyond this are dropped (events are kept)
 _FIRST_FRAME_WAIT_S = 2.0  # a snapshot asked for before the first frame waits this long for it
@@ -99,7 +99,8 @@ class ClientSession:
         # The rest of a frame the fan-out began writing; it left the send lock held for us.
         self._partial: memoryview | None = None
         self._thread = threading.Thread(
-            target=self._run, name=f"camstream-sender-{connection.id}", daemon=True
+            target=logs.thread_target(self._run), name=f"camstream-sender-{connection.id}",
+            daemon=True,
         )  # daemon: a sender blocked on a dead socket must never hold the process open
 
     # Lifecycle
@@ -162,7 +163,8 @@ class ClientSession:
         return f"<ClientSession {self.connection.id}>"
 
     def offer(self, frame: Frame, fanout: FanOutRound) -> bool:
-        """The fan-out's fast path (see :mod:`camstream.fanout`): True if ``frame`` went out
+        """The fan-out's fast path (see :mod:`camstream.delivery.fanout`): True if ``frame`` went
+        out
         from the calling thread; False if the sender should look at it (then :meth:`wake`)."""
         return self._loop.offer(frame, self, fanout)
 

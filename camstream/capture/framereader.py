@@ -9,19 +9,19 @@ type. No thread of its own: the camera thread calls it.
 
 from __future__ import annotations
 
-import logging
 from typing import Callable, Union
 
 import cv2
 import numpy as np
 
+from .. import logs
 from .devices import CaptureMode, VideoCaptureLike
 from .jpeg import CorruptJpeg, inspect_jpeg
 from .sources import SourceKind, is_buffer
 
 __all__ = ["FrameReader", "Payload"]
 
-logger = logging.getLogger(__name__)
+logger = logs.get_logger(__name__)
 
 MAX_JPEG_BYTES = 64 * 1024 * 1024  # far above an 8192x8192 JPEG at quality 100
 

@@ -6,7 +6,7 @@ Sources (see :func:`describe_source`):
   is no camera;
 * a device index (``0`` or ``"0"``, strict: no fallback), a device path (``/dev/video2``) or a
   stable name (``/dev/v4l/by-id/...``) — a webcam through OpenCV, in MJPEG mode when it has it
-  (see :mod:`camstream.devices`);
+  (see :mod:`camstream.capture.devices`);
 * a file path or stream URL — files play at their own frame rate and loop by default; MJPEG
   files and MJPEG streams (another camstream's ``/stream.mjpg``, mjpg-streamer, ustreamer, IP
   cameras) are read as raw JPEG files and passed through untouched;
@@ -20,20 +20,20 @@ and always get the latest, so a slow reader skips frames instead of falling behi
 from __future__ import annotations
 
 import enum
-import logging
 import threading
 import time
 from typing import Callable, Iterable, Mapping
 
 import numpy as np
 
-from .capture import CaptureOpener
+from .. import logs
+from ..errors import ConfigError, SourceError
 from .controls import ControlResult, ControlValue
 from .devices import CaptureFactory, CaptureMode, VideoCaptureLike
-from .errors import ConfigError, SourceError
 from .frame import Frame
 from .framereader import FrameReader
 from .jpeg import CorruptJpeg, inspect_jpeg
+from .opener import CaptureOpener
 from .sources import (
     AUTO,
     Source,
@@ -47,7 +47,7 @@ from .testpattern import TestPattern
 
 __all__ = ["CameraThread", "CameraState", "Frame", "Source", "describe_source"]
 
-logger = logging.getLogger(__name__)
+logger = logs.get_logger(__name__)
 
 _DEFAULT_SIZE = (640, 480)
 
@@ -91,14 +91,16 @@ class CameraThread:
             source (the wait starts at a quarter second and doubles).
         pixel_format: for devices, the format to ask for: ``"auto"`` (MJPEG if the camera has it,
             else what it gives), ``"mjpeg"``, ``"yuyv"``, ``"native"`` (ask for nothing), or a
-            FOURCC. See :data:`camstream.devices.PIXEL_FORMATS`.
+            FOURCC. See :data:`camstream.capture.devices.PIXEL_FORMATS`.
         backend: the OpenCV backend: ``"auto"`` (V4L2 on Linux, DirectShow on Windows,
             AVFoundation on macOS; FFmpeg for files and URLs) or a name from
-            :data:`camstream.devices.BACKENDS`.
+            :data:`camstream.capture.devices.BACKENDS`.
         camera_settings: camera controls applied after every (re)open, as ``{"exposure": 100}``
-            or ``["exposure=100", "autofocus=off"]``; names in :data:`camstream.controls.CONTROLS`.
+            or ``["exposure=100", "autofocus=off"]``; names in
+            :data:`camstream.capture.controls.CONTROLS`.
         capture_factory: ``factory(target, api_preference)`` returning a
-            ``cv2.VideoCapture``-like object (see :class:`camstream.devices.VideoCaptureLike`);
+            ``cv2.VideoCapture``-like object (see
+            :class:`camstream.capture.devices.VideoCaptureLike`);
             for tests (a fake camera) and unusual backends. Default: ``cv2.VideoCapture``.
 
     Raises:
@@ -197,7 +199,9 @@ class CameraThread:
         # Daemon: a thread blocked in a driver's read() must not keep the interpreter alive
         # if the application forgets stop(); stop() itself joins it.
         self._thread = threading.Thread(
-            target=self._run, name=f"camstream-camera({describe_source(self.source)})", daemon=True
+            target=logs.thread_target(self._run),
+            name=f"camstream-camera({describe_source(self.source)})",
+            daemon=True,
         )
         self._thread.start()
         return self
@@ -399,7 +403,7 @@ class CameraThread:
             self._kind, self._target, self.source = SourceKind.TEST, "test", "test"
 
     def _open_capture(self, first_time: bool) -> VideoCaptureLike:
-        """Open the capture (see :class:`~camstream.capture.CaptureOpener`) and take on the
+        """Open the capture (see :class:`~camstream.capture.opener.CaptureOpener`) and take on the
         mode, size, rate and camera settings it was granted."""
         capture, mode, controls = self._opener.open(
             self.source, self._kind, self._target, first_time=first_time, previous=self.mode

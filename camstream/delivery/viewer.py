@@ -17,16 +17,16 @@ multipart part a frame).
 from __future__ import annotations
 
 import dataclasses
-import logging
 import math
 import threading
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
-from .camera import CameraThread
+from .. import logs
+from ..capture.camera import CameraThread
+from ..capture.frame import Frame
 from .encoder import EncodeBudgetExceeded, EncodeCache, EncodedFrame, Variant
-from .frame import Frame
 from .pacing import BEHIND_POLL_S, Pacer
 
 if TYPE_CHECKING:
@@ -34,7 +34,7 @@ if TYPE_CHECKING:
 
 __all__ = ["FastOutput", "ViewerLoop", "ViewerOutput", "ViewerStats"]
 
-logger = logging.getLogger(__name__)
+logger = logs.get_logger(__name__)
 
 IDLE_WAKE_S = 1.0
 """A viewer with nothing to do still looks at its state this often, in seconds."""
@@ -48,7 +48,7 @@ class ViewerStats:
     frames_skipped: int = 0
     bytes_sent: int = 0
     errors: int = 0  # error messages sent in answer to bad input (WebSocket viewers)
-    fast_frames: int = 0  # of frames_sent, those the fan-out sent (camstream.fanout)
+    fast_frames: int = 0  # of frames_sent, those the fan-out sent (camstream.delivery.fanout)
     fast_partial: int = 0  # of those, the ones whose rest the sender thread wrote
     connected_at: float = dataclasses.field(default_factory=time.time)
 

@@ -1,31 +1,31 @@
 """One MJPEG viewer: a ``multipart/x-mixed-replace`` writer driven by the shared viewer loop.
 
-An :class:`MjpegStream` is the output of a :class:`~camstream.viewer.ViewerLoop` (the frame
+An :class:`MjpegStream` is the output of a :class:`~camstream.delivery.viewer.ViewerLoop` (the frame
 clock WebSocket viewers use too) that writes each frame as one multipart part, with
 ``Content-Type``, ``Content-Length`` and ``X-Timestamp`` (capture time, Unix seconds, as
 mjpg-streamer sends it). It runs in the HTTP connection's own handler thread; it queues nothing
 itself: a reader that stops reading is dropped after the stall timeout. The fan-out fast path
-(:mod:`camstream.fanout`) may write a due frame's part from its own thread instead
+(:mod:`camstream.delivery.fanout`) may write a due frame's part from its own thread instead
 (:meth:`MjpegStream.offer`); the stream's thread finishes a part it could not write whole.
 """
 
 from __future__ import annotations
 
-import logging
 from typing import TYPE_CHECKING, Any
 
-from .camera import CameraThread
+from .. import logs
+from ..capture.camera import CameraThread
+from ..ws import HttpExchange
 from .encoder import EncodeCache, EncodedFrame, Variant
 from .viewer import ViewerLoop, ViewerStats
-from .ws import HttpExchange
 
 if TYPE_CHECKING:
+    from ..capture.frame import Frame
     from .fanout import FanOutRound
-    from .frame import Frame
 
 __all__ = ["BOUNDARY", "MjpegStream", "part"]
 
-logger = logging.getLogger(__name__)
+logger = logs.get_logger(__name__)
 
 BOUNDARY = "camstream-frame"
 """The MJPEG part boundary; parts carry ``Content-Length`` too."""
@@ -77,7 +77,8 @@ class MjpegStream:
         self._loop.wake()
 
     def offer(self, frame: Frame, fanout: FanOutRound) -> bool:
-        """The fan-out's fast path (see :mod:`camstream.fanout`): True if ``frame``'s part went
+        """The fan-out's fast path (see :mod:`camstream.delivery.fanout`): True if ``frame``'s part
+        went
         out from the calling thread; False if the stream's thread should look (then wake)."""
         return self._loop.offer(frame, self, fanout)
 

@@ -3,8 +3,10 @@
 Waking a viewer's own thread for every frame costs far more CPU than the frame's ``send`` (the
 wake, the GIL hand-over, the context switch). So one :class:`FanOut` thread, woken once a
 frame, walks the viewers, WebSocket sessions and MJPEG streams alike, and offers them the frame
-(:meth:`~camstream.session.ClientSession.offer`, :meth:`~camstream.mjpeg.MjpegStream.offer`).
-A viewer that is due by its own :class:`~camstream.pacing.Pacer` and idle (nothing queued, no
+(:meth:`~camstream.delivery.session.ClientSession.offer`,
+:meth:`~camstream.delivery.mjpeg.MjpegStream.offer`).
+A viewer that is due by its own :class:`~camstream.delivery.pacing.Pacer` and idle (nothing queued,
+no
 settings change, no ``frame`` info, not behind, its loop and its send lock free) gets the whole
 message in one non-blocking ``send`` (``Link.try_send``; on TLS, encrypted for that connection
 first); nothing is woken. The bytes are built once per JPEG and shared by every viewer of it:
@@ -20,24 +22,24 @@ the watchdog's send timeout) before anything else is written, so messages keep t
 
 from __future__ import annotations
 
-import logging
 import threading
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Protocol
 
-from .camera import CameraThread
+from .. import logs
+from ..capture.camera import CameraThread
+from ..capture.frame import Frame
+from ..errors import ConnectionClosedError
+from ..ws.frames import OP_BINARY, frame_header
 from .encoder import EncodeCache, EncodedFrame, Variant
-from .errors import ConnectionClosedError
-from .frame import Frame
 from .mjpeg import part as mjpeg_part
-from .ws.frames import OP_BINARY, frame_header
 
 if TYPE_CHECKING:
-    from .ws import Connection
+    from ..ws import Connection
 
 __all__ = ["FanOut", "FanOutRound", "FastViewer"]
 
-logger = logging.getLogger(__name__)
+logger = logs.get_logger(__name__)
 
 _IDLE_WAKE_S = 1.0  # the thread looks at its stop flag at least this often
 
@@ -122,7 +124,9 @@ class FanOut:
         self._viewers = viewers
         self._event = threading.Event()
         self._stopping = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="camstream-fanout", daemon=True)
+        self._thread = threading.Thread(
+            target=logs.thread_target(self._run), name="camstream-fanout", daemon=True
+        )
 
     def start(self) -> FanOut:
         self._thread.start()

@@ -1,33 +1,35 @@
 """Opening a capture: a webcam in the mode it grants, a file or stream as raw JPEG if it can.
 
-:class:`CaptureOpener` holds what :class:`~camstream.camera.CameraThread` was asked for (pixel
+:class:`CaptureOpener` holds what :class:`~camstream.capture.camera.CameraThread` was asked for
+(pixel
 format, backend, size, rate, camera settings) and opens a source with it, at the first open and
-at every reopen after a loss: devices are negotiated (:func:`camstream.devices.negotiate_device`)
+at every reopen after a loss: devices are negotiated
+(:func:`camstream.capture.devices.negotiate_device`)
 and their camera settings applied; MJPEG files and streams are read as raw JPEG packets unless
 they must be scaled. No thread of its own: the camera thread calls it.
 """
 
 from __future__ import annotations
 
-import logging
 import os
 from typing import Iterable, Mapping
 
 import cv2
 
+from .. import logs
+from ..errors import SourceError
 from . import devices
 from .controls import ControlResult, ControlValue, apply_controls, parse_controls
 from .devices import CaptureFactory, CaptureMode, VideoCaptureLike
-from .errors import SourceError
 from .sources import Source, SourceKind, complete_size, describe_source, quiet_opencv
 
 __all__ = ["CaptureOpener"]
 
-logger = logging.getLogger(__name__)
+logger = logs.get_logger(__name__)
 
 
 class CaptureOpener:
-    """Opens sources with the settings a :class:`~camstream.camera.CameraThread` was given.
+    """Opens sources with the settings a :class:`~camstream.capture.camera.CameraThread` was given.
 
     Args:
         pixel_format, backend, camera_settings, capture_factory: see ``CameraThread``.
@@ -71,7 +73,7 @@ class CaptureOpener:
         """Open the capture, negotiate its mode, apply the camera settings, read them back.
 
         Args:
-            source, kind, target: what to open (see :func:`camstream.sources.classify`).
+            source, kind, target: what to open (see :func:`camstream.capture.sources.classify`).
             first_time: the first open (later ones are reopens: fewer log lines).
             previous: the mode granted at the last open, if any.
 

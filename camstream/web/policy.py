@@ -20,7 +20,7 @@ The rules, in order:
    unless other origins are allowed: ``cross-site request not allowed`` (1008 / 403).
 
 Which client a request is (its address, scheme and host through trusted proxies) is decided
-here too, by :func:`camstream.proxy.resolve`.
+here too, by :func:`camstream.web.proxy.resolve`.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ import urllib.parse
 from dataclasses import dataclass
 from typing import Iterable, Mapping, Protocol
 
-from .protocol import CloseCode
+from ..protocol import CloseCode
 from .proxy import ClientView, Network, is_trusted, resolve
 
 __all__ = ["AccessPolicy", "Refusal", "is_loopback_name"]
@@ -86,7 +86,7 @@ class AccessPolicy:
             all), or None for same-origin only.
         listen_host: the address the server listens on (the Host rule applies on loopback).
         trusted_proxies: reverse-proxy networks, as
-            :func:`camstream.proxy.parse_trusted_proxies` returns them.
+            :func:`camstream.web.proxy.parse_trusted_proxies` returns them.
         tls: whether the server's own connections are encrypted.
     """
 

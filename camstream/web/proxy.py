@@ -25,7 +25,7 @@ import re
 from dataclasses import dataclass
 from typing import Iterable, Mapping, Sequence, Union
 
-from .errors import ConfigError
+from ..errors import ConfigError
 
 __all__ = ["ClientView", "Network", "is_trusted", "parse_trusted_proxies", "resolve"]
 
