@@ -14,9 +14,10 @@ Camera frames are bursty: one frame, then idle until the next. The rate must say
   the kernel had not even sent yet (``tcpi_notsent_bytes`` > 0 at the end, and at the start or
   since a write right after it: held back by the congestion window, pacing or the reader's
   window), over which the bytes acknowledged per second are the drain rate (16 KB or 100 ms
-  at least: acknowledgements come a few packets at a time). The highest such figure of the
-  last ``window_s`` counts while the backlog lasts and for a quarter window after; when the
-  recent ones all fall far below it (the link got slower), the older ones are dropped at once.
+  at least: acknowledgements come a few packets at a time, and in jumps after a loss). The
+  median figure of the last ``window_s`` counts while the backlog lasts and for a quarter
+  window after; when those of the last quarter window fall far below it (the link got
+  slower), the older ones are dropped at once.
 * **Bursts** (the link was not the limit): the bytes acknowledged per second of *busy* time
   (``tcpi_busy_time``: time with data outstanding), i.e. how fast each frame drained while it
   was draining. On short paths this is the link's rate for frames (a shaper's bucket that lets
@@ -42,6 +43,7 @@ one viewer's thread at a time (the one holding the viewer's loop).
 from __future__ import annotations
 
 import collections
+import collections.abc
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -52,6 +54,8 @@ __all__ = ["LinkEstimate", "LinkSample", "LinkState", "SocketMeter", "sample_soc
 
 _MIN_RUN_BYTES = 16 * 1024  # a measured interval spans this many bytes (acks come in steps)
 _MIN_RUN_S = 0.1  # ... or this long, whichever comes first
+_MIN_RUN_FLOOR_S = 0.02  # ... but never shorter than this (acknowledgements jump after a loss)
+_DROP_FIGURES = 3  # recent measured figures needed to say the link got slower
 _MIN_DRAINING_S = 0.01  # LinkState.draining needs a backlog this old
 _RUN_SPAN_S = 0.25  # ... and at most this (the newest part of a long backlog)
 _TICK_S = 0.004  # the kernel counts busy time in clock ticks (4 ms at HZ=250)
@@ -200,7 +204,7 @@ class LinkEstimate:
     ) -> None:
         """Extend the run of samples during which bytes waited unsent (from a write right
         after ``prev``, or since before it); its newest part gives a measured rate once it
-        spans enough bytes or time."""
+        spans enough bytes or time (the newest stretch that does: a change shows at once)."""
         since_write = writes == 1 and not prev.notsent
         waiting = (
             sample.notsent is not None and sample.notsent > 0 and writes <= 1
@@ -215,15 +219,20 @@ class LinkEstimate:
         run.append((sample.at, acked))
         while len(run) > 2 and sample.at - run[1][0] >= _RUN_SPAN_S:
             run.popleft()
-        start_at, start_acked = run[0]
-        seconds, nbytes = sample.at - start_at, acked - start_acked
-        if seconds > 0 and (nbytes >= _MIN_RUN_BYTES or seconds >= _MIN_RUN_S):
-            self._measured.append((sample.at, nbytes / seconds))
+        for start_at, start_acked in reversed(run):  # the newest stretch long enough
+            seconds, nbytes = sample.at - start_at, acked - start_acked
+            if seconds >= _MIN_RUN_FLOOR_S and (
+                nbytes >= _MIN_RUN_BYTES or seconds >= _MIN_RUN_S
+            ):
+                self._measured.append((sample.at, nbytes / seconds))
+                break
 
     # Output
 
     def state(self, now: float) -> LinkState:
         """The estimate at ``now`` (drops evidence older than the window)."""
+        if self._measured or self._intervals:
+            self._rate(now)  # remembered, in case the window is about to empty
         self._expire(now)
         rate, measured = self._rate(now)
         prev = self._prev
@@ -249,11 +258,15 @@ class LinkEstimate:
             self._intervals.popleft()
         while self._written and self._written[0][0] < oldest:
             self._written.popleft()
-        # A drop: the recent measured figures all far below the window's best.
-        recent = [rate for at, rate in measured if at >= now - self._recent_s]
-        if len(recent) >= 3 and max(recent) < 0.6 * max(rate for _, rate in measured):
-            while measured and measured[0][0] < now - self._recent_s:
-                measured.popleft()
+        # A drop: the figures of the last quarter window far below the window's; keep only
+        # those. (Not for a stall with nothing acknowledged: a loss waiting for its
+        # retransmission says nothing of the rate.)
+        recent = [(at, rate) for at, rate in measured if at >= now - self._recent_s]
+        if _DROP_FIGURES <= len(recent) < len(measured):
+            typical = _median(recent)
+            if 0 < typical < 0.6 * _median(measured):
+                measured.clear()
+                measured.extend(recent)
 
     def _rate(self, now: float) -> tuple[float | None, bool]:
         """The measured figure while a backlog is on or just ended (or while bursts drained no
@@ -261,10 +274,10 @@ class LinkEstimate:
         measured = self._measured
         burst = self._burst_rate()
         if measured:
-            best = max(rate for _, rate in measured)
-            if burst is None or best >= burst or now - measured[-1][0] <= self._recent_s:
-                self._last_rate = (best, True)
-                return best, True
+            typical = _median(measured)
+            if burst is None or typical >= burst or now - measured[-1][0] <= self._recent_s:
+                self._last_rate = (typical, True)
+                return typical, True
         if burst is not None:
             self._last_rate = (burst, False)
             return burst, False
@@ -361,3 +374,9 @@ class SocketMeter:
     def wrote(self, now: float, nbytes: int) -> None:
         """Report a write of ``nbytes`` (see :meth:`LinkEstimate.wrote`)."""
         self.estimate.wrote(now, nbytes)
+
+
+def _median(figures: collections.abc.Iterable[tuple[float, float]]) -> float:
+    """The median rate of (at, rate) figures (the upper one of an even count)."""
+    rates = sorted(rate for _, rate in figures)
+    return rates[len(rates) // 2]
