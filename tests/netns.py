@@ -13,8 +13,9 @@ Everything gets names no other run uses (the pid and a random token); :meth:`Slo
 (and the context manager, also on failure) kills the programs it started, deletes the
 namespaces, veth pairs and bridge; and creating a network first removes what runs killed
 without cleaning up left behind (their pid is gone). Needs root and ``ip``/``tc``
-(iproute2); :func:`unavailable` says why not, and the ``slow_links`` fixture then skips with
-that reason (``CAMSTREAM_REQUIRE_ALL=1`` turns the skip into a failure).
+(iproute2); :func:`unavailable` says why not, and :func:`shaped_links` (what a test's fixture
+wraps) then skips with that reason (``CAMSTREAM_REQUIRE_ALL=1`` turns the skip into a
+failure).
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from typing import Any
 
 import pytest
 
-__all__ = ["Lane", "NetnsError", "SlowLinks", "slow_links", "unavailable"]
+__all__ = ["Lane", "NetnsError", "SlowLinks", "shaped_links", "unavailable"]
 
 _PREFIX = "camstream"  # namespace names: camstream-<pid>-<token>-<lane>
 _NS_PATTERN = re.compile(rf"^{_PREFIX}-(\d+)-([0-9a-f]{{6}})-\d+$")
@@ -264,14 +265,15 @@ class SlowLinks:
         _run("ip", "link", "del", self.bridge, check=False)
 
 
-@pytest.fixture
-def slow_links() -> Iterator[SlowLinks]:
-    """A :class:`SlowLinks` for one test, closed after it; skips where it cannot be made."""
+@contextlib.contextmanager
+def shaped_links(**kwargs: Any) -> Iterator[SlowLinks]:
+    """A :class:`SlowLinks` for one test (closed after it, also on failure); skips the test,
+    with the reason, where it cannot be made. Tests wrap it in a fixture of their own."""
     problem = unavailable()
     if problem is not None:
         pytest.skip(f"no shaped links: {problem}")
     try:
-        links = SlowLinks()
+        links = SlowLinks(**kwargs)
     except NetnsError as exc:
         pytest.skip(f"no shaped links: {exc}")
     with links:

@@ -19,7 +19,7 @@ import cv2
 import numpy as np
 import pytest
 from conftest import TIMEOUT, wait_until
-from netns import Lane, NetnsError, SlowLinks, slow_links, unavailable  # noqa: F401
+from netns import Lane, NetnsError, SlowLinks, shaped_links, unavailable
 
 from camstream import Streamer
 from camstream.delivery.linkestimate import LinkEstimate, LinkSample, SocketMeter, sample_socket
@@ -229,6 +229,13 @@ def noisy_jpegs(
                             (255, 255, 255), 3)
         out.append(cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, quality])[1].tobytes())
     return out
+
+
+@pytest.fixture
+def slow_links() -> Iterator[SlowLinks]:
+    """A private shaped network for the test (skips where it cannot be made)."""
+    with shaped_links() as links:
+        yield links
 
 
 @pytest.fixture

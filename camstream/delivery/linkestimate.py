@@ -73,13 +73,17 @@ class LinkSample:
 
     at: float
     acked: int | None = None
-    """Bytes the peer has acknowledged so far (``tcpi_bytes_acked``)."""
+    """Bytes the peer has received so far: ``tcpi_bytes_acked``, plus the segments it
+    acknowledged selectively beyond a hole (``tcpi_sacked`` x ``tcpi_snd_mss``), so a lost
+    packet does not hold the count back until its retransmission arrives."""
     unsent: int | None = None
     """Bytes written and not yet acknowledged (``SIOCOUTQ``: in flight plus not yet sent)."""
     notsent: int | None = None
     """Of those, bytes the kernel has not sent even once (``tcpi_notsent_bytes``)."""
     busy: float | None = None
-    """Seconds so far during which the socket had data outstanding (``tcpi_busy_time``)."""
+    """Seconds so far during which the socket had data outstanding (``tcpi_busy_time`` plus
+    ``tcpi_rwnd_limited`` and ``tcpi_sndbuf_limited``: the kernel books the time held back
+    by the reader's window or the send buffer there instead)."""
     rtt: float | None = None
     """Smoothed round-trip time, s."""
     min_rtt: float | None = None
@@ -138,6 +142,16 @@ class _Interval:
     new_burst: bool
 
 
+@dataclass
+class _Totals:
+    """Sums over the intervals in the window (kept up to date as they come and go)."""
+
+    seconds: float = 0.0
+    acked: int = 0
+    busy: float = 0.0
+    bursts: int = 0
+
+
 class LinkEstimate:
     """The link estimate of one viewer (see the module docstring).
 
@@ -153,9 +167,11 @@ class LinkEstimate:
         self._prev_acked: int | None = None
         self._measured: collections.deque[tuple[float, float]] = collections.deque()
         self._intervals: collections.deque[_Interval] = collections.deque()
+        self._totals = _Totals()  # sums over _intervals
         self._run: collections.deque[tuple[float, int]] = collections.deque()  # (at, acked)
         self._writes = 0  # writes since the newest sample
         self._written: collections.deque[tuple[float, int]] = collections.deque()  # (at, bytes)
+        self._written_total = 0  # bytes in _written
         self._rtt: float | None = None
         self._min_rtt: float | None = None
         self._last_rate: tuple[float, bool] | None = None  # kept while the window is empty
@@ -166,6 +182,7 @@ class LinkEstimate:
         """``nbytes`` were written to the socket at ``at`` (take a sample just before)."""
         self._writes += 1
         self._written.append((at, nbytes))
+        self._written_total += nbytes
 
     def timed_write(self, started: float, ended: float, nbytes: int) -> None:
         """A blocking write of ``nbytes`` took from ``started`` to ``ended``: the fallback
@@ -194,10 +211,20 @@ class LinkEstimate:
             return
         self._take_backlogged(prev, sample, acked, prev_acked, writes)
         if sample.busy is not None and prev.busy is not None:
-            self._intervals.append(_Interval(
+            self._keep(_Interval(
                 sample.at, sample.at - prev.at, acked - prev_acked,
                 max(sample.busy - prev.busy, 0.0), prev.unsent == 0,
             ))
+
+    def _keep(self, interval: _Interval, sign: int = 1) -> None:
+        """Add ``interval`` to the window (``sign`` -1: take it out) and to the sums."""
+        if sign > 0:
+            self._intervals.append(interval)
+        totals = self._totals
+        totals.seconds += sign * interval.seconds
+        totals.acked += sign * interval.acked
+        totals.busy += sign * interval.busy
+        totals.bursts += sign * (interval.new_burst and interval.acked > 0)
 
     def _take_backlogged(
         self, prev: LinkSample, sample: LinkSample, acked: int, prev_acked: int, writes: int
@@ -224,15 +251,19 @@ class LinkEstimate:
             if seconds >= _MIN_RUN_FLOOR_S and (
                 nbytes >= _MIN_RUN_BYTES or seconds >= _MIN_RUN_S
             ):
-                self._measured.append((sample.at, nbytes / seconds))
+                if nbytes > 0:  # nothing acknowledged: a loss stall, not a rate (see draining)
+                    self._measured.append((sample.at, nbytes / seconds))
                 break
 
     # Output
 
     def state(self, now: float) -> LinkState:
         """The estimate at ``now`` (drops evidence older than the window)."""
-        if self._measured or self._intervals:
-            self._rate(now)  # remembered, in case the window is about to empty
+        oldest = now - self.window_s
+        if (self._measured and self._measured[-1][0] < oldest) or (
+            self._intervals and self._intervals[-1].end < oldest
+        ):
+            self._rate(now)  # remembered: the window is about to empty
         self._expire(now)
         rate, measured = self._rate(now)
         prev = self._prev
@@ -246,7 +277,7 @@ class LinkEstimate:
             backlog=self._backlog(prev, rate),
             busy_fraction=self._busy_fraction(),
             draining=self._draining(),
-            offered=sum(n for _, n in self._written) / self.window_s,
+            offered=self._written_total / self.window_s,
         )
 
     def _expire(self, now: float) -> None:
@@ -255,9 +286,11 @@ class LinkEstimate:
         while measured and measured[0][0] < oldest:
             measured.popleft()
         while self._intervals and self._intervals[0].end < oldest:
-            self._intervals.popleft()
+            self._keep(self._intervals.popleft(), -1)
+        if not self._intervals:
+            self._totals = _Totals()  # no rounding error left over
         while self._written and self._written[0][0] < oldest:
-            self._written.popleft()
+            self._written_total -= self._written.popleft()[1]
         # A drop: the figures of the last quarter window far below the window's; keep only
         # those. (Not for a stall with nothing acknowledged: a loss waiting for its
         # retransmission says nothing of the rate.)
@@ -288,15 +321,12 @@ class LinkEstimate:
     def _burst_rate(self) -> float | None:
         """Bytes acknowledged per second of busy time over the window (each new burst's first
         round trip, spent waiting for the first acknowledgement, taken off)."""
-        intervals = self._intervals
-        acked = sum(i.acked for i in intervals)
-        if acked < _MIN_BURST_BYTES:
+        totals = self._totals
+        if totals.acked < _MIN_BURST_BYTES:
             return None
-        busy = sum(i.busy for i in intervals)
-        bursts = sum(1 for i in intervals if i.new_burst and i.acked > 0)
-        waiting = bursts * (self._min_rtt or 0.0)
-        busy = max(busy - waiting, busy / 4, _TICK_S)
-        return acked / busy
+        waiting = totals.bursts * (self._min_rtt or 0.0)
+        busy = max(totals.busy - waiting, totals.busy / 4, _TICK_S)
+        return totals.acked / busy
 
     def _draining(self) -> float | None:
         run = self._run
@@ -305,10 +335,10 @@ class LinkEstimate:
         return (run[-1][1] - run[0][1]) / (run[-1][0] - run[0][0])
 
     def _busy_fraction(self) -> float | None:
-        seconds = sum(i.seconds for i in self._intervals)
-        if seconds <= 0:
+        totals = self._totals
+        if totals.seconds <= 0:
             return None
-        return min(sum(i.busy for i in self._intervals) / seconds, 1.0)
+        return min(max(totals.busy / totals.seconds, 0.0), 1.0)
 
     def _backlog(self, prev: LinkSample | None, rate: float | None) -> int | None:
         if prev is None or prev.unsent is None:
@@ -334,12 +364,18 @@ def sample_socket(sock: socket.socket, at: float, unsent: int | None = None) -> 
         retrans = info.bytes_retrans or 0
         in_flight = info.bytes_sent - retrans - info.bytes_acked  # type: ignore[operator]
         unsent = max(in_flight, 0) + info.notsent_bytes  # type: ignore[operator]
+    acked = info.bytes_acked
+    if acked is not None and info.sacked and info.snd_mss:
+        acked += info.sacked * info.snd_mss  # received beyond a hole: delivered already
+    busy = info.busy_time
+    if busy is not None:  # the kernel counts these apart from busy_time, not within it
+        busy += (info.rwnd_limited or 0.0) + (info.sndbuf_limited or 0.0)
     return LinkSample(
         at,
-        acked=info.bytes_acked,
+        acked=acked,
         unsent=unsent,
         notsent=info.notsent_bytes,
-        busy=info.busy_time,
+        busy=busy,
         rtt=info.rtt,
         min_rtt=info.min_rtt,
     )

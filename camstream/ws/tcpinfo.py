@@ -9,13 +9,13 @@ Linux) :func:`read_tcp_info` returns None. Works on the plain TCP socket under T
 call (about a microsecond) and takes no lock.
 
 Field layout (``include/uapi/linux/tcp.h``; byte offsets, little or big endian as the host):
-``tcpi_snd_mss`` 16, ``tcpi_unacked`` 24, ``tcpi_last_data_sent`` 44,
-``tcpi_last_ack_recv`` 56, ``tcpi_rtt`` 68, ``tcpi_rttvar`` 72,
-``tcpi_snd_cwnd`` 80, ``tcpi_total_retrans`` 100 (Linux 2.6), ``tcpi_pacing_rate`` 104,
-``tcpi_bytes_acked`` 120 (4.1), ``tcpi_notsent_bytes`` 144, ``tcpi_min_rtt`` 148 (4.6),
-``tcpi_delivery_rate`` 160 (4.9), ``tcpi_busy_time`` 168, ``tcpi_rwnd_limited`` 176,
-``tcpi_sndbuf_limited`` 184 (4.10), ``tcpi_delivered`` 192 (4.18), ``tcpi_bytes_sent`` 200,
-``tcpi_bytes_retrans`` 208 (4.19); ``tcpi_delivery_rate_app_limited`` is a bit of byte 7 (4.9).
+``tcpi_snd_mss`` 16, ``tcpi_unacked`` 24, ``tcpi_sacked`` 28, ``tcpi_last_data_sent`` 44,
+``tcpi_last_ack_recv`` 56, ``tcpi_rtt`` 68, ``tcpi_rttvar`` 72, ``tcpi_snd_cwnd`` 80,
+``tcpi_total_retrans`` 100 (Linux 2.6), ``tcpi_pacing_rate`` 104, ``tcpi_bytes_acked`` 120
+(4.1), ``tcpi_notsent_bytes`` 144, ``tcpi_min_rtt`` 148 (4.6), ``tcpi_delivery_rate`` 160
+(4.9), ``tcpi_busy_time`` 168, ``tcpi_rwnd_limited`` 176, ``tcpi_sndbuf_limited`` 184 (4.10),
+``tcpi_delivered`` 192 (4.18), ``tcpi_bytes_sent`` 200, ``tcpi_bytes_retrans`` 208 (4.19);
+``tcpi_delivery_rate_app_limited`` is a bit of byte 7 (4.9).
 """
 
 from __future__ import annotations
@@ -40,39 +40,51 @@ _ORDER = "<" if sys.byteorder == "little" else ">"
 # little-endian ABI, the highest on a big-endian one.
 _APP_LIMITED_BIT = 0x01 if sys.byteorder == "little" else 0x80
 
-# (name, offset, struct format) of each field read; a field is read only if the kernel's struct
-# reaches its end.
-_FIELDS: tuple[tuple[str, int, str], ...] = (
-    ("snd_mss", 16, "I"),
-    ("unacked", 24, "I"),
-    ("last_data_sent_ms", 44, "I"),
-    ("last_ack_recv_ms", 56, "I"),
-    ("rtt_us", 68, "I"),
-    ("rttvar_us", 72, "I"),
-    ("snd_cwnd", 80, "I"),
-    ("total_retrans", 100, "I"),
-    ("pacing_rate", 104, "Q"),
-    ("bytes_acked", 120, "Q"),
-    ("notsent_bytes", 144, "I"),
-    ("min_rtt_us", 148, "I"),
-    ("delivery_rate", 160, "Q"),
-    ("busy_time_us", 168, "Q"),
-    ("rwnd_limited_us", 176, "Q"),
-    ("sndbuf_limited_us", 184, "Q"),
-    ("delivered", 192, "I"),
-    ("bytes_sent", 200, "Q"),
-    ("bytes_retrans", 208, "Q"),
+# (name, offset, struct format, scale to seconds) of each field read, in TcpInfo's order; a
+# field is read only if the kernel's struct reaches its end.
+_FIELDS: tuple[tuple[str, int, str, float | None], ...] = (
+    ("snd_mss", 16, "I", None),
+    ("unacked", 24, "I", None),
+    ("sacked", 28, "I", None),
+    ("last_data_sent", 44, "I", 1e-3),
+    ("last_ack_recv", 56, "I", 1e-3),
+    ("rtt", 68, "I", 1e-6),
+    ("rttvar", 72, "I", 1e-6),
+    ("snd_cwnd", 80, "I", None),
+    ("total_retrans", 100, "I", None),
+    ("pacing_rate", 104, "Q", None),
+    ("bytes_acked", 120, "Q", None),
+    ("notsent_bytes", 144, "I", None),
+    ("min_rtt", 148, "I", 1e-6),
+    ("delivery_rate", 160, "Q", None),
+    ("busy_time", 168, "Q", 1e-6),
+    ("rwnd_limited", 176, "Q", 1e-6),
+    ("sndbuf_limited", 184, "Q", 1e-6),
+    ("delivered", 192, "I", None),
+    ("bytes_sent", 200, "Q", None),
+    ("bytes_retrans", 208, "Q", None),
 )
-_TIMES = {  # fields counted in micro- or milliseconds, given in seconds
-    "rtt_us": 1e-6, "rttvar_us": 1e-6, "min_rtt_us": 1e-6, "busy_time_us": 1e-6,
-    "rwnd_limited_us": 1e-6, "sndbuf_limited_us": 1e-6, "last_data_sent_ms": 1e-3,
-    "last_ack_recv_ms": 1e-3,
-}
+_ONE = tuple((offset, struct.Struct(_ORDER + code)) for _, offset, code, _ in _FIELDS)
+_SCALED = tuple((i, scale) for i, (*_, scale) in enumerate(_FIELDS) if scale is not None)
+_PACING = next(i for i, field in enumerate(_FIELDS) if field[0] == "pacing_rate")
+
+
+def _whole_layout() -> struct.Struct:
+    """One struct for every field at once (the kernel's struct is at least this long since
+    Linux 4.19): a single unpack instead of one per field."""
+    layout, end = _ORDER, 0
+    for _, offset, code, _ in _FIELDS:
+        layout += f"{offset - end}x{code}" if offset > end else code
+        end = offset + struct.calcsize(code)
+    return struct.Struct(layout)
+
+
+_WHOLE = _whole_layout()
 _DELIVERY_RATE_END = 168  # the app-limited bit came with tcpi_delivery_rate (Linux 4.9)
 _NO_RATE = (1 << 64) - 1  # ~0ULL: "no rate" (pacing_rate when the socket has none)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class TcpInfo:
     """One reading of a socket's ``TCP_INFO`` (None: this kernel does not report the field).
 
@@ -85,6 +97,8 @@ class TcpInfo:
     """Sender's maximum segment size, bytes."""
     unacked: int | None = None
     """Segments sent and not yet acknowledged."""
+    sacked: int | None = None
+    """Of those, segments the peer has selectively acknowledged (received beyond a hole)."""
     last_data_sent: float | None = None
     """Seconds since data was last sent (the kernel's clock ticks: 1-10 ms steps)."""
     last_ack_recv: float | None = None
@@ -108,40 +122,46 @@ class TcpInfo:
     delivery_rate: int | None = None
     """The kernel's newest delivery rate sample, bytes/s (see :attr:`delivery_rate_app_limited`;
     the kernel keeps the last sample that was not app-limited, or a higher app-limited one)."""
-    delivery_rate_app_limited: bool | None = None
-    """Whether :attr:`delivery_rate` was measured while the application, not the network,
-    limited the sending: then it is only a lower bound of what the path carries."""
     busy_time: float | None = None
-    """Seconds so far during which the socket had data unacknowledged (sent or queued):
-    ``tcpi_busy_time``, counted in the kernel's clock ticks (1-10 ms), so only sums over many
-    busy periods are exact to better than a tick."""
+    """Seconds so far during which the socket had data unacknowledged (sent or queued) and
+    was neither of the two below: ``tcpi_busy_time``, counted in the kernel's clock ticks
+    (1-10 ms), so only sums over many busy periods are exact to better than a tick."""
     rwnd_limited: float | None = None
-    """Seconds of that during which the peer's receive window held the sending back."""
+    """Seconds so far during which the peer's receive window held the sending back (not in
+    :attr:`busy_time`)."""
     sndbuf_limited: float | None = None
-    """Seconds of that during which the send buffer held the sending back."""
+    """Seconds so far during which the send buffer held the sending back (not in
+    :attr:`busy_time`)."""
     delivered: int | None = None
     """Segments delivered so far (counts up by one or more with every new rate sample)."""
     bytes_sent: int | None = None
     """Bytes sent so far, retransmissions included."""
     bytes_retrans: int | None = None
     """Bytes retransmitted so far."""
+    delivery_rate_app_limited: bool | None = None
+    """Whether :attr:`delivery_rate` was measured while the application, not the network,
+    limited the sending: then it is only a lower bound of what the path carries."""
 
 
 def _decode(raw: bytes) -> TcpInfo:
     """The :class:`TcpInfo` of the ``raw`` struct bytes the kernel returned (any length)."""
-    values: dict[str, object] = {}
-    for name, offset, fmt in _FIELDS:
-        if offset + struct.calcsize(fmt) <= len(raw):
-            values[name] = struct.unpack_from(_ORDER + fmt, raw, offset)[0]
-    for key, scale in _TIMES.items():
-        count = values.pop(key, None)
+    size = len(raw)
+    values: list[float | int | bool | None]
+    if size >= _WHOLE.size:
+        values = list(_WHOLE.unpack_from(raw))
+    else:
+        values = [
+            one.unpack_from(raw, offset)[0] if offset + one.size <= size else None
+            for offset, one in _ONE
+        ]
+    for i, scale in _SCALED:
+        count = values[i]
         if count is not None:
-            values[key.rsplit("_", 1)[0]] = int(count) * scale  # type: ignore[call-overload]
-    if values.get("pacing_rate") == _NO_RATE:
-        values["pacing_rate"] = None
-    if len(raw) >= _DELIVERY_RATE_END:
-        values["delivery_rate_app_limited"] = bool(raw[7] & _APP_LIMITED_BIT)
-    return TcpInfo(**values)  # type: ignore[arg-type]
+            values[i] = count * scale
+    if values[_PACING] == _NO_RATE:
+        values[_PACING] = None
+    values.append(bool(raw[7] & _APP_LIMITED_BIT) if size >= _DELIVERY_RATE_END else None)
+    return TcpInfo(*values)  # type: ignore[arg-type]
 
 
 def read_tcp_info(sock: socket.socket) -> TcpInfo | None:
