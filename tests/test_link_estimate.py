@@ -22,6 +22,7 @@ from conftest import TIMEOUT, wait_until
 from netns import Lane, NetnsError, SlowLinks, shaped_links, unavailable
 
 from camstream import Streamer
+from camstream.delivery.adapt import AdaptController
 from camstream.delivery.linkestimate import LinkEstimate, LinkSample, SocketMeter, sample_socket
 from camstream.ws import tcpinfo
 from camstream.ws.tcpinfo import TCP_INFO_SUPPORTED, read_tcp_info
@@ -353,6 +354,101 @@ def test_a_loopback_viewer_gets_a_high_estimate(streamer_on: object) -> None:
     finally:
         viewer.kill()
         viewer.communicate(timeout=TIMEOUT)
+
+
+# The estimate and the controller together, on a real link (a plain TCP sender)
+
+
+SIZES = (180_000, 90_000, 45_000, 22_000, 11_000)  # a 720p ladder's frames, bytes
+DRAIN = r"""
+import socket, sys
+sock = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=30)
+try:
+    while sock.recv(1 << 20):
+        pass
+except OSError:
+    pass
+"""
+
+
+class ClosedLoop:
+    """Frames of ``SIZES[rung]`` bytes at 30 fps through a real socket, each decided by an
+    :class:`AdaptController` from a :class:`SocketMeter` sampled right before it, as the
+    integration will do (the test's thread; nothing else writes)."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.meter = SocketMeter(sock)
+        self.controller = AdaptController(len(SIZES), SIZES)
+        self.sent: list[tuple[float, int]] = []  # (when, rung)
+        self.changes: list[tuple[float, int, str]] = []
+        self._due = time.monotonic()
+
+    def run_until(self, done: object, timeout: float) -> bool:
+        """Play frames until ``done(self)`` or ``timeout`` seconds; returns ``done``'s last."""
+        end = time.monotonic() + timeout
+        while not done(self):  # type: ignore[operator]
+            now = time.monotonic()
+            if now >= end:
+                return False
+            if now < self._due:
+                time.sleep(min(self._due - now, 0.005))  # the camera's clock
+                continue
+            decision = self.controller.decide(now, self.meter.sample(now), 30, 30)
+            if decision.reason is not None:
+                self.changes.append((now, decision.rung, decision.reason))
+            if not decision.send:
+                time.sleep(0.005)  # the loop's behind-poll
+                continue
+            nbytes = SIZES[decision.rung]
+            self.sock.sendall(bytes(nbytes))
+            self.meter.wrote(now, nbytes)
+            self.controller.sent(decision.rung, nbytes, now)
+            self.sent.append((now, decision.rung))
+            while self._due <= now:
+                self._due += 1 / 30
+        return True
+
+    def steady(self, rung: int, seconds: float) -> object:
+        """``done`` for :meth:`run_until`: from now on, ``seconds`` of frames all at ``rung``,
+        at 25 fps or more."""
+        since = time.monotonic()
+
+        def done(loop: ClosedLoop) -> bool:
+            now = time.monotonic()
+            recent = [r for t, r in loop.sent if t >= max(since, now - seconds)]
+            return now - since >= seconds and len(recent) >= 25 * seconds and set(recent) == {
+                rung
+            }
+        return done
+
+
+@linux_only
+def test_the_controller_settles_drops_and_recovers_on_a_real_link(
+    slow_links: SlowLinks,
+) -> None:
+    lane = slow_links.lane(8)
+    with socket.create_server((slow_links.host_address, 0)) as server:
+        lane.popen([sys.executable, "-c", DRAIN, slow_links.host_address,
+                    str(server.getsockname()[1])])
+        server.settimeout(3 * TIMEOUT)
+        sock, _ = server.accept()
+    with sock:
+        loop = ClosedLoop(sock)
+        # 8 Mbit/s at 30 fps fits 22 KB frames (rung 3), not 45 KB ones
+        assert loop.run_until(loop.steady(3, 2.0), 2 * TIMEOUT), loop.changes
+        assert all(rung > 0 for _, rung, _ in loop.changes)
+        lane.set_rate(2)  # down to the floor, and quickly
+        dropped, before = time.monotonic(), len(loop.changes)
+        assert loop.run_until(lambda lp: lp.controller.rung == 4, TIMEOUT), loop.changes
+        assert time.monotonic() - dropped < TIMEOUT / 2
+        assert all(reason in ("backlog", "link") for _, _, reason in loop.changes[before:])
+        lane.set_rate(8)  # back up, by probes (TCP itself may take a moment to catch up)
+        before = len(loop.changes)
+        assert loop.run_until(loop.steady(3, 1.0), 2 * TIMEOUT), loop.changes
+        ups = loop.changes[before:]
+        assert ups and {reason for _, _, reason in ups} <= {"probe", "probe_failed"}, ups
+        assert ups[-1][1:] == (3, "probe")
 
 
 # The shaped-link fixture itself
