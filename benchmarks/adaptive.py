@@ -358,12 +358,16 @@ def plot(results: list[dict[str, Any]], path: str) -> None:
     except ImportError:
         print("\n(matplotlib is not installed: no plot; pip install -e '.[bench]')")
         return
+    from matplotlib.ticker import NullFormatter, ScalarFormatter
+
     fig, (ax_fps, ax_lat) = plt.subplots(1, 2, figsize=(10, 4))
+    all_rates: set[float] = set()
     for adapt in sorted({r["adapt"] for r in results}):
         alone = [r for r in results if r["adapt"] == adapt and r["name"].startswith("alone")
                  and r["viewers"][0]["rate_mbit"] is not None]
         alone.sort(key=lambda r: r["viewers"][0]["rate_mbit"])
         rates = [r["viewers"][0]["rate_mbit"] for r in alone]
+        all_rates.update(rates)
         ax_fps.plot(rates, [r["viewers"][0]["fps"] for r in alone], "o-", label=f"adapt {adapt}")
         ax_lat.plot(rates, [r["viewers"][0]["p95_ms"] or 0 for r in alone], "o-",
                     label=f"adapt {adapt}")
@@ -372,8 +376,15 @@ def plot(results: list[dict[str, Any]], path: str) -> None:
     ax_lat.set(xscale="log", yscale="log", xlabel="link rate (Mbit/s)",
                ylabel="capture to receipt p95 (ms)", title="latency")
     for ax in (ax_fps, ax_lat):
+        ax.set_xticks(sorted(all_rates), [f"{r:g}" for r in sorted(all_rates)])
+        ax.xaxis.set_minor_formatter(NullFormatter())
         ax.grid(True, which="both", alpha=0.3)
         ax.legend()
+    low, high = ax_lat.get_ylim()
+    ax_lat.set_yticks([t for t in (10, 25, 50, 100, 250, 500, 1000, 2000, 4000, 8000)
+                       if low <= t <= high])
+    ax_lat.yaxis.set_major_formatter(ScalarFormatter())
+    ax_lat.yaxis.set_minor_formatter(NullFormatter())
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     print(f"\nplot: {path}")
@@ -397,7 +408,13 @@ def main() -> int:
         HERE, "results", f"adaptive-{datetime.date.today().isoformat()}.json"))
     parser.add_argument("--plot", default=os.path.join(REPO, "docs", "images", "adaptive.png"),
                         help="where to write the plot ('none': no plot)")
+    parser.add_argument("--replot", metavar="JSON",
+                        help="only draw the plot of a results file written before")
     args = parser.parse_args()
+    if args.replot:
+        with open(args.replot) as f:
+            plot(json.load(f)["points"], args.plot)
+        return 0
     problem = unavailable()
     if problem is not None:
         print(f"cannot make shaped links: {problem}", file=sys.stderr)
