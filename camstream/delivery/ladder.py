@@ -29,7 +29,7 @@ from dataclasses import dataclass
 
 from .encoder import Variant, fit_size
 
-__all__ = ["Ladder", "Rung", "build_ladder", "QUALITIES", "WIDTHS"]
+__all__ = ["FLOOR_WIDTH", "Ladder", "QUALITIES", "Rung", "WIDTHS", "build_ladder", "model_bytes"]
 
 WIDTHS = (7680, 5120, 3840, 2560, 1920, 1280, 960, 640, 480, 320)
 """The widths of rungs below the top (besides the source's own): each about 3/4 or 2/3 of the
