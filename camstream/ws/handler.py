@@ -81,7 +81,7 @@ class HandlerHost(Protocol):
         """Unregister, then ``on_close`` (only after ``on_open``)."""
 
 
-class WebSocketHandler(BaseHandler):  # type: ignore[misc]
+class WebSocketHandler(BaseHandler):
     """Serves one accepted socket in its own thread (created by socketserver per connection)."""
 
     server: HandlerHost
@@ -190,7 +190,7 @@ class WebSocketHandler(BaseHandler):  # type: ignore[misc]
                 pass
         finally:
             self._method = parser.method
-        return parser.request(tuple(self.client_address[:2]))  # type: ignore[arg-type]
+        return parser.request(tuple(self.client_address[:2]))
 
     def _respond_error(self, status: int, message: str, headers: Mapping[str, str]) -> None:
         """Send an error response, then half-close and drain briefly so the client reads it."""

@@ -39,7 +39,7 @@ __all__ = ["WebSocketServer"]
 logger = logs.get_logger(__name__)
 
 
-class WebSocketServer(BaseServer):  # type: ignore[misc]
+class WebSocketServer(BaseServer):
     """A threaded WebSocket server for :class:`Application` ``app``.
 
     Binds in ``__init__`` (port 0 picks a free port; ``"::"``/``"::1"`` listen on IPv6) and starts
