@@ -13,6 +13,7 @@ Modules, one concern each:
 * :mod:`~camstream.ws.http` - request parsing, upgrade checks and response heads, no I/O.
 * :mod:`~camstream.ws.tls` - TLS on memory BIOs (:class:`TlsChannel`), :func:`make_ssl_context`.
 * :mod:`~camstream.ws.upstream` - the websocket-server import and its logging repair.
+* :mod:`~camstream.ws.tcpinfo` - Linux ``TCP_INFO`` of a socket (round-trip time, delivery rate).
 * :mod:`~camstream.ws.limits` - :class:`Limits`, what a connection is given instead of the server.
 * :mod:`~camstream.ws.budget` - what clients may send: per connection (1008 beyond) and per
   address (shared; readers wait their turn).
