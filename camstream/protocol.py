@@ -119,8 +119,12 @@ def snapshot_message(
     }
 
 
-CAMERA_EVENTS = frozenset({"camera_lost", "camera_restored", "source_ended"})
-"""The camera's events, sent to every WebSocket viewer as they happen."""
+CAMERA_EVENTS = frozenset({
+    "camera_lost", "camera_restored", "source_ended",
+    "camera_starting", "camera_started", "camera_idle",  # on-demand cameras only
+})
+"""The camera's events (``capture.states.CameraListener``), sent to every WebSocket viewer as
+they happen."""
 
 
 def event_message(event: str, details: Mapping[str, Any]) -> dict[str, Any]:
@@ -147,6 +151,8 @@ CONTROL_TYPES = frozenset({"config", "pause", "resume", "snapshot", "ping"})
 MAX_FPS = 240.0
 MAX_SIDE = 8192
 MIN_MAX_BYTES = 4096
+MAX_JPEG_SIDE = 65500
+"""The largest width or height a JPEG file (a binary message) can have: libjpeg's limit."""
 
 
 class ProtocolInputError(ValueError):

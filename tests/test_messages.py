@@ -16,6 +16,7 @@ import pytest
 
 import camstream
 from camstream import protocol
+from camstream.capture.states import CameraState, announce
 
 ROOT = Path(camstream.__file__).parent
 PROTOCOL_MD = ROOT.parent / "PROTOCOL.md"
@@ -65,12 +66,24 @@ def test_pong_echoes_the_clients_t(t: float | str | None) -> None:
 
 
 def test_camera_events() -> None:
-    for event in ("camera_lost", "camera_restored", "source_ended"):
+    for event in sorted(protocol.CAMERA_EVENTS):
         message = roundtrip(protocol.event_message(event, {"source": "camera 0"}))
         assert message["type"] == event and message["source"] == "camera 0"
         assert message["timestamp"].endswith("Z")
     with pytest.raises(ValueError, match="unknown camera event"):
         protocol.event_message("_snapshot", {})
+
+
+def test_every_event_the_camera_sends_has_its_message() -> None:
+    """The camera's state changes name their events (capture.states.announce); each is one the
+    builder knows, so none is lost on its way to the viewers."""
+    sent = {
+        announce(previous, state, "why", "camera 0")[0]
+        for previous in CameraState
+        for state in CameraState
+    }
+    assert {"camera_lost", "camera_restored", "source_ended"} <= sent
+    assert sent - {None} <= protocol.CAMERA_EVENTS, sent - protocol.CAMERA_EVENTS
 
 
 def test_error() -> None:
