@@ -140,9 +140,9 @@ def link_and_peer(
 def test_a_begun_message_is_finished_before_the_next_writers_message(link_and_peer) -> None:
     """The planted bug this catches: a rest left for later while another writer goes first."""
     link, sock = link_and_peer
-    assert link.try_send(message(1, BIG))
-    assert link.pending > 0  # part-way: the rest is the link's, and the lock is free
-    assert link.send_lock.acquire(blocking=False)
+    left = link.try_send(message(1, BIG))
+    assert left is not None and left > 0 and link.pending == left  # part-way: the link's rest
+    assert link.send_lock.acquire(blocking=False)  # and the lock is free
     link.send_lock.release()
     peer = Peer(sock)
     peer.start()
@@ -157,15 +157,15 @@ def test_a_begun_message_is_finished_before_the_next_writers_message(link_and_pe
 
 def test_no_second_message_is_begun_while_a_rest_is_pending(link_and_peer) -> None:
     link, sock = link_and_peer
-    assert link.try_send(message(1, BIG))
+    assert link.try_send(message(1, BIG))  # (a positive number: bytes kept)
     assert link.pending > 0
-    assert not link.try_send(message(2, 100))  # not idle: nothing written
+    assert link.try_send(message(2, 100)) is None  # not idle: nothing written
     assert not link.writable_now()  # (a keepalive ping or a Close waits for the rest too)
     peer = Peer(sock)
     peer.start()
     link.flush()  # what a viewer's thread does first thing
     assert link.pending == 0 and link.send_started is None
-    assert wait_until(lambda: link.try_send(message(3, 100)), 3 * TIMEOUT)
+    assert wait_until(lambda: link.try_send(message(3, 100)) is not None, 3 * TIMEOUT)
     link.flush()
     link.half_close()
     peer.join(3 * TIMEOUT)
@@ -180,7 +180,7 @@ def test_text_and_binary_go_as_one_write(link_and_peer) -> None:
     peer = Peer(sock)
     peer.start()
     first, second = message(1, 40), message(2, BIG // 4)
-    assert wait_until(lambda: link.try_send(first, second), 3 * TIMEOUT)
+    assert wait_until(lambda: link.try_send(first, second) is not None, 3 * TIMEOUT)
     link.flush()
     link.half_close()
     peer.join(3 * TIMEOUT)
@@ -201,9 +201,10 @@ def test_many_writers_never_interleave(link_and_peer) -> None:
     def fanout(index: int, size: int) -> None:
         while not stop.is_set():
             sizes[index] = size
-            if link.try_send(message(index, size)):
+            left = link.try_send(message(index, size))
+            if left is not None:
                 counts["begun"] += 1
-                counts["rests"] += link.pending > 0
+                counts["rests"] += left > 0
                 index += 1
             time.sleep(0.001)
 
@@ -254,7 +255,7 @@ def test_a_cut_message_is_followed_by_nothing(link_and_peer) -> None:
         link.send(message(2, 10))
     with pytest.raises(ConnectionClosedError):
         link.flush()
-    assert not link.try_send(message(3, 10))
+    assert link.try_send(message(3, 10)) is None
     peer = Peer(sock)
     peer.start()
     peer.join(3 * TIMEOUT)

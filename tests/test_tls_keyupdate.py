@@ -143,13 +143,13 @@ def feed_nonblocking(conn: Connection, stop: threading.Event) -> None:
     while not stop.is_set():
         frame = FRAMES[i % len(FRAMES)]
         try:
-            sent = conn.try_send_messages(Connection.binary_message(frame))
-            rest = sent and conn.pending > 0
-            NONBLOCKING["rest" if rest else "whole" if sent else "busy"] += 1
-            if rest:
-                conn.flush()
-            elif not sent:
+            left = conn.try_send_messages(Connection.binary_message(frame))
+            NONBLOCKING["busy" if left is None else "rest" if left else "whole"] += 1
+            if left is None:
                 conn.send_binary(frame)
+            elif left:
+                assert conn.pending == left
+                conn.flush()
         except ConnectionClosedError:
             return
         i += 1

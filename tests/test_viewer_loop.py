@@ -76,7 +76,7 @@ class Recorder:
             while self.owed:
                 self.owed -= 1
                 self._note("owed", None)
-        elif self.pending or self.owed:
+        elif self.owed:
             return None
         if self.paused:
             return None
@@ -84,14 +84,14 @@ class Recorder:
 
     def send(
         self, encoded: EncodedFrame, variant: Variant, skipped: int, round_: FanOutRound | None
-    ) -> bool:
+    ) -> int | None:
         if round_ is not None:
-            if not self.accept_fast:
-                return False
+            if not self.accept_fast or self.pending:
+                return None
             assert round_.wire(wire, encoded) == b"W" + encoded.data
             self.pending = self.leave_rest
         self._note("fast" if round_ is not None else "frame", (encoded.seq, skipped, variant))
-        return True
+        return self.pending
 
     def stalled(self) -> None:
         self._note("stalled", None)

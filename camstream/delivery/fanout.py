@@ -61,8 +61,8 @@ class FanOutRound:
     def __init__(self) -> None:
         self._inline: frozenset[Variant] | None = None  # the variants encoded here if need be
         self._encoded: dict[tuple[int, Variant], tuple[Frame, EncodedFrame]] = {}
-        # (builder, id(jpeg)) -> (jpeg, wire bytes); the JPEG is kept so its id is not reused
-        self._wire: dict[tuple[WireBuilder, int], tuple[bytes, bytes]] = {}
+        # builder -> id(jpeg) -> (jpeg, wire bytes); the JPEG is kept so its id is not reused
+        self._wire: dict[WireBuilder, dict[int, tuple[bytes, bytes]]] = {}
 
     def encoded(self, cache: EncodeCache, frame: Frame, variant: Variant) -> EncodedFrame | None:
         """The JPEG of ``frame`` for ``variant``, asked of the cache once per round and variant.
@@ -90,10 +90,12 @@ class FanOutRound:
         """``build(encoded)``: an output kind's bytes of this JPEG, made once per round and
         shared by every viewer of that kind and JPEG."""
         data = encoded.data
-        key = (build, id(data))
-        entry = self._wire.get(key)
+        made = self._wire.get(build)
+        if made is None:
+            made = self._wire[build] = {}
+        entry = made.get(id(data))
         if entry is None or entry[0] is not data:
-            entry = self._wire[key] = (data, build(encoded))
+            entry = made[id(data)] = (data, build(encoded))
         return entry[1]
 
 

@@ -126,23 +126,19 @@ class MjpegStream:
     def unsent_bytes(self) -> int | None:
         return self._exchange.unsent_bytes()
 
-    @property
-    def pending(self) -> int:
-        return self._exchange.pending
-
     def ready(self, may_block: bool) -> tuple[Variant, float] | None:
         if may_block:
             self._exchange.flush()  # the rest of a part the fan-out began
-        elif not self._running or self._exchange.pending:
+        elif not self._running:
             return None
         return self._wanted, self.fps
 
     def send(
         self, encoded: EncodedFrame, variant: Variant, skipped: int, round_: FanOutRound | None
-    ) -> bool:
+    ) -> int | None:
         if round_ is None:
             self._exchange.write(part_of(encoded))
-            return True
+            return 0
         return self._exchange.try_write(round_.wire(part_of, encoded))
 
     def stalled(self) -> None:

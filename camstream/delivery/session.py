@@ -275,10 +275,6 @@ class ClientSession:
     def unsent_bytes(self) -> int | None:
         return self._link.unsent_bytes()
 
-    @property
-    def pending(self) -> int:
-        return self._link.pending
-
     def ready(self, may_block: bool) -> tuple[Variant, float] | None:
         if may_block:
             self.connection.flush()  # the rest of a message the fan-out began
@@ -291,26 +287,26 @@ class ClientSession:
                 if self._outbox or self._settings_changed or self._paused:
                     return None
                 settings = self._settings
-            if self._announced is None or self._link.pending:
+            if self._announced is None:
                 return None
         self._sending = settings
         return settings.variant, settings.fps
 
     def send(
         self, encoded: EncodedFrame, variant: Variant, skipped: int, round_: FanOutRound | None
-    ) -> bool:
+    ) -> int | None:
         settings = self._sending
         quality = self._announced_quality(encoded.passed_through, variant)
         if (encoded.width, encoded.height, quality, self._version) != self._announced:
             if round_ is not None:
-                return False  # metadata first: the sender does it
+                return None  # metadata first: the sender does it
             self._send_metadata((encoded.width, encoded.height), quality, settings)
         connection = self.connection
         if round_ is None:
             if settings.frame_info:
                 connection.send_text(protocol.encode_message(self._frame_info(encoded, skipped)))
             connection.send_binary(encoded.data)
-            return True
+            return 0
         message = round_.wire(_frame_message, encoded)
         if settings.frame_info:  # the frame's text and its JPEG in one write
             text = protocol.encode_message(self._frame_info(encoded, skipped))

@@ -15,7 +15,8 @@ viewer's own thread (which may block and may encode any variant) or, through
 :class:`~.fanout.FanOutRound` allows, and leaves to the viewer's thread anything else). Its
 steps, in order: the output says what it wants (:meth:`ViewerOutput.ready`; the viewer's thread
 first writes what is owed), the Pacer says whether this frame is due, the viewer must not be
-behind, the viewer's :class:`Controller` picks the variant for this frame or holds it back, the
+behind, the viewer's :class:`Controller` (if it has one) picks the variant for this frame or
+holds it back, the
 cache gives the JPEG, the output writes it (:meth:`ViewerOutput.send`, with any text message
 that goes with the frame), and the Pacer, the controller and :class:`ViewerStats` record it.
 
@@ -44,7 +45,6 @@ from .pacing import BEHIND_POLL_S, Pacer
 __all__ = [
     "Controller",
     "Delivery",
-    "FixedVariant",
     "ViewerLoop",
     "ViewerOutput",
     "ViewerStats",
@@ -94,10 +94,6 @@ class ViewerOutput(Protocol):
     def paused(self) -> bool:
         """True while the viewer wants no frames (new frames do not wake the loop)."""
 
-    @property
-    def pending(self) -> int:
-        """Bytes of an earlier message not yet written (a non-blocking write's rest)."""
-
     def unsent_bytes(self) -> int | None:
         """Bytes written but not yet taken by the viewer (None: cannot tell)."""
 
@@ -107,7 +103,8 @@ class ViewerOutput(Protocol):
 
         With ``may_block`` (the loop's thread), first write everything owed before a frame:
         the rest of an earlier message, queued text messages, fresh metadata. Without (the
-        fan-out), write nothing and return None unless nothing is owed.
+        fan-out), write nothing and return None if messages or metadata are owed (an earlier
+        message's rest makes the fan-out's write itself refuse).
 
         Raises:
             ConnectionClosedError: the viewer went away.
@@ -119,15 +116,16 @@ class ViewerOutput(Protocol):
         variant: Variant,
         skipped: int,
         round_: FanOutRound | None,
-    ) -> bool:
+    ) -> int | None:
         """Write one frame (``variant`` is the one given; ``skipped`` frames went unsent since
         the previous one), preceded by any text message that goes with it (the whole lot one
         write when ``round_`` is given).
 
-        ``round_`` None: the loop's thread; blocks until written, returns True. Else the
-        fan-out's thread: never blocks, takes the shared wire bytes from ``round_.wire``;
-        False if nothing was written (busy, or something must go first): the loop's thread
-        takes the frame then.
+        ``round_`` None: the loop's thread; blocks until written, returns 0. Else the fan-out's
+        thread: never blocks, takes the shared wire bytes from ``round_.wire``, and returns how
+        many bytes the connection's link still holds (0: all written; the loop's thread writes
+        a rest first thing), or None if nothing was written (busy, a rest pending, or something
+        must go first): the loop's thread takes the frame then.
 
         Raises:
             ConnectionClosedError: the viewer went away.
@@ -156,18 +154,11 @@ class Controller(Protocol):
         """A frame of ``size`` bytes in ``variant`` was written (or begun) at ``now``."""
 
 
-class FixedVariant:
-    """The default :class:`Controller`: every frame in the variant asked for, none held back
-    (the Pacer already skips frames while the viewer is behind)."""
-
-    def choose(self, wanted: Variant, unsent_bytes: int | None, now: float) -> Variant | None:
-        return wanted
-
-    def sent(self, variant: Variant, size: int, now: float) -> None:
-        pass
-
-
-_FIXED = FixedVariant()  # stateless: shared by every loop that has no controller of its own
+# The routine's outcomes as plain names: an enum member read through its class costs a few
+# hundred ns, and the routine runs once per viewer and frame.
+_SENT, _IDLE, _BEHIND, _STALLED, _LEFT = (
+    Delivery.SENT, Delivery.IDLE, Delivery.BEHIND, Delivery.STALLED, Delivery.LEFT
+)
 
 
 class ViewerLoop:
@@ -176,7 +167,8 @@ class ViewerLoop:
     :meth:`run` runs in the viewer's own thread (a WebSocket sender, an HTTP handler) until
     :meth:`stop`, the output closing or a stall; :meth:`offer` is the fan-out's way in;
     :meth:`wake`, :meth:`nudge` and :meth:`stop` are safe from any thread. ``controller``
-    picks each frame's variant (default :class:`FixedVariant`: the one asked for).
+    picks each frame's variant (None: every frame in the variant asked for, none held back;
+    the Pacer already skips frames while the viewer is behind).
     """
 
     def __init__(
@@ -187,7 +179,7 @@ class ViewerLoop:
         controller: Controller | None = None,
     ) -> None:
         self.stats = ViewerStats()
-        self._controller = _FIXED if controller is None else controller
+        self._controller = controller
         self._camera = camera
         self._cache = cache
         self._pacer = Pacer(stall_timeout)  # used by the loop's thread only
@@ -260,7 +252,7 @@ class ViewerLoop:
         try:
             if self._stopping.is_set():
                 return False  # (checked under the lock: once run() ended, nothing is sent)
-            return self._deliver(output, frame, round_) is Delivery.SENT
+            return self._deliver(output, frame, round_) is _SENT
         finally:
             self._busy.release()
 
@@ -302,9 +294,9 @@ class ViewerLoop:
                 if self._stopping.is_set():
                     return
                 outcome = self._deliver(output, None, None)
-                if outcome is Delivery.STALLED:
+                if outcome is _STALLED:
                     return
-                behind = outcome is Delivery.BEHIND
+                behind = outcome is _BEHIND
 
     def _deliver(
         self, output: ViewerOutput, frame: Frame | None, round_: FanOutRound | None
@@ -320,52 +312,55 @@ class ViewerLoop:
         may_block = round_ is None
         wanted = output.ready(may_block)
         if wanted is None:
-            return Delivery.IDLE if may_block else Delivery.LEFT
+            return _IDLE if may_block else _LEFT
         pacer, camera_fps = self._pacer, self._camera.fps
         if frame is None:
             frame = self._camera.latest()
             if frame is None:
-                return Delivery.IDLE
+                return _IDLE
         if not pacer.wants(frame.seq, frame.captured_monotonic, camera_fps):
-            return Delivery.IDLE  # not due, or sent already: look again when one is wanted
+            return _IDLE  # not due, or sent already: look again when one is wanted
         now = time.monotonic()
         unsent = output.unsent_bytes()
         if pacer.behind(unsent, now):
             if may_block and pacer.stalled(now):
                 output.stalled()
-                return Delivery.STALLED
-            return Delivery.BEHIND
+                return _STALLED
+            return _BEHIND
         # The viewer's controller: this frame's variant, or none (held back).
-        chosen = self._controller.choose(wanted[0], unsent, now)
+        controller = self._controller
+        chosen = wanted[0] if controller is None else controller.choose(wanted[0], unsent, now)
         if chosen is None:
-            return Delivery.IDLE
+            return _IDLE
         if may_block:
             variant = self.variant(chosen)
         elif self._given is not None and (chosen is self._wanted or chosen == self._wanted):
             variant = self._given
         else:
-            return Delivery.LEFT  # a new variant: assigned (and announced) by the loop's thread
+            return _LEFT  # a new variant: assigned (and announced) by the loop's thread
         try:
             if round_ is None:
                 encoded = self._cache.get(frame, variant)
             else:
                 made = round_.encoded(self._cache, frame, variant)
                 if made is None:
-                    return Delivery.LEFT  # not encoded by the fan-out: the loop's thread does
+                    return _LEFT  # not encoded by the fan-out: the loop's thread does
                 encoded = made
         except EncodeBudgetExceeded:
-            return Delivery.IDLE  # the server's encode budget is spent: skip to a later frame
+            return _IDLE  # the server's encode budget is spent: skip to a later frame
         except ValueError as exc:  # a source JPEG that cannot be decoded: skip it
             if may_block:
                 logger.debug("skipping frame %d: %s", frame.seq, exc)
-            return Delivery.IDLE
+            return _IDLE
         last = pacer.last_seq
         skipped = frame.seq - last - 1 if last else 0
-        if not output.send(encoded, variant, skipped, round_):
-            return Delivery.LEFT
+        left = output.send(encoded, variant, skipped, round_)
+        if left is None:
+            return _LEFT
         size = len(encoded.data)
         pacer.sent(frame.seq, size, now, wanted[1], camera_fps)
-        self._controller.sent(variant, size, now)
+        if controller is not None:
+            controller.sent(variant, size, now)
         stats = self.stats
         stats.frames_sent += 1
         stats.frames_skipped += skipped
@@ -373,7 +368,7 @@ class ViewerLoop:
         if round_ is not None:
             self._wake_after = pacer.wake_after(camera_fps)
             stats.fast_frames += 1
-            if output.pending:  # the rest is the loop's thread's to write, first thing
+            if left:  # the rest is the loop's thread's to write, first thing
                 stats.fast_partial += 1
                 self._wake.set()
-        return Delivery.SENT
+        return _SENT

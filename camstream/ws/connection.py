@@ -176,22 +176,22 @@ class Connection:
         payload = text.encode("utf-8")
         return frame_header(OP_TEXT, len(payload)) + payload
 
-    def try_send_messages(self, *messages: bytes) -> bool:
+    def try_send_messages(self, *messages: bytes) -> int | None:
         """Write whole messages (from :meth:`binary_message` / :meth:`text_message`), in
         order and as one write, without blocking, if the connection is idle. Any thread.
 
         Returns:
-            False if nothing was written: another thread is writing, an earlier message's rest
-            is still to go, the connection is closing, or the kernel's buffer is full. True if
-            the messages were written or begun: what the kernel did not take stays with the
-            link (:attr:`pending`), written before anything else by the next send or by
-            :meth:`flush`.
+            None if nothing was written: another thread is writing, an earlier message's rest
+            is still to go, the connection is closing, or the kernel's buffer is full. Else the
+            messages were written or begun, and the number is how many bytes the link still
+            holds (:attr:`pending`; 0: all written), which the next send or :meth:`flush`
+            writes before anything else.
 
         Raises:
             ConnectionClosedError: the write failed (the connection is then dead).
         """
         if self._close_started:
-            return False
+            return None
         return self._link.try_send(*messages)
 
     @property

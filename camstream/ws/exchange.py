@@ -64,13 +64,17 @@ class HttpExchange:
         if data and not self.head_only:
             self._link.send(data)
 
-    def try_write(self, *chunks: bytes | memoryview) -> bool:
+    def try_write(self, *chunks: bytes | memoryview) -> int | None:
         """Write ``chunks`` (one piece of the stream, e.g. a multipart part) without blocking,
         if the connection is idle (see :meth:`~camstream.ws.link.Link.try_send`: what the
         kernel does not take now is written first by the next :meth:`write` or :meth:`flush`).
-        A stream not started, or a HEAD, writes nothing here (False)."""
+
+        Returns:
+            None if nothing was written (busy, a rest pending, not started, or a HEAD); else
+            the bytes the link still holds (0: all written).
+        """
         if not self.started or self.head_only:
-            return False
+            return None
         return self._link.try_send(*chunks)
 
     @property

@@ -173,7 +173,11 @@ class Link:
             raw = fcntl.ioctl(self.sock.fileno(), _SIOCOUTQ, b"\0\0\0\0")
         except (OSError, ValueError):
             return None
-        return int(struct.unpack("i", raw)[0]) + self.pending
+        queued = int(struct.unpack("i", raw)[0])
+        if self.tls is not None:
+            return queued + self.tls.pending
+        rest = self._pending  # (inline: this runs per viewer-frame)
+        return queued if rest is None else queued + len(rest)
 
     def abort(self) -> None:
         """Mark dead and ``shutdown(SHUT_RDWR)``: wakes the reader and any blocked sender.
@@ -196,10 +200,10 @@ class Link:
         with self.send_lock:
             self.sendall(*chunks)
 
-    def try_send(self, *chunks: bytes | memoryview) -> bool:
+    def try_send(self, *chunks: bytes | memoryview) -> int | None:
         """Write one message (``chunks``, in order) without blocking, if the link is idle.
 
-        For the fan-out's fast path. Nothing is written, and False returned, if another thread
+        For the fan-out's fast path. Nothing is written, and None returned, if another thread
         holds :attr:`send_lock`, a message's rest is still :attr:`pending`, the link is dead or
         (plain TCP) the kernel's buffer is full. Else the message is the link's: what the kernel
         did not take now stays in the outgoing buffer, and the next writer (any
@@ -208,47 +212,57 @@ class Link:
         then go out whole whatever the kernel takes now.
 
         Returns:
-            True if the message was written or begun (see :attr:`pending` for a rest).
+            None if nothing was written; else how many bytes the link still holds (0: the whole
+            message was written; careful, 0 is falsy).
 
         Raises:
             ConnectionClosedError: the write failed (the link is then dead).
         """
         if not _DONTWAIT or not self.send_lock.acquire(blocking=False):
-            return False
+            return None
         try:
             if not self.writable or self._pending is not None:
-                return False
+                return None
             try:
                 if self.tls is not None:
                     return self.tls.try_sendall(*chunks)
-                self._send_nowait(chunks)
-                return True
+                if len(chunks) == 1:  # the common case, kept short: it runs per viewer-frame
+                    data = chunks[0]
+                    sent = self.sock.send(data, _DONTWAIT)
+                    if sent == len(data):
+                        return 0
+                    return self._keep_rest(chunks, sent)
+                return self._send_nowait(chunks)
             except (BlockingIOError, InterruptedError):
-                return False
+                return None
             except (OSError, ValueError) as exc:
                 self.abort()
                 raise ConnectionClosedError(f"send failed: {exc}") from exc
         finally:
             self.send_lock.release()
 
-    def _send_nowait(self, chunks: tuple[bytes | memoryview, ...]) -> None:
-        """One non-blocking write of ``chunks``; keep what the kernel did not take (plain TCP,
-        :attr:`send_lock` held, nothing pending). BlockingIOError: nothing was written."""
-        if len(chunks) == 1:
-            sent = self.sock.send(chunks[0], _DONTWAIT)
-        elif _SENDMSG:
+    def _send_nowait(self, chunks: tuple[bytes | memoryview, ...]) -> int:
+        """One non-blocking write of several ``chunks`` (plain TCP, :attr:`send_lock` held,
+        nothing pending); returns the bytes kept. BlockingIOError: nothing was written."""
+        if _SENDMSG:
             sent = self.sock.sendmsg(chunks, (), _DONTWAIT)
         else:
             chunks = (b"".join(chunks),)
             sent = self.sock.send(chunks[0], _DONTWAIT)
+        return self._keep_rest(chunks, sent)
+
+    def _keep_rest(self, chunks: tuple[bytes | memoryview, ...], sent: int) -> int:
+        """Keep what the kernel did not take of ``chunks`` (``sent`` bytes it took); returns
+        its length."""
         for i, chunk in enumerate(chunks):
             if sent < len(chunk):
                 rest = memoryview(chunk)[sent:]
                 later = chunks[i + 1:]
-                self._pending = b"".join((rest, *later)) if later else rest
+                self._pending = kept = b"".join((rest, *later)) if later else rest
                 self._pending_since = time.monotonic()
-                return
+                return len(kept)
             sent -= len(chunk)
+        return 0
 
     def flush(self) -> None:
         """Write what :meth:`try_send` left of a message, if anything (blocking, bounded by

@@ -207,7 +207,7 @@ class TlsChannel:
             self._write_lock.release()
         self._flush()
 
-    def try_sendall(self, *chunks: bytes | memoryview) -> bool:
+    def try_sendall(self, *chunks: bytes | memoryview) -> int | None:
         """Encrypt ``chunks`` (one message) and write them without blocking, if no other write
         is in progress and nothing is :attr:`pending`.
 
@@ -217,19 +217,19 @@ class TlsChannel:
         first. The write lock is released either way.
 
         Returns:
-            False if another thread is writing or a rest is pending (nothing was done); else
-            True (see :attr:`pending`).
+            None if another thread is writing or a rest is pending (nothing was done); else
+            how many bytes of ciphertext are kept (:attr:`pending`; 0: all written).
 
         Raises:
             OSError: the socket write failed (every later call fails too), or the channel is
                 unusable.
         """
         if not self._write_lock.acquire(blocking=False):
-            return False
-        left = True  # (nothing to flush after an early return)
+            return None
+        left = 1  # (nothing to flush after an early return)
         try:
             if self._pending is not None:
-                return False
+                return None
             for chunk in chunks:
                 view = memoryview(chunk).cast("B")
                 for start in range(0, len(view), _ENCRYPT_SIZE):
@@ -245,7 +245,7 @@ class TlsChannel:
             except BaseException as exc:
                 self._broken = exc
                 raise
-            left = n < len(out)
+            left = len(out) - n
             if left:
                 self._pending = memoryview(out)[n:]
                 self.pending_since = time.monotonic()
@@ -253,7 +253,7 @@ class TlsChannel:
             self._write_lock.release()
         if not left:
             self._flush()  # output the reader produced meanwhile
-        return True
+        return left
 
     def _check_writable(self) -> None:
         if self._broken is not None:
