@@ -17,13 +17,18 @@ For each point, after a warm-up, the probe records per game frame:
   ``SceneTree.process_frame`` (before any ``_process``) to the end of the last ``_process``.
 
 and prints p50 / p99 of both, the frames the client decoded per second, the frames it dropped
-(received but never shown), and the change of Godot's static memory over the window.
+(received but never shown), and the change of Godot's static memory over the window. CPU over
+the window (from ``/proc``): the main thread's CPU time per game frame (unlike the wall-clock
+figures above, not inflated when the machine is busy and the thread waits for a core), in %
+of one core Godot's whole process (main thread and decode workers), and ``other``: everything
+else on the machine but this process (the server), which disturbs the wall-clock figures when
+it is more than a few %.
 
 Usage::
 
     flock /tmp/camstream-bench.lock python benchmarks/godot_frame_time.py
     python benchmarks/godot_frame_time.py --addon-rev main      # the addon of another commit
-    python benchmarks/godot_frame_time.py --sizes 1920x1080 --seconds 20 --set decode_threads:0
+    python benchmarks/godot_frame_time.py --sizes 1920x1080 --seconds 20 --set use_worker_threads:false
 
 ``--set NAME:VALUE`` sets a client property where the addon has it (a GDScript literal).
 Needs Godot 4 (``$GODOT_BIN`` or ``.ci/install_godot.sh``), numpy and OpenCV.
@@ -39,6 +44,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -47,9 +53,11 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(HERE))
 
 import cv2  # noqa: E402
 import numpy as np  # noqa: E402
+from stamp import CLOCK_TICKS, cpu_seconds, system_cpu  # noqa: E402
 
 from camstream import Streamer  # noqa: E402
 
@@ -130,19 +138,58 @@ def make_project(directory: Path, addon: Path | None, addon_rev: str | None) -> 
 
 def run_probe(godot: str, project: Path, env: dict[str, str], args: list[str],
               timeout: float) -> dict[str, Any]:
-    result = subprocess.run(
+    """Run the probe; its result plus the CPU used over its window (Godot, other, this)."""
+    proc = subprocess.Popen(
         [godot, "--headless", "--path", str(project), "--", *args],
-        check=False, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-        timeout=timeout, env=env,
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, text=True,
+        env=env,
     )
-    for line in result.stdout.splitlines():
-        if line.startswith("PROBE_RESULT "):
-            probe: dict[str, Any] = json.loads(line.removeprefix("PROBE_RESULT "))
-            probe["errors"] = [
-                x for x in result.stdout.splitlines() if "ERROR" in x or "WARNING" in x
-            ]
-            return probe
-    raise RuntimeError(f"no PROBE_RESULT (exit {result.returncode}):\n{result.stdout}")
+    timer = threading.Timer(timeout, proc.kill)
+    timer.start()
+    lines: list[str] = []
+    start: tuple[float, float, float, float] | None = None
+    probe: dict[str, Any] | None = None
+    try:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            lines.append(line.rstrip("\n"))
+            if line.startswith("PROBE_WINDOW"):
+                start = cpu_sample(proc.pid)
+            elif line.startswith("PROBE_RESULT ") and start is not None:
+                end = cpu_sample(proc.pid)
+                probe = json.loads(line.removeprefix("PROBE_RESULT "))
+                elapsed = end[0] - start[0]
+                godot_cpu, main_cpu = end[1] - start[1], end[2] - start[2]
+                own_cpu, busy = end[3] - start[3], end[4] - start[4]
+                probe["godot_cpu_pct"] = godot_cpu / elapsed * 100
+                probe["main_cpu_ms_per_frame"] = main_cpu * 1000 / max(probe["game_frames"], 1)
+                probe["other_cpu_pct"] = max(busy - godot_cpu - own_cpu, 0.0) / elapsed * 100
+        proc.wait()
+    finally:
+        timer.cancel()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    if probe is None:
+        output = "\n".join(lines)
+        raise RuntimeError(f"no PROBE_RESULT (exit {proc.returncode}):\n{output}")
+    probe["errors"] = [x for x in lines if "ERROR" in x or "WARNING" in x]
+    return probe
+
+
+def cpu_sample(pid: int) -> tuple[float, float, float, float, float]:
+    """(now, Godot's CPU s, its main thread's CPU s, this process's CPU s, machine busy s)."""
+    times = os.times()
+    return (time.monotonic(), cpu_seconds(pid), thread_cpu_seconds(pid, pid),
+            times.user + times.system, system_cpu()[0])
+
+
+def thread_cpu_seconds(pid: int, tid: int) -> float:
+    """User + system CPU time of one thread (the main thread's id is the process id)."""
+    with open(f"/proc/{pid}/task/{tid}/stat", "rb") as f:
+        data = f.read()
+    fields = data[data.rindex(b")") + 2:].split()
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
 
 
 def summarize(label: str, probe: dict[str, Any]) -> dict[str, Any]:
@@ -163,6 +210,9 @@ def summarize(label: str, probe: dict[str, Any]) -> dict[str, Any]:
         "dropped": counters["frames_dropped"],
         "decode_errors": counters["decode_errors"],
         "static_memory_delta_kb": counters["static_memory"] / 1024,
+        "godot_cpu_pct": probe["godot_cpu_pct"],
+        "main_cpu_ms_per_frame": probe["main_cpu_ms_per_frame"],
+        "other_cpu_pct": probe["other_cpu_pct"],
         "shown": probe["shown"],
         "messages": probe["errors"][:5],
     }
@@ -207,6 +257,8 @@ def main() -> int:
                     probe = run_probe(godot, project, env, [url, *probe_args], timeout)
                 label += f", {len(jpegs[0]) // 1000} KB JPEGs"
             row = summarize(label, probe)
+            if jpegs is not None and not label.startswith(row["shown"] + " "):
+                row["messages"].append(f"shown {row['shown']}, not the stream's size")
             rows.append(row)
             print(json.dumps(row), flush=True)
 
@@ -214,12 +266,15 @@ def main() -> int:
           f"{args.warmup:g} s warm-up, {args.seconds:g} s window"
           + (f"; set {', '.join(args.set)}" if args.set else ""))
     print("\n| stream | TIME_PROCESS p50 / p99 | step p50 / p99 / max | game fps "
-          "| decoded fps | dropped | static memory change |\n|---|---|---|---|---|---|---|")
+          "| decoded fps | dropped | static memory change | main-thread CPU a frame "
+          "| Godot CPU | other CPU |\n|---|---|---|---|---|---|---|---|---|---|")
     for row in rows:
         print(f"| {row['point']} | {row['monitor_p50_ms']:.2f} / {row['monitor_p99_ms']:.2f} ms "
               f"| {row['step_p50_ms']:.2f} / {row['step_p99_ms']:.2f} / "
               f"{row['step_max_ms']:.2f} ms | {row['game_fps']:.1f} | {row['decoded_fps']:.1f} "
-              f"| {row['dropped']} | {row['static_memory_delta_kb']:+.0f} KB |")
+              f"| {row['dropped']} | {row['static_memory_delta_kb']:+.0f} KB "
+              f"| {row['main_cpu_ms_per_frame']:.2f} ms "
+              f"| {row['godot_cpu_pct']:.0f} % | {row['other_cpu_pct']:.0f} % |")
     for row in rows:
         for message in row["messages"]:
             print(f"{row['point']}: {message}")

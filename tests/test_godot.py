@@ -442,9 +442,10 @@ def test_frames_larger_than_godot_default_buffer(
         assert "closed code=1009 reason='Message too big'" in too_small.stdout, too_small.stdout
         assert too_small.returncode == 1, too_small.stdout
 
-        # The addon sets its 4 MiB inbound_buffer_size before connecting, and asks for max_bytes=0.
+        # The addon sets its 4 MiB inbound_buffer_size before connecting, and asks for max_bytes=0
+        # (and, with --full-size, not for the Video rect's size: 960x928 headless).
         result, outcome, fields = run_example(
-            godot, godot_home, project, server.url, "--quit-after-frames=10"
+            godot, godot_home, project, server.url, "--quit-after-frames=10", "--full-size"
         )
     assert result.returncode == 0 and outcome == "OK", result.stdout
     assert fields["size"] == fields["metadata"] == "1920x1080", result.stdout
@@ -456,7 +457,13 @@ def test_1009_doubles_inbound_buffer_and_reconnects(
 ) -> None:
     with streamer(width=1920, height=1080, quality=95) as server:
         result, outcome, fields = run_example(
-            godot, godot_home, project, server.url, "--inbound=65535", "--quit-after-frames=5"
+            godot,
+            godot_home,
+            project,
+            server.url,
+            "--inbound=65535",
+            "--quit-after-frames=5",
+            "--full-size",
         )
     assert result.returncode == 0 and outcome == "OK", result.stdout
     assert "code 1009" in result.stdout, result.stdout

@@ -7,7 +7,9 @@ extends Control
 ## - [code]--url=URL[/code]: the server; without it the client is never started (the idle cost).
 ## - [code]--warmup=S[/code] (default 3), [code]--seconds=S[/code] (default 10): the window.
 ## - [code]--set=NAME:VALUE[/code] (repeatable): set a client property, if this addon has it
-##   (so one probe runs old and new addons).
+##   (so one probe runs old and new addons). [code]match_target_size[/code] is false unless set
+##   here: the probe measures the stream at the source's size (and a headless window is 64x64
+##   pixels, so the full-window target would ask for 64x36).
 ##
 ## Per game frame it records [code]Performance.TIME_PROCESS[/code] (Godot updates it once a
 ## second with the longest process step of that second) and its own measure of the frame's
@@ -36,7 +38,7 @@ var _done: bool = false
 func _ready() -> void:
 	Engine.max_fps = 60
 	process_priority = 1000000  # this node's _process runs after every other node's
-	var settings: Dictionary = {}
+	var settings: Dictionary = {"match_target_size": false}
 	for arg in OS.get_cmdline_user_args():
 		var parts: PackedStringArray = arg.trim_prefix("--").split("=", true, 1)
 		var value: String = parts[1] if parts.size() > 1 else ""
@@ -56,7 +58,7 @@ func _ready() -> void:
 	for key in settings:
 		if key in _client:
 			_client.set(key, settings[key])
-		else:
+		elif key != "match_target_size":
 			print("PROBE note: this addon has no property %s" % key)
 	add_child(_client)
 	get_tree().process_frame.connect(_on_process_frame)
@@ -77,6 +79,7 @@ func _process(_delta: float) -> void:
 		if now_ms - _started_ms >= _warmup_s * 1000.0:
 			_window_start_ms = now_ms
 			_at_start = _counters()
+			print("PROBE_WINDOW")  # the driver samples the machine's CPU counters now
 		return
 	_step_ms.append((Time.get_ticks_usec() - _step_start_us) / 1000.0)
 	_monitor_ms.append(Performance.get_monitor(Performance.TIME_PROCESS) * 1000.0)
