@@ -28,7 +28,7 @@ Usage::
 
     flock /tmp/camstream-bench.lock python benchmarks/godot_frame_time.py
     python benchmarks/godot_frame_time.py --addon-rev main      # the addon of another commit
-    python benchmarks/godot_frame_time.py --sizes 1920x1080 --seconds 20 --set use_worker_threads:false
+    python benchmarks/godot_frame_time.py --sizes 1920x1080 --set use_worker_threads:false
 
 ``--set NAME:VALUE`` sets a client property where the addon has it (a GDScript literal).
 Needs Godot 4 (``$GODOT_BIN`` or ``.ci/install_godot.sh``), numpy and OpenCV.

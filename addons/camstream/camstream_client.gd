@@ -9,13 +9,15 @@ extends Node
 ## [signal event_received]; [method set_config], [method pause], [method resume],
 ## [method request_snapshot] and [method ping] talk back to the server.
 ##
-## The game's main thread only handles the messages and uploads the newest decoded picture
-## ([method ImageTexture.update]: no new allocation while the size stays the same). Reading the
-## socket and decoding the JPEGs run on [WorkerThreadPool] threads, at most
-## [member max_decodes_in_flight] decodes at once; a frame that is already stale when a newer
-## one arrives is never decoded ([member frames_dropped]), so a stalled game or a slow decoder
-## never builds up latency or memory. Where the engine has no threads (a Web export without
-## thread support) all this runs in [method Node._process] instead, and a warning says so once.
+## The game's main thread only handles the text messages and uploads the newest decoded
+## picture ([method ImageTexture.update]: no new allocation while the size stays the same).
+## Connecting, reading the socket and decoding the JPEGs run on a thread of the client's own
+## (see [code]stream_receiver.gd[/code]), one decode at a time: a frame that is already stale
+## when a newer one arrives is never decoded, and while the game has not taken the last decoded
+## picture no other decode starts ([member frames_dropped]). So a stalled game or a slow decoder
+## never builds up latency, work or memory. Where the engine has no threads (a Web export
+## without thread support) all this runs in [method Node._process] instead, and a warning says
+## so once.
 ##
 ## With a [member target], the client asks the server for frames no larger than the target is
 ## shown on screen ([member match_target_size]), and follows its size as it changes.
@@ -74,8 +76,7 @@ const FATAL_CLOSE_CODES: Array[int] = [1002, 1003, 1007, 1008]
 ## layout change of a few pixels costs no new stream size) and kept within the server's
 ## 16..8192 range.
 const SIZE_STEP: int = 16
-const FrameDecoder: GDScript = preload("frame_decoder.gd")
-const SocketPump: GDScript = preload("socket_pump.gd")
+const StreamReceiver: GDScript = preload("stream_receiver.gd")
 
 ## Server address, [code]ws://host:port/[/code] or [code]wss://host:port/[/code].
 @export var url: String = "ws://127.0.0.1:8765/"
@@ -111,13 +112,10 @@ const SocketPump: GDScript = preload("socket_pump.gd")
 @export var config: Dictionary = {}
 
 @export_group("Threads and sizes")
-## Read the socket and decode JPEG frames on [WorkerThreadPool] threads: the main thread only
-## handles messages and uploads pictures. Off, or where the engine has no threads: all in
-## [method Node._process] on the main thread. Applies from the next [method start].
-@export var use_worker_threads: bool = true
-## Most frames decoded at once on worker threads. More frames than that waiting: only the
-## newest waits, the others are dropped ([member frames_dropped]).
-@export_range(1, 8) var max_decodes_in_flight: int = 2
+## Connect, read the socket and decode JPEG frames on a thread of this client's own: the main
+## thread only handles messages and uploads pictures. Off, or where the engine has no threads:
+## all in [method Node._process] on the main thread. Applies from the next [method start].
+@export var use_thread: bool = true
 ## Seconds the [member target]'s size must stay the same before a new size is asked for.
 @export var resize_debounce_s: float = 0.3
 
@@ -180,9 +178,9 @@ var last_close_code: int = 0
 var last_close_reason: String = ""
 ## Round-trip time in seconds measured by the last [method ping] (negative before one).
 var last_rtt_s: float = -1.0
-## Whether the socket is read and frames decoded on worker threads (see
-## [member use_worker_threads]).
-var using_worker_threads: bool = false
+## Whether the socket is read and frames decoded on a thread of this client's own (see
+## [member use_thread]).
+var using_thread: bool = false
 ## The size asked for because of [member match_target_size] (zero: none, the full size or the
 ## [member config]'s).
 var requested_size: Vector2i = Vector2i.ZERO
@@ -211,20 +209,18 @@ var rtt_ms: float = -1.0
 ## [code]"probe_failed"[/code], [code]"config"[/code] ("" before one).
 var adapt_reason: String = ""
 
-var _ws: WebSocketPeer = WebSocketPeer.new()
-var _pump: SocketPump = SocketPump.new(_ws)  # the only user of _ws, but for _connect/_drop
+var _receiver: StreamReceiver = null  # created by the first start()
+var _generation: int = 0  # of the connection; events of older ones are ignored
+var _decodes: int = 0  # JPEG decodes done since start() (frames and snapshots)
 var _backoff_s: float = 0.5
 var _state_since_ms: int = 0
 var _retry_at_ms: int = 0
 var _timed_out: bool = false
+var _close_forced: bool = false
 var _stopping: bool = false
 var _paused: bool = false
-var _snapshot_info: Dictionary = {}
-var _snapshot_pending: bool = false
 var _texture_size: Vector2i = Vector2i.ZERO
 var _texture_format: Image.Format = Image.FORMAT_MAX
-var _decoder: FrameDecoder = FrameDecoder.new()
-var _frame_info: Dictionary = {}  # the frame message announcing the next binary frame
 var _clock_offset_s: float = 0.0  # server clock minus ours, from the last pong
 var _size_candidate: Vector2i = Vector2i.ZERO
 var _size_candidate_since_ms: int = 0
@@ -242,14 +238,13 @@ func _process(_delta: float) -> void:
 func _notification(what: int) -> void:
 	if what != NOTIFICATION_PREDELETE:
 		return
-	# Worker tasks must be waited for (a socket poll, a decode) before their objects go away.
-	_pump.join()
-	_decoder.clear()
+	if _receiver == null:
+		return
 	# On deletion (not on leaving the tree, so reparenting keeps the stream): say goodbye, so
 	# the server frees this client's slot now rather than at its next failed send.
 	if state == State.OPEN:
-		_ws.close(1001, "client going away")
-		_ws.poll()
+		_receiver.close(1001, "client going away")
+	_receiver.shutdown()  # sends that, and waits for the thread (at most one decode)
 
 
 ## Connects to [param new_url] (or [member url]); if already connected, drops that connection
@@ -257,37 +252,41 @@ func _notification(what: int) -> void:
 func start(new_url: String = "") -> void:
 	if not new_url.is_empty():
 		url = new_url
-	_drop()
 	frames_received = 0
 	frames_decoded = 0
 	frames_dropped = 0
 	decode_errors = 0
-	_decoder.clear()
-	_decoder.reset_counters()
-	_decoder.max_in_flight = max_decodes_in_flight
-	using_worker_threads = use_worker_threads and FrameDecoder.threads_available()
-	_decoder.threaded = using_worker_threads
-	_pump.threaded = using_worker_threads
-	if use_worker_threads and not using_worker_threads:
+	_decodes = 0
+	# Builds without threads (Godot 4.3+ "nothreads", e.g. a Web export without thread support)
+	# say so with a feature tag; every 4.0-4.2 build has threads.
+	var threads_available: bool = not OS.has_feature("nothreads")
+	if _receiver != null and _receiver.threaded != (use_thread and threads_available):
+		_receiver.shutdown()  # use_thread changed: a new receiver
+		_receiver = null
+	if _receiver == null:
+		_receiver = StreamReceiver.new()
+		_receiver.threaded = use_thread and threads_available
+	using_thread = _receiver.threaded
+	if use_thread and not threads_available:
 		_warn_once(
 			"this Godot build has no threads: frames are read and decoded on the main thread"
 		)
 	_stopping = false
 	_backoff_s = reconnect_min_s
-	_connect()
+	_connect(true)
 
 
-## Closes the connection (code 1000) and stops reconnecting; frames still decoding are not
-## shown (waits for them: at most one decode). Idempotent.
+## Closes the connection (code 1000) and stops reconnecting; frames not shown yet are not
+## shown. Idempotent.
 func stop() -> void:
 	_stopping = true
-	_decoder.clear()
 	match state:
 		State.OPEN:
-			_pump.close(1000, "client stop")
+			_receiver.close(1000, "client stop")
 			_set_state(State.CLOSING, "closing")
 		State.CONNECTING:
-			_drop()
+			_receiver.close(-1, "")
+			_generation += 1  # whatever that connection still reports is ignored
 			_set_state(State.STOPPED, "stopped")
 		State.WAITING:
 			_set_state(State.STOPPED, "stopped")
@@ -353,7 +352,7 @@ func ping() -> Error:
 func send_message(message: Dictionary) -> Error:
 	if state != State.OPEN:
 		return ERR_UNAVAILABLE
-	_pump.send_text(JSON.stringify(message))
+	_receiver.send_text(JSON.stringify(message))
 	return OK
 
 
@@ -369,8 +368,7 @@ func get_stats() -> Dictionary:
 		"last_close_code": last_close_code,
 		"last_close_reason": last_close_reason,
 		"last_rtt_s": last_rtt_s,
-		"using_worker_threads": using_worker_threads,
-		"decodes_in_flight": decodes_in_flight(),
+		"using_thread": using_thread,
 		"requested_size": requested_size,
 		"latency_ms": latency_ms,
 		"adapt": adapt,
@@ -382,69 +380,54 @@ func get_stats() -> Dictionary:
 	}
 
 
-## JPEG decodes running on worker threads now (at most [member max_decodes_in_flight]).
-func decodes_in_flight() -> int:
-	return _decoder.in_flight()
-
-
 ## Advances the connection: called every frame from [method Node._process]. Call it yourself
 ## if you disable processing for this node.
 func poll() -> void:
-	if state == State.WAITING:
-		if Time.get_ticks_msec() >= _retry_at_ms:
-			_connect()
-	elif state != State.STOPPED:
-		_apply(_pump.collect())
-		_start_socket_step()
-		if not _pump.threaded:
-			_apply(_pump.collect())  # it ran in _start_socket_step
-	if _decoder.is_busy():
-		for job in _decoder.service():
-			_deliver(job)
-		frames_dropped = _decoder.dropped
-		decode_errors = _decoder.errors
+	if state == State.WAITING and Time.get_ticks_msec() >= _retry_at_ms:
+		_connect(false)
+	if _receiver == null:
+		return
+	var timed_out: bool = _elapsed_s() > connect_timeout_s
+	if state == State.CONNECTING and timed_out and not _timed_out:
+		_timed_out = true
+		_receiver.close(-1, "")  # Godot has no handshake timeout of its own
+	elif state == State.CLOSING and timed_out and not _close_forced:
+		_close_forced = true
+		_receiver.close(-1, "")  # the server never confirmed our close
+	var taken: Dictionary = _receiver.take()
+	for event in taken["events"]:
+		if event[0] == _generation:
+			_handle_event(event)
+	var frame: Array = taken["frame"]
+	if not frame.is_empty():
+		if frame[0] == _generation and state == State.OPEN:
+			_deliver(frame[1], frame[2])
+		else:
+			_receiver.retire(frame[1])
+	var counters: Dictionary = taken["counters"]
+	frames_received = counters["received"]
+	frames_dropped = counters["dropped"]
+	decode_errors = counters["errors"]
+	_decodes = counters["decodes"]
 	if state == State.OPEN and match_target_size:
 		_follow_target_size()
 
 
-## Starts the next poll of the socket (on a worker), unless one is running; drops a
-## connection whose handshake or close takes longer than [member connect_timeout_s].
-func _start_socket_step() -> void:
-	if (
-		_pump.is_running()
-		or (state != State.CONNECTING and state != State.CLOSING and not is_open())
-	):
-		return
-	if state == State.CONNECTING and _elapsed_s() > connect_timeout_s and not _timed_out:
-		_timed_out = true
-		_pump.close(-1, "")
-	elif state == State.CLOSING and _elapsed_s() > connect_timeout_s:
-		_pump.close(-1, "")  # the server never confirmed our close
-	_pump.begin()
-
-
-## Takes in what a poll of the socket gave (nothing if [param step] is null).
-func _apply(step: SocketPump.Step) -> void:
-	if step == null:
-		return
-	if step.send_errors > 0:
-		push_warning(
-			"CamstreamClient: %d message(s) not sent: outbound buffer full" % step.send_errors
-		)
-	if step.ready_state == WebSocketPeer.STATE_OPEN:
-		if state == State.CONNECTING:
-			_on_open()
-		if state == State.OPEN:
-			_read_packets(step)
-	elif step.ready_state == WebSocketPeer.STATE_CLOSED:
-		_on_closed(step.close_code, step.close_reason)
-
-
-## Drops the connection at once, without a close handshake (for the main thread only).
-func _drop() -> void:
-	_pump.join()
-	if _ws.get_ready_state() != WebSocketPeer.STATE_CLOSED:
-		_ws.close(-1)  # negative code: drop at once, no close handshake
+## One event of the receiver, [code][generation, kind, ...][/code], of the current connection.
+func _handle_event(event: Array) -> void:
+	match event[1]:
+		StreamReceiver.Event.OPENED:
+			if state == State.CONNECTING:
+				_on_open()
+		StreamReceiver.Event.TEXT:
+			if state == State.OPEN or state == State.CLOSING:
+				_handle_message(event[2], event[3])
+		StreamReceiver.Event.SNAPSHOT:
+			snapshot_received.emit(event[2], event[3])
+		StreamReceiver.Event.CLOSED:
+			_on_closed(event[2], event[3])
+		StreamReceiver.Event.CONNECT_FAILED:
+			_finish_connection(-1, "cannot connect: " + error_string(event[2]))
 
 
 func _autostart() -> void:
@@ -452,17 +435,12 @@ func _autostart() -> void:
 		start()
 
 
-func _connect() -> void:
-	_pump.join()  # no socket poll may run while the peer is set up
-	# Both settings apply when the handshake completes, so they must be set before connecting.
-	_ws.inbound_buffer_size = inbound_buffer_size
-	if "heartbeat_interval" in _ws:  # Godot 4.4+; a typed access would not parse on 4.3
-		_ws.set("heartbeat_interval", heartbeat_interval_s)
+## Connects (again); [param reset_counters] on [method start], not on reconnections.
+func _connect(reset_counters: bool) -> void:
 	var use_query_token: bool = token_in_query or OS.has_feature("web")
 	var headers: PackedStringArray = PackedStringArray()
 	if not token.is_empty() and not use_query_token:
 		headers.append("Authorization: Bearer " + token)
-	_ws.handshake_headers = headers
 	var query: Dictionary = config.duplicate()
 	if not query.has("max_bytes"):
 		# This client takes frames up to inbound_buffer_size (and grows it after a 1009), so it
@@ -478,15 +456,20 @@ func _connect() -> void:
 		query["height"] = box.y
 		requested_size = box
 	_size_candidate = requested_size
-	_frame_info = {}
 	_timed_out = false
-	_snapshot_pending = false
-	var err: Error = _ws.connect_to_url(_with_query(url, query), _tls_options())
-	if err != OK:
-		_set_state(State.CONNECTING, "connecting to " + url)
-		_finish_connection(-1, "cannot connect: " + error_string(err))
-		return
+	_close_forced = false
+	_generation += 1
+	# Both buffer settings apply when the handshake completes: they go with the connection.
+	var options: Dictionary = {
+		"url": _with_query(url, query),
+		"tls": _tls_options(),
+		"headers": headers,
+		"inbound_buffer_size": inbound_buffer_size,
+		"heartbeat_interval": heartbeat_interval_s,
+		"reset_counters": reset_counters,
+	}
 	_set_state(State.CONNECTING, "connecting to " + url)
+	_receiver.connect_to(_generation, options)
 
 
 func _on_open() -> void:
@@ -530,28 +513,18 @@ func _finish_connection(code: int, reason: String) -> void:
 	connection_closed.emit(code, reason)
 
 
-func _read_packets(step: SocketPump.Step) -> void:
-	# Every frame goes to the decoder, which keeps only the newest one waiting: frames that are
-	# stale before a worker is free are never decoded.
-	for i in step.packets.size():
-		var packet: PackedByteArray = step.packets[i]
-		if step.text[i]:
-			_handle_text(packet.get_string_from_utf8())
-		elif _snapshot_pending:
-			_snapshot_pending = false
-			_decoder.push_snapshot(packet, _snapshot_info)
-		else:
-			frames_received += 1
-			_decoder.push_frame(packet, _frame_info)
-			_frame_info = {}
-
-
+## Handles a text message given as text (parses it).
 func _handle_text(text: String) -> void:
 	var json: JSON = JSON.new()
-	if json.parse(text) != OK or not json.data is Dictionary:
+	_handle_message(text, json.data if json.parse(text) == OK else null)
+
+
+## Handles a text message: [param parsed] is its JSON value (null if it is not JSON).
+func _handle_message(text: String, parsed: Variant) -> void:
+	if not parsed is Dictionary:
 		event_received.emit({"type": "invalid", "text": text})
 		return
-	var message: Dictionary = json.data
+	var message: Dictionary = parsed
 	var type: String = str(message.get("type", ""))
 	# Servers written from the original protocol send metadata without a "type" field.
 	if type == "metadata" or (type.is_empty() and message.has("width") and message.has("height")):
@@ -559,12 +532,7 @@ func _handle_text(text: String) -> void:
 		_read_adaptation(message)
 		metadata_received.emit(message)
 		return
-	if type == "snapshot":
-		_snapshot_info = message
-		_snapshot_pending = true
-	elif type == "frame":
-		_frame_info = message
-	elif type == "pong" and message.get("t") is float:
+	if type == "pong" and message.get("t") is float:
 		last_rtt_s = Time.get_ticks_usec() / 1e6 - float(message["t"])
 		var server_time: Variant = message.get("server_time")
 		if server_time is float:
@@ -586,14 +554,14 @@ func _read_adaptation(message: Dictionary) -> void:
 	adapt_reason = value if value is String else ""
 
 
-func _deliver(job: FrameDecoder.Job) -> void:
-	if job.snapshot:
-		snapshot_received.emit(job.image, job.info)
-		return
-	_decoder.retire(image)  # freed on a worker thread, not here
-	image = job.image
-	last_frame_info = job.info
-	var captured_at: Variant = job.info.get("captured_at")
+## Shows a decoded frame; [param info] is its [code]frame[/code] message ({} without).
+func _deliver(decoded: Image, info: Dictionary) -> void:
+	_receiver.retire(image)  # freed on the receiving thread, not here
+	image = decoded
+	last_frame_info = info
+	if not info.is_empty():
+		event_received.emit(info)  # frame messages arrive with their frame, if it is shown
+	var captured_at: Variant = info.get("captured_at")
 	if captured_at is float:
 		var now_s: float = Time.get_unix_time_from_system() + _clock_offset_s
 		latency_ms = (now_s - captured_at) * 1000.0

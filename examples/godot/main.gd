@@ -62,7 +62,7 @@ func _ready() -> void:
 	if not _client.config.has("frame_info"):
 		_client.config["frame_info"] = true  # a frame message before each JPEG: the latency
 	_client.match_target_size = not args.has("full-size")
-	_client.use_worker_threads = not args.has("main-thread")
+	_client.use_thread = not args.has("main-thread")
 	if args.has("inbound"):
 		_client.inbound_buffer_size = int(args["inbound"])
 	if args.has("ca"):
@@ -148,11 +148,11 @@ func _update_label() -> void:
 
 
 ## The status line's third line: where frames are decoded, the size asked for, the latency,
-## and the adaptive state, e.g. [code]worker threads | asked for 960x544 | latency 42 ms |
+## and the adaptive state, e.g. [code]own thread | asked for 960x544 | latency 42 ms |
 ## adapting: rung 1 of 4 (link), link 2400 kbit/s, rtt 35 ms[/code].
 static func delivery_text(client: Client) -> String:
 	var parts: PackedStringArray = []
-	parts.append("worker threads" if client.using_worker_threads else "main thread only")
+	parts.append("own thread" if client.using_thread else "main thread only")
 	var asked: Vector2i = client.requested_size
 	parts.append("full size" if asked == Vector2i.ZERO else "asked for %dx%d" % [asked.x, asked.y])
 	if client.latency_ms >= 0.0:
@@ -207,7 +207,7 @@ func _finish(outcome: String) -> void:
 		"fps_in=%.1f" % fps_in,
 		"elapsed=%.2f" % elapsed_s,
 		"inbound=%d" % _client.inbound_buffer_size,
-		"threads=%s" % str(_client.using_worker_threads).to_lower(),
+		"thread=%s" % str(_client.using_thread).to_lower(),
 		"requested=%dx%d" % [_client.requested_size.x, _client.requested_size.y],
 		"latency_ms=%d" % roundi(_client.latency_ms),
 		"close=%d" % _client.last_close_code,
