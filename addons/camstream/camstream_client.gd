@@ -39,9 +39,11 @@ signal frame_received(texture: ImageTexture)
 ## A snapshot requested with [method request_snapshot] arrived, decoded into a new [Image].
 signal snapshot_received(image: Image, info: Dictionary)
 ## Any other JSON message from the server: [code]camera_lost[/code],
-## [code]camera_restored[/code], [code]error[/code], [code]frame[/code], [code]pong[/code] and
-## types this client does not know yet. The dictionary is the parsed message; a text message
-## that is not a JSON object arrives as [code]{"type": "invalid", "text": ...}[/code].
+## [code]camera_restored[/code], [code]error[/code], [code]pong[/code], [code]snapshot[/code],
+## [code]frame[/code] and types this client does not know yet. The dictionary is the parsed
+## message; a text message that is not a JSON object arrives as
+## [code]{"type": "invalid", "text": ...}[/code]. A [code]frame[/code] message comes with its
+## frame, just before its [signal frame_received], and only for frames that are shown.
 signal event_received(event: Dictionary)
 ## [member status] changed: a one-line, human-readable description for a status label.
 signal status_changed(text: String)
@@ -167,8 +169,9 @@ var status: String = "stopped"
 var frames_received: int = 0
 ## Frames decoded and shown since [method start].
 var frames_decoded: int = 0
-## Frames received but never shown: replaced by a newer one before their decode started (never
-## decoded), or decoded after a newer frame was shown.
+## Frames received but never shown: each was replaced by a newer frame before a decode started
+## on it, so it was never decoded (while the game stalls, all but one or two of the frames
+## that arrive meanwhile).
 var frames_dropped: int = 0
 ## Binary messages that were not valid JPEG files.
 var decode_errors: int = 0
@@ -346,9 +349,9 @@ func ping() -> Error:
 	return send_message({"type": "ping", "t": Time.get_ticks_usec() / 1e6})
 
 
-## Sends [param message] as a JSON text message with the next poll of the socket (this frame
-## or the next). Never sends binary: servers refuse it (1003). Returns ERR_UNAVAILABLE if not
-## connected.
+## Sends [param message] as a JSON text message (queued: the receiving thread sends it within
+## a few milliseconds). Never sends binary: servers refuse it (1003). Returns ERR_UNAVAILABLE
+## if not connected, else OK.
 func send_message(message: Dictionary) -> Error:
 	if state != State.OPEN:
 		return ERR_UNAVAILABLE
@@ -383,10 +386,10 @@ func get_stats() -> Dictionary:
 ## Advances the connection: called every frame from [method Node._process]. Call it yourself
 ## if you disable processing for this node.
 func poll() -> void:
+	if _receiver == null:
+		return  # never started
 	if state == State.WAITING and Time.get_ticks_msec() >= _retry_at_ms:
 		_connect(false)
-	if _receiver == null:
-		return
 	var timed_out: bool = _elapsed_s() > connect_timeout_s
 	if state == State.CONNECTING and timed_out and not _timed_out:
 		_timed_out = true

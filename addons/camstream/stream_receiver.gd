@@ -59,7 +59,7 @@ func connect_to(generation: int, options: Dictionary) -> void:
 	_post([Command.CONNECT, generation, options])
 	if threaded and _thread == null:
 		_thread = Thread.new()
-		_thread.start(_run)
+		_thread.start(_run, Thread.PRIORITY_LOW)  # where the platform honours priorities
 
 
 ## Queues a text message.
