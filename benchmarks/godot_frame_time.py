@@ -218,6 +218,21 @@ def summarize(label: str, probe: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def medians(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per point: the median of every number over that point's runs."""
+    by_point: dict[str, list[dict[str, Any]]] = {}
+    for row in rows:
+        by_point.setdefault(row["point"], []).append(row)
+    merged = []
+    for runs in by_point.values():
+        row = dict(runs[0])
+        for key, value in row.items():
+            if isinstance(value, (int, float)):
+                row[key] = float(np.median([run[key] for run in runs]))
+        merged.append(row)
+    return merged
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default=",".join(SIZES), help="e.g. 640x480,1920x1080")
@@ -228,6 +243,8 @@ def main() -> int:
     parser.add_argument("--set", action="append", default=[], metavar="NAME:VALUE",
                         help="client property to set where the addon has it")
     parser.add_argument("--no-idle", action="store_true", help="skip the run without a stream")
+    parser.add_argument("--repeat", type=int, default=1,
+                        help="run every point this many times (in turn); the table shows medians")
     parser.add_argument("--json", type=Path, help="also write the summary rows here")
     args = parser.parse_args()
 
@@ -248,31 +265,33 @@ def main() -> int:
         for size in args.sizes.split(","):
             width, height = (int(v) for v in size.split("x"))
             points.append((f"{size} @ 30 fps", webcam_like_jpegs(width, height)))
-        for label, jpegs in points:
-            if jpegs is None:
-                probe = run_probe(godot, project, env, probe_args, timeout)
-            else:
-                with stream(jpegs) as server:
-                    url = f"--url={server.url}"
-                    probe = run_probe(godot, project, env, [url, *probe_args], timeout)
-                label += f", {len(jpegs[0]) // 1000} KB JPEGs"
-            row = summarize(label, probe)
-            if jpegs is not None and not label.startswith(row["shown"] + " "):
-                row["messages"].append(f"shown {row['shown']}, not the stream's size")
-            rows.append(row)
-            print(json.dumps(row), flush=True)
+        for _ in range(args.repeat):
+            for label, jpegs in points:
+                if jpegs is None:
+                    probe = run_probe(godot, project, env, probe_args, timeout)
+                else:
+                    with stream(jpegs) as server:
+                        url = f"--url={server.url}"
+                        probe = run_probe(godot, project, env, [url, *probe_args], timeout)
+                    label += f", {len(jpegs[0]) // 1000} KB JPEGs"
+                row = summarize(label, probe)
+                if jpegs is not None and not label.startswith(row["shown"] + " "):
+                    row["messages"].append(f"shown {row['shown']}, not the stream's size")
+                rows.append(row)
+                print(json.dumps(row), flush=True)
 
     print(f"\nGodot {probe['version']}, headless, Engine.max_fps = 60; "
           f"{args.warmup:g} s warm-up, {args.seconds:g} s window"
-          + (f"; set {', '.join(args.set)}" if args.set else ""))
+          + (f"; set {', '.join(args.set)}" if args.set else "")
+          + (f"; medians of {args.repeat} runs" if args.repeat > 1 else ""))
     print("\n| stream | TIME_PROCESS p50 / p99 | step p50 / p99 / max | game fps "
           "| decoded fps | dropped | static memory change | main-thread CPU a frame "
           "| Godot CPU | other CPU |\n|---|---|---|---|---|---|---|---|---|---|")
-    for row in rows:
+    for row in medians(rows):
         print(f"| {row['point']} | {row['monitor_p50_ms']:.2f} / {row['monitor_p99_ms']:.2f} ms "
               f"| {row['step_p50_ms']:.2f} / {row['step_p99_ms']:.2f} / "
               f"{row['step_max_ms']:.2f} ms | {row['game_fps']:.1f} | {row['decoded_fps']:.1f} "
-              f"| {row['dropped']} | {row['static_memory_delta_kb']:+.0f} KB "
+              f"| {row['dropped']:.0f} | {row['static_memory_delta_kb']:+.0f} KB "
               f"| {row['main_cpu_ms_per_frame']:.2f} ms "
               f"| {row['godot_cpu_pct']:.0f} % | {row['other_cpu_pct']:.0f} % |")
     for row in rows:
