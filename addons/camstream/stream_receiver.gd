@@ -24,6 +24,11 @@ extends RefCounted
 enum Event { OPENED, CLOSED, CONNECT_FAILED, TEXT, SNAPSHOT }
 enum Command { CONNECT, SEND, CLOSE, RETIRE }
 
+## Retired pictures are kept this long before this thread drops them: by then the main thread
+## has surely dropped its own references (a variable, an argument) to them, so the last one,
+## and the freeing, is this thread's.
+const RETIRE_GRACE_MSEC: int = 50
+
 ## Run on a thread of its own. False: [method take] does the work on the calling thread.
 var threaded: bool = true
 ## Microseconds between polls while connected and idle (it reads again at once after data).
@@ -46,6 +51,7 @@ var _jpeg_info: Dictionary = {}
 var _frame_info: Dictionary = {}  # the "frame" message announcing the next binary message
 var _snapshot_info: Dictionary = {}
 var _snapshot_next: bool = false
+var _graveyard: Array = []  # [Image, when retired (msec)], oldest first
 
 var _thread: Thread = null
 var _wake: Semaphore = Semaphore.new()
@@ -73,8 +79,8 @@ func close(code: int, reason: String) -> void:
 
 
 ## Hands back a picture the main thread no longer uses, to be freed on the receiving thread
-## (freeing a 6 MB 1080p [Image] can take the main thread milliseconds). Pass only the last
-## reference you hold.
+## [constant RETIRE_GRACE_MSEC] later (freeing a 6 MB 1080p [Image] can take the main thread
+## milliseconds). Keep no reference to it beyond the current function.
 func retire(image: Image) -> void:
 	if threaded and image != null and not image.is_empty():
 		_post([Command.RETIRE, image])
@@ -120,7 +126,11 @@ func _run() -> void:
 	while true:
 		_mutex.lock()
 		var quit: bool = _quit
-		var idle: bool = _commands.is_empty() and _ws_state == WebSocketPeer.STATE_CLOSED
+		var idle: bool = (
+			_commands.is_empty()
+			and _ws_state == WebSocketPeer.STATE_CLOSED
+			and _graveyard.is_empty()
+		)
 		_mutex.unlock()
 		if idle and not quit:
 			_wake.wait()  # nothing to do until the main thread queues a command
@@ -141,6 +151,10 @@ func _work() -> bool:
 	_mutex.unlock()
 	for command in commands:
 		_run_command(command)
+	commands.clear()
+	var now_msec: int = Time.get_ticks_msec()
+	while not _graveyard.is_empty() and now_msec - _graveyard[0][1] >= RETIRE_GRACE_MSEC:
+		_graveyard.pop_front()  # the last reference: the picture is freed here
 	if _ws_state == WebSocketPeer.STATE_CLOSED:
 		return false
 	_ws.poll()
@@ -189,7 +203,7 @@ func _run_command(command: Array) -> void:
 			if _ws_state != WebSocketPeer.STATE_CLOSED:
 				_ws.close(command[1], command[2])
 		Command.RETIRE:
-			pass  # the last reference goes with the command: freed here, on this thread
+			_graveyard.append([command[1], Time.get_ticks_msec()])
 
 
 func _read(packet: PackedByteArray, is_text: bool) -> void:

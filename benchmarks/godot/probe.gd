@@ -15,8 +15,12 @@ extends Control
 ## second with the longest process step of that second) and its own measure of the frame's
 ## process step: from [signal SceneTree.process_frame] (emitted before any node's
 ## [code]_process[/code]) to this node's [code]_process[/code], which runs last
-## ([member Node.process_priority] is the highest). It prints one line,
-## [code]PROBE_RESULT {json}[/code], and quits.
+## ([member Node.process_priority] is the highest). With [code]--waits[/code], on Linux, it
+## also records how long the main thread waited for a core during that span
+## ([code]run_delay[/code] in [code]/proc/<pid>/task/<pid>/schedstat[/code], brought up to
+## date whenever the thread gets a core back): on a machine busy with other work, that is the
+## part of a long frame the game did not spend working (reading the file twice a frame adds
+## ~0.1 ms of its own). It prints one line, [code]PROBE_RESULT {json}[/code], and quits.
 
 const Client: GDScript = preload("res://addons/camstream/camstream_client.gd")
 
@@ -27,8 +31,11 @@ var _seconds: float = 10.0
 var _started_ms: int = 0
 var _window_start_ms: int = -1
 var _step_start_us: int = 0
+var _wait_start_ns: int = 0
+var _schedstat_path: String = ""
 var _monitor_ms: PackedFloat32Array = PackedFloat32Array()
 var _step_ms: PackedFloat32Array = PackedFloat32Array()
+var _wait_ms: PackedFloat32Array = PackedFloat32Array()
 var _at_start: Dictionary = {}
 var _done: bool = false
 
@@ -49,6 +56,9 @@ func _ready() -> void:
 				_warmup_s = float(value)
 			"seconds":
 				_seconds = float(value)
+			"waits":
+				var pid: int = OS.get_process_id()  # the main thread's id, on Linux
+				_schedstat_path = "/proc/%d/task/%d/schedstat" % [pid, pid]
 			"set":
 				var pair: PackedStringArray = value.split(":", true, 1)
 				settings[pair[0]] = str_to_var(pair[1]) if pair.size() > 1 else true
@@ -68,6 +78,7 @@ func _ready() -> void:
 
 
 func _on_process_frame() -> void:
+	_wait_start_ns = _run_delay_ns()
 	_step_start_us = Time.get_ticks_usec()
 
 
@@ -82,9 +93,19 @@ func _process(_delta: float) -> void:
 			print("PROBE_WINDOW")  # the driver samples the machine's CPU counters now
 		return
 	_step_ms.append((Time.get_ticks_usec() - _step_start_us) / 1000.0)
+	_wait_ms.append((_run_delay_ns() - _wait_start_ns) / 1e6)
 	_monitor_ms.append(Performance.get_monitor(Performance.TIME_PROCESS) * 1000.0)
 	if now_ms - _window_start_ms >= _seconds * 1000.0:
 		_finish(now_ms)
+
+
+## Nanoseconds the main thread has spent waiting for a core so far (0 without --waits or
+## /proc). The file is opened each time: a FileAccess kept open returns its first contents.
+func _run_delay_ns() -> int:
+	if _schedstat_path.is_empty():
+		return 0
+	var file: FileAccess = FileAccess.open(_schedstat_path, FileAccess.READ)
+	return 0 if file == null else file.get_line().get_slice(" ", 1).to_int()
 
 
 func _counters() -> Dictionary:
@@ -107,6 +128,7 @@ func _finish(now_ms: int) -> void:
 		"game_frames": _step_ms.size(),
 		"step_ms": Array(_step_ms),
 		"monitor_ms": Array(_monitor_ms),
+		"wait_ms": Array(_wait_ms),
 		"counters": deltas,
 		"static_memory_end": at_end["static_memory"],
 		"shown": "%dx%d" % [shown.x, shown.y],
