@@ -19,7 +19,7 @@ import time
 import cv2
 import numpy as np
 
-from camstream.testpattern import TestPattern
+from camstream.capture.testpattern import TestPattern
 
 ROWS, COLS = 4, 16
 BITS = ROWS * COLS  # 48 bits of time + 16 bits of check

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import logging
 
-from .camera import CameraState, CameraThread
+from .capture.camera import CameraState, CameraThread
+from .capture.frame import Frame
 from .errors import (
     CamstreamError,
     ConfigError,
@@ -18,7 +19,6 @@ from .errors import (
     ServerError,
     SourceError,
 )
-from .frame import Frame
 from .protocol import PROTOCOL_VERSION, CloseCode
 from .server import Streamer
 

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from typing import Callable
 
-from .policy import AccessPolicy
+from .delivery.session import ClientSession
 from .protocol import CloseCode
-from .session import ClientSession
+from .web.policy import AccessPolicy
 from .ws import Connection, HandshakeRejected, HttpExchange, Request
 
 __all__ = ["TransportCallbacks", "how_it_closed"]

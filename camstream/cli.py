@@ -11,22 +11,18 @@ import signal
 import sys
 from typing import NoReturn, Sequence
 
-from . import __version__
-from .camera import describe_source
-from .controls import CONTROLS
-from .devices import BACKENDS, PIXEL_FORMATS
-from .discovery import format_cameras, list_cameras
+from . import __version__, logs
+from .capture.camera import describe_source
+from .capture.controls import CONTROLS
+from .capture.devices import BACKENDS, PIXEL_FORMATS
+from .capture.discovery import format_cameras, list_cameras
 from .errors import CamstreamError, ConfigError
+from .opencv_wheels import OPENCV_WHEELS
 from .server import GODOT_MAX_MESSAGE, Streamer
 
-logger = logging.getLogger(__name__)
+logger = logs.get_logger(__name__)
 
 AUTO_SOURCE = "auto"
-# All of them install the same cv2 package; with two, cv2 is a mix of both (setup.py, README).
-OPENCV_WHEELS = (
-    "opencv-python", "opencv-python-headless", "opencv-contrib-python",
-    "opencv-contrib-python-headless",
-)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -14,29 +14,29 @@ from typing import Any, Iterable, Mapping
 
 import numpy as np
 
-from . import protocol
+from . import logs, protocol
 from .callbacks import TransportCallbacks, how_it_closed
-from .camera import CameraThread, Frame, Source, describe_source
-from .devices import CaptureFactory
-from .encoder import EncodeCache
-from .fanout import FanOut
-from .mjpeg import MjpegStream
+from .capture.camera import CameraThread, Frame, Source, describe_source
+from .capture.devices import CaptureFactory
+from .capture.report import camera_report, camera_state_fields
+from .delivery.encoder import EncodeCache
+from .delivery.fanout import FanOut
+from .delivery.mjpeg import MjpegStream
+from .delivery.pacing import CounterRates
+from .delivery.registry import Admission, ViewerRegistry
+from .delivery.session import ClientSession, ClientSettings
 from .options import check_streamer_options
-from .pacing import CounterRates
-from .policy import AccessPolicy
 from .protocol import CloseCode
-from .proxy import parse_trusted_proxies
 from .ratelimit import LogBudget
-from .registry import Admission, ViewerRegistry
-from .report import camera_report, camera_state_fields
-from .session import ClientSession, ClientSettings
 from .sigterm import Terminated, stop_on_sigterm
-from .webroutes import HttpRoutes
-from .ws import Connection, Request, WebSocketServer, make_ssl_context
+from .web.policy import AccessPolicy
+from .web.proxy import parse_trusted_proxies
+from .web.routes import HttpRoutes
+from .ws import AddressRates, Connection, Request, WebSocketServer, make_ssl_context
 
 __all__ = ["Streamer"]
 
-logger = logging.getLogger(__name__)
+logger = logs.get_logger(__name__)
 _refusal_log = LogBudget()  # refused viewers: anyone can cause them, so they are rate-limited
 
 GODOT_MAX_MESSAGE = 65535
@@ -69,7 +69,8 @@ class Streamer:
         loop: play files again from the start when they end (default True; else viewers get
             ``source_ended``).
         pixel_format, backend, camera_settings, capture_factory: how a camera is opened: see
-            :class:`~camstream.camera.CameraThread` (MJPEG by default, the platform's backend).
+            :class:`~camstream.capture.camera.CameraThread` (MJPEG by default, the platform's
+            backend).
         token: if set, clients must present it (``?token=`` or ``Authorization: Bearer``);
             others are closed with 1008. Default None: no token.
         allowed_origins: browser origins admitted besides the server's own pages (e.g.
@@ -88,8 +89,8 @@ class Streamer:
             must be complete (default 5).
         first_line_timeout: seconds from connect until the request's first line must be in
             (default 2).
-        max_message_size: the largest message a client may send, in bytes (default 65536;
-            larger ones are closed with 1009).
+        max_message_size: the largest message a client may send, in bytes (default 4096: control
+            messages need a few hundred; larger ones are closed with 1009).
         max_connections_per_address: open connections one client address may hold (IPv6: one
             /64; default 32); ``None``: no limit. Behind a reverse proxy every client has the
             proxy's address: list it in ``trusted_proxies`` (exempt) or raise this.
@@ -97,13 +98,14 @@ class Streamer:
             ``X-Forwarded-For/-Proto/-Host`` or ``Forwarded`` headers are believed: for logs,
             ``stats()``, per-address limits, the Origin rule and the URLs camstream serves.
             From any other peer those headers are ignored (default None: no proxy is trusted).
-            See :mod:`camstream.proxy`.
+            See :mod:`camstream.web.proxy`.
         max_variants: distinct sizes/qualities/limits encoded at once besides the default one
             (default 4); a viewer asking for another gets the nearest one in use (its metadata
             says which).
         fast_fanout: send frames to idle viewers (WebSocket, ``wss://`` and MJPEG) from one
             fan-out thread without waking their own threads (default True; see
-            :mod:`camstream.fanout`). False: every frame goes through the viewer's own thread.
+            :mod:`camstream.delivery.fanout`). False: every frame goes through the viewer's own
+            thread.
         max_encodes_per_s: JPEG encodes a second for non-default variants and snapshots, all
             viewers together (default None: ``fps * (max_variants + 1)``); past it, frames are
             skipped.
@@ -141,7 +143,7 @@ class Streamer:
         ping_timeout: float = 20.0,
         handshake_timeout: float = 5.0,
         first_line_timeout: float = 2.0,
-        max_message_size: int = 65536,
+        max_message_size: int = 4096,
         trusted_proxies: Iterable[str] | None = None,
         max_variants: int = 4,
         max_encodes_per_s: float | None = None,
@@ -179,7 +181,10 @@ class Streamer:
         )
         self._viewers: ViewerRegistry[ClientSession, MjpegStream] = ViewerRegistry(max_clients)
         self._rates = CounterRates()  # encodes and decodes per second
-        self._fanout = FanOut(self._camera, self._viewers.all) if fast_fanout else None
+        # Log lines of this Streamer's threads carry its label when several run (camstream.logs).
+        self._label = logs.Label()
+        with logs.bound(self._label):
+            self._fanout = FanOut(self._camera, self._viewers.all) if fast_fanout else None
         self._stopped = threading.Event()
         self._http = HttpRoutes(
             camera=self._camera, cache=self._cache, policy=self._policy, viewers=self._viewers,
@@ -198,6 +203,10 @@ class Streamer:
             # Text messages and ping/pong frames share one budget per connection (1008 beyond).
             "message_rate": 20.0,
             "message_burst": 40.0,
+            "byte_rate": 16384.0, "byte_burst": 65536.0,  # and bytes (frames whole, 64 at least)
+            # All connections of one address share a budget; past it they wait, not closed.
+            "address_rates": AddressRates(200.0, 1000.0, 131072.0, 524288.0),
+            "lifted_by": {"max_connections": "max_clients, CLI --max-clients"},
             # Every connection costs a thread before any check runs: cap them well above the
             # viewers we admit (refused and closing connections need room too).
             "max_connections": max_connections,
@@ -212,7 +221,7 @@ class Streamer:
 
     @property
     def camera(self) -> CameraThread:
-        """The :class:`~camstream.camera.CameraThread` this Streamer serves (read-only): its
+        """The :class:`~camstream.capture.camera.CameraThread` this Streamer serves (read-only): its
         ``state``, ``width``/``height``/``fps``, ``controls`` and counters."""
         return self._camera
 
@@ -228,6 +237,10 @@ class Streamer:
         """
         if self._server is not None or self._stopped.is_set():
             raise RuntimeError("a Streamer can be started only once")
+        with logs.bound(self._label):
+            return self._start()
+
+    def _start(self) -> Streamer:
         self._camera.add_listener(self._on_camera_event)
         self._camera.add_frame_listener(self._on_frame)
         self._camera.start()
@@ -248,12 +261,14 @@ class Streamer:
                 self._fanout.stop()
             self._camera.stop()
             raise
+        self._label.set(f":{self._server.port}")
+        self._label.activate()
         self._warn_if_exposed()
         self._started_at = time.monotonic()
         # Daemon, like every camstream thread: a program that exits without stop() must not
         # hang on it (its viewers are then dropped without a Close). stop() joins it.
         self._serve_thread = threading.Thread(
-            target=self._server.serve_forever, kwargs={"poll_interval": 0.1},
+            target=logs.thread_target(self._server.serve_forever), kwargs={"poll_interval": 0.1},
             name="camstream-server", daemon=True,
         )
         self._serve_thread.start()
@@ -305,6 +320,7 @@ class Streamer:
         thread = self._serve_thread
         if thread is not None and thread is not threading.current_thread():
             thread.join(timeout)
+        self._label.deactivate()
 
     def __enter__(self) -> Streamer:
         return self.start() if self._server is None else self
@@ -429,7 +445,8 @@ class Streamer:
             conn.close(CloseCode.TRY_AGAIN_LATER, "server full, try again later")
             return
         conn.session = session
-        logger.info("client %s connected from %s", conn.id, self._policy.describe(conn.request))
+        conn.log(logger, logging.INFO, "client %s connected from %s", conn.id,
+                 self._policy.describe(conn.request))  # through its address's log budget
         session.start()
 
     def _close(self, conn: Connection) -> None:
@@ -437,8 +454,8 @@ class Streamer:
         if session is not None:
             session.stop()
             stats = session.stats
-            logger.info(
-                "client %s left (%s): %d frames sent, %d skipped",
+            conn.log(
+                logger, logging.INFO, "client %s left (%s): %d frames sent, %d skipped",
                 conn.id, how_it_closed(conn), stats.frames_sent, stats.frames_skipped,
             )
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from conftest import TIMEOUT
 
-from camstream.discovery import CameraDescription, CameraMode, format_cameras, list_cameras
+from camstream.capture.discovery import CameraDescription, CameraMode, format_cameras, list_cameras
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -1,4 +1,5 @@
-"""The fan-out fast path (camstream.fanout): what a viewer (WebSocket or MJPEG) receives is what
+"""The fan-out fast path (camstream.delivery.fanout): what a viewer (WebSocket or MJPEG) receives
+is what
 its own thread would have sent, a partial non-blocking write is finished before anything else,
 each viewer keeps its own rate.
 
@@ -25,11 +26,11 @@ from websockets.sync.client import connect
 from wsraw import build_frame
 
 from camstream import Streamer
-from camstream.encoder import EncodeCache, Variant
-from camstream.fanout import FanOutRound
-from camstream.frame import Frame
-from camstream.mjpeg import MjpegStream
-from camstream.session import ClientSession
+from camstream.capture.frame import Frame
+from camstream.delivery.encoder import EncodeCache, Variant
+from camstream.delivery.fanout import FanOutRound
+from camstream.delivery.mjpeg import MjpegStream
+from camstream.delivery.session import ClientSession
 
 
 class JpegPublisher(threading.Thread):

@@ -29,7 +29,7 @@ from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
 from camstream import CloseCode, Streamer
-from camstream.session import ClientSession
+from camstream.delivery.session import ClientSession
 
 REPO = Path(__file__).resolve().parents[1]
 

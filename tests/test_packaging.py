@@ -1,6 +1,6 @@
 """The package metadata lists what an installed camstream needs.
 
-``setup.cfg`` names its packages one by one (so ``camstream.static`` is declared properly); a
+``setup.cfg`` names its packages one by one (so ``camstream.web.static`` is declared properly); a
 new subpackage that is not listed would be missing from a plain ``pip install .``, while an
 editable install (the test command's) would not notice.
 """

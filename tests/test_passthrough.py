@@ -22,7 +22,7 @@ from helpers import MjpegReader, decode_jpeg, get
 from websockets.sync.client import connect
 
 from camstream import Streamer
-from camstream.encoder import encode_jpeg
+from camstream.delivery.encoder import encode_jpeg
 
 
 def webcam_like_jpeg(index: int, size: tuple[int, int] = (640, 480), quality: int = 85) -> bytes:

@@ -7,8 +7,8 @@ from __future__ import annotations
 import pytest
 
 from camstream import CloseCode
-from camstream.policy import AccessPolicy, Refusal, is_loopback_name
-from camstream.proxy import parse_trusted_proxies
+from camstream.web.policy import AccessPolicy, Refusal, is_loopback_name
+from camstream.web.proxy import parse_trusted_proxies
 from camstream.ws import Request
 
 

@@ -1,4 +1,4 @@
-"""Trusted reverse proxies (camstream.proxy) and /healthz.
+"""Trusted reverse proxies (camstream.web.proxy) and /healthz.
 
 Unit tests of the header rules, then real Streamers on port 0 with real clients that send the
 forwarding headers themselves: from a trusted peer they count, from any other they do not.
@@ -19,8 +19,8 @@ from websockets.sync.client import connect
 from wsraw import RawClient
 
 from camstream import CloseCode, ConfigError, Streamer
-from camstream.policy import AccessPolicy
-from camstream.proxy import ClientView, is_trusted, parse_trusted_proxies, resolve
+from camstream.web.policy import AccessPolicy
+from camstream.web.proxy import ClientView, is_trusted, parse_trusted_proxies, resolve
 
 LOCAL = parse_trusted_proxies(["127.0.0.1", "10.0.0.0/8", "::1"])
 

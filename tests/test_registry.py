@@ -6,7 +6,7 @@ import threading
 
 from conftest import TIMEOUT
 
-from camstream.registry import Admission, ViewerRegistry
+from camstream.delivery.registry import Admission, ViewerRegistry
 
 
 class Viewer:

@@ -20,7 +20,7 @@ from helpers import get, next_binary, next_text
 from websockets.sync.client import connect
 from wsraw import RawClient
 
-from camstream.sources import describe_source
+from camstream.capture.sources import describe_source
 
 
 def test_source_urls_are_described_without_their_secrets() -> None:

@@ -20,8 +20,8 @@ from fake_capture import FakeCapture, FakeWebcam, pictures, strip_dht
 from helpers import frames_from
 
 from camstream import CameraState, CameraThread, ConfigError, SourceError
-from camstream.camera import describe_source
-from camstream.jpeg import inspect_jpeg
+from camstream.capture.camera import describe_source
+from camstream.capture.jpeg import inspect_jpeg
 
 
 def test_mjpeg_is_asked_for_before_size_and_fps(caplog: pytest.LogCaptureFixture) -> None:

@@ -30,7 +30,6 @@ server's context and says in words which certificate or key file is wrong.
 from __future__ import annotations
 
 import io
-import logging
 import os
 import re
 import socket
@@ -39,11 +38,12 @@ import threading
 import time
 from typing import cast
 
+from .. import logs
 from ..errors import ServerError
 
 __all__ = ["TlsChannel", "make_ssl_context"]
 
-logger = logging.getLogger(__name__)
+logger = logs.get_logger(__name__)
 
 _RECV_SIZE = 65536  # raw bytes read from the socket at a time
 _ENCRYPT_SIZE = 65536  # plaintext encrypted per lock hold: the reader waits at most this long

@@ -9,17 +9,17 @@ ping_timeout`` is closed with 1011.
 
 from __future__ import annotations
 
-import logging
 import threading
 import time
 from collections.abc import Callable
 
+from .. import logs
 from .connection import Connection
 from .link import Link
 
 __all__ = ["Watchdog"]
 
-logger = logging.getLogger(__name__)
+logger = logs.get_logger(__name__)
 
 
 class Watchdog:
@@ -48,7 +48,9 @@ class Watchdog:
         self.ping_interval, self.ping_timeout = ping_interval, ping_timeout
         self._stop = threading.Event()
         # Daemon, so a server that is never closed does not keep the process alive.
-        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._thread = threading.Thread(
+            target=logs.thread_target(self._run), name=name, daemon=True
+        )
 
     def start(self) -> None:
         """Start the thread (once)."""

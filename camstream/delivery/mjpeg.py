@@ -1,0 +1,175 @@
+"""One MJPEG viewer: a ``multipart/x-mixed-replace`` writer driven by the shared viewer loop.
+
+An :class:`MjpegStream` is the output of a :class:`~camstream.delivery.viewer.ViewerLoop` (the frame
+clock WebSocket viewers use too) that writes each frame as one multipart part, with
+``Content-Type``, ``Content-Length`` and ``X-Timestamp`` (capture time, Unix seconds, as
+mjpg-streamer sends it). It runs in the HTTP connection's own handler thread; it queues nothing
+itself: a reader that stops reading is dropped after the stall timeout. The fan-out fast path
+(:mod:`camstream.delivery.fanout`) may write a due frame's part from its own thread instead
+(:meth:`MjpegStream.offer`); the stream's thread finishes a part it could not write whole.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from .. import logs
+from ..capture.camera import CameraThread
+from ..ws import HttpExchange
+from .encoder import EncodeCache, EncodedFrame, Variant
+from .viewer import ViewerLoop, ViewerStats
+
+if TYPE_CHECKING:
+    from ..capture.frame import Frame
+    from .fanout import FanOutRound
+
+__all__ = ["BOUNDARY", "MjpegStream", "part"]
+
+logger = logs.get_logger(__name__)
+
+BOUNDARY = "camstream-frame"
+"""The MJPEG part boundary; parts carry ``Content-Length`` too."""
+
+
+class MjpegStream:
+    """One open ``/stream.mjpg`` response.
+
+    Args:
+        stream_id: its number in ``stats()["http"]["mjpeg_streams"]``.
+        exchange: the response, already started with the multipart headers.
+        address: the client's address (for stats and logs).
+        variant, fps: what the viewer asked for (the variant cap may give another variant).
+        stall_timeout: seconds it may be behind before it is dropped.
+    """
+
+    def __init__(
+        self,
+        stream_id: int,
+        exchange: HttpExchange,
+        camera: CameraThread,
+        cache: EncodeCache,
+        *,
+        address: str,
+        variant: Variant,
+        fps: float,
+        stall_timeout: float,
+    ) -> None:
+        self.id = stream_id
+        self.address = address
+        self.fps = fps
+        self._exchange = exchange
+        self._loop = ViewerLoop(camera, cache, stall_timeout)
+        self._wanted = variant
+        self._variant = self._loop.variant(variant)  # the one given; released by run()
+        self._running = False  # the fan-out may write only once the headers went, in run()
+        # The rest of a part the fan-out began writing; it left the send lock held for us.
+        self._partial: memoryview | None = None
+
+    def __repr__(self) -> str:
+        return f"<MjpegStream {self.id} from {self.address}>"
+
+    @property
+    def stats(self) -> ViewerStats:
+        return self._loop.stats
+
+    def wake(self) -> None:
+        """A new frame is there (camera thread)."""
+        self._loop.wake()
+
+    def offer(self, frame: Frame, fanout: FanOutRound) -> bool:
+        """The fan-out's fast path (see :mod:`camstream.delivery.fanout`): True if ``frame``'s part
+        went
+        out from the calling thread; False if the stream's thread should look (then wake)."""
+        return self._loop.offer(frame, self, fanout)
+
+    def stop(self) -> None:
+        """End the stream within one wake (any thread)."""
+        self._loop.stop()
+
+    def release(self) -> None:
+        """Give its variant back to the cache (idempotent; handler thread, after :meth:`run`)."""
+        self._loop.release()
+
+    def run(self) -> None:
+        """Write frames until stopped or stalled (handler thread).
+
+        Raises:
+            ConnectionClosedError: the client went away or a write timed out.
+        """
+        self._running = True
+        try:
+            self._loop.run(self)
+        finally:
+            self._running = False
+            if self._partial is not None:  # half a part: nothing may follow it
+                self._partial = None
+                self._exchange.abandon_write()
+
+    def info(self, now: float) -> dict[str, Any]:
+        """This stream in ``stats()["http"]["mjpeg_streams"]``."""
+        stats, variant = self._loop.stats, self._variant
+        return {
+            "id": self.id,
+            "address": self.address,
+            "fps": self.fps,
+            "width": variant.width,
+            "height": variant.height,
+            "quality": variant.quality,
+            "max_bytes": variant.max_bytes,
+            "frames_sent": stats.frames_sent,
+            "frames_skipped": stats.frames_skipped,
+            "bytes_sent": stats.bytes_sent,
+            "connected_s": round(now - stats.connected_at, 3),
+        }
+
+    # The loop's output (ViewerOutput)
+
+    is_open = True  # a client that left is noticed by the next write
+    paused = False
+
+    def unsent_bytes(self) -> int | None:
+        return self._exchange.unsent_bytes()
+
+    def before_frame(self) -> None:
+        rest, self._partial = self._partial, None
+        if rest is not None:
+            self._exchange.finish_write(rest)
+
+    def wanted(self) -> tuple[Variant, float]:
+        return self._wanted, self.fps
+
+    def fast_wanted(self) -> tuple[Variant, float] | None:
+        if not self._running or self._partial is not None:
+            return None
+        return self._wanted, self.fps
+
+    def fast_send(self, encoded: EncodedFrame, variant: Variant, fanout: FanOutRound) -> bool:
+        """Write ``encoded``'s part without blocking (the loop's lock held by the fan-out); a
+        partial write leaves the rest to :meth:`before_frame` in the stream's thread."""
+        sent, rest = self._exchange.try_write(fanout.part(encoded))
+        if rest is not None:
+            self._partial = rest
+            self._loop.stats.fast_partial += 1
+            self._loop.nudge()
+        return sent
+
+    def send(self, encoded: EncodedFrame, variant: Variant, skipped: int) -> None:
+        self._exchange.write(part(encoded.data, encoded.captured_at))
+
+    def stalled(self) -> None:
+        logger.info("MJPEG stream %d dropped: it stopped reading", self.id)
+
+
+def part(jpeg: bytes, captured_at: float) -> bytes:
+    """One multipart part: boundary line, part headers, the JPEG, CRLF.
+
+    ``X-Timestamp`` is the capture time in Unix seconds, as mjpg-streamer sends it; readers
+    that do not know it ignore it.
+    """
+    head = (
+        f"--{BOUNDARY}\r\nContent-Type: image/jpeg\r\nContent-Length: {len(jpeg)}\r\n"
+        f"X-Timestamp: {captured_at:.6f}\r\n\r\n"
+    ).encode("ascii")
+    return head + jpeg + b"\r\n"
+
+

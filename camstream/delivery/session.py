@@ -1,0 +1,415 @@
+"""One WebSocket viewer: its settings, its sender thread and its control messages.
+
+Each :class:`ClientSession` owns one sender thread running the viewer's
+:class:`~camstream.delivery.viewer.ViewerLoop` (the frame clock shared with MJPEG streams), which
+wakes
+on every new camera frame, on control messages and on its own timer, and sends at most one
+frame per tick: always the newest frame, never one it already sent, never a backlog. A slow
+viewer only slows itself: while its ``send`` is blocked, the camera moves on and the viewer
+skips to the newest frame afterwards. The session is the loop's output: before each frame it
+sends queued control replies, events and (when the size, quality or settings changed) a fresh
+``metadata`` message; with ``frame_info`` on, a ``frame`` message precedes each JPEG.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import functools
+import threading
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Callable
+
+from .. import logs, protocol
+from ..capture.camera import CameraThread
+from ..errors import ConnectionClosedError
+from ..protocol import CloseCode, ProtocolInputError
+from .encoder import EncodeBudgetExceeded, EncodeCache, EncodedFrame, Variant, fit_size
+from .viewer import ViewerLoop, ViewerStats
+
+if TYPE_CHECKING:
+    from ..capture.frame import Frame
+    from ..ws import Connection
+    from .fanout import FanOutRound
+
+__all__ = ["ClientSettings", "ClientSession"]
+
+logger = logs.get_logger(__name__)
+
+_OUTBOX_LIMIT = 64  # queued replies beyond this are dropped (events are kept)
+_FIRST_FRAME_WAIT_S = 2.0  # a snapshot asked for before the first frame waits this long for it
+
+
+@dataclass(frozen=True)
+class ClientSettings:
+    """What one viewer has chosen (see ``protocol.CONFIG_FIELDS``)."""
+
+    fps: float
+    quality: int | None = None  # None: as the source (the server's default when encoding)
+    width: int | None = None
+    height: int | None = None
+    max_bytes: int | None = None
+    frame_info: bool = False
+
+    @functools.cached_property
+    def variant(self) -> Variant:
+        """The encode these settings ask for (made once: it is looked up for every frame)."""
+        return Variant(self.width, self.height, self.quality, self.max_bytes)
+
+
+class ClientSession:
+    """The server side of one WebSocket viewer.
+
+    Created by the Streamer when a connection opens; :meth:`start` starts the sender thread,
+    :meth:`stop` (idempotent, any thread) ends and joins it. Control messages arrive through
+    :meth:`handle_text` in the connection's reader thread; everything the session sends goes
+    out from the sender thread, so messages keep their order.
+    """
+
+    def __init__(
+        self,
+        connection: Connection,
+        camera: CameraThread,
+        cache: EncodeCache,
+        settings: ClientSettings,
+        *,
+        stall_timeout: float = 5.0,
+        describe_camera: Callable[[], dict[str, Any]] | None = None,
+    ) -> None:
+        self.connection = connection
+        self._link = connection.link  # (looked at for every frame)
+        self._camera = camera
+        self._cache = cache
+        self._loop = ViewerLoop(camera, cache, stall_timeout)
+        # _lock guards _outbox and _settings_changed (both threads take and reset them). The
+        # reader thread writes _settings and _paused under it too; the sender reads those two
+        # unlocked: each is one reference, replaced whole, and a change raises the flag.
+        self._lock = threading.Lock()
+        self._settings = settings
+        self._paused = False
+        self._settings_changed = True  # the first thing sent is the metadata
+        self._outbox: collections.deque[dict[str, Any]] = collections.deque()
+        self._describe_camera = describe_camera or (lambda: {})
+        # Sender thread only:
+        self._version = 0  # counts settings changes; metadata is resent when it moves
+        # (width, height, quality, _version) last announced in metadata
+        self._announced: tuple[int, int, int | None, int] | None = None
+        self._sending = settings  # the settings of the frame being sent
+        # The rest of a frame the fan-out began writing; it left the send lock held for us.
+        self._partial: memoryview | None = None
+        self._thread = threading.Thread(
+            target=logs.thread_target(self._run), name=f"camstream-sender-{connection.id}",
+            daemon=True,
+        )  # daemon: a sender blocked on a dead socket must never hold the process open
+
+    # Lifecycle
+
+    def start(self) -> ClientSession:
+        self._thread.start()
+        return self
+
+    def stop(self, timeout: float = 2.0) -> None:
+        """Ask the sender to finish and join it. Idempotent; safe from any thread."""
+        self._loop.stop()
+        if self._thread.is_alive() and self._thread is not threading.current_thread():
+            self._thread.join(timeout)
+
+    @property
+    def stats(self) -> ViewerStats:
+        return self._loop.stats
+
+    @property
+    def settings(self) -> ClientSettings:
+        return self._settings
+
+    @property
+    def paused(self) -> bool:
+        return self._paused
+
+    def info(self, address: str, now: float) -> dict[str, Any]:
+        """This viewer in ``stats()["clients"]`` (``address``: as the policy resolved it)."""
+        settings, stats = self._settings, self.stats
+        return {
+            "id": self.connection.id,
+            "address": address,
+            "fps": settings.fps,
+            "width": settings.width,
+            "height": settings.height,
+            "quality": settings.quality,
+            "max_bytes": settings.max_bytes,
+            "paused": self._paused,
+            "frames_sent": stats.frames_sent,
+            "frames_skipped": stats.frames_skipped,
+            "bytes_sent": stats.bytes_sent,
+            "errors": stats.errors,
+            "connected_s": round(now - stats.connected_at, 3),
+        }
+
+    @property
+    def is_open(self) -> bool:
+        return self.connection.is_open
+
+    # Called from other threads
+
+    def wake(self) -> None:
+        """A new frame is there (called by the camera for every frame, for every viewer).
+
+        Wakes the sender only if it could use the frame (see :meth:`ViewerLoop.wake`).
+        """
+        self._loop.wake()
+
+    def __repr__(self) -> str:
+        return f"<ClientSession {self.connection.id}>"
+
+    def offer(self, frame: Frame, fanout: FanOutRound) -> bool:
+        """The fan-out's fast path (see :mod:`camstream.delivery.fanout`): True if ``frame`` went
+        out
+        from the calling thread; False if the sender should look at it (then :meth:`wake`)."""
+        return self._loop.offer(frame, self, fanout)
+
+    def post(self, message: dict[str, Any], *, droppable: bool = False) -> None:
+        """Queue a text message; the sender sends it before the next frame.
+
+        ``droppable`` messages (replies to the client's own requests) are dropped when the
+        queue is full, so a client that floods requests cannot push out events.
+        """
+        with self._lock:
+            if droppable and len(self._outbox) >= _OUTBOX_LIMIT:
+                return
+            self._outbox.append(message)
+        self._loop.nudge()
+
+    def update(self, **changes: Any) -> None:
+        """Change settings; the viewer gets a new metadata message with the values in force."""
+        with self._lock:
+            self._settings = dataclasses.replace(self._settings, **changes)
+            self._settings_changed = True
+        self._loop.nudge()
+
+    def handle_text(self, text: str) -> None:
+        """Act on one control message (reader thread). Bad input gets an ``error`` message.
+
+        The transport has already counted the message against the connection's budget (text
+        messages and ping/pong frames alike; 1008 beyond it), see ``WebSocketServer``.
+        """
+        try:
+            message = protocol.parse_control(text)
+        except ProtocolInputError as exc:
+            self._refuse(str(exc))
+            return
+        kind = message["type"]
+        if kind == "config":
+            self.apply_config(message, from_url=False)
+        elif kind == "pause":
+            self._set_paused(True)
+        elif kind == "resume":
+            self._set_paused(False)
+        elif kind == "ping":
+            pong = {"type": "pong", "t": message.get("t"), "server_time": time.time()}
+            self.post(pong, droppable=True)
+        elif kind == "snapshot":
+            wanted, problems = protocol.parse_config({"quality": message.get("quality", 95)})
+            for problem in problems:
+                self._refuse(f"snapshot {problem}")
+            if wanted:
+                self.post({"type": "_snapshot", "quality": wanted["quality"]}, droppable=True)
+
+    def apply_config(self, values: dict[str, Any], *, from_url: bool) -> None:
+        """Apply settings from a ``config`` message or URL query; report refused values."""
+        changes, problems = protocol.parse_config(values, from_url=from_url)
+        for problem in problems:
+            self._refuse(problem)
+        if changes or not from_url:
+            self.update(**changes)  # a config message is always answered with metadata
+
+    def _refuse(self, problem: str) -> None:
+        """Answer a value the client sent that cannot be used with an ``error`` message.
+
+        Logged at DEBUG only and counted in ``stats.errors``: a client that sends nothing but
+        bad messages fills no log (the rate limit ends it long before it could).
+        """
+        self.stats.errors += 1
+        logger.debug("client %s: %s", self.connection.id, problem)
+        self.post(protocol.error_message(problem), droppable=True)
+
+    def _set_paused(self, paused: bool) -> None:
+        with self._lock:
+            self._paused = paused
+            self._settings_changed = True
+        self._loop.nudge()
+
+    # The sender thread
+
+    def _run(self) -> None:
+        try:
+            self._loop.run(self)
+        except ConnectionClosedError:
+            pass  # the connection went away; the transport reports it
+        except Exception:
+            logger.exception("sender for client %s failed", self.connection.id)
+            self.connection.close(CloseCode.INTERNAL_ERROR, "internal error")
+        finally:
+            if self._partial is not None:  # a half-written frame nothing may follow
+                self._partial = None
+                self.connection.abort()  # marks the connection closing too
+                self._link.abandon_send()
+
+    # The loop's output (ViewerOutput; sender thread)
+
+    def unsent_bytes(self) -> int | None:
+        return self._link.unsent_bytes()
+
+    def before_frame(self) -> None:
+        self._finish_partial()
+        self._flush_control()
+
+    def fast_wanted(self) -> tuple[Variant, float] | None:
+        with self._lock:
+            if self._outbox or self._settings_changed or self._paused:
+                return None
+            settings = self._settings
+        if settings.frame_info or self._announced is None or self._partial is not None:
+            return None
+        self._sending = settings
+        return settings.variant, settings.fps
+
+    def wanted(self) -> tuple[Variant, float]:
+        self._sending = settings = self._settings
+        return settings.variant, settings.fps
+
+    def send(self, encoded: EncodedFrame, variant: Variant, skipped: int) -> None:
+        settings = self._sending
+        quality = self._announced_quality(encoded.passed_through, variant)
+        if (encoded.width, encoded.height, quality, self._version) != self._announced:
+            self._send_metadata((encoded.width, encoded.height), quality, settings)
+        if settings.frame_info:
+            self.connection.send_text(protocol.encode_message(self._frame_info(encoded, skipped)))
+        self.connection.send_binary(encoded.data)
+
+    def fast_send(self, encoded: EncodedFrame, variant: Variant, fanout: FanOutRound) -> bool:
+        """Write ``encoded`` without blocking if nothing else is owed first (the loop's lock
+        held by the fan-out); a partial write leaves the rest to :meth:`_finish_partial`."""
+        quality = self._announced_quality(encoded.passed_through, variant)
+        if (encoded.width, encoded.height, quality, self._version) != self._announced:
+            return False  # metadata first: the sender does it
+        sent, rest = fanout.send(self.connection, encoded.data)
+        if rest is not None:
+            self._partial = rest
+            self.stats.fast_partial += 1
+            self._loop.nudge()
+        return sent
+
+    def _finish_partial(self) -> None:
+        """Write the rest of a frame the fan-out began, with the send lock it left held."""
+        rest, self._partial = self._partial, None
+        if rest is not None:
+            self._link.finish_send(rest)
+
+    def stalled(self) -> None:
+        logger.info("dropping client %s: it stopped reading", self.connection.id)
+        self.connection.abort()
+
+    def _flush_control(self) -> None:
+        """Send queued text messages and, if settings changed, fresh metadata.
+
+        The metadata goes first on a new connection, before errors about its URL query.
+        """
+        if self._announced is None:
+            self._send_changed_settings()
+        while True:
+            with self._lock:
+                if not self._outbox:
+                    break
+                message = self._outbox.popleft()
+            if message["type"] == "_snapshot":
+                self._send_snapshot(message["quality"])
+            else:
+                self.connection.send_text(protocol.encode_message(message))
+        self._send_changed_settings()
+
+    def _send_changed_settings(self) -> None:
+        with self._lock:
+            changed, self._settings_changed = self._settings_changed, False
+        if changed:
+            self._version += 1
+            self._loop.restart_clock()
+            settings = self._settings
+            variant = self._loop.variant(settings.variant)
+            latest = self._camera.latest()
+            width, height = (
+                (latest.width, latest.height) if latest is not None
+                else (self._camera.width, self._camera.height)
+            )
+            passed = latest is not None and self._cache.passes_through(latest, variant)
+            size = fit_size(width, height, variant.width, variant.height)
+            self._send_metadata(size, self._announced_quality(passed, variant), settings)
+
+    def _announced_quality(self, passed_through: bool, variant: Variant) -> int | None:
+        """The metadata's ``quality``: None for the source's own JPEGs, else the one used."""
+        if passed_through:
+            return None
+        return self._cache.default_quality if variant.quality is None else variant.quality
+
+    def _effective_fps(self, settings: ClientSettings) -> float:
+        return min(settings.fps, self._camera.fps)
+
+    def _send_metadata(
+        self, size: tuple[int, int], quality: int | None, settings: ClientSettings
+    ) -> None:
+        self._announced = (size[0], size[1], quality, self._version)
+        given = self._loop.given
+        message = protocol.metadata_message(
+            width=size[0],
+            height=size[1],
+            fps=self._effective_fps(settings),
+            quality=quality,
+            max_bytes=given.max_bytes if given is not None else settings.max_bytes,
+            frame_info=settings.frame_info,
+            paused=self._paused,
+            **self._describe_camera(),
+        )
+        self.connection.send_text(protocol.encode_message(message))
+
+    def _frame_info(self, encoded: EncodedFrame, skipped: int) -> dict[str, Any]:
+        return {
+            "type": "frame",
+            "seq": encoded.seq,
+            "captured_at": round(encoded.captured_at, 6),
+            "sent_at": round(time.time(), 6),
+            "skipped": skipped,
+            "bytes": len(encoded.data),
+            "width": encoded.width,
+            "height": encoded.height,
+            "quality": encoded.quality,
+        }
+
+    def _send_snapshot(self, quality: int | None) -> None:
+        frame = self._camera.latest(wait=_FIRST_FRAME_WAIT_S)
+        if frame is None:
+            self.connection.send_text(
+                protocol.encode_message(protocol.error_message("no frame to snapshot yet"))
+            )
+            return
+        variant = Variant(quality=quality, max_bytes=self._settings.max_bytes)
+        try:
+            encoded = self._cache.get(frame, variant)
+        except EncodeBudgetExceeded:
+            message = protocol.error_message("snapshot refused: server busy, try again")
+            self.connection.send_text(protocol.encode_message(message))
+            return
+        except ValueError:  # the source's JPEG cannot be decoded
+            message = protocol.error_message("snapshot failed: the frame cannot be decoded")
+            self.connection.send_text(protocol.encode_message(message))
+            return
+        message = {
+            "type": "snapshot",
+            "seq": encoded.seq,
+            "width": encoded.width,
+            "height": encoded.height,
+            "quality": encoded.quality,
+            "bytes": len(encoded.data),
+            "captured_at": round(encoded.captured_at, 6),
+        }
+        self.connection.send_text(protocol.encode_message(message))
+        self.connection.send_binary(encoded.data)

@@ -1,0 +1,393 @@
+"""HTTP endpoints on the WebSocket port: a browser viewer, a snapshot, MJPEG and stats.
+
+Every plain HTTP GET that is not a WebSocket upgrade lands in :meth:`HttpRoutes.handle`, in that
+connection's own handler thread (one thread per connection, see ``transport``):
+
+========================  ==========================================================================
+``/``                     the viewer page (``static/viewer.html``): one self-contained HTML file
+                          that connects to the WebSocket on the same host and port
+``/snapshot.jpg``         the newest frame as one JPEG (``quality``, ``width``, ``height``,
+                          ``max_bytes``); 503 if no frame arrives within two seconds
+``/stream.mjpg``          ``multipart/x-mixed-replace`` MJPEG for ``<img>``, VLC, OBS, Home
+                          Assistant and ``cv2.VideoCapture`` (``fps`` as well as the above);
+                          each part has ``Content-Type``, ``Content-Length`` and ``X-Timestamp``
+                          (capture time, Unix seconds)
+``/stats.json``           ``Streamer.stats()`` as JSON
+``/healthz``              200 ``ok`` while frames flow (one within 2 s or 3 frame periods), else
+                          503 ``no frames``; needs no token and reveals nothing else
+``/ws``                   426 Upgrade Required: that path is for WebSocket clients only
+anything else             404
+========================  ==========================================================================
+
+Query parameters mean what they mean for WebSocket viewers (``PROTOCOL.md``); unknown ones are
+ignored, a bad value is answered with 400 and the reason. GET and HEAD are served (HEAD gets the
+headers GET would get; for ``/stream.mjpg`` the multipart headers, then the response ends); the
+transport answers other methods with 405.
+
+Access rules: ``/snapshot.jpg``, ``/stream.mjpg`` and ``/stats.json`` follow the WebSocket rules
+(:class:`~camstream.web.policy.AccessPolicy`): a missing or wrong token is answered with 401 and
+``WWW-
+Authenticate: Bearer``, a foreign ``Origin`` or ``Host`` with 403, and so is a request a browser
+marks as made by a page of another site (``Sec-Fetch-Site: cross-site`` or ``same-site``, as for
+an ``<img>`` on another page, which sends no Origin) unless the Streamer allows other origins.
+Their responses carry ``Cross-Origin-Resource-Policy: same-origin`` (``cross-origin`` when other
+origins are allowed), so browsers that send no ``Sec-Fetch-Site`` still keep frames from other
+pages. **The viewer page is served to
+everyone**: it is the same static file for every caller and holds no frame, no setting and no
+secret. It reads the token from its own URL (``/?token=X``) and hands it to the WebSocket, which
+enforces the rules, so a visitor without the right token gets a page that says why it was refused
+(close code 1008, ``token required`` / ``invalid token``) instead of a bare 401. The page is sent
+with a Content-Security-Policy under which it loads nothing from elsewhere, and with ``Referrer-
+Policy: no-referrer`` so the token in its URL is never passed on.
+
+Every MJPEG stream (:class:`~camstream.delivery.mjpeg.MjpegStream`) runs the loop of a WebSocket
+viewer
+(:class:`~camstream.delivery.viewer.ViewerLoop`): it takes its JPEGs from the shared
+:class:`~camstream.delivery.encoder.EncodeCache` (viewers of the same variant share one encode,
+whatever
+the protocol), always sends the newest frame and never one it already sent, is paced by its own
+clock, skips frames while what it sent is still unacknowledged, and queues nothing itself: a
+reader that stops reading is dropped after ``send_timeout``. Streams end as soon as the
+Streamer stops. MJPEG streams count against ``max_clients`` together with the WebSocket viewers
+(:class:`~camstream.delivery.registry.ViewerRegistry`).
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.resources
+import itertools
+import json
+import logging
+import threading
+import time
+from typing import Any, Callable, Mapping
+
+from .. import logs, protocol
+from ..capture.camera import CameraThread
+from ..capture.frame import Frame
+from ..delivery.encoder import EncodeBudgetExceeded, EncodeCache, Variant
+from ..delivery.mjpeg import BOUNDARY, MjpegStream
+from ..delivery.registry import Admission, ViewerRegistry
+from ..ratelimit import LogBudget
+from ..ws import HttpExchange, Request
+from .policy import AccessPolicy
+
+__all__ = ["HttpRoutes"]
+
+logger = logs.get_logger(__name__)
+_refusal_log = LogBudget()  # refused requests: anyone can cause them, so they are rate-limited
+
+_POLL_S = 0.1  # /snapshot.jpg's wait for a first frame looks at serving() this often
+_FIRST_FRAME_WAIT_S = 2.0  # how long /snapshot.jpg waits for a first frame before a 503
+_QUERY_FIELDS = frozenset({"fps", "quality", "width", "height", "max_bytes"})
+_HEALTHY_FRAME_AGE_S = 2.0  # /healthz: 200 while the newest frame is younger (or 3 periods)
+
+_NO_STORE = {"Cache-Control": "no-store, no-cache, must-revalidate", "Pragma": "no-cache"}
+_PAGE_HEADERS = {
+    "Cache-Control": "no-cache",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    # The page is one file with inline script and style; it may talk to its own server only
+    # (ws:/wss: are listed because older browsers do not count them as 'self').
+    "Content-Security-Policy": (
+        "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; "
+        "img-src data: blob:; connect-src 'self' ws: wss:; base-uri 'none'; form-action 'none'"
+    ),
+}
+
+
+@functools.cache
+def _static_file(name: str) -> bytes:
+    """The bytes of ``camstream/web/static/<name>`` (read once, then kept).
+
+    Raises:
+        OSError: the file is not installed (a broken package).
+    """
+    return importlib.resources.files(__package__).joinpath("static").joinpath(name).read_bytes()
+
+
+class _BadQuery(ValueError):
+    """A query parameter could not be used; the message is the 400 response body."""
+
+
+class HttpRoutes:
+    """Answers plain HTTP GETs that are not WebSocket upgrades (see the module docstring).
+
+    Created by the :class:`~camstream.server.Streamer`, which hands it what the endpoints
+    need. :meth:`handle` runs in each connection's own handler thread, any number at a time;
+    :meth:`stats` is safe from any thread.
+
+    Args:
+        camera, cache: the frames and the shared encode cache.
+        policy: who may watch (token, Origin, Host rules; which client a request is).
+        viewers: the registry where each MJPEG stream takes a ``max_clients`` place.
+        stats: the server's counters for ``/stats.json``.
+        websocket_url: the WebSocket URL as the client of a request reaches it (for ``/ws``).
+        serving: whether the server still serves (streams end soon after it turns False).
+        send_timeout: seconds a stream may be behind before it is dropped.
+    """
+
+    def __init__(
+        self,
+        *,
+        camera: CameraThread,
+        cache: EncodeCache,
+        policy: AccessPolicy,
+        viewers: ViewerRegistry[Any, MjpegStream],
+        stats: Callable[[], dict[str, Any]],
+        websocket_url: Callable[[Request], str],
+        serving: Callable[[], bool],
+        send_timeout: float,
+    ) -> None:
+        self._camera, self._cache, self._policy, self._viewers = camera, cache, policy, viewers
+        self._server_stats, self._websocket_url = stats, websocket_url
+        self._serving, self._send_timeout = serving, send_timeout
+        self._routes: dict[str, Callable[[HttpExchange], None]] = {
+            "/snapshot.jpg": self._snapshot,
+            "/stream.mjpg": self._stream,
+            "/stats.json": self._stats_json,
+        }
+        self._lock = threading.Lock()  # guards everything below
+        self._stream_ids = itertools.count(1)
+        self._counters = {
+            "requests": 0,
+            "pages": 0,
+            "snapshots": 0,
+            "refused": 0,
+            "not_found": 0,
+            "mjpeg_opened": 0,
+            "mjpeg_full": 0,
+        }
+        # Frames and bytes of MJPEG streams that have ended (live ones are summed on demand).
+        self._ended = {"frames_sent": 0, "frames_skipped": 0, "bytes_sent": 0}
+
+    # Interface used by the Streamer
+
+    def handle(self, exchange: HttpExchange) -> None:
+        """Answer one request (runs in that connection's handler thread).
+
+        Returns when the response is complete: at once for everything but ``/stream.mjpg``,
+        whose loop returns when the client goes away or the Streamer stops.
+
+        Raises:
+            ConnectionClosedError: the client went away (the transport expects this).
+        """
+        request = exchange.request
+        self._count("requests")
+        path = request.path
+        if path == "/":
+            self._count("pages")
+            self._page(exchange)
+            return
+        if path == "/healthz":
+            self._healthz(exchange)
+            return
+        if path == "/ws":
+            exchange.send_response(
+                426,
+                f"connect a WebSocket client to {self._websocket_url(request)}\n".encode(),
+                headers={"Upgrade": "websocket", "Sec-WebSocket-Version": "13"},
+            )
+            return
+        route = self._routes.get(path)
+        if route is None:
+            self._count("not_found")
+            exchange.send_response(
+                404, b"not found: try / (viewer), /snapshot.jpg, /stream.mjpg or /stats.json\n"
+            )
+            return
+        if self._refuse(exchange):
+            return
+        try:
+            route(exchange)
+        except _BadQuery as exc:
+            exchange.send_response(400, f"{exc}\n".encode())
+
+    def stats(self) -> dict[str, Any]:
+        """Counters of the HTTP endpoints, for ``Streamer.stats()["http"]``.
+
+        ``mjpeg_active`` is the number of open MJPEG streams, ``mjpeg_streams`` one entry per
+        open stream; ``mjpeg_frames_sent`` / ``_skipped`` / ``mjpeg_bytes_sent`` cover every
+        stream since the start, open or ended.
+        """
+        now = time.time()
+        streams = self._viewers.streams()
+        with self._lock:
+            result: dict[str, Any] = dict(self._counters)
+            totals = dict(self._ended)
+        for stream in streams:
+            stats = stream.stats
+            totals["frames_sent"] += stats.frames_sent
+            totals["frames_skipped"] += stats.frames_skipped
+            totals["bytes_sent"] += stats.bytes_sent
+        result.update(
+            mjpeg_active=len(streams),
+            mjpeg_frames_sent=totals["frames_sent"],
+            mjpeg_frames_skipped=totals["frames_skipped"],
+            mjpeg_bytes_sent=totals["bytes_sent"],
+            mjpeg_streams=[s.info(now) for s in streams],
+        )
+        return result
+
+    # Endpoints
+
+    def _page(self, exchange: HttpExchange) -> None:
+        try:
+            body = _static_file("viewer.html")
+        except OSError:
+            logger.error("viewer.html is missing from the camstream package", exc_info=True)
+            exchange.send_response(500, b"viewer page not installed\n")
+            return
+        exchange.send_response(200, body, "text/html; charset=utf-8", headers=_PAGE_HEADERS)
+
+    @functools.cached_property
+    def _frame_headers(self) -> dict[str, str]:
+        """Headers of the frame endpoints: never cached, and readable by other origins only if
+        the Streamer allows some (``Cross-Origin-Resource-Policy``, honoured by browsers for
+        ``<img>`` and ``fetch(no-cors)``, which carry no Origin header)."""
+        corp = "cross-origin" if self._policy.other_origins_allowed else "same-origin"
+        return {**_NO_STORE, "Cross-Origin-Resource-Policy": corp}
+
+    def _snapshot(self, exchange: HttpExchange) -> None:
+        variant, _ = self._parse_query(exchange.request.query)
+        frame = self._camera.latest() or self._wait_for_frame(0, _FIRST_FRAME_WAIT_S)
+        if frame is None:
+            exchange.send_response(
+                503,
+                b"no frame yet: the camera has not delivered one\n",
+                headers={"Retry-After": "1", **self._frame_headers},
+            )
+            return
+        try:
+            encoded = self._cache.get(frame, variant)
+        except EncodeBudgetExceeded:
+            exchange.send_response(
+                503, b"server busy, try again\n",
+                headers={"Retry-After": "1", **self._frame_headers},
+            )
+            return
+        except ValueError:  # the source's JPEG cannot be decoded
+            exchange.send_response(
+                503, b"the latest frame cannot be decoded\n",
+                headers={"Retry-After": "1", **self._frame_headers},
+            )
+            return
+        self._count("snapshots")
+        exchange.send_response(200, encoded.data, "image/jpeg", headers=self._frame_headers)
+
+    def _healthz(self, exchange: HttpExchange) -> None:
+        """200 ``ok`` while frames flow, else 503 ``no frames``; no token: it reveals one bit."""
+        frame = self._camera.latest()
+        limit = max(_HEALTHY_FRAME_AGE_S, 3.0 / self._camera.fps)
+        if frame is not None and time.monotonic() - frame.captured_monotonic <= limit:
+            exchange.send_response(200, b"ok\n", headers=_NO_STORE)
+        else:
+            exchange.send_response(503, b"no frames\n", headers={"Retry-After": "1", **_NO_STORE})
+
+    def _stats_json(self, exchange: HttpExchange) -> None:
+        body = json.dumps(self._server_stats(), indent=1).encode()
+        exchange.send_response(200, body, "application/json", headers=self._frame_headers)
+
+    def _stream(self, exchange: HttpExchange) -> None:
+        variant, fps = self._parse_query(exchange.request.query)
+        head = {
+            "Content-Type": f"multipart/x-mixed-replace; boundary={BOUNDARY}",
+            "X-Accel-Buffering": "no",  # tell nginx not to buffer the stream
+            **self._frame_headers,
+        }
+        if exchange.head_only:  # the headers a GET would get; no viewer place is taken
+            exchange.start_stream(200, head)
+            return
+        address = self._policy.client_of(exchange.request).address
+        with self._lock:
+            stream_id = next(self._stream_ids)
+        stream = MjpegStream(
+            stream_id, exchange, self._camera, self._cache, address=address, variant=variant,
+            fps=fps, stall_timeout=self._send_timeout,
+        )
+        try:
+            admission = self._viewers.add_stream(stream_id, stream)
+            if admission is Admission.CLOSED:
+                exchange.send_response(503, b"server shutting down\n", headers=self._frame_headers)
+                return
+            if admission is Admission.FULL:
+                self._count("mjpeg_full")
+                logger.info("MJPEG client from %s refused: server full", address)
+                exchange.send_response(
+                    503,
+                    b"server full, try again later\n",
+                    headers={"Retry-After": "5", **self._frame_headers},
+                )
+                return
+            self._count("mjpeg_opened")
+            logger.info("MJPEG stream %d opened by %s", stream_id, address)
+            try:
+                exchange.start_stream(200, head)
+                stream.run()
+            finally:
+                self._viewers.remove_stream(stream_id)
+                stats = stream.stats
+                with self._lock:
+                    for key in self._ended:
+                        self._ended[key] += getattr(stats, key)
+                logger.info(
+                    "MJPEG stream %d closed: %d frames sent, %d skipped",
+                    stream_id, stats.frames_sent, stats.frames_skipped,
+                )
+        finally:
+            stream.release()
+
+    # Helpers
+
+    def _refuse(self, exchange: HttpExchange) -> bool:
+        """Answer 401 / 403 if the token or Origin rules refuse this request; True if so."""
+        refusal = self._policy.refusal(exchange.request)
+        if refusal is None:
+            return False
+        self._count("refused")
+        _refusal_log.log(
+            logger, logging.INFO, "HTTP %s from %s refused: %s",
+            exchange.request.path, self._policy.client_of(exchange.request).address,
+            refusal.reason,
+        )
+        challenge = (
+            {"WWW-Authenticate": 'Bearer realm="camstream"'} if refusal.unauthenticated else None
+        )
+        exchange.send_response(
+            refusal.http_status, f"{refusal.reason}\n".encode(), headers=challenge
+        )
+        return True
+
+    def _parse_query(self, query: Mapping[str, str]) -> tuple[Variant, float]:
+        """The variant and rate a snapshot or stream request asks for.
+
+        Raises:
+            _BadQuery: a known parameter has a bad value.
+        """
+        wanted = {k: v for k, v in query.items() if k in _QUERY_FIELDS}
+        settings, problems = protocol.parse_config(wanted, from_url=True)
+        if problems:
+            raise _BadQuery("; ".join(problems))
+        variant = Variant(
+            width=settings.get("width"),
+            height=settings.get("height"),
+            quality=settings.get("quality"),  # None: the source's JPEG as it is, or the default
+            max_bytes=settings.get("max_bytes"),
+        )
+        camera_fps = self._camera.fps
+        return variant, min(settings.get("fps", camera_fps), camera_fps)
+
+    def _wait_for_frame(self, after_seq: int, timeout: float) -> Frame | None:
+        """A frame newer than ``after_seq``, waiting up to ``timeout`` s while serving."""
+        deadline = time.monotonic() + timeout
+        while self._serving() and (left := deadline - time.monotonic()) > 0:
+            frame = self._camera.wait_for_frame(after_seq, min(left, _POLL_S))
+            if frame is not None:
+                return frame
+        return None
+
+    def _count(self, name: str) -> None:
+        with self._lock:
+            self._counters[name] += 1
+
