@@ -70,11 +70,12 @@ def rss_kb(pid: int) -> int:
     raise AssertionError(f"no VmRSS for {pid}")
 
 
-# The drivers' wait: each script sets `tag` (its output prefix) and `c` (the client).
+# The drivers' wait: each script sets `tag` (its output prefix), `c` (the client) and
+# `wait_s` (the last command-line argument: the test's timeout, scaled like the suite's).
 UNTIL = """
 
-func _until(condition: Callable, what: String, timeout_s: float = 20.0) -> void:
-	var deadline: int = Time.get_ticks_msec() + int(timeout_s * 1000)
+func _until(condition: Callable, what: String) -> void:
+	var deadline: int = Time.get_ticks_msec() + int(wait_s * 1000)
 	while not condition.call():
 		if Time.get_ticks_msec() > deadline:
 			print("%s FAILED waiting for %s; status: %s" % [tag, what, c.status])
@@ -95,6 +96,7 @@ extends SceneTree
 const Client: GDScript = preload("res://addons/camstream/camstream_client.gd")
 
 var tag: String = "DECODE"
+var wait_s: float = float(OS.get_cmdline_user_args()[-1])
 var c: Node
 var seqs: Array[int] = []
 
@@ -155,6 +157,7 @@ def test_1080p30_decoded_off_the_main_thread_in_order_and_stalls_stay_bounded(
     (project / "decode_test.gd").write_text(DECODE_SCRIPT)
     with jpeg_camera() as server:
         args = ["--path", str(project), "--script", "res://decode_test.gd", "--", server.url]
+        args.append(str(RUN_TIMEOUT))
         with godot_process(godot, godot_home, args) as proc:
             streamed = fields_of(proc.wait_for(r"^DECODE (streamed|FAILED)", RUN_TIMEOUT))
             stalls, rss = [], []
@@ -195,6 +198,7 @@ extends SceneTree
 const Client: GDScript = preload("res://addons/camstream/camstream_client.gd")
 
 var tag: String = "RESIZE"
+var wait_s: float = float(OS.get_cmdline_user_args()[-1])
 var c: Node
 var rect: TextureRect
 var metadata: int = 0
@@ -268,7 +272,8 @@ def test_resizing_the_target_changes_the_size_the_server_sends(
 
     with jpeg_camera() as server:
         args = ["--path", str(project), "--script", "res://resize_test.gd", "--"]
-        with godot_process(godot, godot_home, [*args, server.url, str(tmp_path)]) as proc:
+        args += [server.url, str(tmp_path), str(RUN_TIMEOUT)]
+        with godot_process(godot, godot_home, args) as proc:
             seen = []
             for step, box in enumerate([(640, 368), (320, 192), (None, None)], start=1):
                 line = proc.wait_for(rf"^RESIZE (ready={step}|FAILED)", RUN_TIMEOUT)
