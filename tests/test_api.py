@@ -18,7 +18,7 @@ PACKAGE_NAMES = {
 }
 STREAMER_NAMES = {
     "start", "stop", "serve_forever", "publish", "publish_jpeg", "stats",
-    "url", "port", "client_count", "is_serving", "camera",
+    "url", "urls", "port", "client_count", "is_serving", "camera",
 }
 
 
@@ -42,12 +42,12 @@ def test_streamer_has_the_documented_public_surface_only() -> None:
     ("option", "value"),
     [
         ("send_timeout", -1), ("send_timeout", 0), ("send_timeout", math.nan),
-        ("send_timeout", "5"), ("ping_interval", 0), ("ping_interval", math.inf),
+        ("send_timeout", "5"), ("ping_interval", -1), ("ping_interval", math.inf),
         ("ping_timeout", -2.5), ("handshake_timeout", 0), ("first_line_timeout", -1),
         ("max_message_size", 0), ("max_message_size", 1.5),
-        ("max_connections_per_address", 0), ("max_connections_per_address", True),
+        ("max_connections_per_address", -1), ("max_connections_per_address", True),
         ("quality", 0), ("quality", 101), ("quality", 80.5), ("fps", 0), ("fps", math.nan),
-        ("fps", 241), ("max_clients", 0), ("port", -1), ("port", 65536), ("port", "8765"),
+        ("fps", 241), ("max_clients", -1), ("port", -1), ("port", 65536), ("port", "8765"),
         ("token", ""), ("token", 1234), ("max_bytes", 100), ("max_bytes", -1),
         ("max_variants", -1), ("max_variants", 65), ("max_encodes_per_s", 0),
         ("max_encodes_per_s", math.inf), ("host", None),

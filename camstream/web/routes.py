@@ -71,7 +71,8 @@ from ..delivery.mjpeg import BOUNDARY, MjpegStream
 from ..delivery.registry import Admission, ViewerRegistry
 from ..ratelimit import LogBudget
 from ..ws import HttpExchange, Request
-from .policy import AccessPolicy
+from . import headers
+from .policy import AccessPolicy, Refusal
 
 __all__ = ["HttpRoutes"]
 
@@ -83,18 +84,6 @@ _FIRST_FRAME_WAIT_S = 2.0  # how long /snapshot.jpg waits for a first frame befo
 _QUERY_FIELDS = frozenset({"fps", "quality", "width", "height", "max_bytes"})
 _HEALTHY_FRAME_AGE_S = 2.0  # /healthz: 200 while the newest frame is younger (or 3 periods)
 
-_NO_STORE = {"Cache-Control": "no-store, no-cache, must-revalidate", "Pragma": "no-cache"}
-_PAGE_HEADERS = {
-    "Cache-Control": "no-cache",
-    "X-Content-Type-Options": "nosniff",
-    "Referrer-Policy": "no-referrer",
-    # The page is one file with inline script and style; it may talk to its own server only
-    # (ws:/wss: are listed because older browsers do not count them as 'self').
-    "Content-Security-Policy": (
-        "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; "
-        "img-src data: blob:; connect-src 'self' ws: wss:; base-uri 'none'; form-action 'none'"
-    ),
-}
 
 
 @functools.cache
@@ -143,11 +132,12 @@ class HttpRoutes:
         self._camera, self._cache, self._policy, self._viewers = camera, cache, policy, viewers
         self._server_stats, self._websocket_url = stats, websocket_url
         self._serving, self._send_timeout = serving, send_timeout
-        self._routes: dict[str, Callable[[HttpExchange], None]] = {
+        self._routes: dict[str, Callable[[HttpExchange, dict[str, str]], None]] = {
             "/snapshot.jpg": self._snapshot,
             "/stream.mjpg": self._stream,
             "/stats.json": self._stats_json,
         }
+        self._page_headers = headers.page_headers(policy)
         self._lock = threading.Lock()  # guards everything below
         self._stream_ids = itertools.count(1)
         self._counters = {
@@ -176,6 +166,9 @@ class HttpRoutes:
         request = exchange.request
         self._count("requests")
         path = request.path
+        if request.method == "OPTIONS":
+            self._options(exchange)
+            return
         if path == "/":
             self._count("pages")
             self._page(exchange)
@@ -197,12 +190,13 @@ class HttpRoutes:
                 404, b"not found: try / (viewer), /snapshot.jpg, /stream.mjpg or /stats.json\n"
             )
             return
-        if self._refuse(exchange):
+        response_headers = headers.frame_headers(self._policy, request)
+        if self._refuse(exchange, response_headers):
             return
         try:
-            route(exchange)
+            route(exchange, response_headers)
         except _BadQuery as exc:
-            exchange.send_response(400, f"{exc}\n".encode())
+            exchange.send_response(400, f"{exc}\n".encode(), headers=response_headers)
 
     def stats(self) -> dict[str, Any]:
         """Counters of the HTTP endpoints, for ``Streamer.stats()["http"]``.
@@ -239,24 +233,35 @@ class HttpRoutes:
             logger.error("viewer.html is missing from the camstream package", exc_info=True)
             exchange.send_response(500, b"viewer page not installed\n")
             return
-        exchange.send_response(200, body, "text/html; charset=utf-8", headers=_PAGE_HEADERS)
+        exchange.send_response(
+            200, body, "text/html; charset=utf-8", headers=self._page_headers
+        )
 
-    @functools.cached_property
-    def _frame_headers(self) -> dict[str, str]:
-        """Headers of the frame endpoints: never cached, and readable by other origins only if
-        the Streamer allows some (``Cross-Origin-Resource-Policy``, honoured by browsers for
-        ``<img>`` and ``fetch(no-cors)``, which carry no Origin header)."""
-        corp = "cross-origin" if self._policy.other_origins_allowed else "same-origin"
-        return {**_NO_STORE, "Cross-Origin-Resource-Policy": corp}
+    def _options(self, exchange: HttpExchange) -> None:
+        """``OPTIONS``: a CORS preflight on a frame endpoint (see :mod:`.headers`)."""
+        request = exchange.request
+        if request.path not in headers.CORS_PATHS:
+            exchange.send_response(405, b"OPTIONS is answered on the frame endpoints only\n",
+                                   headers={"Allow": "GET, HEAD"})
+            return
+        status, body, response_headers = headers.preflight(self._policy, request)
+        if status == 403:
+            self._count("refused")
+            _refusal_log.log(
+                logger, logging.WARNING, "CORS preflight for %s from %s refused: %s",
+                request.path, self._policy.describe(request),
+                Refusal.for_origin(request.origin or "").log_text,
+            )
+        exchange.send_response(status, body, headers=response_headers)
 
-    def _snapshot(self, exchange: HttpExchange) -> None:
+    def _snapshot(self, exchange: HttpExchange, frame_headers: dict[str, str]) -> None:
         variant, _ = self._parse_query(exchange.request.query)
         frame = self._camera.latest() or self._wait_for_frame(0, _FIRST_FRAME_WAIT_S)
         if frame is None:
             exchange.send_response(
                 503,
                 b"no frame yet: the camera has not delivered one\n",
-                headers={"Retry-After": "1", **self._frame_headers},
+                headers={"Retry-After": "1", **frame_headers},
             )
             return
         try:
@@ -264,37 +269,40 @@ class HttpRoutes:
         except EncodeBudgetExceeded:
             exchange.send_response(
                 503, b"server busy, try again\n",
-                headers={"Retry-After": "1", **self._frame_headers},
+                headers={"Retry-After": "1", **frame_headers},
             )
             return
         except ValueError:  # the source's JPEG cannot be decoded
             exchange.send_response(
                 503, b"the latest frame cannot be decoded\n",
-                headers={"Retry-After": "1", **self._frame_headers},
+                headers={"Retry-After": "1", **frame_headers},
             )
             return
         self._count("snapshots")
-        exchange.send_response(200, encoded.data, "image/jpeg", headers=self._frame_headers)
+        exchange.send_response(200, encoded.data, "image/jpeg", headers=frame_headers)
 
     def _healthz(self, exchange: HttpExchange) -> None:
         """200 ``ok`` while frames flow, else 503 ``no frames``; no token: it reveals one bit."""
         frame = self._camera.latest()
         limit = max(_HEALTHY_FRAME_AGE_S, 3.0 / self._camera.fps)
+        response_headers = headers.frame_headers(self._policy, exchange.request)
         if frame is not None and time.monotonic() - frame.captured_monotonic <= limit:
-            exchange.send_response(200, b"ok\n", headers=_NO_STORE)
+            exchange.send_response(200, b"ok\n", headers=response_headers)
         else:
-            exchange.send_response(503, b"no frames\n", headers={"Retry-After": "1", **_NO_STORE})
+            exchange.send_response(
+                503, b"no frames\n", headers={"Retry-After": "1", **response_headers}
+            )
 
-    def _stats_json(self, exchange: HttpExchange) -> None:
+    def _stats_json(self, exchange: HttpExchange, frame_headers: dict[str, str]) -> None:
         body = json.dumps(self._server_stats(), indent=1).encode()
-        exchange.send_response(200, body, "application/json", headers=self._frame_headers)
+        exchange.send_response(200, body, "application/json", headers=frame_headers)
 
-    def _stream(self, exchange: HttpExchange) -> None:
+    def _stream(self, exchange: HttpExchange, frame_headers: dict[str, str]) -> None:
         variant, fps = self._parse_query(exchange.request.query)
         head = {
             "Content-Type": f"multipart/x-mixed-replace; boundary={BOUNDARY}",
             "X-Accel-Buffering": "no",  # tell nginx not to buffer the stream
-            **self._frame_headers,
+            **frame_headers,
         }
         if exchange.head_only:  # the headers a GET would get; no viewer place is taken
             exchange.start_stream(200, head)
@@ -309,7 +317,7 @@ class HttpRoutes:
         try:
             admission = self._viewers.add_stream(stream_id, stream)
             if admission is Admission.CLOSED:
-                exchange.send_response(503, b"server shutting down\n", headers=self._frame_headers)
+                exchange.send_response(503, b"server shutting down\n", headers=frame_headers)
                 return
             if admission is Admission.FULL:
                 self._count("mjpeg_full")
@@ -317,7 +325,7 @@ class HttpRoutes:
                 exchange.send_response(
                     503,
                     b"server full, try again later\n",
-                    headers={"Retry-After": "5", **self._frame_headers},
+                    headers={"Retry-After": "5", **frame_headers},
                 )
                 return
             self._count("mjpeg_opened")
@@ -340,22 +348,22 @@ class HttpRoutes:
 
     # Helpers
 
-    def _refuse(self, exchange: HttpExchange) -> bool:
+    def _refuse(self, exchange: HttpExchange, frame_headers: dict[str, str]) -> bool:
         """Answer 401 / 403 if the token or Origin rules refuse this request; True if so."""
         refusal = self._policy.refusal(exchange.request)
         if refusal is None:
             return False
         self._count("refused")
         _refusal_log.log(
-            logger, logging.INFO, "HTTP %s from %s refused: %s",
-            exchange.request.path, self._policy.client_of(exchange.request).address,
-            refusal.reason,
+            logger, logging.WARNING, "HTTP %s from %s refused: %s",
+            exchange.request.path, self._policy.describe(exchange.request), refusal.log_text,
         )
         challenge = (
-            {"WWW-Authenticate": 'Bearer realm="camstream"'} if refusal.unauthenticated else None
+            {"WWW-Authenticate": 'Bearer realm="camstream"'} if refusal.unauthenticated else {}
         )
         exchange.send_response(
-            refusal.http_status, f"{refusal.reason}\n".encode(), headers=challenge
+            refusal.http_status, f"{refusal.reason}\n".encode(),
+            headers={**frame_headers, **challenge},
         )
         return True
 
