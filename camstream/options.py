@@ -24,6 +24,7 @@ from .errors import ConfigError
 __all__ = ["check_streamer_options", "no_limit"]
 
 _N = TypeVar("_N", int, float)
+_MAX_NAME = 64  # characters of a Streamer's name (it starts every log line)
 
 
 def check_streamer_options(
@@ -32,7 +33,7 @@ def check_streamer_options(
     max_bytes: int | None, max_variants: int, max_encodes_per_s: float | None,
     send_timeout: float, ping_interval: float | None, ping_timeout: float,
     handshake_timeout: float, first_line_timeout: float, max_message_size: int,
-    max_connections_per_address: int | None, host: str,
+    max_connections_per_address: int | None, host: str, name: str | None = None,
 ) -> None:
     """Raise :class:`ConfigError` naming the first :class:`Streamer` argument out of range."""
     if not isinstance(host, str):
@@ -77,6 +78,13 @@ def check_streamer_options(
     if max_connections_per_address is not None:
         _check_int("max_connections_per_address", max_connections_per_address, 0, None,
                    "a positive integer (0: no limit)")
+
+    if name is not None and not (
+        isinstance(name, str) and 0 < len(name) <= _MAX_NAME and name.isprintable()
+    ):
+        raise ConfigError(
+            f"name must be 1-{_MAX_NAME} printable characters, not {name!r}"
+        )
 
 
 def no_limit(value: _N | None) -> _N | None:

@@ -112,6 +112,9 @@ class Streamer:
         max_encodes_per_s: JPEG encodes a second for non-default variants and snapshots, all
             viewers together (default None: ``fps * (max_variants + 1)``); past it, frames are
             skipped.
+        name: a name for this Streamer's log lines (``[front door] client 3 connected``),
+            shown always. Default None: with several Streamers running in one process, each
+            line carries the Streamer's port instead (``[:8766] ...``); with one, nothing.
 
     Raises:
         ConfigError: an argument is out of range.
@@ -152,6 +155,7 @@ class Streamer:
         max_encodes_per_s: float | None = None,
         max_connections_per_address: int | None = 32,
         fast_fanout: bool = True,
+        name: str | None = None,
     ) -> None:
         check_streamer_options(
             quality=quality, fps=fps, max_clients=max_clients, port=port, token=token,
@@ -159,7 +163,7 @@ class Streamer:
             send_timeout=send_timeout, ping_interval=ping_interval, ping_timeout=ping_timeout,
             handshake_timeout=handshake_timeout, first_line_timeout=first_line_timeout,
             max_message_size=max_message_size,
-            max_connections_per_address=max_connections_per_address, host=host,
+            max_connections_per_address=max_connections_per_address, host=host, name=name,
         )
         # 0 means "no limit" ("no pings") wherever None does, as on the command line.
         max_clients = no_limit(max_clients)
@@ -189,7 +193,7 @@ class Streamer:
         self._viewers: ViewerRegistry[ClientSession, MjpegStream] = ViewerRegistry(max_clients)
         self._rates = CounterRates()  # encodes and decodes per second
         # Log lines of this Streamer's threads carry its label when several run (camstream.logs).
-        self._label = logs.Label()
+        self._label = logs.Label(name or "", explicit=name is not None)
         with logs.bound(self._label):
             self._fanout = FanOut(self._camera, self._viewers.all) if fast_fanout else None
         self._stopped = threading.Event()

@@ -78,6 +78,10 @@ __all__ = ["HttpRoutes"]
 
 logger = logs.get_logger(__name__)
 _refusal_log = LogBudget()  # refused requests: anyone can cause them, so they are rate-limited
+_busy_log = LogBudget()  # snapshots refused for load: likewise
+
+_SNAPSHOT_WORKERS = 1  # snapshots encoded at once, all clients together
+_SNAPSHOT_WAIT_S = 0.5  # how long a snapshot request waits for a place before its 503
 
 _POLL_S = 0.1  # /snapshot.jpg's wait for a first frame looks at serving() this often
 _FIRST_FRAME_WAIT_S = 2.0  # how long /snapshot.jpg waits for a first frame before a 503
@@ -138,12 +142,15 @@ class HttpRoutes:
             "/stats.json": self._stats_json,
         }
         self._page_headers = headers.page_headers(policy)
+        self._snapshot_places = threading.BoundedSemaphore(_SNAPSHOT_WORKERS)
         self._lock = threading.Lock()  # guards everything below
         self._stream_ids = itertools.count(1)
         self._counters = {
             "requests": 0,
             "pages": 0,
             "snapshots": 0,
+            "snapshots_refused_busy": 0,
+            "snapshots_refused_budget": 0,
             "refused": 0,
             "not_found": 0,
             "mjpeg_opened": 0,
@@ -264,13 +271,21 @@ class HttpRoutes:
                 headers={"Retry-After": "1", **frame_headers},
             )
             return
+        # Snapshot work is bounded: at most _SNAPSHOT_WORKERS encodes at once (a JPEG that is
+        # made already, or the source's own, needs no place), each counted by the encode budget.
+        # The response is sent after the place is given back: a slow reader holds no place.
         try:
-            encoded = self._cache.get(frame, variant)
+            encoded = self._cache.made(frame, variant)
+            if encoded is None:
+                if not self._snapshot_places.acquire(timeout=_SNAPSHOT_WAIT_S):
+                    self._refuse_snapshot(exchange, frame_headers, "busy")
+                    return
+                try:
+                    encoded = self._cache.get(frame, variant)
+                finally:
+                    self._snapshot_places.release()
         except EncodeBudgetExceeded:
-            exchange.send_response(
-                503, b"server busy, try again\n",
-                headers={"Retry-After": "1", **frame_headers},
-            )
+            self._refuse_snapshot(exchange, frame_headers, "budget")
             return
         except ValueError:  # the source's JPEG cannot be decoded
             exchange.send_response(
@@ -280,6 +295,27 @@ class HttpRoutes:
             return
         self._count("snapshots")
         exchange.send_response(200, encoded.data, "image/jpeg", headers=frame_headers)
+
+    def _refuse_snapshot(
+        self, exchange: HttpExchange, frame_headers: dict[str, str], why: str
+    ) -> None:
+        """503 for a snapshot the server will not make now (``busy``: every place taken;
+        ``budget``: the encode budget of this second is spent), logged rate-limited."""
+        self._count(f"snapshots_refused_{why}")
+        if why == "busy":
+            body = b"server busy: too many snapshots at once, try again\n"
+            remedy = (f"{_SNAPSHOT_WORKERS} snapshots are being made and more wait: clients "
+                      "should ask less often, or read /stream.mjpg for a stream of frames")
+        else:
+            body = b"server busy: the encode budget of this second is spent, try again\n"
+            remedy = (f"the encode budget ({self._cache.max_encodes_per_s:g} a second for "
+                      "other sizes, qualities and snapshots) is spent: ask for the default "
+                      "size and quality (no encode of its own), or raise max_encodes_per_s")
+        _busy_log.log(
+            logger, logging.WARNING, "snapshot for %s refused (503): %s",
+            self._policy.describe(exchange.request), remedy,
+        )
+        exchange.send_response(503, body, headers={"Retry-After": "1", **frame_headers})
 
     def _healthz(self, exchange: HttpExchange) -> None:
         """200 ``ok`` while frames flow, else 503 ``no frames``; no token: it reveals one bit."""
