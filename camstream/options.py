@@ -66,25 +66,24 @@ def check_streamer_options(
                 f"ping_interval must be seconds above 0 (at most 86400; 0: no pings), "
                 f"not {ping_interval!r}"
             )
-    for name, seconds in (
+    for option, seconds in (
         ("send_timeout", send_timeout),
         ("ping_timeout", ping_timeout),
         ("handshake_timeout", handshake_timeout),
         ("first_line_timeout", first_line_timeout),
     ):
         if not _is_number(seconds) or not 0 < seconds <= 86_400:
-            raise ConfigError(f"{name} must be seconds above 0 (at most 86400), not {seconds!r}")
+            raise ConfigError(
+                f"{option} must be seconds above 0 (at most 86400), not {seconds!r}"
+            )
     _check_int("max_message_size", max_message_size, 1, 2**31 - 1)
     if max_connections_per_address is not None:
         _check_int("max_connections_per_address", max_connections_per_address, 0, None,
                    "a positive integer (0: no limit)")
-
     if name is not None and not (
         isinstance(name, str) and 0 < len(name) <= _MAX_NAME and name.isprintable()
     ):
-        raise ConfigError(
-            f"name must be 1-{_MAX_NAME} printable characters, not {name!r}"
-        )
+        raise ConfigError(f"name must be 1-{_MAX_NAME} printable characters, not {name!r}")
 
 
 def no_limit(value: _N | None) -> _N | None:

@@ -4,9 +4,13 @@ and every Streamer option is checked when the Streamer is made, named as the use
 from __future__ import annotations
 
 import inspect
+import logging
 import math
 
 import pytest
+from conftest import TIMEOUT
+from helpers import next_text
+from websockets.sync.client import connect
 
 import camstream
 from camstream import ConfigError, Streamer
@@ -65,3 +69,19 @@ def test_in_range_options_construct_without_opening_anything() -> None:
         max_connections_per_address=None, max_bytes=None, max_clients=1, token="t",
     )
     assert not streamer.is_serving and streamer.client_count == 0
+
+
+def test_a_named_streamer_labels_its_log_lines(streamer_factory, caplog) -> None:
+    """Issue 22 item 9: a name of one's own (a camera's, say) instead of the port."""
+    caplog.set_level(logging.INFO, logger="camstream")
+    streamer = streamer_factory("test", width=32, height=24, name="front door")
+    with connect(streamer.url, open_timeout=TIMEOUT) as ws:
+        next_text(ws, "metadata")
+    lines = [r.getMessage() for r in caplog.records if r.name.startswith("camstream")]
+    assert any(line.startswith("[front door] client ") for line in lines), lines
+
+
+@pytest.mark.parametrize("name", ["", "a\nb", "x" * 65, 3])
+def test_a_bad_name_is_a_config_error(name: object) -> None:
+    with pytest.raises(ConfigError, match=r"^name must be 1-64 printable characters"):
+        Streamer("push", name=name)  # type: ignore[arg-type]
