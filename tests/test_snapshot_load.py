@@ -53,7 +53,11 @@ def test_snapshot_bursts_leave_the_viewer_at_full_rate(streamer_factory, max_byt
         frames = viewer.frames_between(t0, t1)
         assert viewer.close_code is None and viewer.error is None
     fps = frames / (t1 - t0)
-    print(f"snapshot bursts, max_bytes={max_bytes}: viewer {fps:.1f} fps over {t1 - t0:.1f} s; "
+    arrivals = [t for t in viewer.arrivals if t0 <= t < t1]
+    worst = min(viewer.frames_between(t, t + 1.0) for t in arrivals if t + 1.0 <= t1)
+    gap = max(b - a for a, b in zip(arrivals, arrivals[1:]))
+    print(f"snapshot bursts, max_bytes={max_bytes}: viewer {fps:.1f} fps over {t1 - t0:.1f} s, "
+          f"worst 1-s window {worst} frames, longest gap {gap * 1000:.0f} ms; "
           f"{figures['statuses']} {figures['reasons']}")
     # Every request was answered: a JPEG, or 503 + Retry-After + why (never a reset).
     assert figures["answers"] == BURSTS * REQUESTS
@@ -68,9 +72,11 @@ def test_snapshot_bursts_leave_the_viewer_at_full_rate(streamer_factory, max_byt
     )
     assert refused == int(figures["statuses"].get("503", 0))
     # The work is bounded: snapshot encodes stay within the encode budget (30 x 5 a second)...
-    budget = streamer._cache.max_encodes_per_s
+    budget = 30 * (4 + 1)  # the default: fps x (max_variants + 1)
     encodes = after["encodes"] - before["encodes"]
     assert encodes <= (budget + 30) * (t1 - t0 + 1), (encodes, t1 - t0)
-    # ...and the viewer keeps its rate: 30 fps, >= 27 measured by the benchmark on an idle
-    # machine; here, in one process with the bursts' parser and a busy shared machine, >= 24.
+    # ...and the viewer keeps its rate. The benchmark measures 30 fps (worst 1-s window 30,
+    # longest gap ~50 ms; before the bound ~26 fps, worst window 16-24, gaps up to 150 ms);
+    # here, sharing a process and a busy machine, generous bounds: 24 fps, no gap of 0.25 s.
     assert fps >= 24, fps
+    assert gap < 0.25, gap
