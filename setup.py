@@ -16,22 +16,23 @@ from __future__ import annotations
 import configparser
 import os
 import re
+import runpy
 from pathlib import Path
 
 from setuptools import setup
 
-OPENCV_WHEELS = (
-    "opencv-python",
-    "opencv-python-headless",
-    "opencv-contrib-python",
-    "opencv-contrib-python-headless",
-)
+HERE = Path(__file__).resolve().parent
+# The one list of OpenCV wheels, shared with the camstream command (a module that imports
+# nothing, run here because camstream's dependencies may not be installed yet).
+OPENCV_WHEELS: tuple[str, ...] = runpy.run_path(
+    str(HERE / "camstream" / "opencv_wheels.py")
+)["OPENCV_WHEELS"]
 
 
 def _install_requires(wheel: str) -> list[str]:
     """setup.cfg's install_requires with its OpenCV wheel replaced by ``wheel``."""
     config = configparser.ConfigParser()
-    config.read(Path(__file__).with_name("setup.cfg"), encoding="utf-8")
+    config.read(HERE / "setup.cfg", encoding="utf-8")
     lines = config["options"]["install_requires"].splitlines()
     pattern = re.compile(r"^opencv-python(?=\s*(?:[<>=!~;\[]|$))")
     return [pattern.sub(wheel, line.strip()) for line in lines if line.strip()]

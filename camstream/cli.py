@@ -18,16 +18,12 @@ from .capture.devices import BACKENDS, PIXEL_FORMATS
 from .capture.discovery import format_cameras, list_cameras
 from .errors import CamstreamError, ConfigError
 from .greeting import start_line
+from .opencv_wheels import OPENCV_WHEELS
 from .server import GODOT_MAX_MESSAGE, Streamer
 
 logger = logs.get_logger(__name__)
 
 AUTO_SOURCE = "auto"
-# All of them install the same cv2 package; with two, cv2 is a mix of both (setup.py, README).
-OPENCV_WHEELS = (
-    "opencv-python", "opencv-python-headless", "opencv-contrib-python",
-    "opencv-contrib-python-headless",
-)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -19,6 +19,7 @@ import math
 from typing import TypeVar
 
 from . import protocol
+from .capture.sources import check_fps
 from .errors import ConfigError
 
 __all__ = ["check_streamer_options", "no_limit"]
@@ -39,8 +40,7 @@ def check_streamer_options(
     if not isinstance(host, str):
         raise ConfigError(f"host must be a string, not {host!r}")
     _check_int("quality", quality, 1, 100)
-    if not _is_number(fps) or not 0 < fps <= protocol.MAX_FPS:
-        raise ConfigError(f"fps must be above 0 and at most {protocol.MAX_FPS:g}, not {fps}")
+    check_fps(fps)
     if max_clients is not None:
         _check_int("max_clients", max_clients, 0, None, "at least 1 (0: no limit)")
     _check_int("port", port, 0, 65535)

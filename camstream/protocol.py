@@ -83,6 +83,8 @@ CONTROL_TYPES = frozenset({"config", "pause", "resume", "snapshot", "ping"})
 MAX_FPS = 240.0
 MAX_SIDE = 8192
 MIN_MAX_BYTES = 4096
+MAX_JPEG_SIDE = 65500
+"""The largest width or height a JPEG file (a binary message) can have: libjpeg's limit."""
 
 
 class ProtocolInputError(ValueError):

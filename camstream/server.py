@@ -35,7 +35,7 @@ from .sigterm import Terminated, stop_on_sigterm
 from .web.policy import AccessPolicy
 from .web.proxy import parse_trusted_proxies
 from .web.routes import HttpRoutes
-from .ws import Connection, Request, WebSocketServer, make_ssl_context
+from .ws import AddressRates, Connection, Request, WebSocketServer, make_ssl_context
 
 __all__ = ["Streamer"]
 
@@ -92,8 +92,8 @@ class Streamer:
             must be complete (default 5).
         first_line_timeout: seconds from connect until the request's first line must be in
             (default 2).
-        max_message_size: the largest message a client may send, in bytes (default 65536;
-            larger ones are closed with 1009).
+        max_message_size: the largest message a client may send, in bytes (default 4096: control
+            messages need a few hundred; larger ones are closed with 1009).
         max_connections_per_address: open connections one client address may hold (IPv6: one
             /64; default 32); ``None`` or ``0``: no limit. Behind a reverse proxy every client
             has the proxy's address: list it in ``trusted_proxies`` (exempt) or raise this.
@@ -149,7 +149,7 @@ class Streamer:
         ping_timeout: float = 20.0,
         handshake_timeout: float = 5.0,
         first_line_timeout: float = 2.0,
-        max_message_size: int = 65536,
+        max_message_size: int = 4096,
         trusted_proxies: Iterable[str] | None = None,
         max_variants: int = 4,
         max_encodes_per_s: float | None = None,
@@ -214,6 +214,10 @@ class Streamer:
             # Text messages and ping/pong frames share one budget per connection (1008 beyond).
             "message_rate": 20.0,
             "message_burst": 40.0,
+            "byte_rate": 16384.0, "byte_burst": 65536.0,  # and bytes (frames whole, 64 at least)
+            # All connections of one address share a budget; past it they wait, not closed.
+            "address_rates": AddressRates(200.0, 1000.0, 131072.0, 524288.0),
+            "lifted_by": {"max_connections": "max_clients, CLI --max-clients"},
             # Every connection costs a thread before any check runs: cap them well above the
             # viewers we admit (refused and closing connections need room too).
             "max_connections": max_connections,
@@ -479,7 +483,8 @@ class Streamer:
             conn.close(CloseCode.TRY_AGAIN_LATER, "server full, try again later")
             return
         conn.session = session
-        logger.info("client %s connected from %s", conn.id, self._policy.describe(conn.request))
+        conn.log(logger, logging.INFO, "client %s connected from %s", conn.id,
+                 self._policy.describe(conn.request))  # through its address's log budget
         session.start()
 
     def _close(self, conn: Connection) -> None:
@@ -487,8 +492,8 @@ class Streamer:
         if session is not None:
             session.stop()
             stats = session.stats
-            logger.info(
-                "client %s left (%s): %d frames sent, %d skipped",
+            conn.log(
+                logger, logging.INFO, "client %s left (%s): %d frames sent, %d skipped",
                 conn.id, how_it_closed(conn), stats.frames_sent, stats.frames_skipped,
             )
 

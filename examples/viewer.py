@@ -59,8 +59,9 @@ def main() -> int:
                     try:
                         cv2.imshow(window, frame.image)
                     except cv2.error as exc:  # e.g. opencv-python-headless: no GUI at all
-                        print(f"viewer: cannot open a window ({str(exc).strip().splitlines()[-1]}). Use "
-                              "--headless to print fps and latency instead.", file=sys.stderr)
+                        why = str(exc).strip().splitlines()[-1]
+                        print(f"viewer: cannot open a window ({why}). Use --headless to print "
+                              "fps and latency instead.", file=sys.stderr)
                         window = None
                         return 2
                     if cv2.waitKey(1) & 0xFF in (ord("q"), 27):

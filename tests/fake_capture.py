@@ -20,6 +20,9 @@ MJPG          30 fps     30 fps      30 fps
   short (a USB transfer that lost its end);
 * :meth:`FakeWebcam.vanish` unplugs it (reads and opens fail), :meth:`FakeWebcam.come_back`
   plugs it in again;
+* opening it can take time (``open_delay``, as a UVC camera takes 0.1 to 1 s) or wait for a
+  test's go-ahead (``open_gate``); :attr:`FakeWebcam.open_handles` and
+  :attr:`FakeWebcam.releases` say whether camstream let go of it;
 * a few controls (brightness, exposure, auto_exposure, gain) with ranges; others are refused.
 
 Use: ``cam = FakeWebcam(); CameraThread(0, capture_factory=cam.factory)``.
@@ -109,6 +112,8 @@ class FakeWebcam:
             stream's (a damaged buffer whose header lies; 0: never).
         honours_convert_rgb: False models a backend that accepts ``CONVERT_RGB = 0`` and goes on
             returning BGR anyway.
+        open_delay: seconds every open takes (in the thread that opens it).
+        open_gate: if given, every open waits (up to 60 s) for this event to be set.
     """
 
     def __init__(
@@ -119,7 +124,16 @@ class FakeWebcam:
         truncated_every: int = 10,
         wrong_size_every: int = 0,
         honours_convert_rgb: bool = True,
+        open_delay: float = 0.0,
+        open_gate: threading.Event | None = None,
     ) -> None:
+        self.open_delay = open_delay
+        self.open_gate = open_gate
+        self.opening = threading.Event()  # set when an open begins (before delay and gate)
+        self.open_threads: list[str] = []  # the name of the thread of every open
+        self.open_times: list[float] = []  # time.monotonic() at which every open began
+        self.releases = 0  # open handles released
+        self._open_handles = 0
         self.wrong_size_every = wrong_size_every
         self.formats = formats
         self.dht_less_every = dht_less_every
@@ -143,11 +157,34 @@ class FakeWebcam:
     def come_back(self) -> None:
         self._present.set()
 
+    @property
+    def open_handles(self) -> int:
+        """Handles open now (0: the device is free for another program)."""
+        with self._lock:
+            return self._open_handles
+
     def factory(self, target: int | str, api_preference: int) -> FakeCapture:
         """The ``capture_factory`` to give :class:`camstream.CameraThread`."""
         with self._lock:
             self.opens.append((target, api_preference))
-        return FakeCapture(self)
+            self.open_threads.append(threading.current_thread().name)
+            self.open_times.append(time.monotonic())
+        self.opening.set()
+        if self.open_gate is not None:
+            self.open_gate.wait(60)
+        if self.open_delay:
+            time.sleep(self.open_delay)  # the device's own open time (a model, not a test wait)
+        capture = FakeCapture(self)
+        if capture.isOpened():
+            with self._lock:
+                self._open_handles += 1
+        return capture
+
+    def released(self) -> None:
+        """A handle that was open let go (FakeCapture.release)."""
+        with self._lock:
+            self._open_handles -= 1
+            self.releases += 1
 
     def record(self, name: str, value: float) -> None:
         with self._lock:
@@ -189,6 +226,8 @@ class FakeCapture:
         return "V4L2"
 
     def release(self) -> None:
+        if self._opened:
+            self._device.released()
         self._opened = False
 
     def set(self, prop: int, value: float) -> bool:

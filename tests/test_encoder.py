@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import threading
-
 import numpy as np
 import pytest
-from conftest import TIMEOUT
 from helpers import decode_jpeg
+from together import run_together
 
 from camstream.capture.frame import Frame
 from camstream.delivery.encoder import EncodeCache, Variant, encode_jpeg, fit_size
@@ -52,19 +50,8 @@ def test_variant_size_and_quality() -> None:
 def test_one_encode_per_frame_and_variant_however_many_ask() -> None:
     cache = EncodeCache()
     frame = make_frame(7, noise(1280, 720))
-    barrier = threading.Barrier(20)
     results: list[bytes] = []
-
-    def ask() -> None:
-        barrier.wait()
-        results.append(cache.get(frame, Variant(quality=80)).data)
-
-    threads = [threading.Thread(target=ask) for _ in range(20)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(TIMEOUT)
-        assert not t.is_alive(), f"{t.name} did not finish"
+    run_together([lambda: results.append(cache.get(frame, Variant(quality=80)).data)] * 20)
     assert len(results) == 20 and len(set(results)) == 1
     assert cache.encodes == 1
     cache.get(frame, Variant(quality=60))
@@ -78,7 +65,8 @@ def test_cache_is_bounded() -> None:
     image = noise(64, 48)
     for seq in range(1, 20):
         cache.get(make_frame(seq, image.copy()), Variant())
-    assert len(cache._slots) <= 4
+    assert cache.jpegs.held[0] == 4
+    assert cache.encodes == 19
 
 
 @pytest.mark.parametrize("limit", [65535, 30000, 8000])
@@ -113,11 +101,13 @@ def test_grayscale_and_bgra_frames_encode() -> None:
 
 def test_cache_is_bounded_in_bytes_too() -> None:
     cache = EncodeCache(max_entries=64, max_total_bytes=200_000)
+    sizes = []
     for seq in range(1, 30):
-        cache.get(make_frame(seq, noise(320, 240, seed=seq)), Variant(quality=95))
-    held = sum(len(s.result.data) for s in cache._slots.values() if s.result is not None)
-    assert held == cache._total_bytes <= 200_000 + 100_000  # one frame may exceed the bound
-    assert len(cache._slots) >= 1
+        encoded = cache.get(make_frame(seq, noise(320, 240, seed=seq)), Variant(quality=95))
+        sizes.append(len(encoded.data))
+    entries, held = cache.jpegs.held
+    assert 1 <= entries < 29
+    assert held == sum(sizes[-entries:]) <= 200_000  # the newest ones, every byte accounted for
 
 
 @pytest.mark.parametrize(
@@ -153,3 +143,14 @@ def test_quality_none_encodes_pixel_frames_at_the_default_and_shares_the_encode(
     assert first.quality == 55 and not first.passed_through
     assert cache.get(frame, Variant(quality=55)) is first
     assert cache.encodes == 1
+
+
+def test_the_facade_keeps_its_names_and_exposes_its_parts() -> None:
+    from camstream.delivery import encoder
+
+    for name in ("Variant", "EncodedFrame", "EncodeCache", "EncodeBudgetExceeded",
+                 "encode_jpeg", "fit_size"):
+        assert name in encoder.__all__ and hasattr(encoder, name)
+    cache = EncodeCache(default_quality=70, max_variants=3, max_encodes_per_s=7.5)
+    assert (cache.default_quality, cache.max_variants, cache.max_encodes_per_s) == (70, 3, 7.5)
+    assert cache.encodes_inline() == cache.admission.encodes_inline() == cache.admission.defaults

@@ -10,7 +10,6 @@ import json
 import logging
 import select
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -21,7 +20,6 @@ import pytest
 from conftest import TIMEOUT, stop_process
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from test_transport import Recorder, run_server
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 from wsraw import OP_PING, OP_PONG, OP_TEXT, RawClient
@@ -200,10 +198,47 @@ def test_ping_flood_is_closed_and_a_viewer_keeps_its_rate(streamer_factory, capl
     print(f"viewer fps during a 12-client ping flood: {fps:.1f}; attackers: {out.strip()}")
     assert int(counts["closes_1008"]) >= 12
     assert int(counts["closes_1008"]) >= int(counts["connections"]) - 12  # all but the last
-    assert fps >= 20, fps
+    assert fps >= 30 * min(0.5, 2.5 / TIMEOUT), fps  # generous: the figure is a benchmark
     # Hundreds of flood closes a second cost a few log lines (rate-limited), not hundreds.
     floods = [r for r in caplog.records if "messages/s" in r.getMessage()]
     assert 1 <= len(floods) <= 10 + 10, len(floods)
+
+
+# -- Issue 22 item 10: big control messages are no CPU lever ------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("kind", "connections", "addresses", "size", "codes"),
+    [
+        ("pings", 96, 3, 64_000, {"1009"}),  # the issue's attack: a 64 KB ``t``, echoed back
+        ("config", 32, 3, 64_000, {"1009"}),  # 5,000 unknown keys a message
+        ("pings", 12, 12, 4_000, {"1008"}),  # under the size cap: 76 KB/s a connection
+        ("pings", 96, 3, 700, set()),  # under each connection's budgets: its address's holds
+    ],
+    ids=["pings-64k", "config-64k", "pings-4k", "pings-fit"],
+)
+def test_big_message_floods_are_closed_and_a_viewer_keeps_receiving(
+    streamer_factory, kind: str, connections: int, addresses: int, size: int, codes: set[str]
+) -> None:
+    """19 messages a second a connection, each reconnecting when closed, from 127.0.0.2...; the
+    viewer's rate is a benchmark figure (``benchmarks/attacks.py``: >= 27 fps), here only a
+    generous floor."""
+    streamer = streamer_factory("test", fps=30, width=320, height=240)
+    seconds = 3.0
+    attack = _attack("messages", kind, str(streamer.port), str(seconds + 2), str(connections),
+                     str(addresses), "19", str(size))
+    try:
+        assert select.select([attack.stdout], [], [], TIMEOUT)[0], "the attack did not start"
+        assert attack.stdout.readline().strip() == "STARTED"
+        fps = _frames_per_second(streamer.url, seconds)
+        out, _ = attack.communicate(timeout=TIMEOUT + 5)
+    finally:
+        stop_process(attack)
+    result = json.loads(out.strip().splitlines()[-1])
+    print(f"{kind} {size} B x {connections}: viewer {fps:.1f} fps, attackers {result}")
+    assert set(result["closes"]) == codes, result
+    assert result["sent"] > connections  # it did flood
+    assert fps >= 30 * min(0.5, 2.5 / TIMEOUT), fps
 
 
 # -- Item 2: connection slots -------------------------------------------------------------------
@@ -253,27 +288,6 @@ def test_a_tokened_viewer_gets_in_while_600_anonymous_sockets_hold_connections(
     finally:
         stop_process(dribblers)
         stop_process(idlers)
-
-
-def test_connections_per_address_are_limited(streamer_factory) -> None:
-    streamer = streamer_factory("test", fps=5, width=64, height=48,
-                                max_connections_per_address=4)
-    def from_one_address() -> socket.socket:
-        return socket.create_connection(("127.0.0.1", streamer.port), TIMEOUT,
-                                        source_address=("127.0.0.9", 0))
-
-    held = [from_one_address() for _ in range(4)]
-    try:
-        with from_one_address() as fifth:
-            try:
-                assert fifth.recv(1) == b"", "a fifth connection was kept open"
-            except ConnectionResetError:
-                pass
-        _watch_one_frame(streamer.url)  # another address is not affected
-        assert streamer.stats()["connections"]["refused_per_address"] == 1
-    finally:
-        for sock in held:
-            sock.close()
 
 
 def test_silent_and_slow_requests_are_cut_at_their_deadlines(streamer_factory) -> None:
@@ -331,33 +345,3 @@ def test_a_bad_tls_file_is_named_with_the_reason(pem_files: Path, certfile, keyf
     assert words.format(d=pem_files) in str(info.value)
     assert "_ssl.c" not in str(info.value)
     make_ssl_context(str(pem_files / "a.crt"), str(pem_files / "a.key"))  # the good pair works
-
-
-def _raw_client_from(port: int, source: str) -> RawClient:
-    """A :class:`RawClient` whose socket is bound to ``source`` (another loopback address)."""
-    client = RawClient.__new__(RawClient)
-    client.sock = socket.create_connection(("127.0.0.1", port), TIMEOUT,
-                                           source_address=(source, 0))
-    client.buf = b""
-    return client
-
-
-def test_trusted_proxies_are_exempt_from_the_per_address_limit() -> None:
-    """The application's ``is_trusted_proxy`` (a reverse proxy carries many clients)."""
-
-    class BehindProxy(Recorder):
-        def is_trusted_proxy(self, address: str) -> bool:
-            return address == "127.0.0.10"
-
-    with run_server(BehindProxy(), max_connections_per_address=2) as server:
-        proxied = [_raw_client_from(server.port, "127.0.0.10") for _ in range(4)]
-        direct = [_raw_client_from(server.port, "127.0.0.11") for _ in range(3)]
-        try:
-            for client in proxied:
-                client.handshake()
-            direct[0].handshake()
-            direct[1].handshake()
-            assert direct[2].expect_eof()  # the third from one ordinary address
-        finally:
-            for client in proxied + direct:
-                client.close()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from camstream.delivery.pacing import MAX_IN_FLIGHT_BYTES, CounterRates, Pacer
+from camstream.delivery.pacing import MAX_IN_FLIGHT_BYTES, Pacer
 
 CAMERA_FPS = 30.0
 PERIOD = 1 / CAMERA_FPS
@@ -68,11 +68,3 @@ def test_small_frames_may_have_the_in_flight_floor_unsent() -> None:
     assert not pacer.behind(MAX_IN_FLIGHT_BYTES, 0.0)
     assert pacer.behind(MAX_IN_FLIGHT_BYTES + 1, 0.0)
 
-
-def test_counter_rates_divide_growth_by_the_window() -> None:
-    rates = CounterRates(window_s=2.0)
-    assert rates.per_s(10.0, (0, 0)) == (0.0, 0.0)
-    for step in range(31):  # 3 s of samples, 10 a second, counters growing by 3 and 1
-        rates.sample(10.0 + step / 10, (3 * step, step))
-    assert rates.per_s(13.0, (90, 30)) == pytest.approx((30.0, 10.0), abs=0.2)
-    assert rates.per_s(13.0, (90 + 60, 30)) == pytest.approx((60.0, 10.0), abs=0.2)

@@ -808,14 +808,21 @@ def test_many_empty_fragments_are_refused_with_1009(app: Recorder) -> None:
         assert client.recv_close()[0] == 1009
 
 
-def test_connections_beyond_the_cap_are_refused_before_they_cost_a_thread(app: Recorder) -> None:
+def test_connections_beyond_the_cap_are_answered_503_and_cost_no_connection_place(
+    app: Recorder,
+) -> None:
     with run_server(app, max_connections=3) as server:
         clients = [RawClient(server.port) for _ in range(3)]
         try:
             for client in clients:
                 client.handshake()
             with RawClient(server.port) as extra:
-                assert extra.expect_eof(), "a fourth connection was kept open"
+                extra.send(upgrade_request("/"))
+                status, headers, body = extra.read_http()
+                assert (status, headers["retry-after"]) == (503, "5")
+                assert body == b"server busy: too many connections; try again later\n"
+                assert extra.expect_eof()
+            assert server.admission_stats()["open"] == 3
         finally:
             for client in clients:
                 client.close()

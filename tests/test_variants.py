@@ -7,6 +7,7 @@ under ``flock /tmp/camstream-heavy.lock`` on a shared machine.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import selectors
@@ -23,6 +24,7 @@ import pytest
 from conftest import TIMEOUT, wait_until
 from helpers import get
 from test_passthrough import Viewer
+from together import run_together, watch_slot
 from wsraw import RawClient
 
 from camstream import Streamer
@@ -62,8 +64,19 @@ def test_the_cap_keeps_a_viewers_byte_limit() -> None:
     assert cache.assign(Variant(width=100, max_bytes=40_000)) == limited
 
 
+class Clock:
+    """The encode budget's clock, moved by the test."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
 def test_the_encode_budget_refuses_extra_encodes_but_never_the_default_variant() -> None:
-    cache = EncodeCache(max_encodes_per_s=3)
+    clock = Clock()
+    cache = EncodeCache(max_encodes_per_s=3, clock=clock)
     frame = pixel_frame(1)
     for quality in (50, 60, 70):
         cache.get(frame, Variant(quality=quality))
@@ -72,16 +85,109 @@ def test_the_encode_budget_refuses_extra_encodes_but_never_the_default_variant()
     assert cache.get(frame, Variant(quality=60)).quality == 60  # cached: costs nothing
     assert cache.get(frame, Variant()).quality == 80  # the default variant is not budgeted
     assert cache.encodes_refused == 1
-    # The budget is per second: it comes back.
-    assert wait_until(lambda: _try(cache, frame, Variant(quality=40)), timeout=TIMEOUT)
+    clock.now += 1.0  # the budget is per second: it comes back
+    assert cache.get(frame, Variant(quality=40)).quality == 40
 
 
-def _try(cache: EncodeCache, frame: Frame, variant: Variant) -> bool:
-    try:
-        cache.get(frame, variant)
-    except EncodeBudgetExceeded:
-        return False
-    return True
+def test_every_try_of_a_byte_limit_search_counts_against_the_budget() -> None:
+    """Snapshots at many widths with a small max_bytes (issue 22 item 14: 480 encode attempts a
+    second against a budget of 150): the budget bounds the tries, not the searches."""
+    clock = Clock()
+    cache = EncodeCache(max_encodes_per_s=3, clock=clock)
+    frame = pixel_frame(1, 640, 480)
+    for width in range(300, 640, 20):  # each search needs more than 3 tries
+        with pytest.raises(EncodeBudgetExceeded):
+            cache.get(frame, Variant(width=width, quality=100, max_bytes=4096))
+    budget = cache.admission.budget
+    assert budget.attempts == 3 and budget.refused == len(range(300, 640, 20))
+    # A search longer than the budget resumes where it stopped, second after second.
+    for seconds in range(1, 10):
+        clock.now += 1.0
+        try:
+            encoded = cache.get(frame, Variant(width=300, quality=100, max_bytes=4096))
+            break
+        except EncodeBudgetExceeded:
+            assert budget.attempts == 3 * (seconds + 1)
+    else:
+        pytest.fail("the search never ended")
+    assert len(encoded.data) <= 4096 and encoded.width < 300
+
+
+def test_concurrent_encodes_never_take_more_than_the_budget() -> None:
+    """Checking and taking the budget are one step: 40 snapshot-like requests at once, each
+    for its own quality, get 5 encodes, not 40."""
+    cache = EncodeCache(max_encodes_per_s=5, clock=Clock())
+    frame = pixel_frame(1)
+    outcomes: list[bool] = []
+
+    def ask(quality: int) -> None:
+        try:
+            cache.get(frame, Variant(quality=quality))
+            outcomes.append(True)
+        except EncodeBudgetExceeded:
+            outcomes.append(False)
+
+    run_together([functools.partial(ask, q) for q in range(40, 80)])
+    assert outcomes.count(True) == 5 == cache.encodes
+    assert cache.encodes_refused == 35
+
+
+def test_the_default_variants_search_without_spending_the_budget() -> None:
+    clock = Clock()
+    cache = EncodeCache(default_max_bytes=4096, max_encodes_per_s=1, clock=clock)
+    for seq in range(1, 4):  # a frame over the default limit: whole encode + search, free
+        encoded = cache.get(pixel_frame(seq, 640, 480), Variant(max_bytes=4096))
+        assert len(encoded.data) <= 4096
+    assert cache.admission.budget.attempts == 0 and cache.encodes_refused == 0
+    # The same frame asked with the default quality spelt out is another variant: budgeted
+    # (it shares the default's JPEG only where that one is made already).
+    cache.get(pixel_frame(9), Variant(quality=80))
+    assert cache.admission.budget.attempts == 1
+
+
+class GatedClock(Clock):
+    """A clock that, once armed, holds the caller until the test opens the gate."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.armed, self.entered, self.gate = False, threading.Event(), threading.Event()
+
+    def __call__(self) -> float:
+        if self.armed:
+            self.entered.set()
+            assert self.gate.wait(TIMEOUT)
+        return self.now
+
+
+def test_viewers_waiting_on_a_refused_encode_are_refused_too() -> None:
+    clock = GatedClock()
+    cache = EncodeCache(max_encodes_per_s=1, clock=clock)
+    cache.get(pixel_frame(1), Variant(quality=50))  # the budget of this second is spent
+    frame, variant = pixel_frame(2), Variant(quality=60)
+    errors: list[BaseException] = []
+
+    def ask() -> None:
+        try:
+            cache.get(frame, variant)
+        except Exception as exc:  # noqa: BLE001 (the type is what is checked)
+            errors.append(exc)
+
+    clock.armed = True
+    owner = threading.Thread(target=ask)
+    owner.start()  # it makes the encode: held in the budget's check
+    assert clock.entered.wait(TIMEOUT)
+    done = watch_slot(cache.jpegs, (2, Variant(quality=60)))
+    waiters = [threading.Thread(target=ask) for _ in range(3)]
+    for t in waiters:
+        t.start()
+    for _ in waiters:
+        assert done.waiters.acquire(timeout=TIMEOUT)  # all three wait for the owner's encode
+    clock.gate.set()
+    for t in (owner, *waiters):
+        t.join(TIMEOUT)
+        assert not t.is_alive()
+    assert len(errors) == 4 and all(type(e) is EncodeBudgetExceeded for e in errors), errors
+    assert cache.encodes_refused == 1  # one attempt refused, four viewers skip the frame
 
 
 def test_streamer_options_are_checked() -> None:
@@ -100,7 +206,18 @@ def test_a_viewer_beyond_the_cap_is_told_what_it_really_gets(streamer_factory) -
             assert (second.metadata["width"], second.metadata["quality"]) == (320, 60)
             assert second.metadata["height"] == 240 and len(frame) > 0
             assert streamer.stats()["live_variants"] == 1
-        # The config message is capped the same way.
+            # The config message is capped the same way: still no place for a second size.
+            second.ws.send(json.dumps({"type": "config", "width": 200}))
+            meta = second.next_text("metadata")
+            assert (meta["width"], meta["quality"]) == (320, 60)
+            # Back to the default variant (never capped): a live variant of its own, so the
+            # server's release of it below can be seen in live_variants.
+            second.ws.send(json.dumps({"type": "config", "width": None, "quality": None}))
+            assert second.next_text("metadata")["width"] == 640
+            assert wait_until(lambda: streamer.stats()["live_variants"] == 2)
+        # The server releases the second viewer's variant after it saw the close: wait for it,
+        # else the first viewer's config can still find the place taken.
+        assert wait_until(lambda: streamer.stats()["live_variants"] == 1)
         first.ws.send(json.dumps({"type": "config", "width": 200}))
         meta = first.next_text("metadata")
         assert (meta["width"], meta["quality"]) == (200, 60)  # the only viewer: a free place
@@ -109,13 +226,18 @@ def test_a_viewer_beyond_the_cap_is_told_what_it_really_gets(streamer_factory) -
 def test_snapshots_at_arbitrary_qualities_count_against_the_budget(streamer_factory) -> None:
     streamer = streamer_factory("test", width=320, height=240, fps=30, max_encodes_per_s=2)
     assert wait_until(lambda: streamer.camera.latest() is not None)
-    statuses = [get(streamer.port, f"/snapshot.jpg?quality={q}").status for q in range(30, 40)]
-    assert statuses.count(200) >= 2 and 503 in statuses, statuses
-    busy = get(streamer.port, "/snapshot.jpg?quality=41")
-    if busy.status == 503:
-        assert busy.headers["retry-after"] == "1"
+    responses = []
+
+    def snapshot(quality: int) -> None:
+        responses.append(get(streamer.port, f"/snapshot.jpg?quality={quality}"))
+
+    run_together([functools.partial(snapshot, q) for q in range(30, 40)])  # within a second
+    statuses = sorted(r.status for r in responses)
+    assert 1 <= statuses.count(200) <= 4 and set(statuses) == {200, 503}, statuses
+    busy = next(r for r in responses if r.status == 503)
+    assert busy.headers["retry-after"] == "1"
     assert get(streamer.port, "/snapshot.jpg").status == 200  # the default is never refused
-    assert streamer.stats()["encodes_refused"] >= 1
+    assert streamer.stats()["encodes_refused"] >= statuses.count(503)
 
 
 # The flood, end to end
@@ -186,7 +308,9 @@ def test_a_variant_flood_does_not_slow_a_legitimate_viewer(flood_streamer: Strea
         fps = frames / (time.monotonic() - start)
         stats = streamer.stats()
         assert drain.bytes > 0
-    assert fps >= 27, f"legitimate viewer at {fps:.1f} fps during the flood"
+    # The figure itself is benchmarks/variant_flood.py's (~30 fps; ~10 before the cap); here a
+    # bound that a loaded machine (a larger CAMSTREAM_TEST_TIMEOUT) loosens.
+    assert fps >= 27 / max(1.0, TIMEOUT / 5), f"legitimate viewer at {fps:.1f} fps during the flood"
     budget = 30 * (4 + 1)
     assert stats["live_variants"] <= 4 + 1
     assert stats["encodes_per_s"] <= budget * 1.1, stats["encodes_per_s"]

@@ -13,13 +13,16 @@ Sources (see :func:`describe_source`):
 * ``"test"`` — the built-in animated test pattern, needing no camera;
 * ``"push"`` — the application hands frames in with :meth:`CameraThread.publish`.
 
+On demand (``on_demand=``), the source is opened only while a viewer holds a
+:class:`~camstream.capture.demand.CameraLease` (:meth:`CameraThread.acquire`) and released a
+grace period after the last one lets go; see :class:`CameraThread`.
+
 Only the newest frame is kept (no queue): readers ask for "a frame newer than the one I had"
 and always get the latest, so a slow reader skips frames instead of falling behind.
 """
 
 from __future__ import annotations
 
-import enum
 import threading
 import time
 from typing import Callable, Iterable, Mapping
@@ -29,6 +32,7 @@ import numpy as np
 from .. import logs
 from ..errors import ConfigError, SourceError
 from .controls import ControlResult, ControlValue
+from .demand import CameraLease, Demand, OpenCounters, check_on_demand
 from .devices import CaptureFactory, CaptureMode, VideoCaptureLike
 from .frame import Frame
 from .framereader import FrameReader
@@ -43,28 +47,17 @@ from .sources import (
     classify,
     describe_source,
 )
+from .states import CameraListener, CameraState, announce
 from .testpattern import TestPattern
 
-__all__ = ["CameraThread", "CameraState", "Frame", "Source", "describe_source"]
+__all__ = [
+    "CameraLease", "CameraListener", "CameraState", "CameraThread", "Frame", "Source",
+    "describe_source",
+]
 
 logger = logs.get_logger(__name__)
 
 _DEFAULT_SIZE = (640, 480)
-
-class CameraState(str, enum.Enum):
-    """Where a :class:`CameraThread` is in its life."""
-
-    NEW = "new"
-    STREAMING = "streaming"
-    LOST = "lost"  # the source stopped delivering; it is being reopened with backoff
-    ENDED = "ended"  # a file that does not loop reached its end
-    FAILED = "failed"  # the camera thread crashed (a bug): see CameraThread.failure_reason
-    STOPPED = "stopped"
-
-
-CameraListener = Callable[[str, dict], None]
-"""Called from the camera thread with ``(event, details)``: ``camera_lost`` (details has a
-``reason``), ``camera_restored`` or ``source_ended``."""
 
 
 class CameraThread:
@@ -72,9 +65,12 @@ class CameraThread:
 
     Use as ``cam = CameraThread("test").start()`` ... ``cam.stop()``, or as a context manager.
     :meth:`start` opens the source in the calling thread, so a source that cannot be opened
-    raises :class:`~camstream.errors.SourceError` right there. After that, a source that stops
+    raises :class:`~camstream.errors.SourceError` right there (on demand, the camera thread
+    opens it when a viewer comes: see ``on_demand``). After that, a source that stops
     delivering (a camera unplugged, a stream that drops) is reopened with backoff while the
-    thread keeps running; listeners hear ``camera_lost`` and ``camera_restored``.
+    thread keeps running; listeners hear ``camera_lost`` and ``camera_restored``. Viewers say
+    that they want frames with :meth:`acquire` (a lease each); the events are in
+    :data:`~camstream.capture.states.CameraListener`, the states in :class:`CameraState`.
 
     Args:
         source: see :data:`Source`. ``"auto"`` (default): camera 0, else the test pattern.
@@ -102,6 +98,20 @@ class CameraThread:
             ``cv2.VideoCapture``-like object (see
             :class:`camstream.capture.devices.VideoCaptureLike`);
             for tests (a fake camera) and unusual backends. Default: ``cv2.VideoCapture``.
+        on_demand: open the source only while viewers want frames: a grace period in seconds
+            (0 to 86400; 0 releases at once), ``True`` for
+            :data:`~camstream.capture.demand.DEFAULT_GRACE_S` (10 s), or ``None``/``False``
+            (default: always open). :meth:`start` then opens nothing
+            (state IDLE); the first :meth:`acquire` has the camera thread open the source
+            (STARTING, then STREAMING from the first frame); once no lease has been held for
+            the grace period, the source is released (the device closed, its light off, free
+            for other programs) and the camera is IDLE again. A viewer back within the grace
+            period costs no close and no open. An open that fails while viewers wait is
+            reported (``camera_lost`` with the reason) and retried with backoff until it
+            works or nobody waits (then IDLE; the backoff carries over to the next acquire).
+            The test pattern is on demand too (it stops drawing); push sources ignore it
+            (they are never closed). ``"auto"`` still decides at :meth:`start` between camera 0
+            and the test pattern, which opens camera 0 once there and releases it at once.
 
     Raises:
         ConfigError: an argument is out of range (checked here, before anything is opened).
@@ -120,10 +130,16 @@ class CameraThread:
         backend: str = "auto",
         camera_settings: Mapping[str, ControlValue] | Iterable[str] | None = None,
         capture_factory: CaptureFactory | None = None,
+        on_demand: bool | float | None = None,
     ) -> None:
         self._kind, self._target = classify(source)
         self.source = source
         check_request(width, height, fps)
+        grace = check_on_demand(on_demand)
+        self._on_demand = None if self._kind is SourceKind.PUSH else grace
+        self._demand = Demand()
+        self._counters = OpenCounters()
+        self._next_attempt_at = 0.0  # monotonic: no open attempt before (backoff after a failure)
         self._opener = CaptureOpener(
             pixel_format=pixel_format, backend=backend, camera_settings=camera_settings,
             capture_factory=capture_factory, size=(width, height), fps=float(fps),
@@ -159,6 +175,12 @@ class CameraThread:
         """JPEG frames decoded to pixels (only when something needed the pixels)."""
 
     @property
+    def source_kind(self) -> str:
+        """What the source is: ``device``, ``file``, ``url``, ``test`` or ``push`` (``auto``
+        until :meth:`start` has decided between a camera and the test pattern)."""
+        return str(self._kind.value)
+
+    @property
     def pixel_format(self) -> str | None:
         """The pixel format the source delivers (``"MJPG"``, ``"YUYV"``, ...), if known."""
         if self.mode is not None:
@@ -175,13 +197,65 @@ class CameraThread:
         """Whether frames are the source's own JPEG files (not decoded to be stored)."""
         return self.mode is not None and self.mode.jpeg_passthrough
 
+    # On demand, and the open/close counters (read from any thread)
+
+    @property
+    def on_demand(self) -> float | None:
+        """The grace period in seconds if the source is opened on demand, else None (always
+        open; also for push sources, which are never closed)."""
+        return self._on_demand
+
+    @property
+    def demand(self) -> int:
+        """How many leases (:meth:`acquire`) are held now: the viewers that want frames."""
+        return self._demand.count
+
+    @property
+    def opens(self) -> int:
+        """Successful opens of the source (a looping file's reopen at its end counts too)."""
+        return self._counters.opens
+
+    @property
+    def closes(self) -> int:
+        """Releases of the open source (a loss, an on-demand release, stop)."""
+        return self._counters.closes
+
+    @property
+    def open_failures(self) -> int:
+        """Attempts to open the source that failed."""
+        return self._counters.open_failures
+
+    @property
+    def last_open_at(self) -> float | None:
+        """``time.monotonic()`` when the last successful open finished, or None."""
+        return self._counters.last_open_at
+
+    @property
+    def last_open_duration(self) -> float | None:
+        """How long the last successful open took, in seconds, or None."""
+        return self._counters.last_open_duration
+
+    def acquire(self) -> CameraLease:
+        """Say that a viewer wants frames; returns the lease to release when it leaves.
+
+        Any thread; returns at once (it never opens anything in the caller's thread). On an
+        on-demand camera the first lease wakes the camera thread, which opens the source
+        (state STARTING; wait for frames with :meth:`wait_for_frame`); the source is released
+        once no lease has been held for the grace period. On an always-open camera or a push
+        source it only counts (:attr:`demand`). Works before :meth:`start` (the source opens
+        when it starts) and after :meth:`stop` (it does nothing).
+        """
+        return self._demand.acquire()
+
     # Lifecycle
 
     def start(self) -> CameraThread:
-        """Open the source and start the reader thread; returns ``self``.
+        """Open the source (on demand: open nothing) and start the camera thread; returns
+        ``self``. The caller's thread.
 
         Raises:
-            SourceError: the source cannot be opened (the message says what to try).
+            SourceError: the source cannot be opened (the message says what to try). On demand,
+                only a file that does not exist (nothing is opened).
             RuntimeError: already started.
         """
         if self._state is not CameraState.NEW:
@@ -191,11 +265,16 @@ class CameraThread:
             return self
         if self._kind is SourceKind.AUTO:
             self._open_auto()
-        if self._kind is SourceKind.TEST:
-            self._pattern = TestPattern(self.width, self.height)
-        elif self._capture is None:
-            self._capture = self._open_capture(first_time=True)
-        self._set_state(CameraState.STREAMING)
+        if self._on_demand is not None:
+            self._close_source()  # "auto" opened camera 0 to decide: release it
+            self._opener.check_exists(self.source, self._kind, self._target)
+            self._set_state(CameraState.IDLE)
+            logger.info("%s opens on demand: at the first viewer, released %g s after the last",
+                        describe_source(self.source), self._on_demand)
+        else:
+            if self._capture is None:
+                self._open_source()
+            self._set_state(CameraState.STREAMING)
         # Daemon: a thread blocked in a driver's read() must not keep the interpreter alive
         # if the application forgets stop(); stop() itself joins it.
         self._thread = threading.Thread(
@@ -212,6 +291,7 @@ class CameraThread:
         Readers blocked in :meth:`wait_for_frame` wake up and get ``None``.
         """
         self._stopping.set()
+        self._demand.close()
         with self._cond:
             self._cond.notify_all()
         thread = self._thread
@@ -219,8 +299,8 @@ class CameraThread:
             thread.join(timeout)
             if thread.is_alive():
                 logger.warning("camera thread did not stop within %.1f s", timeout)
-        if thread is None and self._capture is not None:
-            self._capture.release()
+        if thread is None:
+            self._close_source()
         self._set_state(CameraState.STOPPED)
 
     def __enter__(self) -> CameraThread:
@@ -231,12 +311,14 @@ class CameraThread:
 
     @property
     def state(self) -> CameraState:
+        """Where the camera is (see :class:`CameraState`); any thread."""
         return self._state
 
     def add_listener(self, listener: CameraListener) -> None:
-        """Call ``listener(event, details)`` on ``camera_lost`` / ``camera_restored``.
+        """Call ``listener(event, details)`` on the events of :data:`CameraListener`.
 
-        Listeners run in the camera thread and must return quickly.
+        Listeners run in the camera thread and must return quickly. Add them before
+        :meth:`start`.
         """
         self._listeners.append(listener)
 
@@ -250,7 +332,11 @@ class CameraThread:
     # Readers
 
     def latest(self, wait: float = 0.0) -> Frame | None:
-        """The newest frame; before the first one, wait up to ``wait`` s for it (else None)."""
+        """The newest frame; before the first one, wait up to ``wait`` s for it (else None).
+
+        None too while an on-demand camera is IDLE (its last frame is dropped at the release,
+        so a viewer coming back never gets a stale picture) and until its first new frame.
+        """
         with self._cond:
             latest = self._latest
         return latest if latest is not None or wait <= 0 else self.wait_for_frame(0, wait)
@@ -368,65 +454,89 @@ class CameraThread:
         if previous is state or previous is CameraState.STOPPED:  # stopped is final
             return
         self._state = state
-        event = None
         description = describe_source(self.source)
-        if state is CameraState.LOST:
-            event = "camera_lost"
-            reason = reason or "the source stopped delivering frames"
-            logger.warning("%s stopped delivering frames; reopening", description)
-        elif state is CameraState.FAILED:
-            event = "camera_lost"
-            logger.error("%s: the camera thread failed (%s); no more frames", description, reason)
-        elif state is CameraState.ENDED:
-            event = "source_ended"
-            logger.info("%s ended (no loop): no more frames", description)
-        elif state is CameraState.STREAMING and previous is CameraState.LOST:
-            event = "camera_restored"
-            logger.info("%s is back", description)
-        if event is not None:
-            details = {"source": description}
-            if reason is not None:
-                details["reason"] = reason
-            for listener in list(self._listeners):
-                try:
-                    listener(event, details)
-                except Exception:
-                    logger.exception("camera listener failed on %s", event)
+        event, reason = announce(previous, state, reason, description)
+        if event is None:
+            return
+        details = {"source": description}
+        if reason is not None:
+            details["reason"] = reason
+        for listener in list(self._listeners):
+            try:
+                listener(event, details)
+            except Exception:
+                logger.exception("camera listener failed on %s", event)
 
     def _open_auto(self) -> None:
         """Source ``"auto"``: camera 0 if it opens, else the test pattern (one WARNING)."""
         try:
             self._kind, self._target, self.source = SourceKind.DEVICE, 0, 0
-            self._capture = self._open_capture(first_time=True)
+            self._open_source()
         except SourceError:
             logger.warning("no camera found at index 0: streaming the built-in test pattern")
             self._kind, self._target, self.source = SourceKind.TEST, "test", "test"
 
-    def _open_capture(self, first_time: bool) -> VideoCaptureLike:
-        """Open the capture (see :class:`~camstream.capture.opener.CaptureOpener`) and take on the
-        mode, size, rate and camera settings it was granted."""
-        capture, mode, controls = self._opener.open(
-            self.source, self._kind, self._target, first_time=first_time, previous=self.mode
-        )
+    def _open_source(self, reason: str | None = None) -> None:
+        """Open the source (the test pattern: make it) and take on the mode, size, rate and
+        camera settings it was granted (see :class:`~camstream.capture.opener.CaptureOpener`);
+        counted in :attr:`opens` / :attr:`open_failures`.
+
+        Args:
+            reason: why it opens (on demand: ``"first viewer"``), logged with the time it took.
+
+        Raises:
+            SourceError: it cannot be opened.
+        """
+        first_time = self._counters.opens == 0
+        started = time.monotonic()
+        previous = self.mode
+        if self._kind is SourceKind.TEST:
+            self._pattern = TestPattern(self.width, self.height)
+        else:
+            try:
+                self._capture, self.mode, controls = self._opener.open(
+                    self.source, self._kind, self._target, first_time=first_time,
+                    previous=previous,
+                )
+            except SourceError:
+                self._counters.open_failures += 1
+                raise
+            self._take_mode(self.mode, controls)
+        self._counters.opened(started, time.monotonic())
+        described = describe_source(self.source)
+        mode = f": {self.mode.describe()}" if self.mode is not None else ""
+        if reason is not None:
+            logger.info("opened %s (%s) in %.2f s%s", described, reason,
+                        self._counters.last_open_duration, mode)
+        elif self.mode is not None and (first_time or self.mode != previous):
+            logger.info("opened %s%s", described, mode)
+
+    def _take_mode(self, mode: CaptureMode, controls: list[ControlResult] | None) -> None:
+        """Take on the rate, size and camera settings an open was granted."""
         if controls is not None:
             self.controls = controls
-        previous, self.mode = self.mode, mode
         self.fps = mode.fps
         requested = self._opener.requested_size
         if self._kind is not SourceKind.DEVICE and requested[0] is not None:
             self.width, self.height = requested  # type: ignore[assignment]
         elif mode.width and mode.height:
             self.width, self.height = mode.width, mode.height
-        if first_time or mode != previous:
-            logger.info("opened %s: %s", describe_source(self.source), mode.describe())
-        return capture
+
+    def _close_source(self) -> None:
+        """Release the capture (drop the test pattern), counted in :attr:`closes`. Idempotent."""
+        capture, self._capture = self._capture, None
+        pattern, self._pattern = self._pattern, None
+        if capture is not None:
+            capture.release()
+        if capture is not None or pattern is not None:
+            self._counters.closes += 1
 
     def _run(self) -> None:
         try:
-            if self._kind is SourceKind.TEST:
-                self._run_test_pattern()
+            if self._on_demand is None:
+                self._stream()
             else:
-                self._run_capture()
+                self._run_on_demand()
         except Exception as exc:
             # A bug, not a source failure (those are handled in the loop): keep it visible, and
             # tell viewers there will be no more frames.
@@ -434,16 +544,50 @@ class CameraThread:
             self.failure_reason = f"camera thread crashed: {type(exc).__name__}: {exc}"[:200]
             self._set_state(CameraState.FAILED, self.failure_reason)
         finally:
-            if self._capture is not None:
-                self._capture.release()
-                self._capture = None
+            self._close_source()
+
+    def _run_on_demand(self) -> None:
+        """Idle until a viewer acquires the camera; open it, stream while anyone watches and
+        through the grace period; release it; idle again. Until stop() or a file's end."""
+        assert self._on_demand is not None
+        while self._demand.wait_wanted():  # False once stop() is called
+            self._set_state(CameraState.STARTING, "first viewer")
+            backoff_left = self._next_attempt_at - time.monotonic()
+            if self._open_with_backoff(max(backoff_left, 0.0), "first viewer"):
+                self._stream()
+            if self._stopping.is_set() or self._state is CameraState.ENDED:
+                return
+            if self._state is CameraState.LOST:
+                reason = "no viewer waits any more: stopped retrying"
+            else:
+                reason = f"no viewer for {self._on_demand:g} s"
+            self._close_source()
+            with self._cond:
+                self._latest = None  # a viewer coming back must not get a stale picture
+            self._set_state(CameraState.IDLE, reason)
+
+    def _stream(self) -> None:
+        """Read the open source until stop(), a file's end, or (on demand) its release."""
+        if self._kind is SourceKind.TEST:
+            self._run_test_pattern()
+        else:
+            self._run_capture()
+
+    def _grace_over(self) -> bool:
+        """On demand: nobody has wanted frames for the whole grace period."""
+        if self._on_demand is None:
+            return False
+        unwanted = self._demand.unwanted_for(time.monotonic())
+        return unwanted is not None and unwanted >= self._on_demand
 
     def _run_test_pattern(self) -> None:
         assert self._pattern is not None
         period = 1.0 / self.fps
         deadline = time.monotonic()
         index = 0
-        while not self._stopping.is_set():
+        while not self._stopping.is_set() and not self._grace_over():
+            if self._state is not CameraState.STREAMING:
+                self._set_state(CameraState.STREAMING)
             self._store(self._pattern.render(index, self.fps))
             index += 1
             deadline = self._next_deadline(deadline, period)
@@ -462,7 +606,7 @@ class CameraThread:
         reader = FrameReader(self._kind, lambda: self._opener.requested_size, self._count_dropped)
         deadline = time.monotonic()
         frames_since_open = 0
-        while not self._stopping.is_set():
+        while not self._stopping.is_set() and not self._grace_over():
             ok, payload = reader.read(self._capture, self.mode)
             if ok and payload is not None:
                 if self._state is not CameraState.STREAMING:
@@ -471,14 +615,12 @@ class CameraThread:
                     self._store_jpeg(payload)  # a corrupt one is dropped and counted
                 else:
                     self._store(payload)
-                self._retry_delay = 0.25
+                self._retry_delay, self._next_attempt_at = 0.25, 0.0
                 frames_since_open += 1
                 if paced:
                     deadline = self._next_deadline(deadline, 1.0 / self.fps)
                 continue
-            if self._capture is not None:
-                self._capture.release()
-                self._capture = None
+            self._close_source()
             # A file that played to its end starts again (or ends) without fuss; anything else,
             # including a file that opened but gave no frame, is a lost source.
             at_end_of_file = self._kind is SourceKind.FILE and frames_since_open > 0
@@ -491,23 +633,40 @@ class CameraThread:
             deadline = time.monotonic()
 
     def _reopen(self, wait_first: bool, quietly: bool) -> bool:
-        """Reopen the source with backoff until it works or stop() is called.
+        """Reopen the source with backoff until it works, stop() is called or (on demand)
+        nobody waits any more.
 
         Args:
             wait_first: the last open gave no frame, so back off before trying again.
             quietly: the source is a file at its end; reopening it is not a loss. Only if that
                 fails (the file was removed or broken) is the source lost.
         """
-        delay = self._retry_delay if wait_first else 0.0
         if not quietly:
             self._set_state(CameraState.LOST)
-        while not self._stopping.wait(delay):
+        return self._open_with_backoff(self._retry_delay if wait_first else 0.0)
+
+    def _open_with_backoff(self, delay: float, reason: str | None = None) -> bool:
+        """Open the source after ``delay`` s, doubling the wait after each failure (up to
+        ``reconnect_delay_max``); True once open, False on stop() or when (on demand) nobody
+        waits any more. A failed first open on demand reports its error (``camera_lost``)."""
+        while self._pause(delay):
             delay = min(max(delay * 2, 0.25), self._reconnect_delay_max)
             self._retry_delay = delay
             try:
-                self._capture = self._open_capture(first_time=False)
+                self._open_source(reason)
                 return True
             except SourceError as exc:
-                self._set_state(CameraState.LOST)
-                logger.debug("reopen failed: %s", exc)
+                self._next_attempt_at = time.monotonic() + delay
+                starting = self._state is CameraState.STARTING
+                self._set_state(CameraState.LOST, str(exc) if starting else None)
+                logger.debug("open failed: %s", exc)
         return False
+
+    def _pause(self, delay: float) -> bool:
+        """Wait ``delay`` s before an attempt to open; False: give up (stop(), or on demand
+        nobody waits any more; a zero wait is no wait, the attempt is made)."""
+        if self._on_demand is None:
+            return not self._stopping.wait(delay)
+        if delay > 0 and not self._demand.sleep_while_wanted(delay):
+            return False
+        return not self._stopping.is_set()

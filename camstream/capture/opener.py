@@ -84,16 +84,10 @@ class CaptureOpener:
         Raises:
             SourceError: it cannot be opened or set up.
         """
+        self.check_exists(source, kind, target)
         self._source, self._kind, self._target, self._previous = source, kind, target, previous
         self._controls = None
         description = describe_source(self._source)
-        target = self._target
-        if self._kind is SourceKind.FILE and not os.path.exists(str(target)):
-            raise SourceError(
-                self._source,
-                f"cannot open {description}: no such file. Give an existing video file, a "
-                f"stream URL, a camera index, or 'test' for the built-in test pattern.",
-            )
         is_device = self._kind is SourceKind.DEVICE
         if is_device and isinstance(target, str):
             # A stable name (/dev/v4l/by-id/...) points at whichever /dev/videoN the camera got
@@ -118,6 +112,20 @@ class CaptureOpener:
                     raise SourceError(self._source, f"cannot set up {description}: {exc}") from exc
                 raise
         return capture, mode, self._controls
+
+    @staticmethod
+    def check_exists(source: Source, kind: SourceKind, target: int | str | None) -> None:
+        """What can be known without opening: a file source must exist. Any thread.
+
+        Raises:
+            SourceError: it is a file that does not exist.
+        """
+        if kind is SourceKind.FILE and not os.path.exists(str(target)):
+            raise SourceError(
+                source,
+                f"cannot open {describe_source(source)}: no such file. Give an existing video "
+                f"file, a stream URL, a camera index, or 'test' for the built-in test pattern.",
+            )
 
     def _configure(self, capture: VideoCaptureLike, first_time: bool) -> CaptureMode:
         """Negotiate the mode of a just-opened capture and apply the camera settings."""

@@ -17,12 +17,11 @@ import cv2
 import numpy as np
 
 from ..errors import ConfigError
-from ..protocol import MAX_FPS, MAX_SIDE
+from ..protocol import MAX_FPS, MAX_JPEG_SIDE, MAX_SIDE
 
 __all__ = [
-    "AUTO", "Source", "SourceKind", "check_pushed_image", "check_request", "classify",
-    "complete_size",
-    "describe_source", "is_buffer", "quiet_opencv",
+    "AUTO", "Source", "SourceKind", "check_fps", "check_pushed_image", "check_request",
+    "classify", "complete_size", "describe_source", "is_buffer", "quiet_opencv",
 ]
 
 Source = Union[int, str]
@@ -141,18 +140,27 @@ def is_buffer(image: np.ndarray) -> bool:
     )
 
 
-def check_request(width: object, height: object, fps: object) -> None:
-    """Check the size and rate a camera is asked for (either side may be None).
+def check_fps(fps: object) -> None:
+    """Check a camera rate (the ``Streamer``'s and the camera's ``fps``): a number above 0 and
+    at most :data:`~camstream.protocol.MAX_FPS`.
 
     Raises:
-        ConfigError: a side is not a whole number of pixels from 16 to
-            :data:`~camstream.protocol.MAX_SIDE`, or the rate not above 0 and at most
-            :data:`~camstream.protocol.MAX_FPS`.
+        ConfigError: it is not.
     """
     if isinstance(fps, bool) or not isinstance(fps, (int, float)) or not (
         math.isfinite(fps) and 0 < fps <= MAX_FPS
     ):
         raise ConfigError(f"fps must be above 0 and at most {MAX_FPS:g}, not {fps!r}")
+
+
+def check_request(width: object, height: object, fps: object) -> None:
+    """Check the size and rate a camera is asked for (either side may be None).
+
+    Raises:
+        ConfigError: a side is not a whole number of pixels from 16 to
+            :data:`~camstream.protocol.MAX_SIDE`, or the rate fails :func:`check_fps`.
+    """
+    check_fps(fps)
     for name, value in (("width", width), ("height", height)):
         if value is None:
             continue
@@ -171,9 +179,6 @@ def complete_size(
     elif height is not None and width is None:
         width = max(16, int(round(height * ratio_w / ratio_h / 2)) * 2)
     return width, height
-
-
-_MAX_SIDE = 65500  # the largest picture a JPEG can hold
 
 
 def check_pushed_image(image: object) -> None:
@@ -195,7 +200,7 @@ def check_pushed_image(image: object) -> None:
         )
     if image.ndim == 3 and image.shape[2] not in (1, 3, 4):
         raise ConfigError(f"publish() takes 1, 3 or 4 colour channels; {got}")
-    if image.size == 0 or max(image.shape[:2]) > _MAX_SIDE:
+    if image.size == 0 or max(image.shape[:2]) > MAX_JPEG_SIDE:
         raise ConfigError(
-            f"publish() takes a non-empty image at most {_MAX_SIDE} px a side; {got}"
+            f"publish() takes a non-empty image at most {MAX_JPEG_SIDE} px a side; {got}"
         )

@@ -1,13 +1,14 @@
 """When one viewer gets its next frame: its own rate, the newest frame, never a backlog.
 
-Shared by WebSocket senders (``session``) and MJPEG streams (``webroutes``).
+Shared by WebSocket senders (``session``) and MJPEG streams (``mjpeg``).
 """
 
 from __future__ import annotations
 
-import collections
-import threading
+from .ratewindow import CounterRates
 
+# CounterRates lives in ratewindow (one rate-window implementation); named here for callers
+# of the time before (server.py).
 __all__ = ["Pacer", "CounterRates", "MAX_IN_FLIGHT_BYTES", "BEHIND_POLL_S"]
 
 MAX_IN_FLIGHT_BYTES = 256 * 1024
@@ -83,33 +84,3 @@ class Pacer:
             if self.due < now - period:  # far behind (just started, paused, stalled): restart
                 self.due = now + period
         return skipped
-
-
-class CounterRates:
-    """Per-second rates of growing counters (encodes, decodes), over the last few seconds.
-
-    :meth:`sample` records the counters' totals (call it often, e.g. once per camera frame);
-    :meth:`per_s` divides what they grew by the time since the oldest sample in the window.
-    Thread-safe.
-    """
-
-    def __init__(self, window_s: float = 2.0) -> None:
-        self._window_s = window_s
-        self._samples: collections.deque[tuple[float, tuple[int, ...]]] = collections.deque()
-        self._lock = threading.Lock()
-
-    def sample(self, now: float, totals: tuple[int, ...]) -> None:
-        with self._lock:
-            samples = self._samples
-            samples.append((now, totals))
-            while len(samples) > 1 and samples[1][0] <= now - self._window_s:
-                samples.popleft()  # keep one sample at or before the window's start
-
-    def per_s(self, now: float, totals: tuple[int, ...]) -> tuple[float, ...]:
-        """The rate of each counter (zeros until there is a sample over 0.5 s old)."""
-        with self._lock:
-            oldest = next((s for s in self._samples if s[0] >= now - self._window_s), None)
-        if oldest is None or now - oldest[0] < 0.5:
-            return tuple(0.0 for _ in totals)
-        elapsed = now - oldest[0]
-        return tuple(round((t - o) / elapsed, 1) for t, o in zip(totals, oldest[1]))

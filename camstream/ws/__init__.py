@@ -13,9 +13,12 @@ Modules, one concern each:
 * :mod:`~camstream.ws.http` - request parsing, upgrade checks and response heads, no I/O.
 * :mod:`~camstream.ws.tls` - TLS on memory BIOs (:class:`TlsChannel`), :func:`make_ssl_context`.
 * :mod:`~camstream.ws.upstream` - the websocket-server import and its logging repair.
+* :mod:`~camstream.ws.tcpinfo` - Linux ``TCP_INFO`` of a socket (round-trip time, delivery rate).
 * :mod:`~camstream.ws.limits` - :class:`Limits`, what a connection is given instead of the server.
+* :mod:`~camstream.ws.budget` - what clients may send: per connection (1008 beyond) and per
+  address (shared; readers wait their turn).
 * :mod:`~camstream.ws.link` - one socket: locked, stamped whole writes; abort and half-close.
-* :mod:`~camstream.ws.admission` - per-socket admission records; how client addresses count.
+* :mod:`~camstream.ws.admission` - which sockets may cost a thread; refusals answered 503.
 * :mod:`~camstream.ws.connection` - :class:`Connection`: sending, closing, keepalive state.
 * :mod:`~camstream.ws.exchange` - :class:`HttpExchange`: a plain HTTP request's response.
 * :mod:`~camstream.ws.application` - the :class:`Application` callbacks and a do-nothing base.
@@ -47,9 +50,17 @@ Threads (who starts each, who ends and joins it):
   are written whole with ``sendall`` under a per-connection lock.
 
 Admission (the accepting thread, before a socket costs a thread): a cap on connections in all,
-per client address, and on those that have not shown the application's credential; when full, the
-connection that has waited longest for its request is shed. The request's first line must arrive
-within ``first_line_timeout`` of the accept, its whole head within ``handshake_timeout``.
+per client address (loopback clients not counted), and on those that have not shown the
+application's credential; when full, the connection that has waited longest for its request is
+shed. A refused socket is answered 503 with ``Retry-After`` and a reason by a handler thread of
+its own, within a small budget of such answers (past it, it is closed at once). The request's
+first line must arrive within ``first_line_timeout`` of the accept, its whole head within
+``handshake_timeout``.
+
+Contract with the application: :class:`Application` lists every method the server calls. The
+deadlines the watchdog enforces are set through :meth:`Link.set_deadline` at the phase changes
+only (accept, request line, open, Close queued); close codes are the connection's
+(:meth:`Connection.close_received`, :meth:`Connection.close`, :meth:`Connection.fail`).
 
 TLS (defect #15): with ``ssl_context``, a connection's TLS runs in a :class:`TlsChannel`
 (``ssl.MemoryBIO`` + ``SSLObject``) above the plain socket, never in an ``SSLSocket``: an ``SSL``
@@ -65,6 +76,7 @@ No import cycles: each module imports only modules listed before it in the list 
 from __future__ import annotations
 
 from .application import Application, BaseApplication
+from .budget import AddressRates
 from .connection import Connection
 from .exchange import HttpExchange
 from .handler import WebSocketHandler
@@ -75,6 +87,7 @@ from .server import WebSocketServer
 from .tls import TlsChannel, make_ssl_context
 
 __all__ = [
+    "AddressRates",
     "Application",
     "BaseApplication",
     "Connection",

@@ -12,7 +12,9 @@ __all__ = ["Application", "BaseApplication"]
 
 
 class Application(Protocol):
-    """What the server calls. Every callback runs in the connection's own handler thread."""
+    """What the server calls: every method below, nothing else (none is optional; subclass
+    :class:`BaseApplication` for the defaults). Every callback runs in the connection's own
+    handler thread, except :meth:`is_trusted_proxy` (the accepting thread)."""
 
     def authorize(self, request: Request) -> None:
         """Called before the 101; raise :class:`HandshakeRejected` to refuse."""
@@ -36,12 +38,24 @@ class Application(Protocol):
         """Whether ``request`` carries the server's credential (e.g. a valid token).
 
         Called once the request head is read, before anything else. Only such connections may
-        use the server's ``reserved_connections``. Optional: a missing method means False.
+        use the server's ``reserved_connections``.
         """
+
+    def is_trusted_proxy(self, address: str) -> bool:
+        """Whether the TCP peer ``address`` is a reverse proxy that carries many clients.
+
+        Called in the accepting thread for every socket (keep it cheap). Such a peer's
+        connections are not counted against ``max_connections_per_address`` at accept; each
+        counts against the client :meth:`client_address` names once its request is read.
+        """
+
+    def client_address(self, request: Request) -> str | None:
+        """The client a trusted proxy's ``request`` carries (e.g. from ``X-Forwarded-For``), or
+        None if it names none. Called only for requests from a trusted proxy."""
 
 
 class BaseApplication:
-    """An :class:`Application` whose callbacks do nothing.
+    """An :class:`Application` whose callbacks do nothing: no credential, no trusted proxy.
 
     ``on_http`` answers ``/`` with 426 Upgrade Required (``Sec-WebSocket-Version: 13``) and any
     other path with 404.
@@ -64,6 +78,12 @@ class BaseApplication:
 
     def authenticated(self, request: Request) -> bool:
         return False
+
+    def is_trusted_proxy(self, address: str) -> bool:
+        return False
+
+    def client_address(self, request: Request) -> str | None:
+        return None
 
     def on_http(self, exchange: HttpExchange) -> None:
         if exchange.request.path == "/":

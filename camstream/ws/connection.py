@@ -1,20 +1,25 @@
 """An open WebSocket connection: sending, the closing handshake, keepalive state.
 
-A :class:`Connection` is given its :class:`~camstream.ws.link.Link` and a frozen
-:class:`~camstream.ws.limits.Limits`, never the server. Application threads send; the
-handler thread feeds it what the reader saw (:meth:`Connection.frame_received`,
-:meth:`Connection.echo_close`, ...); the watchdog calls :meth:`Connection.keepalive_ping`.
+A :class:`Connection` is given its :class:`~camstream.ws.link.Link`, a frozen
+:class:`~camstream.ws.limits.Limits` and its address's shares (budget, log budget), never the
+server. Application threads send; the handler thread feeds it what the reader saw
+(:meth:`Connection.frame_received`, :meth:`Connection.close_received`, ...); the watchdog calls
+:meth:`Connection.keepalive_ping`. The connection owns its close codes (the peer's and ours) and
+its closing deadline.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 import time
+from typing import Any
 
 from .. import logs
 from ..errors import ConnectionClosedError
-from ..ratelimit import RateLimiter
+from ..ratelimit import KeyedLogBudget
+from .budget import AddressBudget, ConnectionBudget
 from .frames import (
     OP_BINARY,
     OP_CLOSE,
@@ -40,6 +45,11 @@ class Connection:
     Created by the server after the 101 response; the application receives it in
     :meth:`Application.on_open` and may keep it until :meth:`Application.on_close`. The send
     methods, :meth:`close` and :meth:`abort` are thread-safe.
+
+    Args:
+        address: The client address it counts against (its address budgets and log lines).
+        address_budget: What the address's connections may send together (None: no limit).
+        client_log: The per-address budget of per-connection log lines (see :meth:`log`).
     """
 
     def __init__(
@@ -49,31 +59,52 @@ class Connection:
         subprotocol: str | None,
         conn_id: int,
         limits: Limits,
+        *,
+        address: str = "",
+        address_budget: AddressBudget | None = None,
+        client_log: KeyedLogBudget | None = None,
     ) -> None:
         self.id = conn_id
         self.request = request
         self.subprotocol = subprotocol
         self.remote_address = request.remote_address
-        self.close_code: int | None = None  # from the peer's Close; 1005 if it had no code
-        self.close_reason = ""
-        self.sent_close_code: int | None = None  # the code of a Close we started (not an echo)
+        self.address = address
         self.session: object | None = None  # free slot for the application
+        self._close_code: int | None = None
+        self._close_reason = ""
+        self._sent_close_code: int | None = None
         self._link = link
         self._limits = limits
         self._state_lock = threading.Lock()
         self._close_started = False  # a Close was queued/sent by us or received from the peer
+        self._closing = threading.Event()  # set with _close_started: wakes a waiting reader
         self._close_frame: bytes | None = None  # queued Close, written by whoever holds send_lock
         self._opened = False  # on_open was called → on_close is owed
         self._last_recv = time.monotonic()
         self._ping_payload: bytes | None = None
         self._ping_sent_at: float | None = None
-        self._budget = (  # used by the reader thread only
-            None if limits.message_rate is None
-            else RateLimiter(limits.message_rate, limits.message_burst)
-        )
+        self._budget = ConnectionBudget(limits, address_budget)  # the reader thread's only
+        self._client_log = client_log
+        self._logged: bool | None = None  # decided by the first log() line
 
     def __repr__(self) -> str:
         return f"<Connection {self.id} {self.remote_address} open={self.is_open}>"
+
+    @property
+    def close_code(self) -> int | None:
+        """The code of the peer's Close (1005 if it had none), or None if none arrived."""
+        return self._close_code
+
+    @property
+    def close_reason(self) -> str:
+        """The reason of the peer's Close ("" if none); client text: log it through
+        :func:`camstream.logs.printable`."""
+        return self._close_reason
+
+    @property
+    def sent_close_code(self) -> int | None:
+        """The code of a Close we started (not an echo of the peer's), or None."""
+        return self._sent_close_code
 
     @property
     def is_open(self) -> bool:
@@ -149,7 +180,7 @@ class Connection:
             raise ValueError(f"invalid close code {code}")
         if not self._queue_close(close_payload(code, reason)):
             return
-        self.sent_close_code = code
+        self._sent_close_code = code
         lock = self._link.send_lock
         if not lock.acquire(blocking=False):
             # Someone is writing (a frame, a pong, a keepalive ping). A frame sender writes the
@@ -180,6 +211,7 @@ class Connection:
     def abort(self) -> None:
         """Shut the socket down without a Close frame (the peer sees 1006). Never raises."""
         self._close_started = True
+        self._closing.set()
         self._link.abort()
 
     def _queue_close(self, payload: bytes) -> bool:
@@ -189,7 +221,8 @@ class Connection:
                 return False
             self._close_started = True
             self._close_frame = frame_header(OP_CLOSE, len(payload)) + payload
-        self._link.deadline = time.monotonic() + self._limits.close_timeout
+        self._closing.set()
+        self._link.set_deadline(time.monotonic() + self._limits.close_timeout)
         return True
 
     def _flush_close(self) -> None:
@@ -237,9 +270,9 @@ class Connection:
         return self._link
 
     @property
-    def message_rate(self) -> float | None:
-        """Frames a second this client may send on average (None: no limit)."""
-        return self._limits.message_rate
+    def limits(self) -> Limits:
+        """What this connection may cost (its send and close timeouts, its own budget)."""
+        return self._limits
 
     @property
     def closing(self) -> bool:
@@ -265,14 +298,24 @@ class Connection:
         """True while a keepalive ping has not been answered."""
         return self._ping_sent_at is not None
 
-    def frame_received(self, opcode: int) -> bool:
-        """Handler thread: note a frame's arrival; False if it is over the message budget.
+    def frame_received(self, opcode: int, payload_length: int) -> tuple[str | None, float]:
+        """Handler thread: note a frame's arrival and charge it to the budgets.
 
-        Every frame but Close costs the same: a ping flood costs a pong write per frame,
-        fragments and messages cost a parse and a callback.
+        See :meth:`~camstream.ws.budget.ConnectionBudget.charge`: a message costs one however
+        many fragments it comes in, each ping and pong one, every frame its bytes.
+
+        Returns:
+            ``(refusal, wait)``: the reason to close with 1008 (this connection's budget is
+            spent) or None, and the seconds to :meth:`wait` for the address's turn.
         """
         self._last_recv = time.monotonic()
-        return opcode == OP_CLOSE or self._budget is None or self._budget.allow()
+        return self._budget.charge(opcode, payload_length)
+
+    def wait(self, seconds: float) -> None:
+        """Handler thread: wait ``seconds`` (the address budget's turn); returns early once the
+        connection is closing."""
+        if seconds > 0:
+            self._closing.wait(seconds)
 
     def answer_ping(self, payload: bytes) -> None:
         """Handler thread: PONG with the exact ``payload`` bytes (#4), unless closing.
@@ -288,14 +331,16 @@ class Connection:
         if payload == self._ping_payload:
             self._ping_sent_at = self._ping_payload = None
 
-    def echo_close(self, payload: bytes) -> bool:
-        """Handler thread: the peer's Close arrived; echo its code (an empty Close empty).
+    def close_received(self, code: int, reason: str) -> bool:
+        """Handler thread: the peer's Close arrived (``code`` 1005: it had none); record it and
+        echo its code (an empty Close empty).
 
         Returns:
             True if the peer started the closing handshake (we echoed), False if it answered
             our own Close (then the server ends the TCP connection first, RFC 6455 7.1.1).
         """
-        if not self._queue_close(payload[:2]):
+        self._close_code, self._close_reason = code, reason
+        if not self._queue_close(b"" if code == 1005 else close_payload(code, "")):
             return False
         self._flush_close()
         return True
@@ -303,5 +348,30 @@ class Connection:
     def fail(self, code: int, reason: str) -> None:
         """Handler thread: fail the connection with a Close ``code`` (unless closing already)."""
         if self._queue_close(close_payload(code, reason)):
-            self.sent_close_code = code
+            self._sent_close_code = code
             self._flush_close()
+
+    # Log lines about the connection
+
+    def log(self, log: logging.Logger, level: int, msg: str, *args: Any) -> None:
+        """``log.log(level, msg, *args)`` through the log budget of the connection's address.
+
+        Any thread. The first line decides for the connection's whole life: when its address
+        has used its budget (a burst, then about one connection a second; see
+        :class:`~camstream.ratelimit.KeyedLogBudget`) this line and every later one of the
+        connection are left out, and the next connection of the address that is logged says
+        how many were. A connect/close storm from one address so costs a bounded number of
+        lines, and each connection is logged whole (opened and closed) or not at all.
+        """
+        if not log.isEnabledFor(level):
+            return
+        with self._state_lock:
+            if self._logged is None:
+                skipped = 0 if self._client_log is None else self._client_log.admit(self.address)
+                self._logged = skipped is not None
+                if skipped:
+                    msg = msg + " (%d more connections from %s not logged)"
+                    args = (*args, skipped, logs.printable(self.address))
+            logged = self._logged
+        if logged:
+            log.log(level, msg, *args, stacklevel=2)

@@ -23,6 +23,7 @@ from .. import logs
 from ..errors import ConnectionClosedError
 from ..ratelimit import LogBudget
 from .application import Application
+from .budget import TOO_MANY_MESSAGES
 from .connection import Connection
 from .exchange import HttpExchange
 from .frames import (
@@ -80,7 +81,7 @@ class HandlerHost(Protocol):
         """Unregister, then ``on_close`` (only after ``on_open``)."""
 
 
-class WebSocketHandler(BaseHandler):  # type: ignore[misc]
+class WebSocketHandler(BaseHandler):
     """Serves one accepted socket in its own thread (created by socketserver per connection)."""
 
     server: HandlerHost
@@ -189,7 +190,7 @@ class WebSocketHandler(BaseHandler):  # type: ignore[misc]
                 pass
         finally:
             self._method = parser.method
-        return parser.request(tuple(self.client_address[:2]))  # type: ignore[arg-type]
+        return parser.request(tuple(self.client_address[:2]))
 
     def _respond_error(self, status: int, message: str, headers: Mapping[str, str]) -> None:
         """Send an error response, then half-close and drain briefly so the client reads it."""
@@ -226,7 +227,8 @@ class WebSocketHandler(BaseHandler):  # type: ignore[misc]
                 return
             key, subprotocol = check_upgrade(request, server.subprotocols)
         except HttpError as err:
-            logger.debug("%s: refused with %d: %s", self._name, err.status, err.message)
+            logger.debug("%s: refused with %d: %s", self._name, err.status,
+                         logs.printable(err.message))
             self._respond_error(err.status, err.message, err.headers)
             return
         try:
@@ -234,7 +236,7 @@ class WebSocketHandler(BaseHandler):  # type: ignore[misc]
         except HandshakeRejected as rej:
             _refusal_log.log(
                 logger, logging.INFO, "%s: %s refused with %d: %s",
-                self._name, request.path, rej.status, rej.message,
+                self._name, logs.printable(request.path), rej.status, logs.printable(rej.message),
             )
             self._respond_error(
                 rej.status, rej.message or http.HTTPStatus(rej.status).phrase, rej.headers
@@ -252,10 +254,11 @@ class WebSocketHandler(BaseHandler):  # type: ignore[misc]
         # From here on reads block forever (the keepalive detects dead peers) and writes are
         # bounded by the watchdog: a socket timeout would break both (#13).
         self.request.settimeout(None)
-        link.deadline = None
+        link.set_deadline(None)
         self.keep_alive = True
         self.ws = conn = server.open_connection(link, request, subprotocol)
-        logger.debug("%s: open from %s, path %s", self._name, request.remote_address, request.path)
+        logger.debug("%s: open from %s, path %s", self._name, request.remote_address,
+                     logs.printable(request.path))
         conn.mark_opened()
         self._dispatch(server.app.on_open, conn)
 
@@ -263,7 +266,7 @@ class WebSocketHandler(BaseHandler):  # type: ignore[misc]
         link = self._link
         assert link is not None
         self.request.settimeout(None)  # writes are bounded by the watchdog
-        link.deadline = None
+        link.set_deadline(None)
         exchange = HttpExchange(link, request)
         try:
             self.server.app.on_http(exchange)
@@ -301,10 +304,15 @@ class WebSocketHandler(BaseHandler):  # type: ignore[misc]
             fin, opcode, payload = read_frame(
                 self._read_exact, self.server.max_message_size, self._messages.buffered
             )
-            if not conn.frame_received(opcode):
-                _refusal_log.log(logger, logging.INFO, "%s: closing, more than %g messages/s",
-                                 self._name, conn.message_rate)
-                raise ProtocolError(1008, "too many messages")
+            refusal, wait = conn.frame_received(opcode, len(payload))
+            if refusal is not None:
+                limits = conn.limits
+                rate = (f"{limits.message_rate:g} messages/s" if refusal == TOO_MANY_MESSAGES
+                        else f"{limits.byte_rate:g} bytes/s")
+                _refusal_log.log(logger, logging.INFO, "%s: closing with 1008, more than %s",
+                                 self._name, rate)
+                raise ProtocolError(1008, refusal)
+            conn.wait(wait)  # the address's turn: its connections share one budget
             if opcode == OP_CLOSE:
                 self._on_close_frame(conn, payload)
             elif opcode == OP_PING:
@@ -332,15 +340,15 @@ class WebSocketHandler(BaseHandler):  # type: ignore[misc]
 
     def _on_close_frame(self, conn: Connection, payload: bytes) -> None:
         code, reason = parse_close(payload)
-        conn.close_code, conn.close_reason = code, reason
         self.keep_alive = False
-        initiated = conn.echo_close(payload)
+        initiated = conn.close_received(code, reason)
         how = "closed by peer" if initiated else "peer answered our Close"
-        logger.debug("%s: %s with %d %r", self._name, how, code, reason)
+        logger.debug("%s: %s with %d %s", self._name, how, code, logs.printable(reason))
 
     def _fail(self, conn: Connection, code: int, reason: str) -> None:
         """Fail the connection: Close with ``code``, then discard input until EOF or deadline."""
-        logger.debug("%s: protocol error, closing with %d: %s", self._name, code, reason)
+        logger.debug("%s: protocol error, closing with %d: %s", self._name, code,
+                     logs.printable(reason))
         self.keep_alive = False
         conn.fail(code, reason)
         # Lingering close; the watchdog shuts the socket down at the closing deadline.

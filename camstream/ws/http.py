@@ -27,6 +27,8 @@ __all__ = [
 
 TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 """An HTTP token (RFC 9110 section 5.6.2): method and header names."""
+_CTL_IN_TARGET = re.compile(r"[\x00-\x20\x7f]")  # no control character or space in a target
+_BAD_IN_VALUE = re.compile(r"[\x00\r\n]")  # RFC 9110 5.5: a field value never has CR, LF, NUL
 
 
 class Headers(Mapping[str, str]):
@@ -179,11 +181,13 @@ class RequestParser:
         """Take the request line.
 
         Raises:
-            HttpError: 400 for a malformed request line.
+            HttpError: 400 for a malformed request line, or a control character in the target.
         """
         parts = line.split(" ")
         if len(parts) != 3 or not TOKEN.fullmatch(parts[0]) or not parts[2].startswith("HTTP/"):
             raise HttpError(400, "malformed request line")
+        if _CTL_IN_TARGET.search(parts[1]):  # a bare CR or ESC: a forged log line in the making
+            raise HttpError(400, "control character in the request target")
         self.method, self._target, self._version = parts
 
     def feed_header_line(self, line: str) -> bool:
@@ -197,7 +201,7 @@ class RequestParser:
         if len(self._items) >= self.max_headers:
             raise HttpError(431, "too many header lines")
         name, sep, value = line.partition(":")
-        if not sep or not TOKEN.fullmatch(name):
+        if not sep or not TOKEN.fullmatch(name) or _BAD_IN_VALUE.search(value):
             raise HttpError(400, "malformed header line")
         self._items.append((name, value.strip(" \t")))
         return False

@@ -71,6 +71,12 @@ class Link:
         self.done = threading.Event()  # set when the handler thread has cleaned up
         self.owner = threading.current_thread()  # the handler thread (it creates the link)
 
+    def set_deadline(self, when: float | None) -> None:
+        """Arm (a ``time.monotonic()`` value) or clear (None) the deadline the watchdog
+        enforces: the handshake's, then the closing handshake's. Only the transport's phase
+        changes call it (accept, request line, open, Close queued)."""
+        self.deadline = when
+
     def sendall(self, *chunks: bytes | bytearray | memoryview) -> None:
         """Write ``chunks`` completely; the caller holds :attr:`send_lock`.
 

@@ -3,9 +3,9 @@
 :class:`WebSocketServer` keeps websocket-server's ``socketserver`` plumbing (one daemon handler
 thread per accepted socket, :class:`~camstream.ws.handler.WebSocketHandler`) and replaces its
 constructor, lifecycle and bookkeeping. Admission (the accepting thread, before a socket costs a
-thread): a cap on connections in all, per client address, and on those that have not shown the
-application's credential; when full, the connection that has waited longest for its request is
-shed (see :meth:`WebSocketServer.verify_request`).
+thread) is :class:`~camstream.ws.admission.Admission`: a cap on connections in all, per client
+address, and on those that have not shown the application's credential; a refused socket is
+answered 503 (within a small budget).
 """
 
 from __future__ import annotations
@@ -17,16 +17,18 @@ import ssl
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from .. import logs
 from ..errors import ConfigError, ServerError
-from .admission import Slot, counted_form
+from ..ratelimit import KeyedLogBudget
+from .admission import Admission
 from .application import Application
+from .budget import AddressBudgets, AddressRates, frame_cost
 from .connection import Connection
 from .handler import WebSocketHandler
-from .http import HttpError, Request
+from .http import Request
 from .limits import Limits
 from .link import Link
 from .upstream import BaseServer
@@ -36,28 +38,38 @@ __all__ = ["WebSocketServer"]
 
 logger = logs.get_logger(__name__)
 
-_EVICTION_SLACK = 16  # shed connections may overlap new ones by this many until they are gone
 
-
-class WebSocketServer(BaseServer):  # type: ignore[misc]
+class WebSocketServer(BaseServer):
     """A threaded WebSocket server for :class:`Application` ``app``.
 
     Binds in ``__init__`` (port 0 picks a free port; ``"::"``/``"::1"`` listen on IPv6) and starts
     the watchdog thread. Run :meth:`serve_forever` in a thread of your own; stop with
     :meth:`shutdown`, :meth:`close_all`, :meth:`server_close`, in that order.
 
-    Admission (see :meth:`verify_request`): ``max_connections`` sockets in all (each costs a
-    thread), ``max_connections_per_address`` per :meth:`counted_address` (None: no limit), and
-    the last ``reserved_connections`` of them only for requests the application calls
-    :meth:`Application.authenticated`. ``first_line_timeout`` (default: ``handshake_timeout``)
-    bounds the time from accept to the request line, ``handshake_timeout`` to the end of the
-    request head (TLS handshake included).
+    Admission (see :class:`~camstream.ws.admission.Admission`): ``max_connections`` sockets in
+    all (each costs a thread); ``max_connections_per_address`` per client address (None: no
+    limit), which holds for remote clients only: loopback clients are this machine and are not
+    counted (unless ``exempt_loopback`` is False), so any number of local viewers fits within
+    the caps in all. Remote clients behind one NAT (a classroom, an office) or one proxy share an
+    address and so share this limit: raise it for them, or list the proxy as trusted. The last
+    ``reserved_connections`` places are only for requests the application calls
+    :meth:`Application.authenticated`. A refused socket is answered 503 with ``Retry-After``
+    and a reason (within a small budget of answers; past it, closed), and logged at WARNING
+    (rate-limited) with what lifts the limit (``lifted_by`` names the application's options for
+    ``max_connections`` / ``max_connections_per_address``).
+    ``first_line_timeout`` (default: ``handshake_timeout``) bounds the time from accept to the
+    request line, ``handshake_timeout`` to the end of the request head (TLS handshake included).
 
-    Limits on what one client may send: ``max_message_size`` bytes a message (1009 beyond),
-    and, if ``message_rate`` is set, ``message_rate`` frames a second on average with bursts
-    of ``message_burst`` (default twice the rate). Every frame but Close counts: text, binary
-    and continuation frames as well as ping and pong, so a ping flood is closed with 1008
-    exactly like a message flood.
+    Limits on what one client may send: ``max_message_size`` bytes a message (1009 beyond);
+    if ``message_rate`` is set, ``message_rate`` messages a second on average with bursts of
+    ``message_burst`` (default twice the rate), where a message costs one however many
+    fragments it comes in (at most 1024) and each ping and pong costs one on its own; if
+    ``byte_rate`` is set, ``byte_rate`` bytes a second with bursts of ``byte_burst`` (default
+    four times the rate, and at least one largest message), each frame counted whole and at
+    least 64 bytes. Past either, the connection is closed with 1008. ``address_rates`` (None:
+    none) is a budget of messages and bytes that all connections of one client address share
+    (loopback included); past it, their readers wait their turn (TCP backpressure) instead of
+    being closed, so many connections cost no more than a few.
 
     Raises:
         ServerError: the address is in use or cannot be bound.
@@ -99,6 +111,11 @@ class WebSocketServer(BaseServer):  # type: ignore[misc]
         first_line_timeout: float | None = None,
         message_rate: float | None = None,
         message_burst: float | None = None,
+        byte_rate: float | None = None,
+        byte_burst: float | None = None,
+        address_rates: AddressRates | None = None,
+        exempt_loopback: bool = True,
+        lifted_by: Mapping[str, str] | None = None,
     ) -> None:
         if ssl_context is not None and not isinstance(ssl_context, ssl.SSLContext):
             raise ConfigError("ssl_context must be an ssl.SSLContext (see make_ssl_context)")
@@ -156,17 +173,25 @@ class WebSocketServer(BaseServer):  # type: ignore[misc]
         self.reserved_connections = reserved_connections
         self.first_line_timeout = min(first_line_timeout, handshake_timeout)
         self._log_label = logs.current()  # handler threads log with it (camstream.logs)
-        self._slots: dict[Any, Slot] = {}  # accepted socket -> its admission record
-        self._per_address: dict[str, int] = {}
-        self._anonymous = 0  # accepted connections not (yet) known to be authenticated
-        self._admission_counts = {"refused_full": 0, "refused_per_address": 0, "evicted": 0}
+        self.admission = Admission(
+            max_connections=max_connections, max_connections_per_address=per_address,
+            reserved_connections=reserved_connections,
+            is_trusted_proxy=app.is_trusted_proxy, exempt_loopback=exempt_loopback,
+            lifted_by=lifted_by,
+        )
         if message_rate is not None and not message_rate > 0:
             raise ConfigError(f"message_rate must be > 0, not {message_rate!r}")
         self.message_rate = message_rate
         self.message_burst = 2 * (message_rate or 0) if message_burst is None else message_burst
         if message_rate is not None and not self.message_burst >= 1:
             raise ConfigError(f"message_burst must be at least 1, not {message_burst!r}")
-        self._active = 0  # accepted sockets whose handler thread has not finished
+        if byte_rate is not None and not byte_rate > 0:
+            raise ConfigError(f"byte_rate must be > 0, not {byte_rate!r}")
+        # A burst holds at least one largest message, else such a message could never pass.
+        byte_burst = max(4 * (byte_rate or 0) if byte_burst is None else byte_burst,
+                         frame_cost(max_message_size))
+        self._address_budgets = AddressBudgets(address_rates or AddressRates())
+        self._client_log = KeyedLogBudget()  # per-connection log lines of one address
         self.request_queue_size = backlog  # socketserver's default of 5 drops connect bursts (#16)
         self.address_family = socket.AF_INET6 if ":" in host else socket.AF_INET
         self.host, self.key, self.cert = host, None, None  # base attributes; never TLS via key/cert
@@ -175,6 +200,8 @@ class WebSocketServer(BaseServer):  # type: ignore[misc]
             close_timeout=close_timeout,
             message_rate=self.message_rate,
             message_burst=self.message_burst,
+            byte_rate=byte_rate,
+            byte_burst=byte_burst,
         )
         self._lock = threading.Lock()  # guards the registry, id_counter and serve state (#14)
         self._connections: dict[int, Connection] = {}
@@ -298,128 +325,40 @@ class WebSocketServer(BaseServer):  # type: ignore[misc]
 
     # -- Admission -----------------------------------------------------------------------------
 
-    def counted_address(self, client_address: Any) -> str | None:
-        """The address a connection from ``client_address`` counts against, or None if exempt.
-
-        The single place that decides it at accept time: the TCP peer's IP address (see
-        :func:`counted_form`). Peers the application calls trusted proxies (an optional
-        ``is_trusted_proxy(address) -> bool`` method) are exempt here: their connections carry
-        many clients, each counted by its own address once the request is read (see
-        :meth:`request_read`).
-        """
-        peer = str(client_address[0]) if isinstance(client_address, tuple) else ""
-        is_trusted_proxy = getattr(self.app, "is_trusted_proxy", None)
-        if peer and is_trusted_proxy is not None and is_trusted_proxy(peer):
-            return None
-        return counted_form(peer) if peer else str(client_address)
-
     def verify_request(self, request: Any, client_address: Any) -> bool:
-        """Accepting thread: admit a socket before it costs a thread, or refuse it.
-
-        Each connection costs a thread from accept on, before any token or ``max_clients`` check
-        can run. Rules, in order:
-
-        * at most ``max_connections_per_address`` connections per :meth:`counted_address`;
-        * at most ``max_connections`` in all, and at most ``max_connections -
-          reserved_connections`` that have not shown the credential (so the last
-          ``reserved_connections`` places are for :meth:`Application.authenticated` requests);
-        * when either cap is reached, the connection that has waited longest without sending
-          its whole request is shed to make room (a new client is admitted at the cost of the
-          stalest half-open one); if there is none, the new socket is refused.
-        """
-        address = self.counted_address(client_address)
-        victim: Slot | None = None
-        with self._lock:
-            per_address = self.max_connections_per_address
-            if address is not None and per_address is not None and (
-                self._per_address.get(address, 0) >= per_address
-            ):
-                self._admission_counts["refused_per_address"] += 1
-                logger.debug("refusing %s: %d connections from %s", client_address, per_address,
-                             address)
-                return False
-            full = self._active >= self.max_connections
-            crowded = self._anonymous >= self.max_connections - self.reserved_connections
-            if full or crowded:
-                victim = self._stalest_pending_locked()
-                if victim is None or self._active >= self.max_connections + _EVICTION_SLACK:
-                    self._admission_counts["refused_full"] += 1
-                    logger.debug("refusing %s: %d connections open", client_address, self._active)
-                    return False
-                victim.evicted = True
-                self._admission_counts["evicted"] += 1
-            self._slots[request] = Slot(address, time.monotonic())
-            self._active += 1
-            self._anonymous += 1
-            if address is not None:
-                self._per_address[address] = self._per_address.get(address, 0) + 1
+        """Accepting thread: admit a socket before it costs a thread, or refuse it (see
+        :meth:`Admission.admit`; a refused socket admitted here only gets its 503 answer)."""
+        serve, victim = self.admission.admit(request, client_address)
         if victim is not None:
-            logger.debug("shedding a connection still in its handshake to admit %s",
-                         client_address)
-            assert victim.link is not None
-            victim.link.abort()
-        return True
+            victim.abort()
+        return serve
 
     def admission_stats(self) -> dict[str, int]:
         """Counters of the admission rules: open connections, those without the credential,
-        and how many sockets were refused (cap, per address) or shed (stalest handshake)."""
-        with self._lock:
-            return {
-                "open": self._active,
-                "anonymous": self._anonymous,
-                **self._admission_counts,
-            }
-
-    def _stalest_pending_locked(self) -> Slot | None:
-        """The registered connection that has waited longest for its request, if any."""
-        stalest: Slot | None = None
-        for slot in self._slots.values():
-            if slot.pending and not slot.evicted and slot.link is not None and (
-                stalest is None or slot.accepted < stalest.accepted
-            ):
-                stalest = slot
-        return stalest
+        sockets refused (cap, per address; how many were answered 503) or shed (stalest
+        handshake)."""
+        return self.admission.stats()
 
     def first_line_read(self, link: Link) -> None:
         """Handler thread: the request line is in; the rest of the handshake gets longer."""
-        with self._lock:
-            slot = self._slots.get(link.sock)
+        slot = self.admission.slot(link.sock)
         if slot is not None and link.deadline is not None:
-            link.deadline = slot.accepted + self.handshake_timeout
+            link.set_deadline(slot.accepted + self.handshake_timeout)
 
     def request_read(self, link: Link, request: Request) -> None:
         """Handler thread: the request head is in; it may now use the reserved places.
 
         A connection from a trusted proxy (exempt at accept time) now counts against the
-        address of the client it carries, if the application names it (an optional
-        ``client_address(request) -> str | None`` method, e.g. from ``X-Forwarded-For``).
+        address of the client it carries, as :meth:`Application.client_address` names it.
 
         Raises:
-            HttpError: 503, that client already holds ``max_connections_per_address``.
+            HttpError: 503, the socket was refused at accept, or the client a trusted proxy
+                carries already holds ``max_connections_per_address``.
         """
-        authenticated = bool(getattr(self.app, "authenticated", lambda _r: False)(request))
-        client_address = getattr(self.app, "client_address", None)
-        with self._lock:
-            slot = self._slots.get(link.sock)
-            exempt = slot is not None and slot.address is None
-        carried = client_address(request) if exempt and client_address is not None else None
-        carried = counted_form(carried) if carried else None
-        with self._lock:
-            if slot is None or self._slots.get(link.sock) is not slot:
-                return
-            slot.pending = False
-            if authenticated and not slot.authenticated:
-                slot.authenticated = True
-                self._anonymous -= 1
-            per_address = self.max_connections_per_address
-            if carried is not None and per_address is not None:
-                if self._per_address.get(carried, 0) >= per_address:
-                    self._admission_counts["refused_per_address"] += 1
-                    raise HttpError(
-                        503, "too many connections from this client", {"Retry-After": "5"}
-                    )
-                slot.address = carried
-                self._per_address[carried] = self._per_address.get(carried, 0) + 1
+        app = self.app
+        self.admission.request_read(
+            link.sock, lambda: app.authenticated(request), lambda: app.client_address(request)
+        )
 
     def process_request(self, request: Any, client_address: Any) -> None:
         try:
@@ -436,36 +375,29 @@ class WebSocketServer(BaseServer):  # type: ignore[misc]
             self._connection_done(request)
 
     def _connection_done(self, request: Any) -> None:
-        with self._lock:
-            self._active -= 1
-            slot = self._slots.pop(request, None)
-            if slot is None:
-                return
-            if not slot.authenticated:
-                self._anonymous -= 1
-            if slot.address is not None:
-                left = self._per_address.pop(slot.address, 1) - 1
-                if left > 0:
-                    self._per_address[slot.address] = left
+        self.admission.done(request)
 
     # -- Registry ------------------------------------------------------------------------------
 
     def add_link(self, sock: socket.socket) -> Link:
         """Handler thread: register the accepted (raw) socket; its first-line deadline runs."""
+        link = Link(sock, time.monotonic() + self.first_line_timeout)
+        link.set_deadline(self.admission.attach(sock, link) + self.first_line_timeout)
         with self._lock:
-            slot = self._slots.get(sock)
-            accepted = slot.accepted if slot is not None else time.monotonic()
-            link = Link(sock, accepted + self.first_line_timeout)
-            if slot is not None:
-                slot.link = link
             self._links[link] = None
         return link
 
     def open_connection(self, link: Link, request: Request, subprotocol: str | None) -> Connection:
         """Handler thread: the 101 was sent; create and register the connection."""
+        slot = self.admission.slot(link.sock)
+        address = slot.client if slot is not None else str(request.remote_address[0])
+        budget = self._address_budgets.acquire(address)
         with self._lock:
             self.id_counter += 1
-            conn = Connection(link, request, subprotocol, self.id_counter, self.limits)
+            conn = Connection(
+                link, request, subprotocol, self.id_counter, self.limits, address=address,
+                address_budget=budget, client_log=self._client_log,
+            )
             self._links[link] = conn
             self._connections[conn.id] = conn
         return conn
@@ -476,6 +408,8 @@ class WebSocketServer(BaseServer):  # type: ignore[misc]
             conn = self._links.pop(link, None)
             if conn is not None:
                 self._connections.pop(conn.id, None)
+        if conn is not None:
+            self._address_budgets.release(conn.address)
         try:
             if conn is not None and conn.opened:
                 logger.debug("connection %d: closed, code %s", conn.id, conn.close_code)
