@@ -22,7 +22,13 @@ from . import protocol
 from .capture.sources import check_fps
 from .errors import ConfigError
 
-__all__ = ["check_streamer_options", "no_limit"]
+__all__ = ["FULL_REMEDY", "check_streamer_options", "no_limit"]
+
+FULL_REMEDY = (
+    "server full: every max_clients place is taken (WebSocket and MJPEG viewers together); "
+    "raise --max-clients / Streamer(max_clients=...), 0 for no limit"
+)
+"""What a refusal for ``max_clients`` logs: what lifts it."""
 
 _N = TypeVar("_N", int, float)
 _MAX_NAME = 64  # characters of a Streamer's name (it starts every log line)

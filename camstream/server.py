@@ -28,7 +28,7 @@ from .delivery.registry import Admission, ViewerRegistry
 from .delivery.session import ClientSession, ClientSettings
 from .greeting import Greeting, start_line
 from .interfaces import interface_addresses, is_wildcard
-from .options import check_streamer_options, no_limit
+from .options import FULL_REMEDY, check_streamer_options, no_limit
 from .protocol import CloseCode
 from .ratelimit import LogBudget
 from .sigterm import Terminated, stop_on_sigterm
@@ -480,6 +480,8 @@ class Streamer:
             conn.close(CloseCode.GOING_AWAY, "server shutting down")
             return
         if admission is Admission.FULL:
+            _refusal_log.log(logger, logging.WARNING, "refusing client %s from %s: %s",
+                             conn.id, self._policy.describe(conn.request), FULL_REMEDY)
             conn.close(CloseCode.TRY_AGAIN_LATER, "server full, try again later")
             return
         conn.session = session

@@ -76,3 +76,16 @@ def test_refusal_lines_are_rate_limited(streamer_factory, caplog) -> None:
     lines = warnings_of(caplog)
     assert len(lines) <= 12, len(lines)  # a burst of about 10, then about one a second
     assert streamer.stats()["http"]["refused"] == 40  # every one counted
+
+
+def test_a_full_server_says_which_option_makes_room(streamer_factory, caplog) -> None:
+    caplog.set_level(logging.WARNING, logger="camstream")
+    streamer = streamer_factory("test", width=32, height=24, max_clients=1)
+    with RawClient(streamer.port, timeout=TIMEOUT) as first:
+        first.handshake("/")
+        with RawClient(streamer.port, timeout=TIMEOUT) as second:
+            second.handshake("/")
+            assert second.recv_close() == (1013, b"server full, try again later")
+        assert get(streamer.port, "/stream.mjpg").status == 503
+    lines = warnings_of(caplog)
+    assert len(lines) == 2 and all("--max-clients" in line for line in lines), lines

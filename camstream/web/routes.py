@@ -69,6 +69,7 @@ from ..capture.frame import Frame
 from ..delivery.encoder import EncodeBudgetExceeded, EncodeCache, Variant
 from ..delivery.mjpeg import BOUNDARY, MjpegStream
 from ..delivery.registry import Admission, ViewerRegistry
+from ..options import FULL_REMEDY
 from ..ratelimit import LogBudget
 from ..ws import HttpExchange, Request
 from . import headers
@@ -357,7 +358,8 @@ class HttpRoutes:
                 return
             if admission is Admission.FULL:
                 self._count("mjpeg_full")
-                logger.info("MJPEG client from %s refused: server full", address)
+                _refusal_log.log(logger, logging.WARNING, "MJPEG client from %s refused: %s",
+                                 self._policy.describe(exchange.request), FULL_REMEDY)
                 exchange.send_response(
                     503,
                     b"server full, try again later\n",
