@@ -7,7 +7,8 @@ connection's own handler thread (one thread per connection, see ``transport``):
 ``/``                     the viewer page (``static/viewer.html``): one self-contained HTML file
                           that connects to the WebSocket on the same host and port
 ``/snapshot.jpg``         the newest frame as one JPEG (``quality``, ``width``, ``height``,
-                          ``max_bytes``); 503 if no frame arrives within two seconds
+                          ``max_bytes``); 503 if no frame arrives within two seconds, or when
+                          the server will not encode it now (below)
 ``/stream.mjpg``          ``multipart/x-mixed-replace`` MJPEG for ``<img>``, VLC, OBS, Home
                           Assistant and ``cv2.VideoCapture`` (``fps`` as well as the above);
                           each part has ``Content-Type``, ``Content-Length`` and ``X-Timestamp``
@@ -21,8 +22,16 @@ anything else             404
 
 Query parameters mean what they mean for WebSocket viewers (``PROTOCOL.md``); unknown ones are
 ignored, a bad value is answered with 400 and the reason. GET and HEAD are served (HEAD gets the
-headers GET would get; for ``/stream.mjpg`` the multipart headers, then the response ends); the
-transport answers other methods with 405.
+headers GET would get; for ``/stream.mjpg`` the multipart headers, then the response ends);
+OPTIONS on the frame endpoints is a CORS preflight (:mod:`.headers`); the transport answers
+other methods with 405.
+
+**Snapshots are bounded work.** A snapshot that needs an encode (a size or quality of its own;
+with ``max_bytes`` a search of several) waits for the one snapshot place, at most
+``_SNAPSHOT_WAIT_S``; the encode counts against the encode budget. Past either, 503 with
+``Retry-After: 1`` and why, logged rate-limited. A JPEG already made (the default variant while
+anyone watches, the source's own) needs no place. The response is written after the place is
+given back, so a slow reader holds none.
 
 Access rules: ``/snapshot.jpg``, ``/stream.mjpg`` and ``/stats.json`` follow the WebSocket rules
 (:class:`~camstream.web.policy.AccessPolicy`): a missing or wrong token is answered with 401 and
@@ -32,13 +41,15 @@ marks as made by a page of another site (``Sec-Fetch-Site: cross-site`` or ``sam
 an ``<img>`` on another page, which sends no Origin) unless the Streamer allows other origins.
 Their responses carry ``Cross-Origin-Resource-Policy: same-origin`` (``cross-origin`` when other
 origins are allowed), so browsers that send no ``Sec-Fetch-Site`` still keep frames from other
-pages. **The viewer page is served to
-everyone**: it is the same static file for every caller and holds no frame, no setting and no
-secret. It reads the token from its own URL (``/?token=X``) and hands it to the WebSocket, which
-enforces the rules, so a visitor without the right token gets a page that says why it was refused
-(close code 1008, ``token required`` / ``invalid token``) instead of a bare 401. The page is sent
-with a Content-Security-Policy under which it loads nothing from elsewhere, and with ``Referrer-
-Policy: no-referrer`` so the token in its URL is never passed on.
+pages, and CORS headers for pages of allowed origins (:mod:`.headers`).
+
+**The viewer page is served to everyone**: it is the same static file for every caller and holds no
+frame, no setting and no secret. It reads the token from its own URL (``/?token=X``) and hands it to
+the WebSocket, which enforces the rules, so a visitor without the right token gets a page that says
+why it was refused (close code 1008, ``token required`` / ``invalid token``) instead of a bare 401.
+The page is sent with a Content-Security-Policy under which it loads nothing from elsewhere and no
+other site may frame it, and with ``Referrer-Policy: no-referrer`` so the token in its URL is never
+passed on.
 
 Every MJPEG stream (:class:`~camstream.delivery.mjpeg.MjpegStream`) runs the loop of a WebSocket
 viewer
