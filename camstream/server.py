@@ -94,9 +94,11 @@ class Streamer:
             (default 2).
         max_message_size: the largest message a client may send, in bytes (default 4096: control
             messages need a few hundred; larger ones are closed with 1009).
-        max_connections_per_address: open connections one client address may hold (IPv6: one
-            /64; default 32); ``None`` or ``0``: no limit. Behind a reverse proxy every client
-            has the proxy's address: list it in ``trusted_proxies`` (exempt) or raise this.
+        max_connections_per_address: open connections one remote client address may hold
+            (IPv6: one /64; default 32; clients on this machine are not counted); ``None`` or
+            ``0``: no limit. Clients behind one NAT share an address: raise it for them. Behind
+            a reverse proxy list the proxy in ``trusted_proxies`` (then each client counts by
+            its forwarded address). Beyond it, connections are answered 503.
         trusted_proxies: addresses or CIDR networks of reverse proxies (nginx) whose
             ``X-Forwarded-For/-Proto/-Host`` or ``Forwarded`` headers are believed: for logs,
             ``stats()``, per-address limits, the Origin rule and the URLs camstream serves.
