@@ -17,6 +17,7 @@ from .capture.controls import CONTROLS
 from .capture.devices import BACKENDS, PIXEL_FORMATS
 from .capture.discovery import format_cameras, list_cameras
 from .errors import CamstreamError, ConfigError
+from .greeting import start_line
 from .opencv_wheels import OPENCV_WHEELS
 from .server import GODOT_MAX_MESSAGE, Streamer
 
@@ -77,7 +78,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     security.add_argument("--allow-origin", action="append", metavar="ORIGIN",
                           help="admit browser pages from this origin (repeatable)")
-    security.add_argument("--max-clients", type=int, help="most viewers at once (more get 1013)")
+    security.add_argument(
+        "--max-clients", type=int, metavar="N",
+        help="most viewers at once, WebSocket and MJPEG together (more get 1013 / 503; "
+        "default and 0: no limit)",
+    )
     security.add_argument(
         "--max-connections-per-address", type=int, default=32, metavar="N",
         help="connections one client address may hold (default 32; IPv6: per /64; 0: no "
@@ -117,7 +122,7 @@ def _make_streamer(args: argparse.Namespace, source: object) -> Streamer:
         pixel_format=args.pixel_format, backend=args.backend,
         camera_settings=args.camera_settings, token=args.token,
         allowed_origins=args.allow_origin, max_clients=args.max_clients,
-        max_connections_per_address=args.max_connections_per_address or None,
+        max_connections_per_address=args.max_connections_per_address,
         max_variants=args.max_variants, certfile=args.certfile, keyfile=args.keyfile,
         trusted_proxies=args.trusted_proxy,
     )
@@ -190,13 +195,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     streamer = None
     try:
         streamer = _start(args)
-        camera = streamer.camera
-        print(
-            f"camstream {__version__}: streaming {describe_source(camera.source)} "
-            f"{camera.width}x{camera.height} at {camera.fps:g} fps on {streamer.url} "
-            f"(Ctrl+C to stop)",
-            flush=True,
-        )
+        print(start_line(streamer), flush=True)
         streamer.serve_forever()
     except ConfigError as exc:
         print(f"camstream: error: {_with_option_names(str(exc), parser)}", file=sys.stderr)

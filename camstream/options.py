@@ -3,17 +3,35 @@
 Each failure is a :class:`~camstream.errors.ConfigError` whose message starts with the option's
 name as the user wrote it (``send_timeout must be ...``), so a mistake is caught where it is
 made, not when the server starts.
+
+**One meaning for 0.** Every option where ``None`` means "no limit" (or "off") takes ``0`` for
+the same, in the API as on the command line: ``max_bytes``, ``max_clients``,
+``max_connections_per_address`` (``0``: no limit) and ``ping_interval`` (``0``: no pings).
+:func:`no_limit` turns such a ``0`` into ``None``. Where 0 is a value of its own (``port=0``:
+any free port; ``max_variants=0``: the default variant only) it keeps that meaning; where it
+makes no sense (a quality, a rate, a timeout, a size) it is refused with the same message from
+``Streamer(...)`` and from the ``camstream`` command.
 """
 
 from __future__ import annotations
 
 import math
+from typing import TypeVar
 
 from . import protocol
 from .capture.sources import check_fps
 from .errors import ConfigError
 
-__all__ = ["check_streamer_options"]
+__all__ = ["FULL_REMEDY", "check_streamer_options", "no_limit"]
+
+FULL_REMEDY = (
+    "server full: every max_clients place is taken (WebSocket and MJPEG viewers together); "
+    "raise --max-clients / Streamer(max_clients=...), 0 for no limit"
+)
+"""What a refusal for ``max_clients`` logs: what lifts it."""
+
+_N = TypeVar("_N", int, float)
+_MAX_NAME = 64  # characters of a Streamer's name (it starts every log line)
 
 
 def check_streamer_options(
@@ -22,7 +40,7 @@ def check_streamer_options(
     max_bytes: int | None, max_variants: int, max_encodes_per_s: float | None,
     send_timeout: float, ping_interval: float | None, ping_timeout: float,
     handshake_timeout: float, first_line_timeout: float, max_message_size: int,
-    max_connections_per_address: int | None, host: str,
+    max_connections_per_address: int | None, host: str, name: str | None = None,
 ) -> None:
     """Raise :class:`ConfigError` naming the first :class:`Streamer` argument out of range."""
     if not isinstance(host, str):
@@ -30,7 +48,7 @@ def check_streamer_options(
     _check_int("quality", quality, 1, 100)
     check_fps(fps)
     if max_clients is not None:
-        _check_int("max_clients", max_clients, 1, None, "at least 1")
+        _check_int("max_clients", max_clients, 0, None, "at least 1 (0: no limit)")
     _check_int("port", port, 0, 65535)
     if token is not None and (not isinstance(token, str) or not token):
         raise ConfigError("token must not be empty" if token == "" else
@@ -48,19 +66,35 @@ def check_streamer_options(
         _is_number(max_encodes_per_s) and 1 <= max_encodes_per_s <= 100_000
     ):
         raise ConfigError(f"max_encodes_per_s must be 1-100000, not {max_encodes_per_s}")
-    for name, seconds in (
+    if ping_interval is not None and not (_is_number(ping_interval) and ping_interval == 0):
+        if not _is_number(ping_interval) or not 0 < ping_interval <= 86_400:
+            raise ConfigError(
+                f"ping_interval must be seconds above 0 (at most 86400; 0: no pings), "
+                f"not {ping_interval!r}"
+            )
+    for option, seconds in (
         ("send_timeout", send_timeout),
-        ("ping_interval", 1.0 if ping_interval is None else ping_interval),
         ("ping_timeout", ping_timeout),
         ("handshake_timeout", handshake_timeout),
         ("first_line_timeout", first_line_timeout),
     ):
         if not _is_number(seconds) or not 0 < seconds <= 86_400:
-            raise ConfigError(f"{name} must be seconds above 0 (at most 86400), not {seconds!r}")
+            raise ConfigError(
+                f"{option} must be seconds above 0 (at most 86400), not {seconds!r}"
+            )
     _check_int("max_message_size", max_message_size, 1, 2**31 - 1)
     if max_connections_per_address is not None:
-        _check_int("max_connections_per_address", max_connections_per_address, 1, None,
-                   "a positive integer")
+        _check_int("max_connections_per_address", max_connections_per_address, 0, None,
+                   "a positive integer (0: no limit)")
+    if name is not None and not (
+        isinstance(name, str) and 0 < len(name) <= _MAX_NAME and name.isprintable()
+    ):
+        raise ConfigError(f"name must be 1-{_MAX_NAME} printable characters, not {name!r}")
+
+
+def no_limit(value: _N | None) -> _N | None:
+    """``None`` for ``0`` (the "no limit" / "off" spelling shared with the CLI), else ``value``."""
+    return None if value == 0 else value
 
 
 def _is_number(value: object) -> bool:

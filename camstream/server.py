@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import socket
 import threading
 import time
 from typing import Any, Iterable, Mapping
@@ -25,7 +26,9 @@ from .delivery.mjpeg import MjpegStream
 from .delivery.pacing import CounterRates
 from .delivery.registry import Admission, ViewerRegistry
 from .delivery.session import ClientSession, ClientSettings
-from .options import check_streamer_options
+from .greeting import Greeting, start_line
+from .interfaces import interface_addresses, is_wildcard
+from .options import FULL_REMEDY, check_streamer_options, no_limit
 from .protocol import CloseCode
 from .ratelimit import LogBudget
 from .sigterm import Terminated, stop_on_sigterm
@@ -78,22 +81,24 @@ class Streamer:
             admits only same-origin pages (Origin matching the Host header) and clients that
             send no Origin (Godot, Python); pages from other origins are closed with 1008.
         max_clients: more simultaneous viewers than this are closed with 1013 (default None:
-            no limit).
+            no limit; ``0`` means the same).
         certfile, keyfile: serve ``wss://`` with this certificate (PEM). TLS never falls back
             to plaintext; a bad file fails in the constructor.
         send_timeout: seconds a single frame may take to send before the viewer is dropped
             (default 5).
         ping_interval, ping_timeout: keepalive for idle connections, in seconds (default 20
-            and 20; ``ping_interval=None`` sends no pings).
+            and 20; ``ping_interval=None`` or ``0`` sends no pings).
         handshake_timeout: seconds from connect until the request head (and the TLS handshake)
             must be complete (default 5).
         first_line_timeout: seconds from connect until the request's first line must be in
             (default 2).
         max_message_size: the largest message a client may send, in bytes (default 4096: control
             messages need a few hundred; larger ones are closed with 1009).
-        max_connections_per_address: open connections one client address may hold (IPv6: one
-            /64; default 32); ``None``: no limit. Behind a reverse proxy every client has the
-            proxy's address: list it in ``trusted_proxies`` (exempt) or raise this.
+        max_connections_per_address: open connections one remote client address may hold
+            (IPv6: one /64; default 32; clients on this machine are not counted); ``None`` or
+            ``0``: no limit. Clients behind one NAT share an address: raise it for them. Behind
+            a reverse proxy list the proxy in ``trusted_proxies`` (then each client counts by
+            its forwarded address). Beyond it, connections are answered 503.
         trusted_proxies: addresses or CIDR networks of reverse proxies (nginx) whose
             ``X-Forwarded-For/-Proto/-Host`` or ``Forwarded`` headers are believed: for logs,
             ``stats()``, per-address limits, the Origin rule and the URLs camstream serves.
@@ -109,6 +114,9 @@ class Streamer:
         max_encodes_per_s: JPEG encodes a second for non-default variants and snapshots, all
             viewers together (default None: ``fps * (max_variants + 1)``); past it, frames are
             skipped.
+        name: a name for this Streamer's log lines (``[front door] client 3 connected``),
+            shown always. Default None: with several Streamers running in one process, each
+            line carries the Streamer's port instead (``[:8766] ...``); with one, nothing.
 
     Raises:
         ConfigError: an argument is out of range.
@@ -149,6 +157,7 @@ class Streamer:
         max_encodes_per_s: float | None = None,
         max_connections_per_address: int | None = 32,
         fast_fanout: bool = True,
+        name: str | None = None,
     ) -> None:
         check_streamer_options(
             quality=quality, fps=fps, max_clients=max_clients, port=port, token=token,
@@ -156,8 +165,12 @@ class Streamer:
             send_timeout=send_timeout, ping_interval=ping_interval, ping_timeout=ping_timeout,
             handshake_timeout=handshake_timeout, first_line_timeout=first_line_timeout,
             max_message_size=max_message_size,
-            max_connections_per_address=max_connections_per_address, host=host,
+            max_connections_per_address=max_connections_per_address, host=host, name=name,
         )
+        # 0 means "no limit" ("no pings") wherever None does, as on the command line.
+        max_clients = no_limit(max_clients)
+        max_connections_per_address = no_limit(max_connections_per_address)
+        ping_interval = no_limit(ping_interval)
         self._camera = CameraThread(
             source, width=width, height=height, fps=fps, loop=loop, pixel_format=pixel_format,
             backend=backend, camera_settings=camera_settings, capture_factory=capture_factory,
@@ -169,7 +182,7 @@ class Streamer:
             trusted_proxies=parse_trusted_proxies(trusted_proxies),
             tls=self._ssl_context is not None,
         )
-        self._max_bytes = max_bytes or None  # None: no limit
+        self._max_bytes = no_limit(max_bytes)  # None: no limit
         self._send_timeout = send_timeout
         self._cache = EncodeCache(
             default_quality=quality,
@@ -182,7 +195,7 @@ class Streamer:
         self._viewers: ViewerRegistry[ClientSession, MjpegStream] = ViewerRegistry(max_clients)
         self._rates = CounterRates()  # encodes and decodes per second
         # Log lines of this Streamer's threads carry its label when several run (camstream.logs).
-        self._label = logs.Label()
+        self._label = logs.Label(name or "", explicit=name is not None)
         with logs.bound(self._label):
             self._fanout = FanOut(self._camera, self._viewers.all) if fast_fanout else None
         self._stopped = threading.Event()
@@ -272,20 +285,32 @@ class Streamer:
             name="camstream-server", daemon=True,
         )
         self._serve_thread.start()
-        logger.info("serving %s on %s", describe_source(self._camera.source), self.url)
+        logger.info("serving %s on %s", describe_source(self._camera.source), ", ".join(self.urls))
         return self
 
-    def serve_forever(self) -> None:
+    def serve_forever(self, *, quiet: bool = False) -> None:
         """Start (if needed) and serve until :meth:`stop`, Ctrl+C or SIGTERM; then clean up.
 
         In the main thread, SIGTERM (``kill``, service managers, ``docker stop``) stops as
         cleanly as Ctrl+C: viewers get 1001 and the call returns. The previous SIGTERM handler
         is restored before it returns.
+
+        If the program has set up no logging (no handler on the ``camstream`` or the root
+        logger), it writes the start line (source, size, rate, URLs) and camstream's warnings
+        to stderr while it runs, as the ``camstream`` command does; ``quiet=True`` keeps it
+        silent (:mod:`camstream.greeting`). :meth:`start` and ``with Streamer(...)`` are
+        always silent.
         """
-        if self._server is None:
-            self.start()
+        with Greeting(quiet=quiet) as greeting:
+            if self._server is None:
+                self.start()
+            self._serve_until_stopped(greeting)
+
+    def _serve_until_stopped(self, greeting: Greeting) -> None:
         with stop_on_sigterm():
             try:
+                in_main = threading.current_thread() is threading.main_thread()
+                greeting.say(start_line(self, stop_hint=in_main))
                 while not self._stopped.wait(0.5):
                     pass
             except KeyboardInterrupt:
@@ -338,22 +363,37 @@ class Streamer:
 
     @property
     def url(self) -> str:
-        """The WebSocket URL clients connect to, e.g. ``ws://127.0.0.1:8765/``.
+        """The WebSocket URL a program on this machine connects to, e.g.
+        ``ws://127.0.0.1:8765/``: the listening address, or loopback (``127.0.0.1``, ``[::1]``)
+        when listening on every interface (``0.0.0.0``, ``::``), which always works from here.
+        Other machines use one of :attr:`urls`.
 
         Raises:
             RuntimeError: ``port=0`` and not started yet: the port is chosen by :meth:`start`.
         """
-        if self._server is None and self._requested_port == 0:
-            raise RuntimeError("with port=0 the port is chosen by start(): read url after it")
-        scheme = "wss" if self._ssl_context is not None else "ws"
         host = self._host
-        if host in ("", "0.0.0.0"):
-            host = "127.0.0.1"
-        elif host == "::":
-            host = "::1"
-        if ":" in host:
-            host = f"[{host}]"
-        return f"{scheme}://{host}:{self.port}/"
+        if is_wildcard(host):
+            host = "::1" if ":" in host else "127.0.0.1"
+        return self._url_at(host)
+
+    @property
+    def urls(self) -> list[str]:
+        """The WebSocket URLs clients reach this Streamer at (the start line lists them).
+
+        Listening on one address: ``[url]``. Listening on every interface (``0.0.0.0``,
+        ``::``): one URL per address of this machine's network interfaces, loopback and
+        link-local left out (``ws://192.168.1.20:8765/``; ``::`` lists IPv4 addresses too when
+        the socket takes both, as Linux's does by default); ``[url]`` if no interface has one.
+        Looked up on each read (interfaces come and go), without contacting anything.
+
+        Raises:
+            RuntimeError: ``port=0`` and not started yet, as for :attr:`url`.
+        """
+        if not is_wildcard(self._host):
+            return [self.url]
+        ipv6 = ":" in self._host
+        found = interface_addresses(ipv4=not ipv6 or self._dual_stack(), ipv6=ipv6)
+        return [self._url_at(address) for address in found] or [self.url]
 
     @property
     def client_count(self) -> int:
@@ -427,8 +467,8 @@ class Streamer:
     def _open(self, conn: Connection) -> None:
         refusal = self._policy.refusal(conn.request)
         if refusal is not None:
-            _refusal_log.log(logger, logging.INFO, "refusing client %s from %s: %s",
-                             conn.id, self._policy.describe(conn.request), refusal.reason)
+            _refusal_log.log(logger, logging.WARNING, "refusing client %s from %s: %s",
+                             conn.id, self._policy.describe(conn.request), refusal.log_text)
             conn.close(refusal.close_code, refusal.reason)
             return
         settings = ClientSettings(fps=self._camera.fps, max_bytes=self._max_bytes)
@@ -442,6 +482,8 @@ class Streamer:
             conn.close(CloseCode.GOING_AWAY, "server shutting down")
             return
         if admission is Admission.FULL:
+            _refusal_log.log(logger, logging.WARNING, "refusing client %s from %s: %s",
+                             conn.id, self._policy.describe(conn.request), FULL_REMEDY)
             conn.close(CloseCode.TRY_AGAIN_LATER, "server full, try again later")
             return
         conn.session = session
@@ -460,6 +502,22 @@ class Streamer:
             )
 
     # Internals
+
+    def _url_at(self, host: str) -> str:
+        if self._server is None and self._requested_port == 0:
+            raise RuntimeError("with port=0 the port is chosen by start(): read url after it")
+        scheme = "wss" if self._ssl_context is not None else "ws"
+        return f"{scheme}://{f'[{host}]' if ':' in host else host}:{self.port}/"
+
+    def _dual_stack(self) -> bool:
+        """Whether the IPv6 socket takes IPv4 too (``IPV6_V6ONLY`` off; assumed before start)."""
+        server = self._server
+        if server is None:
+            return True
+        try:
+            return not server.socket.getsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY)
+        except (OSError, AttributeError):
+            return False
 
     def _url_for(self, request: Request) -> str:
         """The WebSocket URL as the client of ``request`` reaches it (through a proxy or not)."""

@@ -11,6 +11,7 @@ pip install '.[client]'.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 
@@ -18,6 +19,16 @@ import cv2
 
 from camstream import CamstreamError
 from camstream.client import Client
+
+
+def no_window_reason() -> str | None:
+    """Why this machine cannot open a window, or None if it can (as far as can be told without
+    opening one: OpenCV's Qt aborts the process when the display is missing)."""
+    if sys.platform.startswith("linux") and not (
+        os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")
+    ):
+        return "no display (neither DISPLAY nor WAYLAND_DISPLAY is set)"
+    return None
 
 
 def main() -> int:
@@ -30,6 +41,10 @@ def main() -> int:
     parser.add_argument("--token")
     args = parser.parse_args()
 
+    if not args.headless and (reason := no_window_reason()) is not None:
+        print(f"viewer: cannot open a window: {reason}. Use --headless to print fps and "
+              "latency instead.", file=sys.stderr)
+        return 2
     started = time.monotonic()
     window = "camstream" if not args.headless else None
     count, window_start = 0, time.monotonic()
@@ -41,7 +56,14 @@ def main() -> int:
                 count += 1
                 now = time.monotonic()
                 if window is not None:
-                    cv2.imshow(window, frame.image)
+                    try:
+                        cv2.imshow(window, frame.image)
+                    except cv2.error as exc:  # e.g. opencv-python-headless: no GUI at all
+                        why = str(exc).strip().splitlines()[-1]
+                        print(f"viewer: cannot open a window ({why}). Use --headless to print "
+                              "fps and latency instead.", file=sys.stderr)
+                        window = None
+                        return 2
                     if cv2.waitKey(1) & 0xFF in (ord("q"), 27):
                         break
                 if now - window_start >= 1.0:

@@ -4,9 +4,13 @@ and every Streamer option is checked when the Streamer is made, named as the use
 from __future__ import annotations
 
 import inspect
+import logging
 import math
 
 import pytest
+from conftest import TIMEOUT
+from helpers import next_text
+from websockets.sync.client import connect
 
 import camstream
 from camstream import ConfigError, Streamer
@@ -18,7 +22,7 @@ PACKAGE_NAMES = {
 }
 STREAMER_NAMES = {
     "start", "stop", "serve_forever", "publish", "publish_jpeg", "stats",
-    "url", "port", "client_count", "is_serving", "camera",
+    "url", "urls", "port", "client_count", "is_serving", "camera",
 }
 
 
@@ -42,12 +46,12 @@ def test_streamer_has_the_documented_public_surface_only() -> None:
     ("option", "value"),
     [
         ("send_timeout", -1), ("send_timeout", 0), ("send_timeout", math.nan),
-        ("send_timeout", "5"), ("ping_interval", 0), ("ping_interval", math.inf),
+        ("send_timeout", "5"), ("ping_interval", -1), ("ping_interval", math.inf),
         ("ping_timeout", -2.5), ("handshake_timeout", 0), ("first_line_timeout", -1),
         ("max_message_size", 0), ("max_message_size", 1.5),
-        ("max_connections_per_address", 0), ("max_connections_per_address", True),
+        ("max_connections_per_address", -1), ("max_connections_per_address", True),
         ("quality", 0), ("quality", 101), ("quality", 80.5), ("fps", 0), ("fps", math.nan),
-        ("fps", 241), ("max_clients", 0), ("port", -1), ("port", 65536), ("port", "8765"),
+        ("fps", 241), ("max_clients", -1), ("port", -1), ("port", 65536), ("port", "8765"),
         ("token", ""), ("token", 1234), ("max_bytes", 100), ("max_bytes", -1),
         ("max_variants", -1), ("max_variants", 65), ("max_encodes_per_s", 0),
         ("max_encodes_per_s", math.inf), ("host", None),
@@ -65,3 +69,19 @@ def test_in_range_options_construct_without_opening_anything() -> None:
         max_connections_per_address=None, max_bytes=None, max_clients=1, token="t",
     )
     assert not streamer.is_serving and streamer.client_count == 0
+
+
+def test_a_named_streamer_labels_its_log_lines(streamer_factory, caplog) -> None:
+    """Issue 22 item 9: a name of one's own (a camera's, say) instead of the port."""
+    caplog.set_level(logging.INFO, logger="camstream")
+    streamer = streamer_factory("test", width=32, height=24, name="front door")
+    with connect(streamer.url, open_timeout=TIMEOUT) as ws:
+        next_text(ws, "metadata")
+    lines = [r.getMessage() for r in caplog.records if r.name.startswith("camstream")]
+    assert any(line.startswith("[front door] client ") for line in lines), lines
+
+
+@pytest.mark.parametrize("name", ["", "a\nb", "x" * 65, 3])
+def test_a_bad_name_is_a_config_error(name: object) -> None:
+    with pytest.raises(ConfigError, match=r"^name must be 1-64 printable characters"):
+        Streamer("push", name=name)  # type: ignore[arg-type]

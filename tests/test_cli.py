@@ -122,7 +122,7 @@ def test_source_push_is_refused_on_the_command_line() -> None:
 @pytest.mark.parametrize(
     ("args", "words"),
     [
-        (("--max-clients", "0"), ("--max-clients must be at least 1",)),
+        (("--max-clients", "-1"), ("--max-clients must be at least 1 (0: no limit)",)),
         (("--max-bytes", "100"), ("--max-bytes must be 0 (no limit) or 4096",)),
         (("--quality", "0"), ("--quality must be 1-100",)),
     ],

@@ -677,7 +677,7 @@ def test_the_units_own_check_config_line_passes(name: str) -> None:
     (["--port", "x" * 10000], "--port"),
     (["--no-such-option"], "unrecognized"),
     (["--token", ""], "token"),
-    (["--max-clients", "0"], "--max-clients"),
+    (["--max-clients", "-1"], "--max-clients"),  # 0 is "no limit"
     (["--max-bytes", "5"], "--max-bytes"),
     (["--source", "push"], "--source push"),
 ])

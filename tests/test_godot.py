@@ -29,7 +29,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -346,6 +346,17 @@ func _initialize() -> void:
 	print("UNIT metadata=%d last=%dx%d" % [metadata.size(), c.metadata.width, c.metadata.height])
 	print("UNIT events=%s" % ",".join(events.map(func(e: Dictionary) -> String: return e.type)))
 
+	var adaptive: String = (
+		'{"type":"metadata","width":640,"height":480,"adapt":true,"rung":1,"rungs":4,'
+		+ '"link_kbps":2400.4,"rtt_ms":35,"adapt_reason":"link"}')
+	c._handle_text(adaptive)
+	print("UNIT adapt %s %d/%d %.1f %.1f %s" % [c.adapt, c.rung, c.rungs, c.link_kbps, c.rtt_ms, c.adapt_reason])
+	print("UNIT adapt_text " + load("res://main.gd").adapt_text(c))
+	c._handle_text('{"type":"metadata","width":640,"height":480,"adapt":"yes","rung":null,"link_kbps":null,"rtt_ms":"x","adapt_reason":7}')
+	print("UNIT malformed %s %d/%d %.1f %.1f '%s'" % [c.adapt, c.rung, c.rungs, c.link_kbps, c.rtt_ms, c.adapt_reason])
+	c._handle_text('{"type":"metadata","width":320,"height":240,"adapt":false,"rungs":3,"link_kbps":null}')
+	print("UNIT adapt_off " + load("res://main.gd").adapt_text(c))
+
 	print("UNIT query=" + c._with_query("ws://h:1/", {"fps": 15.0, "frame_info": true, "token": "a b"}))
 	print("UNIT query2=" + c._with_query("ws://h:1/?x=1", {"width": 320}))
 	c.set_config({"width": 320, "height": 240, "fps": 15})
@@ -380,6 +391,11 @@ def test_client_logic_offline(godot: str, godot_home: dict[str, str], project: P
     assert "SCRIPT ERROR" not in out, out
     # Metadata with and without "type" (servers written from the original protocol).
     assert "UNIT metadata=2 last=320x240" in out, out
+    # Adaptive delivery (issue 18's metadata fields): parsed when present, defaults otherwise.
+    assert "UNIT adapt true 1/4 2400.4 35.0 link" in out, out
+    assert "UNIT adapt_text adapting: rung 1 of 4 (link), link 2400 kbit/s, rtt 35 ms" in out, out
+    assert "UNIT malformed false 0/0 -1.0 -1.0 ''" in out, out
+    assert "UNIT adapt_off not adapting" in out, out
     assert "UNIT events=camera_lost,something_new,invalid" in out, out
     assert "UNIT query=ws://h:1/?fps=15&frame_info=true&token=a%20b" in out, out
     assert "UNIT query2=ws://h:1/?x=1&width=320" in out, out
@@ -442,9 +458,10 @@ def test_frames_larger_than_godot_default_buffer(
         assert "closed code=1009 reason='Message too big'" in too_small.stdout, too_small.stdout
         assert too_small.returncode == 1, too_small.stdout
 
-        # The addon sets its 4 MiB inbound_buffer_size before connecting, and asks for max_bytes=0.
+        # The addon sets its 4 MiB inbound_buffer_size before connecting, and asks for max_bytes=0
+        # (and, with --full-size, not for the Video rect's size: 960x928 headless).
         result, outcome, fields = run_example(
-            godot, godot_home, project, server.url, "--quit-after-frames=10"
+            godot, godot_home, project, server.url, "--quit-after-frames=10", "--full-size"
         )
     assert result.returncode == 0 and outcome == "OK", result.stdout
     assert fields["size"] == fields["metadata"] == "1920x1080", result.stdout
@@ -456,7 +473,13 @@ def test_1009_doubles_inbound_buffer_and_reconnects(
 ) -> None:
     with streamer(width=1920, height=1080, quality=95) as server:
         result, outcome, fields = run_example(
-            godot, godot_home, project, server.url, "--inbound=65535", "--quit-after-frames=5"
+            godot,
+            godot_home,
+            project,
+            server.url,
+            "--inbound=65535",
+            "--quit-after-frames=5",
+            "--full-size",
         )
     assert result.returncode == 0 and outcome == "OK", result.stdout
     assert "code 1009" in result.stdout, result.stdout
@@ -618,11 +641,14 @@ func _run() -> void:
 	# The server confirms with metadata (paused: true) after any frame already on the way.
 	await _until(func() -> bool: return metadata.size() > announced and metadata[-1].paused,
 		"paused metadata")
-	var paused_at: int = frames
+	# Counted as they arrive (frames_received): a frame that came before the confirmation may
+	# still be decoding on a worker and be shown in the window.
+	var paused_at: int = c.frames_received
 	await _sleep(1.0)  # the observation window: no frame may arrive in it
-	print("CONTROL paused frames_during_pause=%d" % (frames - paused_at))
+	print("CONTROL paused frames_during_pause=%d" % (c.frames_received - paused_at))
 	c.resume()
-	await _until(func() -> bool: return frames > paused_at + 2, "frames after resume")
+	var shown_at: int = frames
+	await _until(func() -> bool: return frames > shown_at + 2, "frames after resume")
 	print("CONTROL resumed")
 
 	c.stop()
@@ -814,20 +840,23 @@ def webcam_like_frames(count: int = 6, seed: int = 7) -> list[Any]:
 
 
 @contextlib.contextmanager
-def noisy_webcam(fps: float = 30.0, **options: Any) -> Iterator[Streamer]:
-    """A Streamer in push mode fed webcam-like 1280x720 frames at ``fps`` by a thread."""
+def push_streamer(
+    frames: Sequence[Any], fps: float = 30.0, *, jpeg: bool = False, **options: Any
+) -> Iterator[Streamer]:
+    """A Streamer in push mode fed ``frames`` in a loop at ``fps`` by a thread: images, or
+    with ``jpeg`` JPEG files (``publish_jpeg``: passed through untouched)."""
     from camstream import Streamer
 
-    frames = webcam_like_frames()
     stop = threading.Event()
-
-    def publish() -> None:
-        i = 0
-        while not stop.wait(1 / fps):
-            server.publish(frames[i % len(frames)])
-            i += 1
-
     with Streamer("push", port=0, fps=fps, **options) as server:
+        send = server.publish_jpeg if jpeg else server.publish
+
+        def publish() -> None:
+            i = 0
+            while not stop.wait(1 / fps):
+                send(frames[i % len(frames)])
+                i += 1
+
         publisher = threading.Thread(target=publish, name="test-publisher")
         publisher.start()
         try:
@@ -836,6 +865,11 @@ def noisy_webcam(fps: float = 30.0, **options: Any) -> Iterator[Streamer]:
             stop.set()
             publisher.join(TIMEOUT)
             assert not publisher.is_alive(), "publisher did not finish"
+
+
+def noisy_webcam(fps: float = 30.0, **options: Any) -> contextlib.AbstractContextManager[Streamer]:
+    """A Streamer in push mode fed webcam-like 1280x720 frames at ``fps`` by a thread."""
+    return push_streamer(webcam_like_frames(), fps, **options)
 
 
 def test_seed_client_streams_a_noisy_720p_webcam_with_the_defaults(

@@ -148,3 +148,44 @@ def test_behind_a_trusted_proxy_the_forwarded_client_and_host_count() -> None:
 )
 def test_is_loopback_name(name: str, loopback: bool) -> None:
     assert is_loopback_name(name) is loopback
+
+
+# -- What a refusal says in the server's log (issue 22 item 2) ----------------------------------
+
+
+def test_an_origin_refusal_names_the_origin_escaped_and_the_option() -> None:
+    origin = "http://evil.example\r\n2026-12-03 INFO forged\x1b[2K"
+    refusal = AccessPolicy().refusal(request({"origin": origin}))
+    assert refusal is not None and refusal.reason == "origin not allowed"  # what the client gets
+    text = refusal.log_text
+    assert "\r" not in text and "\n" not in text and "\x1b" not in text
+    assert "http://evil.example\\r\\n2026-12-03 INFO forged\\x1b[2K" in text
+    assert "--allow-origin" in text and "allowed_origins" in text
+
+
+@pytest.mark.parametrize("offered", [{}, {"token": "GUESS-1234"},
+                                     {"authorization": "Bearer GUESS-1234"}])
+def test_a_token_refusal_names_the_option_never_a_token(offered: dict[str, str]) -> None:
+    query = {k: v for k, v in offered.items() if k == "token"}
+    headers = {k: v for k, v in offered.items() if k != "token"}
+    refusal = AccessPolicy(token="s3cret").refusal(request(headers, query))
+    assert refusal is not None
+    assert "--token" in refusal.log_text
+    assert "s3cret" not in refusal.log_text and "GUESS" not in refusal.log_text
+
+
+def test_host_and_cross_site_refusals_say_what_lifts_them() -> None:
+    host = AccessPolicy().refusal(request({"host": "rebind.example:8765"}))
+    assert host is not None and "rebind.example" in host.log_text and "--host" in host.log_text
+    site = AccessPolicy().refusal(request({"sec-fetch-site": "cross-site"}))
+    assert site is not None and "--allow-origin" in site.log_text
+
+
+def test_cors_origin_is_named_only_for_an_allowed_origin() -> None:
+    policy = AccessPolicy(allowed_origins=["https://app.example"])
+    assert policy.cors_origin(request({"origin": "https://app.example"})) == "https://app.example"
+    assert policy.cors_origin(request({"origin": "https://evil.example"})) is None
+    assert policy.cors_origin(request()) is None
+    assert AccessPolicy().cors_origin(request({"origin": "https://app.example"})) is None
+    anyone = AccessPolicy(allowed_origins=["*"])
+    assert anyone.cors_origin(request({"origin": "https://x.example"})) == "https://x.example"

@@ -21,6 +21,7 @@ from wsraw import RawClient
 from camstream import CloseCode, ConfigError, Streamer
 from camstream.web.policy import AccessPolicy
 from camstream.web.proxy import ClientView, is_trusted, parse_trusted_proxies, resolve
+from camstream.ws import Headers, Request
 
 LOCAL = parse_trusted_proxies(["127.0.0.1", "10.0.0.0/8", "::1"])
 
@@ -290,3 +291,25 @@ def test_healthz_ignores_query_and_origin_and_says_nothing_else(streamer_factory
     status, body, _ = get(streamer.port, "/healthz?token=x&fps=abc",
                           {"Origin": "https://evil.example"})
     assert (status, body) == (200, b"ok\n")
+
+
+def test_a_requests_proxy_view_is_parsed_once(monkeypatch) -> None:
+    """Issue 23 item 3: logs, stats, limits and the Origin rule all ask; the headers of one
+    request are parsed the first time only."""
+    import camstream.web.policy as policy_module
+
+    calls = []
+    real = policy_module.resolve
+    monkeypatch.setattr(policy_module, "resolve", lambda *a, **k: calls.append(1) or real(*a, **k))
+    policy = AccessPolicy(trusted_proxies=LOCAL)
+    request = Request("GET", "/", {}, Headers([("Host", "x"), ("X-Forwarded-For", "203.0.113.9")]),
+                      ("127.0.0.1", 40000))
+    first = policy.client_of(request)
+    assert first.address == "203.0.113.9" and first.via_proxy
+    for _ in range(5):
+        assert policy.client_of(request) is first
+    policy.describe(request)
+    policy.refusal(request)
+    assert len(calls) == 1
+    other = AccessPolicy()  # another policy does not take this one's view
+    assert other.client_of(request).address == "127.0.0.1"

@@ -9,9 +9,18 @@ extends Node
 ## [signal event_received]; [method set_config], [method pause], [method resume],
 ## [method request_snapshot] and [method ping] talk back to the server.
 ##
-## Everything runs in [method Node._process] on the main thread: [method WebSocketPeer.poll],
-## then all waiting packets are read and only the newest frame is decoded (older ones are
-## counted in [member frames_dropped]), so a slow frame rate never builds up latency.
+## The game's main thread only handles the text messages and uploads the newest decoded
+## picture ([method ImageTexture.update]: no new allocation while the size stays the same).
+## Connecting, reading the socket and decoding the JPEGs run on a thread of the client's own
+## (see [code]stream_receiver.gd[/code]), one decode at a time: a frame that is already stale
+## when a newer one arrives is never decoded, and while the game has not taken the last decoded
+## picture no other decode starts ([member frames_dropped]). So a stalled game or a slow decoder
+## never builds up latency, work or memory. Where the engine has no threads (a Web export
+## without thread support) all this runs in [method Node._process] instead, and a warning says
+## so once.
+##
+## With a [member target], the client asks the server for frames no larger than the target is
+## shown on screen ([member match_target_size]), and follows its size as it changes.
 ##
 ## Tested with Godot 4.6; uses only APIs present since 4.0 (the heartbeat needs 4.4 and is
 ## skipped on older versions).
@@ -30,9 +39,11 @@ signal frame_received(texture: ImageTexture)
 ## A snapshot requested with [method request_snapshot] arrived, decoded into a new [Image].
 signal snapshot_received(image: Image, info: Dictionary)
 ## Any other JSON message from the server: [code]camera_lost[/code],
-## [code]camera_restored[/code], [code]error[/code], [code]frame[/code], [code]pong[/code] and
-## types this client does not know yet. The dictionary is the parsed message; a text message
-## that is not a JSON object arrives as [code]{"type": "invalid", "text": ...}[/code].
+## [code]camera_restored[/code], [code]error[/code], [code]pong[/code], [code]snapshot[/code],
+## [code]frame[/code] and types this client does not know yet. The dictionary is the parsed
+## message; a text message that is not a JSON object arrives as
+## [code]{"type": "invalid", "text": ...}[/code]. A [code]frame[/code] message comes with its
+## frame, just before its [signal frame_received], and only for frames that are shown.
 signal event_received(event: Dictionary)
 ## [member status] changed: a one-line, human-readable description for a status label.
 signal status_changed(text: String)
@@ -63,14 +74,32 @@ const CLOSE_CODE_NAMES: Dictionary = {
 ## the client stops instead of reconnecting (1002 protocol error, 1003 unsupported data,
 ## 1007 invalid data, 1008 policy violation such as a bad token).
 const FATAL_CLOSE_CODES: Array[int] = [1002, 1003, 1007, 1008]
+## Sizes asked for with [member match_target_size] are rounded up to a multiple of this (a
+## layout change of a few pixels costs no new stream size) and kept within the server's
+## 16..8192 range.
+const SIZE_STEP: int = 16
+const StreamReceiver: GDScript = preload("stream_receiver.gd")
 
 ## Server address, [code]ws://host:port/[/code] or [code]wss://host:port/[/code].
 @export var url: String = "ws://127.0.0.1:8765/"
 ## Connect automatically when the node enters the tree (deferred by one frame, so a parent's
 ## [code]_ready()[/code] can still change [member url]). Otherwise call [method start].
 @export var autostart: bool = true
-## If set, its [member TextureRect.texture] is set to [member texture] on the first frame.
+## If set, its [member TextureRect.texture] is set to [member texture] on the first frame, and
+## (with [member match_target_size]) its size on screen is the size asked for.
 @export var target: TextureRect
+## Ask the server for frames that fit the [member target]'s size on screen, in pixels (rounded
+## up to [constant SIZE_STEP]), instead of the source's full size: a 320x180 minimap then
+## neither downloads nor decodes 1080p. Follows the target's size, [member resize_debounce_s]
+## after it stops changing. Has no effect without a target or while [member config] has a
+## [code]width[/code] or [code]height[/code]. Set it to false for the full size (sent at once
+## when connected). The server never enlarges frames, and a target at least as large as the
+## source gets the source's own JPEGs.
+@export var match_target_size: bool = true:
+	set(value):
+		match_target_size = value
+		if not value:
+			_request_size(Vector2i.ZERO)
 ## Access token for servers started with one. Sent as an [code]Authorization: Bearer[/code]
 ## header, or as the [code]token[/code] query parameter if [member token_in_query] is on or on
 ## the Web, where browsers do not let scripts set WebSocket headers.
@@ -83,6 +112,14 @@ const FATAL_CLOSE_CODES: Array[int] = [1002, 1003, 1007, 1008]
 ## full frames; the server's default for clients that say nothing is 65535 bytes).
 ## [method set_config] updates it.
 @export var config: Dictionary = {}
+
+@export_group("Threads and sizes")
+## Connect, read the socket and decode JPEG frames on a thread of this client's own: the main
+## thread only handles messages and uploads pictures. Off, or where the engine has no threads:
+## all in [method Node._process] on the main thread. Applies from the next [method start].
+@export var use_thread: bool = true
+## Seconds the [member target]'s size must stay the same before a new size is asked for.
+@export var resize_debounce_s: float = 0.3
 
 @export_group("Limits and timeouts")
 ## Largest WebSocket message this client accepts, in bytes; applied before each connection.
@@ -120,7 +157,7 @@ var tls_options: TLSOptions = null
 ## The texture frames are decoded into. Null until the first frame; then always the same
 ## object (resized in place when the stream's size changes).
 var texture: ImageTexture = null
-## The last decoded frame. Reused for every frame: copy it if you keep it.
+## The frame shown now (in [member texture]): a new [Image] for each frame, never modified.
 var image: Image = Image.new()
 ## The last metadata message ({} before the first one).
 var metadata: Dictionary = {}
@@ -132,7 +169,9 @@ var status: String = "stopped"
 var frames_received: int = 0
 ## Frames decoded and shown since [method start].
 var frames_decoded: int = 0
-## Frames skipped because a newer one arrived in the same [method Node._process] call.
+## Frames received but never shown: each was replaced by a newer frame before a decode started
+## on it, so it was never decoded (while the game stalls, all but one or two of the frames
+## that arrive meanwhile).
 var frames_dropped: int = 0
 ## Binary messages that were not valid JPEG files.
 var decode_errors: int = 0
@@ -142,18 +181,52 @@ var last_close_code: int = 0
 var last_close_reason: String = ""
 ## Round-trip time in seconds measured by the last [method ping] (negative before one).
 var last_rtt_s: float = -1.0
+## Whether the socket is read and frames decoded on a thread of this client's own (see
+## [member use_thread]).
+var using_thread: bool = false
+## The size asked for because of [member match_target_size] (zero: none, the full size or the
+## [member config]'s).
+var requested_size: Vector2i = Vector2i.ZERO
+## The [code]frame[/code] info message of the frame shown now ({} unless
+## [code]set_config({"frame_info": true})[/code]).
+var last_frame_info: Dictionary = {}
+## Milliseconds from the capture of the frame shown now to its upload here (its
+## [code]captured_at[/code] on the server's clock, corrected by the clock offset measured with
+## the last [method ping]; exact for a server on this machine). Negative without frame info.
+var latency_ms: float = -1.0
 
-var _ws: WebSocketPeer = WebSocketPeer.new()
+## Adaptive delivery, as the last [member metadata] reports it (read-only; servers that do not
+## adapt leave these at their defaults). Whether the server adapts this stream to the link;
+## [code]set_config({"adapt": false})[/code] turns it off.
+var adapt: bool = false
+## The rung of the quality ladder in use: 0 is the top (what this client asked for), k is k
+## steps below it.
+var rung: int = 0
+## How many rungs this client's ladder has (0: unknown).
+var rungs: int = 0
+## The server's estimate of the rate the link drains, in kbit/s (negative: unknown).
+var link_kbps: float = -1.0
+## The server's smoothed round-trip time to this client, in ms (negative: unknown).
+var rtt_ms: float = -1.0
+## Why the last rung change: [code]"link"[/code], [code]"backlog"[/code], [code]"probe"[/code],
+## [code]"probe_failed"[/code], [code]"config"[/code] ("" before one).
+var adapt_reason: String = ""
+
+var _receiver: StreamReceiver = null  # created by the first start()
+var _generation: int = 0  # of the connection; events of older ones are ignored
+var _decodes: int = 0  # JPEG decodes done since start() (frames and snapshots)
 var _backoff_s: float = 0.5
 var _state_since_ms: int = 0
 var _retry_at_ms: int = 0
 var _timed_out: bool = false
+var _close_forced: bool = false
 var _stopping: bool = false
 var _paused: bool = false
-var _snapshot_info: Dictionary = {}
-var _snapshot_pending: bool = false
 var _texture_size: Vector2i = Vector2i.ZERO
 var _texture_format: Image.Format = Image.FORMAT_MAX
+var _clock_offset_s: float = 0.0  # server clock minus ours, from the last pong
+var _size_candidate: Vector2i = Vector2i.ZERO
+var _size_candidate_since_ms: int = 0
 
 
 func _ready() -> void:
@@ -166,11 +239,15 @@ func _process(_delta: float) -> void:
 
 
 func _notification(what: int) -> void:
+	if what != NOTIFICATION_PREDELETE:
+		return
+	if _receiver == null:
+		return
 	# On deletion (not on leaving the tree, so reparenting keeps the stream): say goodbye, so
 	# the server frees this client's slot now rather than at its next failed send.
-	if what == NOTIFICATION_PREDELETE and state == State.OPEN:
-		_ws.close(1001, "client going away")
-		_ws.poll()
+	if state == State.OPEN:
+		_receiver.close(1001, "client going away")
+	_receiver.shutdown()  # sends that, and waits for the thread (at most one decode)
 
 
 ## Connects to [param new_url] (or [member url]); if already connected, drops that connection
@@ -178,26 +255,41 @@ func _notification(what: int) -> void:
 func start(new_url: String = "") -> void:
 	if not new_url.is_empty():
 		url = new_url
-	if _ws.get_ready_state() != WebSocketPeer.STATE_CLOSED:
-		_ws.close(-1)  # negative code: drop at once, no close handshake
 	frames_received = 0
 	frames_decoded = 0
 	frames_dropped = 0
 	decode_errors = 0
+	_decodes = 0
+	# Builds without threads (Godot 4.3+ "nothreads", e.g. a Web export without thread support)
+	# say so with a feature tag; every 4.0-4.2 build has threads.
+	var threads_available: bool = not OS.has_feature("nothreads")
+	if _receiver != null and _receiver.threaded != (use_thread and threads_available):
+		_receiver.shutdown()  # use_thread changed: a new receiver
+		_receiver = null
+	if _receiver == null:
+		_receiver = StreamReceiver.new()
+		_receiver.threaded = use_thread and threads_available
+	using_thread = _receiver.threaded
+	if use_thread and not threads_available:
+		_warn_once(
+			"this Godot build has no threads: frames are read and decoded on the main thread"
+		)
 	_stopping = false
 	_backoff_s = reconnect_min_s
-	_connect()
+	_connect(true)
 
 
-## Closes the connection (code 1000) and stops reconnecting. Idempotent.
+## Closes the connection (code 1000) and stops reconnecting; frames not shown yet are not
+## shown. Idempotent.
 func stop() -> void:
 	_stopping = true
 	match state:
 		State.OPEN:
-			_ws.close(1000, "client stop")
+			_receiver.close(1000, "client stop")
 			_set_state(State.CLOSING, "closing")
 		State.CONNECTING:
-			_ws.close(-1)
+			_receiver.close(-1, "")
+			_generation += 1  # whatever that connection still reports is ignored
 			_set_state(State.STOPPED, "stopped")
 		State.WAITING:
 			_set_state(State.STOPPED, "stopped")
@@ -220,9 +312,16 @@ func set_config(changes: Dictionary) -> Error:
 			config.erase(key)  # null: no box, no byte limit
 		else:
 			config[key] = changes[key]
+	var message: Dictionary = changes.duplicate()
+	if requested_size != Vector2i.ZERO and (changes.has("width") or changes.has("height")):
+		# An explicit size replaces the target's: both sides of the box must change.
+		requested_size = Vector2i.ZERO
+		message["width"] = config.get("width")
+		message["height"] = config.get("height")
 	if state != State.OPEN:
 		return OK
-	var message: Dictionary = changes.duplicate()
+	if changes.get("frame_info") == true:
+		ping()  # the pong gives the server's clock, for latency_ms
 	message["type"] = "config"
 	return send_message(message)
 
@@ -250,11 +349,14 @@ func ping() -> Error:
 	return send_message({"type": "ping", "t": Time.get_ticks_usec() / 1e6})
 
 
-## Sends [param message] as a JSON text message. Never sends binary: servers refuse it (1003).
+## Sends [param message] as a JSON text message (queued: the receiving thread sends it within
+## a few milliseconds). Never sends binary: servers refuse it (1003). Returns ERR_UNAVAILABLE
+## if not connected, else OK.
 func send_message(message: Dictionary) -> Error:
 	if state != State.OPEN:
 		return ERR_UNAVAILABLE
-	return _ws.send_text(JSON.stringify(message))
+	_receiver.send_text(JSON.stringify(message))
+	return OK
 
 
 ## Counters and connection details as one dictionary, for display or logging.
@@ -269,33 +371,66 @@ func get_stats() -> Dictionary:
 		"last_close_code": last_close_code,
 		"last_close_reason": last_close_reason,
 		"last_rtt_s": last_rtt_s,
+		"using_thread": using_thread,
+		"requested_size": requested_size,
+		"latency_ms": latency_ms,
+		"adapt": adapt,
+		"rung": rung,
+		"rungs": rungs,
+		"link_kbps": link_kbps,
+		"rtt_ms": rtt_ms,
+		"adapt_reason": adapt_reason,
 	}
 
 
 ## Advances the connection: called every frame from [method Node._process]. Call it yourself
 ## if you disable processing for this node.
 func poll() -> void:
-	if state == State.STOPPED:
-		return
-	if state == State.WAITING:
-		if Time.get_ticks_msec() >= _retry_at_ms:
-			_connect()
-		return
-	_ws.poll()
-	var ws_state: WebSocketPeer.State = _ws.get_ready_state()
-	if ws_state == WebSocketPeer.STATE_CONNECTING and _elapsed_s() > connect_timeout_s:
+	if _receiver == null:
+		return  # never started
+	if state == State.WAITING and Time.get_ticks_msec() >= _retry_at_ms:
+		_connect(false)
+	var timed_out: bool = _elapsed_s() > connect_timeout_s
+	if state == State.CONNECTING and timed_out and not _timed_out:
 		_timed_out = true
-		_ws.close(-1)
-		ws_state = _ws.get_ready_state()
-	elif state == State.CLOSING and _elapsed_s() > connect_timeout_s:
-		_ws.close(-1)  # the server never confirmed our close
-		ws_state = _ws.get_ready_state()
-	if ws_state == WebSocketPeer.STATE_OPEN:
-		if state == State.CONNECTING:
-			_on_open()
-		_read_packets()
-	elif ws_state == WebSocketPeer.STATE_CLOSED:
-		_on_closed()
+		_receiver.close(-1, "")  # Godot has no handshake timeout of its own
+	elif state == State.CLOSING and timed_out and not _close_forced:
+		_close_forced = true
+		_receiver.close(-1, "")  # the server never confirmed our close
+	var taken: Dictionary = _receiver.take()
+	for event in taken["events"]:
+		if event[0] == _generation:
+			_handle_event(event)
+	var frame: Array = taken["frame"]
+	if not frame.is_empty():
+		if frame[0] == _generation and state == State.OPEN:
+			_deliver(frame[1], frame[2])
+		else:
+			_receiver.retire(frame[1])
+	var counters: Dictionary = taken["counters"]
+	frames_received = counters["received"]
+	frames_dropped = counters["dropped"]
+	decode_errors = counters["errors"]
+	_decodes = counters["decodes"]
+	if state == State.OPEN and match_target_size:
+		_follow_target_size()
+
+
+## One event of the receiver, [code][generation, kind, ...][/code], of the current connection.
+func _handle_event(event: Array) -> void:
+	match event[1]:
+		StreamReceiver.Event.OPENED:
+			if state == State.CONNECTING:
+				_on_open()
+		StreamReceiver.Event.TEXT:
+			if state == State.OPEN or state == State.CLOSING:
+				_handle_message(event[2], event[3])
+		StreamReceiver.Event.SNAPSHOT:
+			snapshot_received.emit(event[2], event[3])
+		StreamReceiver.Event.CLOSED:
+			_on_closed(event[2], event[3])
+		StreamReceiver.Event.CONNECT_FAILED:
+			_finish_connection(-1, "cannot connect: " + error_string(event[2]))
 
 
 func _autostart() -> void:
@@ -303,16 +438,12 @@ func _autostart() -> void:
 		start()
 
 
-func _connect() -> void:
-	# Both settings apply when the handshake completes, so they must be set before connecting.
-	_ws.inbound_buffer_size = inbound_buffer_size
-	if "heartbeat_interval" in _ws:  # Godot 4.4+; a typed access would not parse on 4.3
-		_ws.set("heartbeat_interval", heartbeat_interval_s)
+## Connects (again); [param reset_counters] on [method start], not on reconnections.
+func _connect(reset_counters: bool) -> void:
 	var use_query_token: bool = token_in_query or OS.has_feature("web")
 	var headers: PackedStringArray = PackedStringArray()
 	if not token.is_empty() and not use_query_token:
 		headers.append("Authorization: Bearer " + token)
-	_ws.handshake_headers = headers
 	var query: Dictionary = config.duplicate()
 	if not query.has("max_bytes"):
 		# This client takes frames up to inbound_buffer_size (and grows it after a 1009), so it
@@ -321,14 +452,27 @@ func _connect() -> void:
 		query["max_bytes"] = 0
 	if not token.is_empty() and use_query_token:
 		query["token"] = token
+	requested_size = Vector2i.ZERO  # a new connection starts with the URL's settings
+	var box: Vector2i = _target_box()
+	if box != Vector2i.ZERO:
+		query["width"] = box.x
+		query["height"] = box.y
+		requested_size = box
+	_size_candidate = requested_size
 	_timed_out = false
-	_snapshot_pending = false
-	var err: Error = _ws.connect_to_url(_with_query(url, query), _tls_options())
-	if err != OK:
-		_set_state(State.CONNECTING, "connecting to " + url)
-		_finish_connection(-1, "cannot connect: " + error_string(err))
-		return
+	_close_forced = false
+	_generation += 1
+	# Both buffer settings apply when the handshake completes: they go with the connection.
+	var options: Dictionary = {
+		"url": _with_query(url, query),
+		"tls": _tls_options(),
+		"headers": headers,
+		"inbound_buffer_size": inbound_buffer_size,
+		"heartbeat_interval": heartbeat_interval_s,
+		"reset_counters": reset_counters,
+	}
 	_set_state(State.CONNECTING, "connecting to " + url)
+	_receiver.connect_to(_generation, options)
 
 
 func _on_open() -> void:
@@ -336,12 +480,12 @@ func _on_open() -> void:
 	_set_state(State.OPEN, "connected to " + url)
 	if _paused:
 		send_message({"type": "pause"})
+	if config.get("frame_info") == true:
+		ping()  # the pong gives the server's clock, for latency_ms
 	connection_opened.emit()
 
 
-func _on_closed() -> void:
-	var code: int = _ws.get_close_code()
-	var reason: String = _ws.get_close_reason()
+func _on_closed(code: int, reason: String) -> void:
 	if _timed_out:
 		reason = "no handshake after %.1f s" % connect_timeout_s
 	elif code == -1 and reason.is_empty():
@@ -372,50 +516,60 @@ func _finish_connection(code: int, reason: String) -> void:
 	connection_closed.emit(code, reason)
 
 
-func _read_packets() -> void:
-	var newest: PackedByteArray = PackedByteArray()
-	var have_frame: bool = false
-	while _ws.get_available_packet_count() > 0:
-		var packet: PackedByteArray = _ws.get_packet()
-		if _ws.was_string_packet():
-			_handle_text(packet.get_string_from_utf8())
-		elif _snapshot_pending:
-			_snapshot_pending = false
-			_handle_snapshot(packet)
-		else:
-			frames_received += 1
-			if have_frame:
-				frames_dropped += 1
-			newest = packet
-			have_frame = true
-	if have_frame:
-		_show_frame(newest)
-
-
+## Handles a text message given as text (parses it).
 func _handle_text(text: String) -> void:
 	var json: JSON = JSON.new()
-	if json.parse(text) != OK or not json.data is Dictionary:
+	_handle_message(text, json.data if json.parse(text) == OK else null)
+
+
+## Handles a text message: [param parsed] is its JSON value (null if it is not JSON).
+func _handle_message(text: String, parsed: Variant) -> void:
+	if not parsed is Dictionary:
 		event_received.emit({"type": "invalid", "text": text})
 		return
-	var message: Dictionary = json.data
+	var message: Dictionary = parsed
 	var type: String = str(message.get("type", ""))
 	# Servers written from the original protocol send metadata without a "type" field.
 	if type == "metadata" or (type.is_empty() and message.has("width") and message.has("height")):
 		metadata = message
+		_read_adaptation(message)
 		metadata_received.emit(message)
 		return
-	if type == "snapshot":
-		_snapshot_info = message
-		_snapshot_pending = true
-	elif type == "pong" and message.get("t") is float:
+	if type == "pong" and message.get("t") is float:
 		last_rtt_s = Time.get_ticks_usec() / 1e6 - float(message["t"])
+		var server_time: Variant = message.get("server_time")
+		if server_time is float:
+			# The server read its clock about halfway through the round trip.
+			_clock_offset_s = server_time - (Time.get_unix_time_from_system() - last_rtt_s / 2.0)
 	event_received.emit(message)
 
 
-func _show_frame(jpeg: PackedByteArray) -> void:
-	if image.load_jpg_from_buffer(jpeg) != OK:
-		decode_errors += 1
-		return
+## The adaptive-delivery fields of a metadata message; a missing or malformed field means
+## "unknown" (servers before adaptive delivery send none).
+func _read_adaptation(message: Dictionary) -> void:
+	var value: Variant = message.get("adapt")
+	adapt = value is bool and value
+	rung = _int_or(message.get("rung"), 0)
+	rungs = _int_or(message.get("rungs"), 0)
+	link_kbps = _float_or(message.get("link_kbps"), -1.0)
+	rtt_ms = _float_or(message.get("rtt_ms"), -1.0)
+	value = message.get("adapt_reason")
+	adapt_reason = value if value is String else ""
+
+
+## Shows a decoded frame; [param info] is its [code]frame[/code] message ({} without).
+func _deliver(decoded: Image, info: Dictionary) -> void:
+	_receiver.retire(image)  # freed on the receiving thread, not here
+	image = decoded
+	last_frame_info = info
+	if not info.is_empty():
+		event_received.emit(info)  # frame messages arrive with their frame, if it is shown
+	var captured_at: Variant = info.get("captured_at")
+	if captured_at is float:
+		var now_s: float = Time.get_unix_time_from_system() + _clock_offset_s
+		latency_ms = (now_s - captured_at) * 1000.0
+	else:
+		latency_ms = -1.0
 	var size: Vector2i = image.get_size()
 	var format: Image.Format = image.get_format()
 	if texture == null:
@@ -432,12 +586,54 @@ func _show_frame(jpeg: PackedByteArray) -> void:
 	frame_received.emit(texture)
 
 
-func _handle_snapshot(jpeg: PackedByteArray) -> void:
-	var snapshot: Image = Image.new()
-	if snapshot.load_jpg_from_buffer(jpeg) != OK:
-		decode_errors += 1
+## The [member target]'s size on screen as a box for the server: rounded up to
+## [constant SIZE_STEP], within 16..8192 (headless, where there is no screen: its size in the
+## viewport). Zero: no box (no target, or [member config] has a
+## size). [member requested_size] while the target cannot be measured (hidden, zero-sized).
+func _target_box() -> Vector2i:
+	if (
+		not match_target_size
+		or not is_instance_valid(target)
+		or not target.is_inside_tree()
+		or config.has("width")
+		or config.has("height")
+	):
+		return Vector2i.ZERO
+	var to_screen: Transform2D = target.get_global_transform_with_canvas()
+	if DisplayServer.get_name() != "headless":  # a headless "window" is 64x64 pixels
+		to_screen = target.get_viewport().get_final_transform() * to_screen
+	var pixels: Vector2 = to_screen.basis_xform(target.size).abs()
+	if not target.is_visible_in_tree() or pixels.x < 1.0 or pixels.y < 1.0:
+		return requested_size
+	var box: Vector2i = (Vector2i(pixels.ceil()) + Vector2i.ONE * (SIZE_STEP - 1)) / SIZE_STEP
+	return (box * SIZE_STEP).clamp(Vector2i(16, 16), Vector2i(8192, 8192))
+
+
+## Asks for the target's new size once it has stayed the same for [member resize_debounce_s].
+func _follow_target_size() -> void:
+	var box: Vector2i = _target_box()
+	var now_ms: int = Time.get_ticks_msec()
+	if box != _size_candidate:
+		_size_candidate = box
+		_size_candidate_since_ms = now_ms
+	elif box != requested_size and now_ms - _size_candidate_since_ms >= resize_debounce_s * 1000:
+		_request_size(box)
+
+
+## Sends [param box] as the stream's size (zero: the full size, or the [member config]'s).
+func _request_size(box: Vector2i) -> void:
+	if box == requested_size:
 		return
-	snapshot_received.emit(snapshot, _snapshot_info)
+	requested_size = box
+	_size_candidate = box
+	if state != State.OPEN:
+		return
+	if box == Vector2i.ZERO:
+		send_message(
+			{"type": "config", "width": config.get("width"), "height": config.get("height")}
+		)
+	else:
+		send_message({"type": "config", "width": box.x, "height": box.y})
 
 
 func _tls_options() -> TLSOptions:
@@ -462,6 +658,22 @@ func _set_state(new_state: State, text: String) -> void:
 
 func _elapsed_s() -> float:
 	return (Time.get_ticks_msec() - _state_since_ms) / 1000.0
+
+
+func _warn_once(text: String) -> void:
+	# Once per game, not per client: Engine metadata works on 4.0 (static vars need 4.1).
+	var key: StringName = &"camstream_warned_" + text.md5_text()
+	if not Engine.has_meta(key):
+		Engine.set_meta(key, true)
+		push_warning("CamstreamClient: " + text)
+
+
+static func _int_or(value: Variant, fallback: int) -> int:
+	return int(value) if value is int or value is float else fallback
+
+
+static func _float_or(value: Variant, fallback: float) -> float:
+	return float(value) if value is int or value is float else fallback
 
 
 static func _with_query(base: String, query: Dictionary) -> String:

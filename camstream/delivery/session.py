@@ -40,7 +40,8 @@ logger = logs.get_logger(__name__)
 _OUTBOX_LIMIT = 64  # queued replies beyond this are dropped (events are kept)
 _SNAPSHOT_ERRORS = {  # what a WebSocket client is told when its snapshot fails
     SnapshotFailure.NO_FRAME: "no frame to snapshot yet",
-    SnapshotFailure.BUSY: "snapshot refused: server busy, try again",
+    SnapshotFailure.NO_PLACE: "snapshot refused: server busy, try again",
+    SnapshotFailure.BUDGET: "snapshot refused: server busy, try again",
     SnapshotFailure.UNDECODABLE: "snapshot failed: the frame cannot be decoded",
 }
 

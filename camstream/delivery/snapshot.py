@@ -7,6 +7,7 @@ words (an HTTP status and body, a WebSocket ``snapshot`` or ``error`` message).
 from __future__ import annotations
 
 import enum
+import threading
 import time
 from collections.abc import Callable
 
@@ -26,7 +27,8 @@ class SnapshotFailure(enum.Enum):
     """Why no snapshot could be taken."""
 
     NO_FRAME = "no frame yet"  # the camera delivered none within FIRST_FRAME_WAIT_S
-    BUSY = "server busy"  # the server's encode budget is spent
+    NO_PLACE = "no place"  # every place for a snapshot encode stayed taken
+    BUDGET = "encode budget spent"  # the server's encode budget of this second is spent
     UNDECODABLE = "frame cannot be decoded"  # the source's JPEG is damaged
 
 
@@ -59,16 +61,33 @@ def take_snapshot(
     cache: EncodeCache,
     variant: Variant,
     serving: Callable[[], bool] | None = None,
+    places: threading.Semaphore | None = None,
+    place_wait: float = 0.0,
 ) -> EncodedFrame | SnapshotFailure:
-    """The newest frame as ``variant`` (from the shared cache: a viewer of the same variant may
-    already have it), waiting for a first frame as :func:`first_frame` does. Any thread;
-    blocks for the wait and the encode."""
+    """The newest frame as ``variant``, waiting for a first frame as :func:`first_frame` does.
+
+    A JPEG the shared cache has already (a viewer of the same variant, or the source's own)
+    is taken as it is; else it is encoded (counted by the encode budget), with one of
+    ``places`` held if given (waiting up to ``place_wait`` s for one), so that callers can
+    bound how many snapshot encodes run at once. Any thread; blocks for the waits and the
+    encode.
+    """
     frame = first_frame(camera, serving=serving)
     if frame is None:
         return SnapshotFailure.NO_FRAME
     try:
-        return cache.get(frame, variant)
+        encoded = cache.made(frame, variant)
+        if encoded is not None:
+            return encoded
+        if places is None:
+            return cache.get(frame, variant)
+        if not places.acquire(timeout=place_wait):
+            return SnapshotFailure.NO_PLACE
+        try:
+            return cache.get(frame, variant)
+        finally:
+            places.release()
     except EncodeBudgetExceeded:
-        return SnapshotFailure.BUSY
+        return SnapshotFailure.BUDGET
     except ValueError:  # the source's JPEG cannot be decoded
         return SnapshotFailure.UNDECODABLE

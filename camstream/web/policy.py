@@ -25,19 +25,32 @@ here too, by :func:`camstream.web.proxy.resolve`.
 
 from __future__ import annotations
 
+import functools
 import hmac
 import ipaddress
+import re
 import urllib.parse
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Iterable, Mapping, Protocol
 
+from .. import logs
 from ..protocol import CloseCode
 from .proxy import ClientView, Network, is_trusted, resolve
 
-__all__ = ["AccessPolicy", "Refusal", "is_loopback_name"]
+__all__ = ["AccessPolicy", "Refusal", "RequestLike", "is_loopback_name"]
+
+_VIEW_ATTRIBUTE = "_camstream_client_view"  # (policy, ClientView) kept on a request by client_of
+_CSP_ORIGIN = re.compile(r"https?://(?:[a-z0-9.-]+|\[[0-9a-f:.]+\])(?::[0-9]{1,5})?")
+"""An allowed origin that can go in a CSP source list as it is (lower-cased already)."""
+_TOKEN_REMEDY = {  # never the token's text, whichever token was offered
+    "token required": "the server has a token (--token, CAMSTREAM_TOKEN, Streamer(token=...)); "
+    "the client must send it as ?token= or Authorization: Bearer",
+    "invalid token": "the client sent a token that is not the server's (--token, "
+    "CAMSTREAM_TOKEN, Streamer(token=...))",
+}
 
 
-class _Request(Protocol):
+class RequestLike(Protocol):
     """What the policy reads of a request (``transport.Request`` has it)."""
 
     @property
@@ -65,6 +78,23 @@ class Refusal:
 
     reason: str
     unauthenticated: bool = False
+    remedy: str = field(default="", compare=False)
+    """For the server's log: what was refused and what lifts it (the option to set). Client
+    text in it is escaped (:func:`camstream.logs.printable`); it never holds a token."""
+
+    @classmethod
+    def for_origin(cls, origin: str) -> Refusal:
+        """The refusal of a page of ``origin`` (as the browser sent it)."""
+        shown = logs.printable(origin)
+        return cls("origin not allowed", remedy=(
+            f"a page of {shown}; to admit it: --allow-origin {shown} "
+            f"(Streamer(allowed_origins=[...]))"
+        ))
+
+    @property
+    def log_text(self) -> str:
+        """The reason with its remedy, for one log line."""
+        return f"{self.reason} ({self.remedy})" if self.remedy else self.reason
 
     @property
     def close_code(self) -> int:
@@ -122,24 +152,55 @@ class AccessPolicy:
         """Whether pages of other origins may use the frames (``allowed_origins`` non-empty)."""
         return bool(self._allowed_origins)
 
-    def refusal(self, request: _Request) -> Refusal | None:
+    def cors_origin(self, request: RequestLike) -> str | None:
+        """The ``Origin`` to answer in ``Access-Control-Allow-Origin``: the request's own, if it
+        is an origin ``allowed_origins`` admits (``"*"``: any), so that such a page may read the
+        response with ``fetch()``; None otherwise (no CORS header: the browser keeps the
+        response from the page). Same-origin pages need none."""
+        origin = request.origin
+        if origin is None or not self._allowed_origins:
+            return None
+        origin = origin.strip()
+        if not self._origin_allowed(origin.rstrip("/").lower(), self.client_of(request).host):
+            return None
+        return origin
+
+    @functools.cached_property
+    def frame_ancestors(self) -> str:
+        """The ``frame-ancestors`` sources of the viewer page: ``'self'`` and the allowed
+        origins that are plain ``scheme://host[:port]`` origins (``*`` for ``"*"``), so no
+        other site can put the page in a frame (where it would connect as same-origin)."""
+        allowed = self._allowed_origins or frozenset()
+        if "*" in allowed:
+            return "*"
+        listed = sorted(o for o in allowed if _CSP_ORIGIN.fullmatch(o))
+        return " ".join(["'self'", *listed])
+
+    def refusal(self, request: RequestLike) -> Refusal | None:
         """Why ``request`` may not watch, or None if it may."""
         token_problem = self._token_problem(request)
         if token_problem is not None:
-            return Refusal(token_problem, unauthenticated=True)
+            return Refusal(token_problem, unauthenticated=True, remedy=_TOKEN_REMEDY[token_problem])
         host = request.headers.get("host", "").strip().lower()
         if host and self._loopback and not is_loopback_name(host):
             # A browser sent here through a name that is not this machine's: DNS rebinding.
-            return Refusal("host not allowed")
+            return Refusal("host not allowed", remedy=(
+                f"Host {logs.printable(host)} is not a name of this machine, which a server on "
+                "loopback refuses against DNS rebinding: connect to localhost or 127.0.0.1, or "
+                "listen on the network with --host / host="
+            ))
         origin = request.origin
         if origin is not None:
             if not self._origin_allowed(origin.rstrip("/").lower(), self.client_of(request).host):
-                return Refusal("origin not allowed")
+                return Refusal.for_origin(origin)
         elif self._embedded_elsewhere(request):
-            return Refusal("cross-site request not allowed")
+            return Refusal("cross-site request not allowed", remedy=(
+                "an <img> or fetch on a page of another site or port; to let pages of other "
+                "origins use the frames: --allow-origin ORIGIN (Streamer(allowed_origins=[...]))"
+            ))
         return None
 
-    def authenticated(self, request: _Request) -> bool:
+    def authenticated(self, request: RequestLike) -> bool:
         """Whether the request carries the valid token. Always False without a token."""
         return self._token is not None and self._token_problem(request) is None
 
@@ -147,22 +208,34 @@ class AccessPolicy:
         """Whether a TCP peer is one of the trusted reverse proxies."""
         return is_trusted(address, self._trusted_proxies)
 
-    def client_of(self, request: _Request) -> ClientView:
+    def client_of(self, request: RequestLike) -> ClientView:
         """The client behind ``request``: the TCP peer, or the forwarded client if the peer is a
         trusted proxy. The one place that decides which address a connection is (logs,
-        ``stats()``, per-address limits)."""
-        return resolve(
+        ``stats()``, per-address limits).
+
+        The forwarding headers of a request are parsed once: the view is kept on the request
+        (for this policy) and every later call returns it. Any thread.
+        """
+        cached = getattr(request, _VIEW_ATTRIBUTE, None)
+        if cached is not None and cached[0] is self:
+            return cached[1]  # type: ignore[no-any-return]
+        view = resolve(
             request.remote_address[0], request.headers, self._trusted_proxies, tls=self._tls
         )
+        try:  # two threads may both get here: both compute the same view
+            setattr(request, _VIEW_ATTRIBUTE, (self, view))
+        except (AttributeError, TypeError):  # a frozen or slotted request object: no cache
+            pass
+        return view
 
-    def describe(self, request: _Request) -> str:
+    def describe(self, request: RequestLike) -> str:
         """The client's address for logs; ``"<client> via <proxy>"`` through a trusted proxy."""
         client = self.client_of(request)
         if client.via_proxy:
             return f"{client.address} via {request.remote_address[0]}"
         return client.address
 
-    def _token_problem(self, request: _Request) -> str | None:
+    def _token_problem(self, request: RequestLike) -> str | None:
         if self._token is None:
             return None
         offered = request.query.get("token")
@@ -186,7 +259,7 @@ class AccessPolicy:
         allowed = self._allowed_origins
         return allowed is not None and ("*" in allowed or origin in allowed)
 
-    def _embedded_elsewhere(self, request: _Request) -> bool:
+    def _embedded_elsewhere(self, request: RequestLike) -> bool:
         """A browser fetch made by a page of another site (or another port of this host), such
         as ``<img src=".../stream.mjpg">``, which carries no Origin header.
 

@@ -7,7 +7,8 @@ connection's own handler thread (one thread per connection, see ``transport``):
 ``/``                     the viewer page (``static/viewer.html``): one self-contained HTML file
                           that connects to the WebSocket on the same host and port
 ``/snapshot.jpg``         the newest frame as one JPEG (``quality``, ``width``, ``height``,
-                          ``max_bytes``); 503 if no frame arrives within two seconds
+                          ``max_bytes``); 503 if no frame arrives within two seconds, or when
+                          the server will not encode it now (below)
 ``/stream.mjpg``          ``multipart/x-mixed-replace`` MJPEG for ``<img>``, VLC, OBS, Home
                           Assistant and ``cv2.VideoCapture`` (``fps`` as well as the above);
                           each part has ``Content-Type``, ``Content-Length`` and ``X-Timestamp``
@@ -21,8 +22,16 @@ anything else             404
 
 Query parameters mean what they mean for WebSocket viewers (``PROTOCOL.md``); unknown ones are
 ignored, a bad value is answered with 400 and the reason. GET and HEAD are served (HEAD gets the
-headers GET would get; for ``/stream.mjpg`` the multipart headers, then the response ends); the
-transport answers other methods with 405.
+headers GET would get; for ``/stream.mjpg`` the multipart headers, then the response ends);
+OPTIONS on the frame endpoints is a CORS preflight (:mod:`.headers`); the transport answers
+other methods with 405.
+
+**Snapshots are bounded work.** A snapshot that needs an encode (a size or quality of its own;
+with ``max_bytes`` a search of several) waits for the one snapshot place, at most
+``_SNAPSHOT_WAIT_S``; the encode counts against the encode budget. Past either, 503 with
+``Retry-After: 1`` and why, logged rate-limited. A JPEG already made (the default variant while
+anyone watches, the source's own) needs no place. The response is written after the place is
+given back, so a slow reader holds none.
 
 Access rules: ``/snapshot.jpg``, ``/stream.mjpg`` and ``/stats.json`` follow the WebSocket rules
 (:class:`~camstream.web.policy.AccessPolicy`): a missing or wrong token is answered with 401 and
@@ -32,13 +41,15 @@ marks as made by a page of another site (``Sec-Fetch-Site: cross-site`` or ``sam
 an ``<img>`` on another page, which sends no Origin) unless the Streamer allows other origins.
 Their responses carry ``Cross-Origin-Resource-Policy: same-origin`` (``cross-origin`` when other
 origins are allowed), so browsers that send no ``Sec-Fetch-Site`` still keep frames from other
-pages. **The viewer page is served to
-everyone**: it is the same static file for every caller and holds no frame, no setting and no
-secret. It reads the token from its own URL (``/?token=X``) and hands it to the WebSocket, which
-enforces the rules, so a visitor without the right token gets a page that says why it was refused
-(close code 1008, ``token required`` / ``invalid token``) instead of a bare 401. The page is sent
-with a Content-Security-Policy under which it loads nothing from elsewhere, and with ``Referrer-
-Policy: no-referrer`` so the token in its URL is never passed on.
+pages, and CORS headers for pages of allowed origins (:mod:`.headers`).
+
+**The viewer page is served to everyone**: it is the same static file for every caller and holds no
+frame, no setting and no secret. It reads the token from its own URL (``/?token=X``) and hands it to
+the WebSocket, which enforces the rules, so a visitor without the right token gets a page that says
+why it was refused (close code 1008, ``token required`` / ``invalid token``) instead of a bare 401.
+The page is sent with a Content-Security-Policy under which it loads nothing from elsewhere and no
+other site may frame it, and with ``Referrer-Policy: no-referrer`` so the token in its URL is never
+passed on.
 
 Every MJPEG stream (:class:`~camstream.delivery.mjpeg.MjpegStream`) runs the loop of a WebSocket
 viewer
@@ -69,35 +80,28 @@ from ..delivery.encoder import EncodeCache, Variant
 from ..delivery.mjpeg import BOUNDARY, MjpegStream
 from ..delivery.registry import Admission, ViewerRegistry
 from ..delivery.snapshot import SnapshotFailure, take_snapshot
+from ..options import FULL_REMEDY
 from ..ratelimit import LogBudget
 from ..ws import HttpExchange, Request
-from .policy import AccessPolicy
+from . import headers
+from .policy import AccessPolicy, Refusal
 
 __all__ = ["HttpRoutes"]
 
 logger = logs.get_logger(__name__)
 _refusal_log = LogBudget()  # refused requests: anyone can cause them, so they are rate-limited
+_busy_log = LogBudget()  # snapshots refused for load: likewise
 
-_SNAPSHOT_FAILURES = {  # the 503 bodies of /snapshot.jpg
+_SNAPSHOT_WORKERS = 1  # snapshots encoded at once, all clients together
+_SNAPSHOT_WAIT_S = 0.5  # how long a snapshot request waits for a place before its 503
+
+_SNAPSHOT_FAILURES = {  # the 503 bodies of /snapshot.jpg (load refusals: _refuse_snapshot)
     SnapshotFailure.NO_FRAME: b"no frame yet: the camera has not delivered one\n",
-    SnapshotFailure.BUSY: b"server busy, try again\n",
     SnapshotFailure.UNDECODABLE: b"the latest frame cannot be decoded\n",
 }
 _QUERY_FIELDS = frozenset({"fps", "quality", "width", "height", "max_bytes"})
 _HEALTHY_FRAME_AGE_S = 2.0  # /healthz: 200 while the newest frame is younger (or 3 periods)
 
-_NO_STORE = {"Cache-Control": "no-store, no-cache, must-revalidate", "Pragma": "no-cache"}
-_PAGE_HEADERS = {
-    "Cache-Control": "no-cache",
-    "X-Content-Type-Options": "nosniff",
-    "Referrer-Policy": "no-referrer",
-    # The page is one file with inline script and style; it may talk to its own server only
-    # (ws:/wss: are listed because older browsers do not count them as 'self').
-    "Content-Security-Policy": (
-        "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; "
-        "img-src data: blob:; connect-src 'self' ws: wss:; base-uri 'none'; form-action 'none'"
-    ),
-}
 
 
 @functools.cache
@@ -146,17 +150,21 @@ class HttpRoutes:
         self._camera, self._cache, self._policy, self._viewers = camera, cache, policy, viewers
         self._server_stats, self._websocket_url = stats, websocket_url
         self._serving, self._send_timeout = serving, send_timeout
-        self._routes: dict[str, Callable[[HttpExchange], None]] = {
+        self._routes: dict[str, Callable[[HttpExchange, dict[str, str]], None]] = {
             "/snapshot.jpg": self._snapshot,
             "/stream.mjpg": self._stream,
             "/stats.json": self._stats_json,
         }
+        self._page_headers = headers.page_headers(policy)
+        self._snapshot_places = threading.BoundedSemaphore(_SNAPSHOT_WORKERS)
         self._lock = threading.Lock()  # guards everything below
         self._stream_ids = itertools.count(1)
         self._counters = {
             "requests": 0,
             "pages": 0,
             "snapshots": 0,
+            "snapshots_refused_busy": 0,
+            "snapshots_refused_budget": 0,
             "refused": 0,
             "not_found": 0,
             "mjpeg_opened": 0,
@@ -179,6 +187,9 @@ class HttpRoutes:
         request = exchange.request
         self._count("requests")
         path = request.path
+        if request.method == "OPTIONS":
+            self._options(exchange)
+            return
         if path == "/":
             self._count("pages")
             self._page(exchange)
@@ -200,12 +211,13 @@ class HttpRoutes:
                 404, b"not found: try / (viewer), /snapshot.jpg, /stream.mjpg or /stats.json\n"
             )
             return
-        if self._refuse(exchange):
+        response_headers = headers.frame_headers(self._policy, request)
+        if self._refuse(exchange, response_headers):
             return
         try:
-            route(exchange)
+            route(exchange, response_headers)
         except _BadQuery as exc:
-            exchange.send_response(400, f"{exc}\n".encode())
+            exchange.send_response(400, f"{exc}\n".encode(), headers=response_headers)
 
     def stats(self) -> dict[str, Any]:
         """Counters of the HTTP endpoints, for ``Streamer.stats()["http"]``.
@@ -242,47 +254,93 @@ class HttpRoutes:
             logger.error("viewer.html is missing from the camstream package", exc_info=True)
             exchange.send_response(500, b"viewer page not installed\n")
             return
-        exchange.send_response(200, body, "text/html; charset=utf-8", headers=_PAGE_HEADERS)
+        exchange.send_response(
+            200, body, "text/html; charset=utf-8", headers=self._page_headers
+        )
 
-    @functools.cached_property
-    def _frame_headers(self) -> dict[str, str]:
-        """Headers of the frame endpoints: never cached, and readable by other origins only if
-        the Streamer allows some (``Cross-Origin-Resource-Policy``, honoured by browsers for
-        ``<img>`` and ``fetch(no-cors)``, which carry no Origin header)."""
-        corp = "cross-origin" if self._policy.other_origins_allowed else "same-origin"
-        return {**_NO_STORE, "Cross-Origin-Resource-Policy": corp}
+    def _options(self, exchange: HttpExchange) -> None:
+        """``OPTIONS``: a CORS preflight on a frame endpoint (see :mod:`.headers`)."""
+        request = exchange.request
+        if request.path not in headers.CORS_PATHS:
+            exchange.send_response(405, b"OPTIONS is answered on the frame endpoints only\n",
+                                   headers={"Allow": "GET, HEAD"})
+            return
+        status, body, response_headers = headers.preflight(self._policy, request)
+        if status == 403:
+            self._count("refused")
+            _refusal_log.log(
+                logger, logging.WARNING, "CORS preflight for %s from %s refused: %s",
+                request.path, self._policy.describe(request),
+                Refusal.for_origin(request.origin or "").log_text,
+            )
+        exchange.send_response(status, body, headers=response_headers)
 
-    def _snapshot(self, exchange: HttpExchange) -> None:
+    def _snapshot(self, exchange: HttpExchange, frame_headers: dict[str, str]) -> None:
         variant, _ = self._parse_query(exchange.request.query)
-        encoded = take_snapshot(self._camera, self._cache, variant, serving=self._serving)
+        # Snapshot work is bounded: at most _SNAPSHOT_WORKERS encodes at once (a JPEG that is
+        # made already, or the source's own, needs no place), each counted by the encode budget.
+        # The response is sent after the place is given back: a slow reader holds no place.
+        encoded = take_snapshot(
+            self._camera, self._cache, variant, serving=self._serving,
+            places=self._snapshot_places, place_wait=_SNAPSHOT_WAIT_S,
+        )
+        if encoded is SnapshotFailure.NO_PLACE:
+            self._refuse_snapshot(exchange, frame_headers, "busy")
+            return
+        if encoded is SnapshotFailure.BUDGET:
+            self._refuse_snapshot(exchange, frame_headers, "budget")
+            return
         if isinstance(encoded, SnapshotFailure):
             exchange.send_response(
-                503, _SNAPSHOT_FAILURES[encoded],
-                headers={"Retry-After": "1", **self._frame_headers},
+                503, _SNAPSHOT_FAILURES[encoded], headers={"Retry-After": "1", **frame_headers}
             )
             return
         self._count("snapshots")
-        exchange.send_response(200, encoded.data, "image/jpeg", headers=self._frame_headers)
+        exchange.send_response(200, encoded.data, "image/jpeg", headers=frame_headers)
+
+    def _refuse_snapshot(
+        self, exchange: HttpExchange, frame_headers: dict[str, str], why: str
+    ) -> None:
+        """503 for a snapshot the server will not make now (``busy``: every place taken;
+        ``budget``: the encode budget of this second is spent), logged rate-limited."""
+        self._count(f"snapshots_refused_{why}")
+        if why == "busy":
+            body = b"server busy: too many snapshots at once, try again\n"
+            remedy = (f"{_SNAPSHOT_WORKERS} snapshots are being made and more wait: clients "
+                      "should ask less often, or read /stream.mjpg for a stream of frames")
+        else:
+            body = b"server busy: the encode budget of this second is spent, try again\n"
+            remedy = (f"the encode budget ({self._cache.max_encodes_per_s:g} a second for "
+                      "other sizes, qualities and snapshots) is spent: ask for the default "
+                      "size and quality (no encode of its own), or raise max_encodes_per_s")
+        _busy_log.log(
+            logger, logging.WARNING, "snapshot for %s refused (503): %s",
+            self._policy.describe(exchange.request), remedy,
+        )
+        exchange.send_response(503, body, headers={"Retry-After": "1", **frame_headers})
 
     def _healthz(self, exchange: HttpExchange) -> None:
         """200 ``ok`` while frames flow, else 503 ``no frames``; no token: it reveals one bit."""
         frame = self._camera.latest()
         limit = max(_HEALTHY_FRAME_AGE_S, 3.0 / self._camera.fps)
+        response_headers = headers.frame_headers(self._policy, exchange.request)
         if frame is not None and time.monotonic() - frame.captured_monotonic <= limit:
-            exchange.send_response(200, b"ok\n", headers=_NO_STORE)
+            exchange.send_response(200, b"ok\n", headers=response_headers)
         else:
-            exchange.send_response(503, b"no frames\n", headers={"Retry-After": "1", **_NO_STORE})
+            exchange.send_response(
+                503, b"no frames\n", headers={"Retry-After": "1", **response_headers}
+            )
 
-    def _stats_json(self, exchange: HttpExchange) -> None:
+    def _stats_json(self, exchange: HttpExchange, frame_headers: dict[str, str]) -> None:
         body = json.dumps(self._server_stats(), indent=1).encode()
-        exchange.send_response(200, body, "application/json", headers=self._frame_headers)
+        exchange.send_response(200, body, "application/json", headers=frame_headers)
 
-    def _stream(self, exchange: HttpExchange) -> None:
+    def _stream(self, exchange: HttpExchange, frame_headers: dict[str, str]) -> None:
         variant, fps = self._parse_query(exchange.request.query)
         head = {
             "Content-Type": f"multipart/x-mixed-replace; boundary={BOUNDARY}",
             "X-Accel-Buffering": "no",  # tell nginx not to buffer the stream
-            **self._frame_headers,
+            **frame_headers,
         }
         if exchange.head_only:  # the headers a GET would get; no viewer place is taken
             exchange.start_stream(200, head)
@@ -297,15 +355,16 @@ class HttpRoutes:
         try:
             admission = self._viewers.add_stream(stream_id, stream)
             if admission is Admission.CLOSED:
-                exchange.send_response(503, b"server shutting down\n", headers=self._frame_headers)
+                exchange.send_response(503, b"server shutting down\n", headers=frame_headers)
                 return
             if admission is Admission.FULL:
                 self._count("mjpeg_full")
-                logger.info("MJPEG client from %s refused: server full", address)
+                _refusal_log.log(logger, logging.WARNING, "MJPEG client from %s refused: %s",
+                                 self._policy.describe(exchange.request), FULL_REMEDY)
                 exchange.send_response(
                     503,
                     b"server full, try again later\n",
-                    headers={"Retry-After": "5", **self._frame_headers},
+                    headers={"Retry-After": "5", **frame_headers},
                 )
                 return
             self._count("mjpeg_opened")
@@ -328,22 +387,22 @@ class HttpRoutes:
 
     # Helpers
 
-    def _refuse(self, exchange: HttpExchange) -> bool:
+    def _refuse(self, exchange: HttpExchange, frame_headers: dict[str, str]) -> bool:
         """Answer 401 / 403 if the token or Origin rules refuse this request; True if so."""
         refusal = self._policy.refusal(exchange.request)
         if refusal is None:
             return False
         self._count("refused")
         _refusal_log.log(
-            logger, logging.INFO, "HTTP %s from %s refused: %s",
-            exchange.request.path, self._policy.client_of(exchange.request).address,
-            refusal.reason,
+            logger, logging.WARNING, "HTTP %s from %s refused: %s",
+            exchange.request.path, self._policy.describe(exchange.request), refusal.log_text,
         )
         challenge = (
-            {"WWW-Authenticate": 'Bearer realm="camstream"'} if refusal.unauthenticated else None
+            {"WWW-Authenticate": 'Bearer realm="camstream"'} if refusal.unauthenticated else {}
         )
         exchange.send_response(
-            refusal.http_status, f"{refusal.reason}\n".encode(), headers=challenge
+            refusal.http_status, f"{refusal.reason}\n".encode(),
+            headers={**frame_headers, **challenge},
         )
         return True
 

@@ -32,7 +32,7 @@ class Application(Protocol):
         """Called once for every connection that got on_open, after it left the registry."""
 
     def on_http(self, exchange: HttpExchange) -> None:
-        """Called for a GET that is not a WebSocket upgrade, and for a HEAD."""
+        """Called for a GET that is not a WebSocket upgrade, and for a HEAD or an OPTIONS."""
 
     def authenticated(self, request: Request) -> bool:
         """Whether ``request`` carries the server's credential (e.g. a valid token).

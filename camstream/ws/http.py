@@ -118,7 +118,7 @@ class HttpError(Exception):
         self.status, self.message, self.headers = status, message, dict(headers or {})
 
 
-_METHODS = ("GET", "HEAD")
+_METHODS = ("GET", "HEAD", "OPTIONS")  # OPTIONS: CORS preflights, answered by the application
 _HOST = re.compile(r"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-._~%!$&'()*+;=]+)(:[0-9]{0,5})?")
 """A ``Host`` value (RFC 9110 section 7.2: uri-host [":" port]); no comma, so two joined values
 (``a, b``) are refused, as are spaces and userinfo."""
@@ -214,7 +214,7 @@ class RequestParser:
 
         Raises:
             HttpError: 505 for a version other than HTTP/1.1 and 1.0 (or an upgrade in 1.0), 405
-                for a method other than GET and HEAD, 400 for a bad target or Host header.
+                for a method other than GET, HEAD and OPTIONS, 400 for a bad target or Host.
         """
         http10 = self._version == "HTTP/1.0"
         if self._version != "HTTP/1.1" and not (

@@ -11,7 +11,11 @@ extends Control
 ## - [code]--url=URL[/code]: the server (default: the node's url, ws://127.0.0.1:8765/).
 ## - [code]--token=SECRET[/code], [code]--token-in-query[/code]: access token, as an
 ##   Authorization header (default) or as the ?token= query parameter.
-## - [code]--config=JSON[/code]: stream settings, e.g. [code]{"fps":15,"width":320}[/code].
+## - [code]--config=JSON[/code]: stream settings, e.g. [code]{"fps":15,"width":320}[/code]
+##   (frame_info is on unless it says [code]"frame_info":false[/code]: the status line shows
+##   the latency).
+## - [code]--full-size[/code]: the source's full size, not the Video rect's size on screen.
+## - [code]--main-thread[/code]: read the socket and decode on the main thread (to compare).
 ## - [code]--inbound=BYTES[/code]: inbound_buffer_size (default 4 MiB).
 ## - [code]--ca=PEM[/code]: CA to trust for wss; [code]--insecure-tls[/code]: trust any
 ##   certificate (testing only).
@@ -55,6 +59,10 @@ func _ready() -> void:
 			_client.config = parsed
 		else:
 			push_error("--config is not a JSON object: %s" % args["config"])
+	if not _client.config.has("frame_info"):
+		_client.config["frame_info"] = true  # a frame message before each JPEG: the latency
+	_client.match_target_size = not args.has("full-size")
+	_client.use_thread = not args.has("main-thread")
 	if args.has("inbound"):
 		_client.inbound_buffer_size = int(args["inbound"])
 	if args.has("ca"):
@@ -95,7 +103,8 @@ func _on_metadata_received(metadata: Dictionary) -> void:
 
 
 func _on_event_received(event: Dictionary) -> void:
-	print("camstream: event ", JSON.stringify(event))
+	if event.get("type") != "frame":  # one before every JPEG: too many to print
+		print("camstream: event ", JSON.stringify(event))
 
 
 func _on_connection_closed(code: int, reason: String) -> void:
@@ -134,8 +143,38 @@ func _update_label() -> void:
 			"shown %.1f fps, %d frames, %d skipped"
 			% [_rate_fps, _client.frames_decoded, _client.frames_dropped]
 		)
-		text += "\n%s | %s" % [stream, shown]
+		text += "\n%s | %s\n%s" % [stream, shown, delivery_text(_client)]
 	_status.text = text
+
+
+## The status line's third line: where frames are decoded, the size asked for, the latency,
+## and the adaptive state, e.g. [code]own thread | asked for 960x544 | latency 42 ms |
+## adapting: rung 1 of 4 (link), link 2400 kbit/s, rtt 35 ms[/code].
+static func delivery_text(client: Client) -> String:
+	var parts: PackedStringArray = []
+	parts.append("own thread" if client.using_thread else "main thread only")
+	var asked: Vector2i = client.requested_size
+	parts.append("full size" if asked == Vector2i.ZERO else "asked for %dx%d" % [asked.x, asked.y])
+	if client.latency_ms >= 0.0:
+		parts.append("latency %d ms" % roundi(client.latency_ms))
+	if client.rungs > 0 or client.metadata.has("adapt"):
+		parts.append(adapt_text(client))
+	return " | ".join(parts)
+
+
+## The adaptive state from the metadata, e.g. [code]adapting: rung 1 of 4 (link), link
+## 2400 kbit/s, rtt 35 ms[/code] or [code]not adapting[/code].
+static func adapt_text(client: Client) -> String:
+	if not client.adapt:
+		return "not adapting"
+	var text: String = "adapting: rung %d of %d" % [client.rung, client.rungs]
+	if not client.adapt_reason.is_empty():
+		text += " (%s)" % client.adapt_reason
+	if client.link_kbps >= 0.0:
+		text += ", link %d kbit/s" % roundi(client.link_kbps)
+	if client.rtt_ms >= 0.0:
+		text += ", rtt %d ms" % roundi(client.rtt_ms)
+	return text
 
 
 ## Prints the CAMSTREAM_SMOKE line, saves the screenshot if asked, closes and quits
@@ -168,6 +207,9 @@ func _finish(outcome: String) -> void:
 		"fps_in=%.1f" % fps_in,
 		"elapsed=%.2f" % elapsed_s,
 		"inbound=%d" % _client.inbound_buffer_size,
+		"thread=%s" % str(_client.using_thread).to_lower(),
+		"requested=%dx%d" % [_client.requested_size.x, _client.requested_size.y],
+		"latency_ms=%d" % roundi(_client.latency_ms),
 		"close=%d" % _client.last_close_code,
 		"status='%s'" % _client.status,
 	]
