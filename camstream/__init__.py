@@ -21,8 +21,7 @@ from .errors import (
 )
 from .protocol import PROTOCOL_VERSION, CloseCode
 from .server import Streamer
-
-__version__ = "0.1.0"
+from .version import __version__
 
 __all__ = [
     "CameraState",

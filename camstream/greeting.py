@@ -27,10 +27,23 @@ from __future__ import annotations
 import logging
 import sys
 import threading
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
+
+from .version import __version__
 
 if TYPE_CHECKING:
-    from .server import Streamer
+    from .capture.camera import CameraThread
+
+
+class _Started(Protocol):
+    """What the start line reads of a ``camstream.server.Streamer`` (which imports this
+    module: no import back)."""
+
+    @property
+    def camera(self) -> CameraThread: ...
+
+    @property
+    def urls(self) -> list[str]: ...
 
 __all__ = ["Greeting", "logging_configured", "start_line"]
 
@@ -49,11 +62,10 @@ def logging_configured() -> bool:
     )
 
 
-def start_line(streamer: Streamer, *, stop_hint: bool = True) -> str:
+def start_line(streamer: _Started, *, stop_hint: bool = True) -> str:
     """``camstream 0.1.0: streaming test pattern 640x480 at 30 fps on ws://...`` for a
     started ``streamer``: its source, size, rate and every URL it is reached at (:attr:`urls`).
     """
-    from . import __version__  # here: camstream/__init__.py imports this module's importer
     from .capture.camera import describe_source
 
     camera = streamer.camera
