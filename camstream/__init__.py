@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 
+from .cameraset import CameraConfig
 from .capture.camera import CameraState, CameraThread
 from .capture.frame import Frame
 from .errors import (
@@ -24,6 +25,7 @@ from .server import Streamer
 from .version import __version__
 
 __all__ = [
+    "CameraConfig",
     "CameraState",
     "CameraThread",
     "CamstreamError",

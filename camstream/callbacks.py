@@ -16,15 +16,15 @@ from .ws import Connection, HandshakeRejected, HttpExchange, Request
 
 __all__ = ["TransportCallbacks", "how_it_closed"]
 
-_WEBSOCKET_PATHS = frozenset({"/", "/ws"})
-
 
 class TransportCallbacks:
     """What the transport calls (its ``Application``): the Streamer's private adapter.
 
     Every callback runs in that connection's own handler thread. WebSocket upgrades are
-    accepted on ``/`` and ``/ws`` only; who may watch is decided after the 101, so a refused
-    client learns why from the close code (the policy's refusal).
+    accepted where ``websocket_refusal(path)`` finds nothing to say (``/``, ``/ws`` and each
+    camera's ``/NAME``, ``/NAME/ws``), else answered 404 with what it said; who may watch is
+    decided after the 101, so a refused client learns why from the close code (the policy's
+    refusal).
     """
 
     def __init__(
@@ -34,15 +34,18 @@ class TransportCallbacks:
         opened: Callable[[Connection], None],
         closed: Callable[[Connection], None],
         http: Callable[[HttpExchange], None],
+        websocket_refusal: Callable[[str], str | None],
     ) -> None:
         self._policy = policy
+        self._websocket_refusal = websocket_refusal
         self.on_open = opened
         self.on_close = closed
         self.on_http = http
 
     def authorize(self, request: Request) -> None:
-        if request.path not in _WEBSOCKET_PATHS:
-            raise HandshakeRejected(404, f"no WebSocket endpoint at {request.path}")
+        refusal = self._websocket_refusal(request.path)
+        if refusal is not None:
+            raise HandshakeRejected(404, refusal)
 
     def authenticated(self, request: Request) -> bool:
         """The request carries the valid token: it may use the places reserved for such."""

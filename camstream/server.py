@@ -1,7 +1,8 @@
-"""Streamer: one camera, any number of WebSocket viewers, each on its own timer.
+"""Streamer: one camera or several on one port, any number of viewers, each on its own timer.
 
 ``Streamer().serve_forever()`` is the whole program; ``with Streamer(...) as s:`` embeds it in an
-application (it serves in background threads until the block ends).
+application (it serves in background threads until the block ends). ``Streamer(sources={...})``
+serves several cameras, each under its name (:mod:`camstream.cameraset`).
 """
 
 from __future__ import annotations
@@ -17,15 +18,24 @@ import numpy as np
 
 from . import logs, protocol
 from .callbacks import TransportCallbacks, how_it_closed
+from .cameraset import (
+    DEFAULT_NAME,
+    CameraConfig,
+    CameraLabel,
+    CameraSet,
+    ServedCamera,
+    check_camera_name,
+    resends_metadata,
+    split_path,
+    visible_state,
+)
 from .capture.camera import CameraThread, Frame, Source, describe_source
 from .capture.devices import CaptureFactory
-from .capture.report import camera_report, camera_state_fields
-from .delivery.encoder import EncodeCache
-from .delivery.fanout import FanOut
+from .capture.report import camera_state_fields
 from .delivery.mjpeg import MjpegStream
-from .delivery.pacing import CounterRates
 from .delivery.registry import Admission, ViewerRegistry
 from .delivery.session import ClientSession, ClientSettings
+from .errors import ConfigError, SourceError
 from .greeting import Greeting, start_line
 from .interfaces import interface_addresses, is_wildcard
 from .options import FULL_REMEDY, check_streamer_options, no_limit
@@ -42,24 +52,47 @@ __all__ = ["Streamer"]
 logger = logs.get_logger(__name__)
 _refusal_log = LogBudget()  # refused viewers: anyone can cause them, so they are rate-limited
 
+_SUMMED_COUNTERS = (  # stats(): the top-level counters are these, summed over the cameras
+    "frames_captured", "frames_dropped_corrupt", "frames_encoded", "encodes", "decodes",
+    "encodes_per_s", "decodes_per_s", "encodes_refused",
+)
+
 GODOT_MAX_MESSAGE = 65535
 """Godot 4's default ``WebSocketPeer.inbound_buffer_size``: the largest message it accepts."""
 SUBPROTOCOL = "camstream.v1"  # optional: clients that offer no subprotocol are welcome too
 
 
 class Streamer:
-    """Streams one frame source to every WebSocket client that connects.
+    """Streams one frame source, or several, to every WebSocket client that connects.
 
     Args:
         source: what to stream (default auto: camera 0, else the built-in test pattern with a
             WARNING), a camera index (strict: no fallback) or device path, a video file or
             stream URL (an MJPEG one is passed through untouched), ``"test"`` for the test
             pattern, or ``"push"`` to hand frames in with :meth:`publish`.
+        sources: several cameras instead of ``source``, by name: ``{"front": 0, "rear":
+            "/dev/v4l/by-id/...", "bench": "http://host/stream.mjpg"}``. Each value is a source,
+            a :class:`~camstream.cameraset.CameraConfig` or a dict of its fields (``{"source": 2,
+            "width": 1280, "on_demand": 30}``); settings a camera leaves out are the
+            Streamer's (``width``, ``fps``, ``quality``, ...). Camera ``NAME`` is served at
+            ``ws://host:port/NAME``, ``/NAME/stream.mjpg``, ``/NAME/snapshot.jpg`` and
+            ``/NAME/`` (viewer page); ``/cameras.json`` lists them; the unnamed paths serve the
+            first. Names: 1-32 letters, digits, ``-`` or ``_``. Each camera has its own camera
+            thread, encode cache (and encode budget, ``max_encodes_per_s`` each) and fan-out, so
+            one camera lost, busy or slow never holds up another; ``max_clients`` counts the
+            viewers of every camera together. See :meth:`add_camera` / :meth:`remove_camera`.
+        on_demand: open each camera only while someone watches it: a grace period in seconds
+            (the source is released that long after its last viewer leaves; 0: at once),
+            ``True`` for 10 s, or None (default: always open). Viewers that come while it opens
+            get ``metadata`` with ``camera: "starting"`` at once and frames as soon as there are
+            any. Push sources are never closed.
         host: the address to listen on. The default, ``127.0.0.1``, admits this machine only;
             ``0.0.0.0`` admits the network (set a ``token`` then).
         port: the TCP port (default 8765); ``0`` picks a free one (see :attr:`port`).
         fps: the camera's frame rate (default 30), and the rate a client gets unless it asks
-            for less.
+            for less. This and the settings below up to ``capture_factory`` (and ``quality``)
+            are every camera's unless its :class:`~camstream.cameraset.CameraConfig` says
+            otherwise.
         width, height: the capture size requested from the source (16-8192; default: the
             source's own; one side alone keeps the source's aspect ratio).
         quality: the default JPEG quality, 1-100 (default 80).
@@ -112,11 +145,13 @@ class Streamer:
             :mod:`camstream.delivery.fanout`). False: every frame goes through the viewer's own
             thread.
         max_encodes_per_s: JPEG encodes a second for non-default variants and snapshots, all
-            viewers together (default None: ``fps * (max_variants + 1)``); past it, frames are
-            skipped.
+            viewers of one camera together (each camera has its own budget; default None:
+            ``fps * (max_variants + 1)``); past it, frames are skipped.
         name: a name for this Streamer's log lines (``[front door] client 3 connected``),
             shown always. Default None: with several Streamers running in one process, each
             line carries the Streamer's port instead (``[:8766] ...``); with one, nothing.
+            With ``sources``, every line about one camera names it too (``[front] ...``,
+            ``[desk/front] ...``).
 
     Raises:
         ConfigError: an argument is out of range.
@@ -158,6 +193,8 @@ class Streamer:
         max_connections_per_address: int | None = 32,
         fast_fanout: bool = True,
         name: str | None = None,
+        sources: Mapping[str, Source | CameraConfig | Mapping[str, Any]] | None = None,
+        on_demand: bool | float | None = None,
     ) -> None:
         check_streamer_options(
             quality=quality, fps=fps, max_clients=max_clients, port=port, token=token,
@@ -171,10 +208,16 @@ class Streamer:
         max_clients = no_limit(max_clients)
         max_connections_per_address = no_limit(max_connections_per_address)
         ping_interval = no_limit(ping_interval)
-        self._camera = CameraThread(
-            source, width=width, height=height, fps=fps, loop=loop, pixel_format=pixel_format,
-            backend=backend, camera_settings=camera_settings, capture_factory=capture_factory,
+        self._defaults = CameraConfig(
+            source, width=width, height=height, fps=fps, quality=quality, loop=loop,
+            pixel_format=pixel_format, backend=backend, camera_settings=camera_settings,
+            capture_factory=capture_factory, on_demand=on_demand,
         )
+        self._named = sources is not None
+        if sources is not None and source != "auto":
+            raise ConfigError("give source or sources, not both")
+        if sources is not None and (not isinstance(sources, Mapping) or not sources):
+            raise ConfigError("sources must be a dict of at least one camera: {name: source}")
         self._host = host
         self._ssl_context = make_ssl_context(certfile, keyfile) if certfile else None
         self._policy = AccessPolicy(
@@ -184,23 +227,20 @@ class Streamer:
         )
         self._max_bytes = no_limit(max_bytes)  # None: no limit
         self._send_timeout = send_timeout
-        self._cache = EncodeCache(
-            default_quality=quality,
-            default_max_bytes=self._max_bytes,
-            max_variants=max_variants,
-            max_encodes_per_s=(
-                fps * (max_variants + 1) if max_encodes_per_s is None else max_encodes_per_s
-            ),
-        )
+        # Every camera's encode cache and fan-out (each camera has its own):
+        self._max_variants, self._max_encodes_per_s = max_variants, max_encodes_per_s
+        self._fast_fanout = fast_fanout
         self._viewers: ViewerRegistry[ClientSession, MjpegStream] = ViewerRegistry(max_clients)
-        self._rates = CounterRates()  # encodes and decodes per second
         # Log lines of this Streamer's threads carry its label when several run (camstream.logs).
         self._label = logs.Label(name or "", explicit=name is not None)
-        with logs.bound(self._label):
-            self._fanout = FanOut(self._camera, self._viewers.all) if fast_fanout else None
         self._stopped = threading.Event()
+        self._cameras = CameraSet()
+        self._cameras_lock = threading.Lock()  # add_camera / remove_camera / start / stop
+        self._cameras_started = False  # start() started them: add_camera() starts its own
+        for camera_name, value in (sources or {DEFAULT_NAME: source}).items():
+            self._cameras.add(self._make_camera(camera_name, value))
         self._http = HttpRoutes(
-            camera=self._camera, cache=self._cache, policy=self._policy, viewers=self._viewers,
+            cameras=self._cameras, policy=self._policy, viewers=self._viewers,
             stats=self.stats, websocket_url=self._url_for, send_timeout=send_timeout,
             serving=lambda: self.is_serving,
         )
@@ -235,8 +275,68 @@ class Streamer:
     @property
     def camera(self) -> CameraThread:
         """The :class:`~camstream.capture.camera.CameraThread` this Streamer serves (read-only): its
-        ``state``, ``width``/``height``/``fps``, ``controls`` and counters."""
-        return self._camera
+        ``state``, ``width``/``height``/``fps``, ``controls`` and counters. With several
+        cameras, the first (the one the unnamed paths serve); see :attr:`cameras`.
+
+        Raises:
+            RuntimeError: every camera was removed.
+        """
+        return self._camera_named(None).thread
+
+    @property
+    def cameras(self) -> dict[str, CameraThread]:
+        """Every camera by name, in order (a copy; the first serves the unnamed paths). A
+        Streamer of one unnamed source has one, named ``"default"``."""
+        return {camera.name: camera.thread for camera in self._cameras.all()}
+
+    def add_camera(
+        self, name: str, source: Source | CameraConfig | Mapping[str, Any]
+    ) -> CameraThread:
+        """Add a camera, served at once under ``name`` if the Streamer runs (its source is
+        opened here, in the calling thread, unless on demand). Any thread.
+
+        ``source`` is what a value of ``sources`` is: a source, a
+        :class:`~camstream.cameraset.CameraConfig` or a dict; settings it leaves out are the
+        Streamer's. Returns the new camera's thread.
+
+        Raises:
+            ConfigError: a bad name or setting, a name in use, or the Streamer has stopped.
+            SourceError: the source cannot be opened (nothing is added).
+        """
+        with self._cameras_lock:
+            if self._stopped.is_set():
+                raise ConfigError("add_camera() after stop()")
+            camera = self._make_camera(name, source)
+            if self._cameras.get(name) is not None:
+                raise ConfigError(f"there is a camera named {name!r} already")
+            if self._cameras_started:
+                self._start_camera(camera)
+            self._cameras.add(camera)
+        with logs.bound(self._label):
+            if self._cameras_started:
+                logger.info("camera %s added: %s", name, describe_source(camera.thread.source))
+        return camera.thread
+
+    def remove_camera(self, name: str, timeout: float = 2.0) -> None:
+        """Stop serving camera ``name``: its WebSocket viewers are closed with 1001 (``camera
+        removed``), its MJPEG streams end, its source is released and its threads joined.
+        If it was the first, the unnamed paths serve the next one. Any thread but one of
+        that camera's own.
+
+        Raises:
+            ConfigError: there is no camera of that name.
+        """
+        with self._cameras_lock:
+            camera = self._cameras.remove(name)
+        if camera is None:
+            raise ConfigError(f"there is no camera named {logs.printable(name, 40)!r}")
+        for stream in self._viewers.streams(name):
+            stream.stop()
+        for session in self._viewers.sessions(name):
+            session.connection.close(CloseCode.GOING_AWAY, "camera removed")
+        camera.stop(timeout)
+        with logs.bound(self._label):
+            logger.info("camera %s removed", name)
 
     # Lifecycle
 
@@ -254,25 +354,30 @@ class Streamer:
             return self._start()
 
     def _start(self) -> Streamer:
-        self._camera.add_listener(self._on_camera_event)
-        self._camera.add_frame_listener(self._on_frame)
-        self._camera.start()
-        if self._fanout is not None:
-            self._fanout.start()
+        started: list[ServedCamera] = []
+        try:
+            with self._cameras_lock:
+                for camera in self._cameras.all():
+                    self._start_camera(camera)
+                    started.append(camera)
+                self._cameras_started = True
+        except BaseException:
+            for camera in started:
+                camera.stop()
+            raise
         try:
             self._server = WebSocketServer(
                 TransportCallbacks(
                     self._policy, opened=self._open, closed=self._close,
-                    http=self._http.handle,
+                    http=self._http.handle, websocket_refusal=self._websocket_refusal,
                 ),
                 self._host, self._requested_port, ssl_context=self._ssl_context,
                 subprotocols=(SUBPROTOCOL,),
                 **self._transport_options,
             )
         except BaseException:
-            if self._fanout is not None:
-                self._fanout.stop()
-            self._camera.stop()
+            for camera in started:
+                camera.stop()
             raise
         self._label.set(f":{self._server.port}")
         self._label.activate()
@@ -285,7 +390,10 @@ class Streamer:
             name="camstream-server", daemon=True,
         )
         self._serve_thread.start()
-        logger.info("serving %s on %s", describe_source(self._camera.source), ", ".join(self.urls))
+        for camera in self._cameras.all():
+            where = ", ".join(self.urls) if not self._named else self._url_at_camera(camera.name)
+            logger.info("serving %s%s on %s", f"{camera.name}: " if self._named else "",
+                        describe_source(camera.thread.source), where)
         return self
 
     def serve_forever(self, *, quiet: bool = False) -> None:
@@ -329,8 +437,11 @@ class Streamer:
         # that interrupted the first, __exit__ after stop()) runs the same idempotent steps, so
         # whichever finishes, everything is closed.
         self._stopped.set()
-        if self._fanout is not None:
-            self._fanout.stop(timeout)
+        with self._cameras_lock:
+            cameras = self._cameras.all()
+        for camera in cameras:
+            if camera.fanout is not None:
+                camera.fanout.stop(timeout)
         for stream in self._viewers.close():
             stream.stop()  # it ends in its HTTP handler thread; the transport joins that
         server = self._server
@@ -341,7 +452,8 @@ class Streamer:
             session.stop(timeout)
         if server is not None:
             server.server_close()
-        self._camera.stop(timeout)
+        for camera in cameras:
+            camera.stop(timeout)
         thread = self._serve_thread
         if thread is not None and thread is not threading.current_thread():
             thread.join(timeout)
@@ -405,59 +517,70 @@ class Streamer:
         """Whether the Streamer serves now: started and not stopped."""
         return self._server is not None and not self._stopped.is_set()
 
-    def publish(self, image: np.ndarray, *, copy: bool = True) -> Frame:
+    def publish(
+        self, image: np.ndarray, *, copy: bool = True, camera: str | None = None
+    ) -> Frame:
         """Hand a frame to every viewer (push mode: ``Streamer("push")``). Thread-safe.
 
         ``image`` is an 8-bit BGR, BGRA or grayscale array (see :meth:`CameraThread.publish`).
+        ``camera``: which camera's viewers (a push source of ``sources``); default the first.
 
         Raises:
-            ConfigError: the Streamer's source is not ``"push"``, or not such an image (the
-                message gives the dtype and shape it got).
+            ConfigError: the camera's source is not ``"push"``, there is no such camera, or not
+                such an image (the message gives the dtype and shape it got).
         """
-        return self._camera.publish(image, copy=copy)
+        return self._push_camera(camera).publish(image, copy=copy)
 
-    def publish_jpeg(self, data: bytes) -> Frame | None:
+    def publish_jpeg(self, data: bytes, *, camera: str | None = None) -> Frame | None:
         """Hand a JPEG file to every viewer (push mode), untouched where a viewer takes it as is.
+        ``camera`` as for :meth:`publish`.
 
         Returns None (and counts it in ``stats()``) if ``data`` is not one whole JPEG file.
 
         Raises:
-            ConfigError: the Streamer's source is not ``"push"``.
+            ConfigError: the camera's source is not ``"push"``, or there is no such camera.
         """
-        return self._camera.publish_jpeg(data)
+        return self._push_camera(camera).publish_jpeg(data)
 
     def stats(self) -> dict[str, Any]:
-        """Counters for monitoring: camera, encodes, and per-client sent/skipped frames."""
-        sessions = self._viewers.sessions()
-        cache = self._cache
-        now = time.time()
-        encodes_per_s, decodes_per_s = self._rates.per_s(
-            time.monotonic(), (cache.encodes, self._camera.decodes)
-        )
-        return {
-            "uptime_s": round(time.monotonic() - self._started_at, 3) if self._started_at else 0,
-            "camera": camera_report(self._camera),
-            "frames_captured": self._camera.frames_captured,
-            "frames_dropped_corrupt": self._camera.frames_dropped_corrupt,
-            "frames_encoded": cache.encodes,
-            "encodes": cache.encodes,
-            "decodes": self._camera.decodes,
-            "encodes_per_s": encodes_per_s,
-            "decodes_per_s": decodes_per_s,
-            "encodes_refused": cache.encodes_refused,
-            "live_variants": cache.live_variants,
-            "variants": [
-                {
-                    "width": v.width, "height": v.height, "quality": v.quality,
-                    "max_bytes": v.max_bytes, "encodes": n,
-                }
-                for v, n in list(cache.encodes_by_variant.items())
-            ],
-            "client_count": len(sessions),
-            "clients": [
-                s.info(self._policy.client_of(s.connection.request).address, now)
+        """Counters for monitoring: cameras, encodes, and per-client sent/skipped frames.
+
+        ``cameras`` has each camera's own counters by name (its ``camera`` report, frames,
+        encodes, rates, variants, ``client_count``, ``mjpeg_active``, ``healthy``). At the top,
+        ``camera`` and ``variants`` are the first camera's (the one the unnamed paths serve);
+        the frame and encode counters and rates are totals over every camera (with one camera,
+        its own); ``clients`` lists every WebSocket viewer, each with its ``camera``.
+        """
+        now_m, now = time.monotonic(), time.time()
+        cameras = self._cameras.all()
+        per_camera: dict[str, dict[str, Any]] = {}
+        clients: list[dict[str, Any]] = []
+        for camera in cameras:
+            sessions = self._viewers.sessions(camera.name)
+            per_camera[camera.name] = {
+                **camera.stats(now_m),
+                "client_count": len(sessions),
+                "mjpeg_active": self._viewers.count(camera.name)[1],
+            }
+            clients.extend(
+                {**s.info(self._policy.client_of(s.connection.request).address, now),
+                 "camera": camera.name}
                 for s in sessions
-            ],
+            )
+        first = per_camera[cameras[0].name] if cameras else None
+        totals = {
+            key: sum(part[key] for part in per_camera.values())
+            for key in _SUMMED_COUNTERS
+        }
+        return {
+            "uptime_s": round(now_m - self._started_at, 3) if self._started_at else 0,
+            "camera": first["camera"] if first is not None else None,
+            **totals,
+            "live_variants": sum(part["live_variants"] for part in per_camera.values()),
+            "variants": first["variants"] if first is not None else [],
+            "client_count": len(clients),
+            "clients": clients,
+            "cameras": per_camera,
             "http": self._http.stats(),
             "connections": self._server.admission_stats() if self._server is not None else {},
         }
@@ -471,13 +594,26 @@ class Streamer:
                              conn.id, self._policy.describe(conn.request), refusal.log_text)
             conn.close(refusal.close_code, refusal.reason)
             return
-        settings = ClientSettings(fps=self._camera.fps, max_bytes=self._max_bytes)
+        camera = self._cameras.get(split_path(conn.request.path)[0])
+        if camera is None:  # removed since the handshake looked
+            conn.close(CloseCode.GOING_AWAY, "camera removed")
+            return
+        with logs.bound(camera.label or logs.current()):
+            self._open_session(conn, camera)
+
+    def _open_session(self, conn: Connection, camera: ServedCamera) -> None:
+        thread = camera.thread
+        settings = ClientSettings(fps=thread.fps, max_bytes=self._max_bytes)
         session = ClientSession(
-            conn, self._camera, self._cache, settings, stall_timeout=self._send_timeout,
-            describe_camera=functools.partial(camera_state_fields, self._camera),
+            conn, thread, camera.cache, settings, stall_timeout=self._send_timeout,
+            describe_camera=functools.partial(self._describe_camera, camera),
         )
         session.apply_config(dict(conn.request.query), from_url=True)
-        admission = self._viewers.add_session(conn.id, session)
+        # Admitted, it holds a lease on the camera (an on-demand one opens now) before its
+        # first metadata goes out, which then says "starting".
+        admission = self._viewers.add_session(
+            conn.id, session, camera=camera.name, acquire=thread.acquire
+        )
         if admission is Admission.CLOSED:
             conn.close(CloseCode.GOING_AWAY, "server shutting down")
             return
@@ -492,7 +628,12 @@ class Streamer:
         session.start()
 
     def _close(self, conn: Connection) -> None:
-        session = self._viewers.remove_session(conn.id)
+        camera = self._cameras.get(self._viewers.camera_of_session(conn.id) or "")
+        with logs.bound(camera.label if camera is not None and camera.label else logs.current()):
+            self._close_session(conn)
+
+    def _close_session(self, conn: Connection) -> None:
+        session = self._viewers.remove_session(conn.id)  # gives its camera lease back
         if session is not None:
             session.stop()
             stats = session.stats
@@ -526,18 +667,85 @@ class Streamer:
             return self.url
         return f"{'wss' if client.secure else 'ws'}://{client.host}/"
 
-    def _on_frame(self, frame: Frame) -> None:
-        self._rates.sample(time.monotonic(), (self._cache.encodes, self._camera.decodes))
-        if self._fanout is None:
-            for viewer in self._viewers.all():
-                viewer.wake()
-            return
-        self._fanout.notify()
+    def _make_camera(self, name: str, value: object) -> ServedCamera:
+        """Camera ``name`` from a value of ``sources`` (not started).
 
-    def _on_camera_event(self, event: str, details: dict[str, Any]) -> None:
+        Raises:
+            ConfigError: a bad name or setting.
+        """
+        if self._named:
+            check_camera_name(name)
+        try:
+            config = CameraConfig.of(value, name).over(self._defaults)
+            return ServedCamera(
+                name, config, max_bytes=self._max_bytes,
+                max_variants=self._max_variants, max_encodes_per_s=self._max_encodes_per_s,
+                fast_fanout=self._fast_fanout,
+                viewers=functools.partial(self._viewers.all, name),
+                on_event=self._on_camera_event,
+                label=CameraLabel(name, self._label) if self._named else None,
+            )
+        except ConfigError as exc:
+            if not self._named or str(exc).startswith("camera "):
+                raise
+            raise ConfigError(f"camera {name!r}: {exc}") from None
+
+    def _start_camera(self, camera: ServedCamera) -> None:
+        """Start ``camera`` in the calling thread (under this Streamer's label).
+
+        Raises:
+            SourceError: its source cannot be opened (named: the message names the camera).
+        """
+        with logs.bound(self._label):
+            try:
+                camera.start()
+            except SourceError as exc:
+                if not self._named:
+                    raise
+                raise SourceError(exc.source, f"camera {camera.name!r}: {exc}") from exc
+
+    def _camera_named(self, name: str | None) -> ServedCamera:
+        camera = self._cameras.get(name)
+        if camera is None:
+            raise (RuntimeError("this Streamer has no camera left") if name is None
+                   else ConfigError(f"there is no camera named {logs.printable(name, 40)!r}"))
+        return camera
+
+    def _push_camera(self, name: str | None) -> CameraThread:
+        try:
+            return self._camera_named(name).thread
+        except RuntimeError as exc:
+            raise ConfigError(str(exc)) from None
+
+    def _describe_camera(self, camera: ServedCamera) -> dict[str, Any]:
+        """The camera fields of a viewer's metadata (``camera``: as viewers are told it)."""
+        fields = camera_state_fields(camera.thread)
+        fields["camera"] = visible_state(camera.thread)
+        if self._named:
+            fields["camera_name"] = camera.name
+        return fields
+
+    def _websocket_refusal(self, path: str) -> str | None:
+        """Why a WebSocket upgrade to ``path`` is answered 404, or None: it names a camera."""
+        name, rest = split_path(path)
+        if rest not in ("/", "/ws"):
+            return "no WebSocket endpoint there: connect to / or /NAME (see /cameras.json)"
+        if self._cameras.get(name) is None:
+            return "no such camera (see /cameras.json)" if name else "no camera"
+        return None
+
+    def _url_at_camera(self, name: str) -> str:
+        return f"{self.url}{name}"
+
+    def _on_camera_event(self, camera: ServedCamera, event: str, details: dict[str, Any]) -> None:
+        if self._named:
+            details = {**details, "camera_name": camera.name}
         message = protocol.event_message(event, details)
-        for session in self._viewers.sessions():
+        resend = resends_metadata(event)
+        for session in self._viewers.sessions(camera.name):
             session.post(message)
+            if resend:
+                session.update()  # fresh metadata: its "camera" field is "streaming" now
 
     def _warn_if_exposed(self) -> None:
         if not self._policy.has_token and not self._policy.loopback:

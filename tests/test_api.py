@@ -16,13 +16,14 @@ import camstream
 from camstream import ConfigError, Streamer
 
 PACKAGE_NAMES = {
-    "CameraState", "CameraThread", "CamstreamError", "CloseCode", "ConfigError",
+    "CameraConfig", "CameraState", "CameraThread", "CamstreamError", "CloseCode", "ConfigError",
     "ConnectionClosedError", "Frame", "PROTOCOL_VERSION", "ServerError", "SourceError",
     "Streamer", "__version__",
 }
 STREAMER_NAMES = {
     "start", "stop", "serve_forever", "publish", "publish_jpeg", "stats",
     "url", "urls", "port", "client_count", "is_serving", "camera",
+    "cameras", "add_camera", "remove_camera",  # several cameras on one port (issue 21)
 }
 
 

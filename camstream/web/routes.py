@@ -14,11 +14,19 @@ connection's own handler thread (one thread per connection, see ``transport``):
                           each part has ``Content-Type``, ``Content-Length`` and ``X-Timestamp``
                           (capture time, Unix seconds)
 ``/stats.json``           ``Streamer.stats()`` as JSON
-``/healthz``              200 ``ok`` while frames flow (one within 2 s or 3 frame periods), else
-                          503 ``no frames``; needs no token and reveals nothing else
+``/cameras.json``         the cameras: name, state, size, rate, viewers and paths of each
+``/healthz``              200 ``ok`` while every camera is healthy (frames flow: one within 2 s or
+                          3 frame periods; or, on demand, idle or opening), else 503 ``no
+                          frames`` (naming the cameras, when there are several); needs no token
+                          and reveals nothing else
 ``/ws``                   426 Upgrade Required: that path is for WebSocket clients only
+``/NAME/``, ``/NAME``     camera ``NAME``'s viewer page; under ``/NAME/`` also ``stream.mjpg``,
+                          ``snapshot.jpg``, ``healthz`` (that camera alone) and ``ws``
 anything else             404
 ========================  ==========================================================================
+
+The unnamed paths serve the first camera (``camstream.cameraset``); each request is served by
+its camera's encode cache, snapshot place and encode budget, and logged with its label.
 
 Query parameters mean what they mean for WebSocket viewers (``PROTOCOL.md``); unknown ones are
 ignored, a bad value is answered with 400 and the reason. GET and HEAD are served (HEAD gets the
@@ -75,8 +83,8 @@ import time
 from typing import Any, Callable, Mapping
 
 from .. import logs, protocol
-from ..capture.camera import CameraThread
-from ..delivery.encoder import EncodeCache, Variant
+from ..cameraset import CameraSet, ServedCamera, split_path
+from ..delivery.encoder import Variant
 from ..delivery.mjpeg import BOUNDARY, MjpegStream
 from ..delivery.registry import Admission, ViewerRegistry
 from ..delivery.snapshot import SnapshotFailure, take_snapshot
@@ -92,7 +100,6 @@ logger = logs.get_logger(__name__)
 _refusal_log = LogBudget()  # refused requests: anyone can cause them, so they are rate-limited
 _busy_log = LogBudget()  # snapshots refused for load: likewise
 
-_SNAPSHOT_WORKERS = 1  # snapshots encoded at once, all clients together
 _SNAPSHOT_WAIT_S = 0.5  # how long a snapshot request waits for a place before its 503
 
 _SNAPSHOT_FAILURES = {  # the 503 bodies of /snapshot.jpg (load refusals: _refuse_snapshot)
@@ -100,7 +107,9 @@ _SNAPSHOT_FAILURES = {  # the 503 bodies of /snapshot.jpg (load refusals: _refus
     SnapshotFailure.UNDECODABLE: b"the latest frame cannot be decoded\n",
 }
 _QUERY_FIELDS = frozenset({"fps", "quality", "width", "height", "max_bytes"})
-_HEALTHY_FRAME_AGE_S = 2.0  # /healthz: 200 while the newest frame is younger (or 3 periods)
+_NOT_FOUND = (
+    b"not found: try / (viewer), /snapshot.jpg, /stream.mjpg, /stats.json or /cameras.json\n"
+)
 
 
 
@@ -126,9 +135,10 @@ class HttpRoutes:
     :meth:`stats` is safe from any thread.
 
     Args:
-        camera, cache: the frames and the shared encode cache.
+        cameras: the cameras (each with its frames, encode cache and snapshot place).
         policy: who may watch (token, Origin, Host rules; which client a request is).
-        viewers: the registry where each MJPEG stream takes a ``max_clients`` place.
+        viewers: the registry where each MJPEG stream takes a ``max_clients`` place (and its
+            camera's lease).
         stats: the server's counters for ``/stats.json``.
         websocket_url: the WebSocket URL as the client of a request reaches it (for ``/ws``).
         serving: whether the server still serves (streams end soon after it turns False).
@@ -138,8 +148,7 @@ class HttpRoutes:
     def __init__(
         self,
         *,
-        camera: CameraThread,
-        cache: EncodeCache,
+        cameras: CameraSet,
         policy: AccessPolicy,
         viewers: ViewerRegistry[Any, MjpegStream],
         stats: Callable[[], dict[str, Any]],
@@ -147,16 +156,18 @@ class HttpRoutes:
         serving: Callable[[], bool],
         send_timeout: float,
     ) -> None:
-        self._camera, self._cache, self._policy, self._viewers = camera, cache, policy, viewers
+        self._cameras, self._policy, self._viewers = cameras, policy, viewers
         self._server_stats, self._websocket_url = stats, websocket_url
         self._serving, self._send_timeout = serving, send_timeout
-        self._routes: dict[str, Callable[[HttpExchange, dict[str, str]], None]] = {
+        self._routes: dict[str, Callable[[HttpExchange, dict[str, str], ServedCamera], None]] = {
             "/snapshot.jpg": self._snapshot,
             "/stream.mjpg": self._stream,
+        }
+        self._server_routes: dict[str, Callable[[HttpExchange, dict[str, str]], None]] = {
             "/stats.json": self._stats_json,
+            "/cameras.json": self._cameras_json,
         }
         self._page_headers = headers.page_headers(policy)
-        self._snapshot_places = threading.BoundedSemaphore(_SNAPSHOT_WORKERS)
         self._lock = threading.Lock()  # guards everything below
         self._stream_ids = itertools.count(1)
         self._counters = {
@@ -186,32 +197,59 @@ class HttpRoutes:
         """
         request = exchange.request
         self._count("requests")
-        path = request.path
         if request.method == "OPTIONS":
             self._options(exchange)
             return
+        name, path = split_path(request.path)
+        if name is None and path == "/healthz":
+            self._healthz(exchange, self._cameras.all())
+            return
+        server_route = self._server_routes.get(path) if name is None else None
+        if server_route is not None:
+            self._guarded(exchange, server_route)
+            return
+        camera = self._cameras.get(name)
+        if camera is None:
+            self._count("not_found")
+            exchange.send_response(404, (
+                _NOT_FOUND if name is None and self._cameras.default is not None
+                else b"no such camera: /cameras.json lists them\n"
+            ))
+            return
+        with logs.bound(camera.label or logs.current()):
+            self._camera_route(exchange, camera, name, path)
+
+    def _camera_route(
+        self, exchange: HttpExchange, camera: ServedCamera, name: str | None, path: str
+    ) -> None:
+        """Answer a request for one camera (``name``: as the path named it, None: unnamed)."""
         if path == "/":
             self._count("pages")
             self._page(exchange)
             return
-        if path == "/healthz":
-            self._healthz(exchange)
+        if path == "/healthz":  # /NAME/healthz (the unnamed one is every camera's)
+            self._healthz(exchange, [camera])
             return
         if path == "/ws":
+            url = self._websocket_url(exchange.request) + (name or "")
             exchange.send_response(
-                426,
-                f"connect a WebSocket client to {self._websocket_url(request)}\n".encode(),
+                426, f"connect a WebSocket client to {url}\n".encode(),
                 headers={"Upgrade": "websocket", "Sec-WebSocket-Version": "13"},
             )
             return
         route = self._routes.get(path)
         if route is None:
             self._count("not_found")
-            exchange.send_response(
-                404, b"not found: try / (viewer), /snapshot.jpg, /stream.mjpg or /stats.json\n"
-            )
+            exchange.send_response(404, _NOT_FOUND)
             return
-        response_headers = headers.frame_headers(self._policy, request)
+        self._guarded(exchange, functools.partial(_call_with, route, camera))
+
+    def _guarded(
+        self, exchange: HttpExchange, route: Callable[[HttpExchange, dict[str, str]], None]
+    ) -> None:
+        """Run ``route`` if the access rules admit the request (401 / 403 if not); a bad query
+        is answered 400."""
+        response_headers = headers.frame_headers(self._policy, exchange.request)
         if self._refuse(exchange, response_headers):
             return
         try:
@@ -223,11 +261,15 @@ class HttpRoutes:
         """Counters of the HTTP endpoints, for ``Streamer.stats()["http"]``.
 
         ``mjpeg_active`` is the number of open MJPEG streams, ``mjpeg_streams`` one entry per
-        open stream; ``mjpeg_frames_sent`` / ``_skipped`` / ``mjpeg_bytes_sent`` cover every
-        stream since the start, open or ended.
+        open stream (with its ``camera``); ``mjpeg_frames_sent`` / ``_skipped`` /
+        ``mjpeg_bytes_sent`` cover every stream since the start, open or ended.
         """
         now = time.time()
-        streams = self._viewers.streams()
+        named = [
+            (camera.name, stream)
+            for camera in self._cameras.all() for stream in self._viewers.streams(camera.name)
+        ]
+        streams = [stream for _, stream in named]
         with self._lock:
             result: dict[str, Any] = dict(self._counters)
             totals = dict(self._ended)
@@ -241,7 +283,7 @@ class HttpRoutes:
             mjpeg_frames_sent=totals["frames_sent"],
             mjpeg_frames_skipped=totals["frames_skipped"],
             mjpeg_bytes_sent=totals["bytes_sent"],
-            mjpeg_streams=[s.info(now) for s in streams],
+            mjpeg_streams=[{**stream.info(now), "camera": name} for name, stream in named],
         )
         return result
 
@@ -261,7 +303,7 @@ class HttpRoutes:
     def _options(self, exchange: HttpExchange) -> None:
         """``OPTIONS``: a CORS preflight on a frame endpoint (see :mod:`.headers`)."""
         request = exchange.request
-        if request.path not in headers.CORS_PATHS:
+        if split_path(request.path)[1] not in headers.CORS_PATHS | {"/cameras.json"}:
             exchange.send_response(405, b"OPTIONS is answered on the frame endpoints only\n",
                                    headers={"Allow": "GET, HEAD"})
             return
@@ -275,20 +317,24 @@ class HttpRoutes:
             )
         exchange.send_response(status, body, headers=response_headers)
 
-    def _snapshot(self, exchange: HttpExchange, frame_headers: dict[str, str]) -> None:
-        variant, _ = self._parse_query(exchange.request.query)
-        # Snapshot work is bounded: at most _SNAPSHOT_WORKERS encodes at once (a JPEG that is
-        # made already, or the source's own, needs no place), each counted by the encode budget.
-        # The response is sent after the place is given back: a slow reader holds no place.
-        encoded = take_snapshot(
-            self._camera, self._cache, variant, serving=self._serving,
-            places=self._snapshot_places, place_wait=_SNAPSHOT_WAIT_S,
-        )
+    def _snapshot(
+        self, exchange: HttpExchange, frame_headers: dict[str, str], camera: ServedCamera
+    ) -> None:
+        variant, _ = self._parse_query(exchange.request.query, camera)
+        # Snapshot work is bounded: one encode at a time per camera (a JPEG that is made
+        # already, or the source's own, needs no place), each counted by the camera's encode
+        # budget. The response is sent after the place is given back: a slow reader holds no
+        # place. The lease opens an on-demand camera for the snapshot (kept for its grace).
+        with camera.thread.acquire():
+            encoded = take_snapshot(
+                camera.thread, camera.cache, variant, serving=self._serving,
+                places=camera.snapshot_places, place_wait=_SNAPSHOT_WAIT_S,
+            )
         if encoded is SnapshotFailure.NO_PLACE:
-            self._refuse_snapshot(exchange, frame_headers, "busy")
+            self._refuse_snapshot(exchange, frame_headers, "busy", camera)
             return
         if encoded is SnapshotFailure.BUDGET:
-            self._refuse_snapshot(exchange, frame_headers, "budget")
+            self._refuse_snapshot(exchange, frame_headers, "budget", camera)
             return
         if isinstance(encoded, SnapshotFailure):
             exchange.send_response(
@@ -299,18 +345,19 @@ class HttpRoutes:
         exchange.send_response(200, encoded.data, "image/jpeg", headers=frame_headers)
 
     def _refuse_snapshot(
-        self, exchange: HttpExchange, frame_headers: dict[str, str], why: str
+        self, exchange: HttpExchange, frame_headers: dict[str, str], why: str,
+        camera: ServedCamera,
     ) -> None:
         """503 for a snapshot the server will not make now (``busy``: every place taken;
         ``budget``: the encode budget of this second is spent), logged rate-limited."""
         self._count(f"snapshots_refused_{why}")
         if why == "busy":
             body = b"server busy: too many snapshots at once, try again\n"
-            remedy = (f"{_SNAPSHOT_WORKERS} snapshots are being made and more wait: clients "
+            remedy = ("a snapshot of this camera is being made and more wait: clients "
                       "should ask less often, or read /stream.mjpg for a stream of frames")
         else:
             body = b"server busy: the encode budget of this second is spent, try again\n"
-            remedy = (f"the encode budget ({self._cache.max_encodes_per_s:g} a second for "
+            remedy = (f"the encode budget ({camera.cache.max_encodes_per_s:g} a second for "
                       "other sizes, qualities and snapshots) is spent: ask for the default "
                       "size and quality (no encode of its own), or raise max_encodes_per_s")
         _busy_log.log(
@@ -319,24 +366,42 @@ class HttpRoutes:
         )
         exchange.send_response(503, body, headers={"Retry-After": "1", **frame_headers})
 
-    def _healthz(self, exchange: HttpExchange) -> None:
-        """200 ``ok`` while frames flow, else 503 ``no frames``; no token: it reveals one bit."""
-        frame = self._camera.latest()
-        limit = max(_HEALTHY_FRAME_AGE_S, 3.0 / self._camera.fps)
+    def _healthz(self, exchange: HttpExchange, cameras: list[ServedCamera]) -> None:
+        """200 ``ok`` while every one of ``cameras`` is healthy (see
+        :meth:`ServedCamera.problem`), else 503 ``no frames`` (with several cameras, naming the
+        unhealthy ones); no token: it reveals one bit a camera (names are in the URLs anyway)."""
+        now = time.monotonic()
+        sick = [camera.name for camera in cameras if camera.problem(now) is not None]
         response_headers = headers.frame_headers(self._policy, exchange.request)
-        if frame is not None and time.monotonic() - frame.captured_monotonic <= limit:
+        if cameras and not sick:
             exchange.send_response(200, b"ok\n", headers=response_headers)
+            return
+        if len(cameras) > 1:
+            body = f"no frames from {', '.join(sick)}\n".encode()
         else:
-            exchange.send_response(
-                503, b"no frames\n", headers={"Retry-After": "1", **response_headers}
-            )
+            body = b"no frames\n" if cameras else b"no camera\n"
+        exchange.send_response(503, body, headers={"Retry-After": "1", **response_headers})
 
     def _stats_json(self, exchange: HttpExchange, frame_headers: dict[str, str]) -> None:
         body = json.dumps(self._server_stats(), indent=1).encode()
         exchange.send_response(200, body, "application/json", headers=frame_headers)
 
-    def _stream(self, exchange: HttpExchange, frame_headers: dict[str, str]) -> None:
-        variant, fps = self._parse_query(exchange.request.query)
+    def _cameras_json(self, exchange: HttpExchange, frame_headers: dict[str, str]) -> None:
+        """``/cameras.json``: every camera in order (the first serves the unnamed paths)."""
+        cameras = self._cameras.all()
+        listed = [
+            camera.describe(self._viewers.count(camera.name), default=i == 0)
+            for i, camera in enumerate(cameras)
+        ]
+        body = json.dumps(
+            {"default": cameras[0].name if cameras else None, "cameras": listed}, indent=1
+        ).encode()
+        exchange.send_response(200, body, "application/json", headers=frame_headers)
+
+    def _stream(
+        self, exchange: HttpExchange, frame_headers: dict[str, str], camera: ServedCamera
+    ) -> None:
+        variant, fps = self._parse_query(exchange.request.query, camera)
         head = {
             "Content-Type": f"multipart/x-mixed-replace; boundary={BOUNDARY}",
             "X-Accel-Buffering": "no",  # tell nginx not to buffer the stream
@@ -349,11 +414,13 @@ class HttpRoutes:
         with self._lock:
             stream_id = next(self._stream_ids)
         stream = MjpegStream(
-            stream_id, exchange, self._camera, self._cache, address=address, variant=variant,
+            stream_id, exchange, camera.thread, camera.cache, address=address, variant=variant,
             fps=fps, stall_timeout=self._send_timeout,
         )
         try:
-            admission = self._viewers.add_stream(stream_id, stream)
+            admission = self._viewers.add_stream(
+                stream_id, stream, camera=camera.name, acquire=camera.thread.acquire
+            )
             if admission is Admission.CLOSED:
                 exchange.send_response(503, b"server shutting down\n", headers=frame_headers)
                 return
@@ -406,7 +473,9 @@ class HttpRoutes:
         )
         return True
 
-    def _parse_query(self, query: Mapping[str, str]) -> tuple[Variant, float]:
+    def _parse_query(
+        self, query: Mapping[str, str], camera: ServedCamera
+    ) -> tuple[Variant, float]:
         """The variant and rate a snapshot or stream request asks for.
 
         Raises:
@@ -422,10 +491,17 @@ class HttpRoutes:
             quality=settings.get("quality"),  # None: the source's JPEG as it is, or the default
             max_bytes=settings.get("max_bytes"),
         )
-        camera_fps = self._camera.fps
+        camera_fps = camera.thread.fps
         return variant, min(settings.get("fps", camera_fps), camera_fps)
 
     def _count(self, name: str) -> None:
         with self._lock:
             self._counters[name] += 1
 
+
+
+def _call_with(
+    route: Callable[[HttpExchange, dict[str, str], ServedCamera], None], camera: ServedCamera,
+    exchange: HttpExchange, frame_headers: dict[str, str],
+) -> None:
+    route(exchange, frame_headers, camera)
