@@ -55,6 +55,9 @@ DEFAULT_NAME = "default"
 _SNAPSHOT_WORKERS = 1  # snapshot encodes at once, per camera
 _HEALTHY_FRAME_AGE_S = 2.0  # a camera is healthy while its newest frame is younger (or 3 periods)
 _EVENTS_TO_RESEND_METADATA = frozenset({"camera_started"})
+_NOT_DELIVERING = frozenset({
+    CameraState.LOST, CameraState.ENDED, CameraState.FAILED, CameraState.STOPPED,
+})
 
 
 def check_camera_name(name: object) -> str:
@@ -268,12 +271,14 @@ class ServedCamera:
 
     def problem(self, now: float | None = None) -> str | None:
         """Why this camera is not healthy now, or None if it is: it delivers frames (one
-        within 2 s or 3 frame periods), or it is on demand and idle (nobody watches) or being
-        opened."""
+        within 2 s or 3 frame periods, and it is not known lost), or it is on demand and idle
+        (nobody watches) or being opened."""
         camera = self.thread
         state = camera.state
         if camera.on_demand is not None and state in (CameraState.IDLE, CameraState.STARTING):
             return None
+        if state in _NOT_DELIVERING:
+            return "no frames"
         frame = camera.latest()
         limit = max(_HEALTHY_FRAME_AGE_S, 3.0 / camera.fps)
         now = time.monotonic() if now is None else now

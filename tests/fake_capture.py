@@ -23,7 +23,9 @@ MJPG          30 fps     30 fps      30 fps
 * opening it can take time (``open_delay``, as a UVC camera takes 0.1 to 1 s) or wait for a
   test's go-ahead (``open_gate``); :attr:`FakeWebcam.open_handles` and
   :attr:`FakeWebcam.releases` say whether camstream let go of it;
-* a few controls (brightness, exposure, auto_exposure, gain) with ranges; others are refused.
+* a few controls (brightness, exposure, auto_exposure, gain) with ranges; others are refused;
+* ``mark`` (0-7) paints a corner of every picture in a colour of its own (:data:`MARKS`), so
+  tests with several cameras can tell by content whose frame a viewer got (:func:`mark_of`).
 
 Use: ``cam = FakeWebcam(); CameraThread(0, capture_factory=cam.factory)``.
 """
@@ -56,6 +58,10 @@ _PROP_NAMES = {
     cv2.CAP_PROP_CONVERT_RGB: "convert_rgb",
 }
 POOL = 4  # distinct pictures per size
+MARKS = ((0, 0, 255), (0, 255, 0), (255, 0, 0), (0, 255, 255), (255, 0, 255), (255, 255, 0),
+         (255, 255, 255), (0, 0, 0))
+"""The corner colours (BGR) of marked cameras, by mark."""
+_MARK_SIDE = 48  # pixels of the marked corner (JPEG blocks keep its middle exact enough)
 
 
 def fourcc(name: str) -> float:
@@ -81,9 +87,20 @@ def strip_dht(jpeg: bytes) -> bytes:
     raise ValueError("no scan in JPEG")
 
 
+def mark_of(image: np.ndarray) -> int:
+    """Which mark (an index into :data:`MARKS`) a decoded picture's corner has."""
+    middle = image[_MARK_SIDE // 4:_MARK_SIDE * 3 // 4, _MARK_SIDE // 4:_MARK_SIDE * 3 // 4]
+    colour = middle.reshape(-1, 3).mean(axis=0)
+    distances = [float(np.abs(colour - np.array(m)).sum()) for m in MARKS]
+    return int(np.argmin(distances))
+
+
 @functools.cache
-def pictures(size: tuple[int, int]) -> tuple[tuple[np.ndarray, ...], tuple[bytes, ...]]:
-    """``POOL`` webcam-like pictures at ``size``: (BGR arrays, their JPEG files)."""
+def pictures(
+    size: tuple[int, int], mark: int | None = None
+) -> tuple[tuple[np.ndarray, ...], tuple[bytes, ...]]:
+    """``POOL`` webcam-like pictures at ``size`` (with a marked corner: ``mark``): (BGR
+    arrays, their JPEG files)."""
     width, height = size
     rng = np.random.default_rng(width)
     images, files = [], []
@@ -94,6 +111,8 @@ def pictures(size: tuple[int, int]) -> tuple[tuple[np.ndarray, ...], tuple[bytes
                    (40, 90 + 30 * i, 200), -1)
         cv2.putText(image, f"fake {i}", (20, height // 4), cv2.FONT_HERSHEY_SIMPLEX,
                     height / 300, (255, 255, 255), 2)
+        if mark is not None:
+            image[:_MARK_SIDE, :_MARK_SIDE] = MARKS[mark]
         ok, encoded = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, 80])
         assert ok
         images.append(image)
@@ -114,6 +133,7 @@ class FakeWebcam:
             returning BGR anyway.
         open_delay: seconds every open takes (in the thread that opens it).
         open_gate: if given, every open waits (up to 60 s) for this event to be set.
+        mark: paint every picture's corner in ``MARKS[mark]`` (None: no mark).
     """
 
     def __init__(
@@ -126,7 +146,9 @@ class FakeWebcam:
         honours_convert_rgb: bool = True,
         open_delay: float = 0.0,
         open_gate: threading.Event | None = None,
+        mark: int | None = None,
     ) -> None:
+        self.mark = mark
         self.open_delay = open_delay
         self.open_gate = open_gate
         self.opening = threading.Event()  # set when an open begins (before delay and gate)
@@ -194,7 +216,7 @@ class FakeWebcam:
         n = index + 1
         if self.wrong_size_every and n % self.wrong_size_every == 0:
             size = SIZES[(SIZES.index(size) + 1) % len(SIZES)]
-        data = pictures(size)[1][index % POOL]
+        data = pictures(size, self.mark)[1][index % POOL]
         if self.dht_less_every and n % self.dht_less_every == 0:
             data = strip_dht(data)
         if self.truncated_every and n % self.truncated_every == 0:
@@ -284,7 +306,7 @@ class FakeCapture:
         if self._format == "MJPG" and not self._convert_rgb:
             data = self._device.jpeg_for(self._size, index)
             return True, np.frombuffer(data, np.uint8).reshape(1, -1)
-        return True, pictures(self._size)[0][index % POOL].copy()
+        return True, pictures(self._size, self._device.mark)[0][index % POOL].copy()
 
     def _max_fps(self) -> float:
         return _RATES[self._format][self._size]
