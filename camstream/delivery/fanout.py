@@ -38,8 +38,6 @@ __all__ = ["FanOut", "FanOutRound", "FastViewer", "WireBuilder"]
 
 logger = logs.get_logger(__name__)
 
-_IDLE_WAKE_S = 1.0  # the thread looks at its stop flag at least this often
-
 WireBuilder = Callable[[EncodedFrame], bytes]
 """An output kind's wire bytes of one JPEG (a module-level function: it is the round's key)."""
 
@@ -131,7 +129,7 @@ class FanOut:
     def _run(self) -> None:
         last_seq = 0
         while not self._stopping.is_set():
-            self._event.wait(_IDLE_WAKE_S)
+            self._event.wait()  # a frame or stop() sets it: an idle camera costs no wake-up
             self._event.clear()
             frame = self._camera.latest()
             if self._stopping.is_set() or frame is None or frame.seq == last_seq:
