@@ -12,6 +12,7 @@ import sys
 from typing import NoReturn, Sequence
 
 from . import __version__, logs
+from .cameraset import CAMERA_NAME
 from .capture.camera import describe_source
 from .capture.controls import CONTROLS
 from .capture.devices import BACKENDS, PIXEL_FORMATS
@@ -33,10 +34,13 @@ def build_parser() -> argparse.ArgumentParser:
         "(JSON metadata + binary JPEG frames).",
     )
     parser.add_argument(
-        "--source", default=os.environ.get("CAMSTREAM_SOURCE") or AUTO_SOURCE,
+        "--source", action="append", metavar="[NAME=]SOURCE",
         help="camera index (0), video file, stream URL, or 'test' for the built-in test "
         "pattern. Default $CAMSTREAM_SOURCE (keeps a URL's token off the command line), else "
-        "'auto': camera 0, or the test pattern if there is no camera.",
+        "'auto': camera 0, or the test pattern if there is no camera. Several cameras on one "
+        "port: name each, --source front=0 --source rear=/dev/v4l/by-id/... (served at "
+        "ws://host:port/front, /front/stream.mjpg, ...; the unnamed paths serve the first; "
+        "--list-cameras prints lines to paste)",
     )
     parser.add_argument("--host", default="127.0.0.1",
                         help="address to listen on (default 127.0.0.1: this machine only)")
@@ -70,6 +74,18 @@ def build_parser() -> argparse.ArgumentParser:
     camera.add_argument(
         "--camera-set", action="append", metavar="NAME=VALUE", dest="camera_settings",
         help=f"set a camera control after every open (repeatable): {', '.join(CONTROLS)}",
+    )
+    camera.add_argument(
+        "--on-demand", nargs="?", const=True, type=_grace_seconds, metavar="SECONDS",
+        help="open each camera only while someone watches it, and release it SECONDS after "
+        "its last viewer leaves (default 10; 0: at once): its light goes off and other "
+        "programs may use it",
+    )
+    camera.add_argument(
+        "--camera-option", action="append", metavar="NAME:KEY=VALUE", default=[],
+        help="a setting of one named camera (repeatable), for KEY in "
+        f"{', '.join(_CAMERA_OPTIONS)}; e.g. --camera-option rear:width=1280 "
+        "--camera-option rear:camera-set=exposure=100. The options above are every camera's",
     )
     security = parser.add_argument_group("security")
     security.add_argument(
@@ -114,9 +130,104 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _make_streamer(args: argparse.Namespace, source: object) -> Streamer:
+def _grace_seconds(text: str) -> float:
+    try:
+        seconds = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"seconds, not {text!r}") from None
+    if not 0 <= seconds <= 86400:
+        raise argparse.ArgumentTypeError(f"0 to 86400 seconds, not {text}")
+    return seconds
+
+
+_CAMERA_OPTIONS = {  # --camera-option KEY -> (CameraConfig field, how the value is read)
+    "width": ("width", int), "height": ("height", int), "fps": ("fps", float),
+    "quality": ("quality", int), "pixel-format": ("pixel_format", str),
+    "backend": ("backend", str), "on-demand": ("on_demand", str), "loop": ("loop", str),
+    "camera-set": ("camera_settings", str),
+}
+_OFF_WORDS, _ON_WORDS = ("off", "no", "false", "0"), ("on", "yes", "true", "1")
+
+
+def _sources(parser: argparse.ArgumentParser, args: argparse.Namespace
+             ) -> tuple[str, dict[str, dict[str, object]] | None]:
+    """The source, or the named cameras (name -> CameraConfig fields), that ``--source`` (and
+    ``--camera-option``) ask for; ``parser.error()`` on a mix of named and unnamed sources."""
+    given = args.source or [os.environ.get("CAMSTREAM_SOURCE") or AUTO_SOURCE]
+    named = [_named_source(value) for value in given]
+    if all(name is None for name, _ in named):
+        if args.camera_option:
+            parser.error("--camera-option is for named cameras: --source NAME=SOURCE")
+        return given[-1], None  # a later --source wins, as ever
+    if any(name is None for name, _ in named):
+        parser.error("name every --source when there are several cameras: --source front=0 "
+                     "--source rear=1")
+    cameras: dict[str, dict[str, object]] = {}
+    for name, value in named:
+        assert name is not None
+        if name in cameras:
+            parser.error(f"two cameras named {name!r} in --source")
+        cameras[name] = {"source": value}
+    for option in args.camera_option:
+        _camera_option(parser, cameras, option)
+    return AUTO_SOURCE, cameras
+
+
+def _named_source(value: str) -> tuple[str | None, str]:
+    """``front=0`` -> ``("front", "0")``; a source of its own (``0``, ``clip.mp4``, a URL with
+    ``=`` in its query, an existing file whose name has one) -> ``(None, value)``."""
+    name, equals, source = value.partition("=")
+    if not equals or not CAMERA_NAME.fullmatch(name) or os.path.exists(value):
+        return None, value
+    return name, source
+
+
+def _camera_option(parser: argparse.ArgumentParser, cameras: dict[str, dict[str, object]],
+                   option: str) -> None:
+    name, colon, setting = option.partition(":")
+    key, equals, text = setting.partition("=")
+    if not colon or not equals:
+        parser.error(f"--camera-option {option!r}: use NAME:KEY=VALUE")
+    if name not in cameras:
+        parser.error(f"--camera-option {option!r}: no camera named {name!r} in --source")
+    if key not in _CAMERA_OPTIONS:
+        parser.error(f"--camera-option {option!r}: KEY is one of {', '.join(_CAMERA_OPTIONS)}")
+    field, kind = _CAMERA_OPTIONS[key]
+    value: object
+    try:
+        value = kind(text)
+    except ValueError:
+        parser.error(f"--camera-option {option!r}: {key} takes a number")
+    if key == "camera-set":
+        controls = cameras[name].setdefault("camera_settings", [])
+        assert isinstance(controls, list)
+        controls.append(text)
+        return
+    if key in ("on-demand", "loop"):
+        value = _switch(parser, option, key, text)
+    cameras[name][field] = value
+
+
+def _switch(parser: argparse.ArgumentParser, option: str, key: str, text: str) -> bool | float:
+    """``on-demand`` (seconds, on or off) or ``loop`` (on or off) of ``--camera-option``."""
+    word = text.lower()
+    if key == "on-demand" and (word not in _OFF_WORDS + _ON_WORDS or word == "0"):
+        try:
+            return _grace_seconds(text)  # "0" is a grace of 0 s, not "off"
+        except argparse.ArgumentTypeError as exc:
+            parser.error(f"--camera-option {option!r}: on-demand takes {exc}, on or off")
+    if word not in _OFF_WORDS + _ON_WORDS:
+        parser.error(f"--camera-option {option!r}: {key} is on or off")
+    return word in _ON_WORDS
+
+
+def _make_streamer(
+    args: argparse.Namespace, source: object,
+    sources: dict[str, dict[str, object]] | None = None,
+) -> Streamer:
     return Streamer(
         source,  # type: ignore[arg-type]
+        sources=sources, on_demand=args.on_demand,
         host=args.host, port=args.port, fps=args.fps, width=args.width, height=args.height,
         quality=args.quality, max_bytes=args.max_bytes, loop=not args.no_loop,
         pixel_format=args.pixel_format, backend=args.backend,
@@ -128,9 +239,10 @@ def _make_streamer(args: argparse.Namespace, source: object) -> Streamer:
     )
 
 
-def _start(args: argparse.Namespace) -> Streamer:
+def _start(args: argparse.Namespace, source: str,
+           sources: dict[str, dict[str, object]] | None) -> Streamer:
     # "auto" (camera 0, else the test pattern) is the library's own default now.
-    return _make_streamer(args, args.source).start()
+    return _make_streamer(args, source, sources).start()
 
 
 def _with_option_names(message: str, parser: argparse.ArgumentParser) -> str:
@@ -163,16 +275,22 @@ def _raise_keyboard_interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
 
-def _check_combinations(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
-    """What argparse cannot check alone; ``parser.error()`` on a bad combination."""
+def _check_combinations(
+    parser: argparse.ArgumentParser, args: argparse.Namespace
+) -> tuple[str, dict[str, dict[str, object]] | None]:
+    """What argparse cannot check alone; ``parser.error()`` on a bad combination. Returns the
+    source or the named cameras (see :func:`_sources`)."""
     if args.certfile is None and args.keyfile is not None:
         parser.error("--keyfile needs --certfile")
-    if args.source.strip().lower() == "push":
+    source, sources = _sources(parser, args)
+    given = [source] if sources is None else [str(c["source"]) for c in sources.values()]
+    if any(value.strip().lower() == "push" for value in given):
         parser.error(
             "--source push is for programs that hand frames to Streamer('push').publish(); "
             "the command has none to hand. Use a camera index, a video file, a stream URL or "
             "'test'"
         )
+    return source, sources
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -185,7 +303,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.list_cameras:
         print(format_cameras(list_cameras()), flush=True)
         return 0
-    _check_combinations(parser, args)
+    source, sources = _check_combinations(parser, args)
     logging.basicConfig(
         level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
@@ -194,7 +312,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
     streamer = None
     try:
-        streamer = _start(args)
+        streamer = _start(args, source, sources)
         print(start_line(streamer), flush=True)
         streamer.serve_forever()
     except ConfigError as exc:
@@ -230,12 +348,14 @@ def check_config(parser: argparse.ArgumentParser, argv: Sequence[str]) -> int:
     parser.error = refuse  # type: ignore[method-assign]
     try:
         args = parser.parse_args(argv)
-        _check_combinations(parser, args)
-        source = "test" if args.source == AUTO_SOURCE else args.source
-        _make_streamer(args, source)  # validates; opens nothing until start()
-        is_file = describe_source(source).startswith("file ")
-        if is_file and not (os.path.isfile(source) and os.access(source, os.R_OK)):
-            refuse(f"--source {source}: no such readable file")
+        source, sources = _check_combinations(parser, args)
+        source = "test" if source == AUTO_SOURCE and sources is None else source
+        _make_streamer(args, source, sources)  # validates; opens nothing until start()
+        given = [source] if sources is None else [str(c["source"]) for c in sources.values()]
+        for value in given:
+            is_file = describe_source(value).startswith("file ")
+            if is_file and not (os.path.isfile(value) and os.access(value, os.R_OK)):
+                refuse(f"--source {value}: no such readable file")
     except (_BadOption, CamstreamError) as exc:
         message = _with_option_names(str(exc), parser) if isinstance(exc, ConfigError) else exc
         print(f"camstream: error: {' '.join(str(message).split())}", file=sys.stderr)

@@ -45,6 +45,9 @@ class _Started(Protocol):
     @property
     def urls(self) -> list[str]: ...
 
+    @property
+    def cameras(self) -> dict[str, CameraThread]: ...
+
 __all__ = ["Greeting", "logging_configured", "start_line"]
 
 _PACKAGE_LOGGER = "camstream"
@@ -68,16 +71,23 @@ def start_line(streamer: _Started, *, stop_hint: bool = True) -> str:
     """
     from .capture.camera import describe_source
 
-    camera = streamer.camera
+    cameras = streamer.cameras
     urls = streamer.urls
     shown = ", ".join(urls[:_MAX_URLS])
     if len(urls) > _MAX_URLS:
         shown += f" and {len(urls) - _MAX_URLS} more"
-    return (
-        f"camstream {__version__}: streaming {describe_source(camera.source)} "
-        f"{camera.width}x{camera.height} at {camera.fps:g} fps on {shown}"
-        + (" (Ctrl+C to stop)" if stop_hint else "")
-    )
+    hint = " (Ctrl+C to stop)" if stop_hint else ""
+
+    def what(camera: CameraThread) -> str:
+        demand = ", on demand" if camera.on_demand is not None else ""
+        return (f"{describe_source(camera.source)} {camera.width}x{camera.height} at "
+                f"{camera.fps:g} fps{demand}")
+
+    if list(cameras) == ["default"]:  # one unnamed source
+        return f"camstream {__version__}: streaming {what(streamer.camera)} on {shown}{hint}"
+    listed = "; ".join(f"{name}: {what(camera)}" for name, camera in cameras.items())
+    return (f"camstream {__version__}: streaming {len(cameras)} camera"
+            f"{'s' if len(cameras) != 1 else ''} on {shown}NAME ({listed}){hint}")
 
 
 class _StandAside(logging.Filter):

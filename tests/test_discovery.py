@@ -75,7 +75,33 @@ def test_format_shows_modes_by_pixel_format() -> None:
         "     also /dev/v4l/by-id/usb-C920-video-index0",
         "     YUYV  640x480 30 fps, 1280x720 10 fps",
         "     MJPEG 640x480 30 fps, 1280x720 30 fps",
+        "     --source hd-pro-webcam-c920=/dev/v4l/by-id/usb-C920-video-index0",
+        "all on one port: camstream --source "
+        "hd-pro-webcam-c920=/dev/v4l/by-id/usb-C920-video-index0",
     ]
+
+
+def test_listed_sources_paste_into_the_command_as_named_cameras(tmp_path: Path) -> None:
+    """Issue 21: what --list-cameras prints is what --source NAME=... takes."""
+    from camstream.cli import _named_source, _sources, build_parser
+
+    cameras = [
+        CameraDescription(0, "Integrated Camera: Integrated C", "/dev/video0"),
+        CameraDescription(2, "HD Pro Webcam C920", "/dev/video2", ("/dev/v4l/by-id/c920",)),
+        CameraDescription(4, "HD Pro Webcam C920", "/dev/video4"),
+        CameraDescription(6, "???", None),
+    ]
+    lines = format_cameras(cameras).splitlines()
+    pasted = [line.split()[-1] for line in lines if line.startswith("     --source ")]
+    assert pasted == [
+        "integrated-camera-integr=/dev/video0", "hd-pro-webcam-c920=/dev/v4l/by-id/c920",
+        "hd-pro-webcam-c920-2=/dev/video4", "camera6=6",
+    ]
+    assert [_named_source(p)[0] for p in pasted] == [p.split("=")[0] for p in pasted]
+    args = build_parser().parse_args(lines[-1].split()[5:])  # after "all on one port: camstream"
+    _, sources = _sources(build_parser(), args)
+    assert sources is not None and [c["source"] for c in sources.values()] == [
+        "/dev/video0", "/dev/v4l/by-id/c920", "/dev/video4", "6"]
 
 
 def test_list_cameras_cli_exits_0_on_this_cameraless_machine() -> None:

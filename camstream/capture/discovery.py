@@ -5,18 +5,25 @@ Linux); on Linux the pixel formats, sizes and frame rates come from ``linuxpy`` 
 ``ENUM_FMT`` / ``ENUM_FRAMESIZES`` / ``ENUM_FRAMEINTERVALS``). Both are in the optional extra
 ``pip install '.[cameras]'``. Without them, Linux still lists cameras from
 ``/sys/class/video4linux`` (names, no modes); other platforms need the extra.
+
+Each camera's listing ends with a ``--source NAME=...`` to paste into the ``camstream`` command
+(a name made from the camera's, its stable path where it has one), and a last line serves them
+all on one port (:func:`source_names`).
 """
 
 from __future__ import annotations
 
 import os
+import re
 import sys
 from dataclasses import dataclass, field
 from typing import Iterable
 
 from .. import logs
 
-__all__ = ["CameraDescription", "CameraMode", "format_cameras", "list_cameras"]
+__all__ = [
+    "CameraDescription", "CameraMode", "format_cameras", "list_cameras", "source_names",
+]
 
 logger = logs.get_logger(__name__)
 
@@ -66,8 +73,10 @@ def list_cameras(
 
 def format_cameras(cameras: Iterable[CameraDescription]) -> str:
     """Human-readable lines for ``camstream --list-cameras``."""
+    cameras = list(cameras)
+    names = source_names(cameras)
     lines = []
-    for camera in cameras:
+    for camera, name in zip(cameras, names):
         where = f"  {camera.path}" if camera.path else ""
         lines.append(f"{camera.index}: {camera.name}{where}")
         lines.extend(f"     also {link}" for link in camera.stable_paths)
@@ -77,9 +86,40 @@ def format_cameras(cameras: Iterable[CameraDescription]) -> str:
         for pixel_format, modes in by_format.items():
             sizes = ", ".join(f"{m.width}x{m.height} {m.fps:g} fps" for m in modes)
             lines.append(f"     {pixel_format:<5} {sizes}")
+        lines.append(f"     --source {name}={_pasted_source(camera)}")
     if not lines:
         return "no cameras found"
+    every = " ".join(f"--source {n}={_pasted_source(c)}" for c, n in zip(cameras, names))
+    lines.append(f"all on one port: camstream {every}")
     return "\n".join(lines)
+
+
+_RESERVED = ("ws", "healthz")  # the server's own path words a made name could be
+
+
+def source_names(cameras: Iterable[CameraDescription]) -> list[str]:
+    """A camera name for each camera (what ``--source NAME=...`` takes): its name in lower
+    case, runs of other characters as one ``-``, at most 24 characters, made unique with
+    ``-2``, ``-3``; ``cameraN`` (its index) when nothing is left."""
+    names: list[str] = []
+    for camera in cameras:
+        base = re.sub(r"[^a-z0-9]+", "-", camera.name.lower()).strip("-")[:24].strip("-")
+        if not base or base in _RESERVED:
+            base = f"camera{camera.index}"
+        name, n = base, 1
+        while name in names:
+            n += 1
+            name = f"{base}-{n}"
+        names.append(name)
+    return names
+
+
+def _pasted_source(camera: CameraDescription) -> str:
+    """What ``--source`` takes for ``camera``: a stable path (survives replugging), else its
+    device path, else its index."""
+    if camera.stable_paths:
+        return camera.stable_paths[0]
+    return camera.path or str(camera.index)
 
 
 def _from_library() -> list[CameraDescription] | None:
