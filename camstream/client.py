@@ -87,7 +87,10 @@ class Client:
     """Connects to a camstream server and yields its frames.
 
     Args:
-        url: ``ws://host:port/`` or ``wss://...``.
+        url: ``ws://host:port/`` or ``wss://...``; on a server of several cameras,
+            ``ws://host:port/NAME`` is camera NAME (the bare address: the first camera).
+        camera: the camera's name on a server of several (``camstream --source front=0
+            --source rear=1``); it replaces the URL's path. None: the URL's path decides.
         token: sent as ``Authorization: Bearer`` (never put in the URL by this client).
         fps, width, height, quality, frame_info: the stream this client wants; sent as URL
             query parameters (see PROTOCOL.md). None: the server's choice.
@@ -103,7 +106,8 @@ class Client:
         sslopt: passed to websocket-client for ``wss://`` (e.g. ``{"ca_certs": path}``).
 
     Raises:
-        ConfigError: the URL is not ``ws://`` or ``wss://``, or ``errors`` is unknown.
+        ConfigError: the URL is not ``ws://`` or ``wss://``, ``errors`` is unknown, or
+            ``camera`` is not a camera name (1-32 letters, digits, ``-``, ``_``).
 
     Iterating ends when the server closes the connection; :attr:`close_code` and
     :attr:`close_reason` then say why. If no message arrives for ``timeout`` seconds (a camera
@@ -115,6 +119,7 @@ class Client:
         self,
         url: str,
         *,
+        camera: str | None = None,
         token: str | None = None,
         fps: float | None = None,
         width: int | None = None,
@@ -133,6 +138,8 @@ class Client:
                 f"cannot connect to {url!r}: use ws:// or wss:// (camstream's WebSocket URL, "
                 "e.g. ws://127.0.0.1:8765/)"
             )
+        if camera is not None:
+            url = _at_camera(url, camera)
         if errors not in _ERROR_HANDLING:
             raise ConfigError(f"errors must be one of {', '.join(_ERROR_HANDLING)}, not {errors!r}")
         self._errors = errors
@@ -300,6 +307,17 @@ class Client:
 
     def _closed_text(self) -> str:
         return f"connection closed (code {self.close_code}: {self.close_reason or 'no reason'})"
+
+
+def _at_camera(url: str, camera: str) -> str:
+    """``url`` with its path replaced by ``/camera`` (the query kept)."""
+    from .cameraset import CAMERA_NAME
+
+    if not isinstance(camera, str) or not CAMERA_NAME.fullmatch(camera):
+        raise ConfigError(
+            f"camera must be a camera name (1-32 letters, digits, '-' or '_'), not {camera!r}"
+        )
+    return urllib.parse.urlunsplit(urllib.parse.urlsplit(url)._replace(path=f"/{camera}"))
 
 
 def _with_query(url: str, params: dict[str, Any]) -> str:

@@ -408,3 +408,23 @@ def test_every_camera_starting_fails_the_start_and_leaves_nothing_running() -> N
         streamer.start()
     assert good.open_handles == 0
     streamer.stop()
+
+
+def test_the_python_client_takes_a_camera_by_name_or_by_path(served) -> None:
+    from camstream.client import Client
+
+    streamer, _ = served(TWO)
+    for client in (Client(streamer.url, camera="rear"),
+                   Client(f"{streamer.url}front?fps=5", camera="rear"),
+                   Client(f"{streamer.url}rear")):
+        assert client.url.startswith(f"ws://127.0.0.1:{streamer.port}/rear?")
+        with client:
+            frame = next(iter(client))
+            assert client.metadata["camera_name"] == "rear"
+            assert (frame.width, frame.height) == (1280, 720)
+            assert mark_of(frame.image) == TWO["rear"][0]
+    with Client(streamer.url) as client:
+        assert mark_of(next(iter(client)).image) == TWO["front"][0]
+    for bad in ("", "a/b", "x" * 33):
+        with pytest.raises(ConfigError, match="camera must be a camera name"):
+            Client(streamer.url, camera=bad)

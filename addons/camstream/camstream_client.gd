@@ -80,8 +80,16 @@ const FATAL_CLOSE_CODES: Array[int] = [1002, 1003, 1007, 1008]
 const SIZE_STEP: int = 16
 const StreamReceiver: GDScript = preload("stream_receiver.gd")
 
-## Server address, [code]ws://host:port/[/code] or [code]wss://host:port/[/code].
+## Server address, [code]ws://host:port/[/code] or [code]wss://host:port/[/code]. On a server
+## of several cameras, [code]ws://host:port/NAME[/code] is camera NAME (or set [member camera]);
+## the bare address is the server's first camera.
 @export var url: String = "ws://127.0.0.1:8765/"
+## The camera to watch on a server of several ([code]camstream --source front=0 --source
+## rear=1[/code]): its name, which replaces the path of [member url]. Empty: the camera the
+## URL's path names (the first one at [code]/[/code]). The server's
+## [code]/cameras.json[/code] lists the names; a name it does not have is refused (404), and
+## the client keeps retrying with backoff. Takes effect at the next (re)connection.
+@export var camera: String = ""
 ## Connect automatically when the node enters the tree (deferred by one frame, so a parent's
 ## [code]_ready()[/code] can still change [member url]). Otherwise call [method start].
 @export var autostart: bool = true
@@ -464,20 +472,20 @@ func _connect(reset_counters: bool) -> void:
 	_generation += 1
 	# Both buffer settings apply when the handshake completes: they go with the connection.
 	var options: Dictionary = {
-		"url": _with_query(url, query),
+		"url": _with_query(camera_url(url, camera), query),
 		"tls": _tls_options(),
 		"headers": headers,
 		"inbound_buffer_size": inbound_buffer_size,
 		"heartbeat_interval": heartbeat_interval_s,
 		"reset_counters": reset_counters,
 	}
-	_set_state(State.CONNECTING, "connecting to " + url)
+	_set_state(State.CONNECTING, "connecting to " + camera_url(url, camera))
 	_receiver.connect_to(_generation, options)
 
 
 func _on_open() -> void:
 	_backoff_s = reconnect_min_s
-	_set_state(State.OPEN, "connected to " + url)
+	_set_state(State.OPEN, "connected to " + camera_url(url, camera))
 	if _paused:
 		send_message({"type": "pause"})
 	if config.get("frame_info") == true:
@@ -674,6 +682,24 @@ static func _int_or(value: Variant, fallback: int) -> int:
 
 static func _float_or(value: Variant, fallback: float) -> float:
 	return float(value) if value is int or value is float else fallback
+
+
+## [param base] ([code]ws://host:port/path?query[/code]) with its path replaced by
+## [code]/[/code] + [param name] (the query kept); [param base] itself if [param name] is empty.
+static func camera_url(base: String, name: String) -> String:
+	if name.is_empty():
+		return base
+	var query: String = ""
+	var at: int = base.find("?")
+	if at >= 0:
+		query = base.substr(at)
+		base = base.substr(0, at)
+	var host_at: int = base.find("://")
+	host_at = 0 if host_at < 0 else host_at + 3
+	var path_at: int = base.find("/", host_at)
+	if path_at >= 0:
+		base = base.substr(0, path_at)
+	return base + "/" + name.uri_encode() + query
 
 
 static func _with_query(base: String, query: Dictionary) -> String:
