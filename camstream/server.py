@@ -83,7 +83,7 @@ class Streamer:
             viewers of every camera together. See :meth:`add_camera` / :meth:`remove_camera`.
         on_demand: open each camera only while someone watches it: a grace period in seconds
             (the source is released that long after its last viewer leaves; 0: at once),
-            ``True`` for 10 s, or None (default: always open). Viewers that come while it opens
+            ``True`` for 10 s, or None (the default: always open). Viewers that come while it opens
             get ``metadata`` with ``camera: "starting"`` at once and frames as soon as there are
             any. Push sources are never closed.
         host: the address to listen on. The default, ``127.0.0.1``, admits this machine only;
