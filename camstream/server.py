@@ -622,6 +622,10 @@ class Streamer:
                              conn.id, self._policy.describe(conn.request), FULL_REMEDY)
             conn.close(CloseCode.TRY_AGAIN_LATER, "server full, try again later")
             return
+        if self._cameras.get(camera.name) is not camera:  # removed while this one came in
+            self._viewers.remove_session(conn.id)
+            conn.close(CloseCode.GOING_AWAY, "camera removed")
+            return
         conn.session = session
         conn.log(logger, logging.INFO, "client %s connected from %s", conn.id,
                  self._policy.describe(conn.request))  # through its address's log budget

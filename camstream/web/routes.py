@@ -424,6 +424,11 @@ class HttpRoutes:
             if admission is Admission.CLOSED:
                 exchange.send_response(503, b"server shutting down\n", headers=frame_headers)
                 return
+            if self._cameras.get(camera.name) is not camera:  # removed meanwhile
+                self._viewers.remove_stream(stream_id)
+                exchange.send_response(404, b"no such camera: /cameras.json lists them\n",
+                                       headers=frame_headers)
+                return
             if admission is Admission.FULL:
                 self._count("mjpeg_full")
                 _refusal_log.log(logger, logging.WARNING, "MJPEG client from %s refused: %s",
