@@ -196,6 +196,8 @@ class ServedCamera:
         on_event: ``on_event(camera, event, details)`` on each camera event (camera thread).
         label: the label of this camera's log lines (None: the caller's, for a Streamer of
             one unnamed camera).
+        camera_options: more arguments of its :class:`CameraThread` (the Streamer's options
+            that every camera shares).
     """
 
     def __init__(
@@ -210,6 +212,7 @@ class ServedCamera:
         viewers: Callable[[], Sequence[FastViewer]],
         on_event: Callable[[ServedCamera, str, dict[str, Any]], None],
         label: logs.Label | None,
+        camera_options: Mapping[str, Any] | None = None,
     ) -> None:
         self.name = name
         self.config = config
@@ -225,7 +228,7 @@ class ServedCamera:
             loop=True if config.loop is None else config.loop,
             pixel_format=config.pixel_format or "auto", backend=config.backend or "auto",
             camera_settings=config.camera_settings, capture_factory=config.capture_factory,
-            on_demand=config.on_demand,
+            on_demand=config.on_demand, **(camera_options or {}),
         )
         self.cache = EncodeCache(
             default_quality=80 if config.quality is None else config.quality,

@@ -230,6 +230,7 @@ class Streamer:
         # Every camera's encode cache and fan-out (each camera has its own):
         self._max_variants, self._max_encodes_per_s = max_variants, max_encodes_per_s
         self._fast_fanout = fast_fanout
+        self._camera_options: dict[str, Any] = {}  # more CameraThread arguments, every camera
         self._viewers: ViewerRegistry[ClientSession, MjpegStream] = ViewerRegistry(max_clients)
         # Log lines of this Streamer's threads carry its label when several run (camstream.logs).
         self._label = logs.Label(name or "", explicit=name is not None)
@@ -688,6 +689,7 @@ class Streamer:
                 viewers=functools.partial(self._viewers.all, name),
                 on_event=self._on_camera_event,
                 label=CameraLabel(name, self._label) if self._named else None,
+                camera_options=self._camera_options,
             )
         except ConfigError as exc:
             if not self._named or str(exc).startswith("camera "):
