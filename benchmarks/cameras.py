@@ -45,6 +45,7 @@ import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 from fake_capture import FakeWebcam, mark_of, pictures  # noqa: E402
 from loadgen import Loop, Viewer  # noqa: E402
+from on_demand import thread_cpu_s, thread_switches  # noqa: E402
 
 from camstream import CameraConfig, CameraState, Streamer  # noqa: E402
 
@@ -202,17 +203,6 @@ def wait_state(camera: Any, state: CameraState, timeout: float = 10.0) -> None:
 
 
 # Idle on-demand cameras, in this process
-
-
-def thread_cpu_s(native_id: int) -> float:
-    with open(f"/proc/self/task/{native_id}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) * TICK_S
-
-
-def thread_switches(native_id: int) -> int:
-    with open(f"/proc/self/task/{native_id}/status") as f:
-        return sum(int(line.split()[1]) for line in f if "ctxt_switches" in line)
 
 
 def idle(cameras: int, seconds: float) -> dict[str, Any]:

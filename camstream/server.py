@@ -213,6 +213,8 @@ class Streamer:
             pixel_format=pixel_format, backend=backend, camera_settings=camera_settings,
             capture_factory=capture_factory, on_demand=on_demand,
         )
+        # Cameras have names of their own (sources=, or add_camera() since): their log lines,
+        # metadata and events name them. A Streamer of one source calls it "default", quietly.
         self._named = sources is not None
         if sources is not None and source != "auto":
             raise ConfigError("give source or sources, not both")
@@ -307,12 +309,13 @@ class Streamer:
         with self._cameras_lock:
             if self._stopped.is_set():
                 raise ConfigError("add_camera() after stop()")
-            camera = self._make_camera(name, source)
+            camera = self._make_camera(name, source, named=True)
             if self._cameras.get(name) is not None:
                 raise ConfigError(f"there is a camera named {name!r} already")
             if self._cameras_started:
                 self._start_camera(camera)
             self._cameras.add(camera)
+            self._named = True  # several cameras now: every one is told by name
         with logs.bound(self._label):
             if self._cameras_started:
                 logger.info("camera %s added: %s", name, describe_source(camera.thread.source))
@@ -672,13 +675,16 @@ class Streamer:
             return self.url
         return f"{'wss' if client.secure else 'ws'}://{client.host}/"
 
-    def _make_camera(self, name: str, value: object) -> ServedCamera:
-        """Camera ``name`` from a value of ``sources`` (not started).
+    def _make_camera(self, name: str, value: object, *, named: bool | None = None
+                     ) -> ServedCamera:
+        """Camera ``name`` from a value of ``sources`` (not started); ``named``: it has a name
+        of its own (default: as the Streamer's cameras do).
 
         Raises:
             ConfigError: a bad name or setting.
         """
-        if self._named:
+        named = self._named if named is None else named
+        if named:
             check_camera_name(name)
         try:
             config = CameraConfig.of(value, name).over(self._defaults)
@@ -688,11 +694,11 @@ class Streamer:
                 fast_fanout=self._fast_fanout,
                 viewers=functools.partial(self._viewers.all, name),
                 on_event=self._on_camera_event,
-                label=CameraLabel(name, self._label) if self._named else None,
+                label=CameraLabel(name, self._label) if named else None,
                 camera_options=self._camera_options,
             )
         except ConfigError as exc:
-            if not self._named or str(exc).startswith("camera "):
+            if not named or str(exc).startswith("camera "):
                 raise
             raise ConfigError(f"camera {name!r}: {exc}") from None
 
@@ -706,7 +712,7 @@ class Streamer:
             try:
                 camera.start()
             except SourceError as exc:
-                if not self._named:
+                if camera.label is None:  # the one unnamed camera: as before cameras had names
                     raise
                 raise SourceError(exc.source, f"camera {camera.name!r}: {exc}") from exc
 

@@ -428,3 +428,21 @@ def test_the_python_client_takes_a_camera_by_name_or_by_path(served) -> None:
     for bad in ("", "a/b", "x" * 33):
         with pytest.raises(ConfigError, match="camera must be a camera name"):
             Client(streamer.url, camera=bad)
+
+
+def test_a_camera_added_to_a_streamer_of_one_source_is_served_by_name(streamer_factory) -> None:
+    streamer = streamer_factory("test", width=64, height=48)
+    with pytest.raises(ConfigError, match="camera name 'no good'"):
+        streamer.add_camera("no good", "test")
+    gone = FakeWebcam()
+    gone.vanish()
+    with pytest.raises(SourceError, match="camera 'gone'"):
+        streamer.add_camera("gone", CameraConfig(0, capture_factory=gone.factory))
+    streamer.add_camera("side", CameraConfig("test", width=32, height=24))
+    assert list(streamer.cameras) == ["default", "side"]
+    with viewer(streamer.url + "side") as ws:
+        metadata = next_text(ws, "metadata")
+        assert (metadata["camera_name"], metadata["width"]) == ("side", 32)
+    with viewer(streamer.url) as ws:
+        metadata = next_text(ws, "metadata")
+        assert (metadata["camera_name"], metadata["width"]) == ("default", 64)
