@@ -44,6 +44,19 @@ def test_an_origin_refusal_is_a_warning_with_the_origin_and_the_fix(
     assert "--allow-origin https://app.example" in line and "allowed_origins" in line
 
 
+def test_a_malformed_origin_is_refused_not_a_traceback(streamer_factory, caplog) -> None:
+    streamer = streamer_factory("test", width=64, height=48)
+    caplog.set_level(logging.DEBUG, logger="camstream")
+    with RawClient(streamer.port, timeout=TIMEOUT) as client:
+        client.handshake("/", extra={"Origin": "http://[::1"})
+        assert client.recv_close() == (1008, b"origin not allowed")
+    status = get(streamer.port, "/snapshot.jpg", {"Origin": "http://[::1"}).status
+    assert status == 403
+    # Refusals are WARNINGs that name the origin: never an error or a traceback.
+    assert len(warnings_of(caplog)) == 2
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info]
+
+
 def test_client_text_in_a_refusal_line_is_escaped(streamer_factory, caplog) -> None:
     caplog.set_level(logging.WARNING, logger="camstream")
     streamer = streamer_factory("test", width=32, height=24)

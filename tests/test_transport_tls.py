@@ -176,20 +176,53 @@ def test_plaintext_client_on_tls_port_gets_nothing(
         assert ws.recv(timeout=TIMEOUT) == "alive"
 
 
-def test_bad_certificate_files(tmp_path: Path, cert: tuple[str, str]) -> None:
+def test_missing_certificate_files_and_a_file_name_for_a_context(
+    tmp_path: Path, cert: tuple[str, str]
+) -> None:
     missing = str(tmp_path / "missing.pem")
     with pytest.raises(ServerError, match="missing.pem"):
         make_ssl_context(missing)
     with pytest.raises(ServerError, match="missing.pem"):
         make_ssl_context(cert[0], missing)
-    junk = tmp_path / "junk.pem"
-    junk.write_text("not a certificate\n")
-    with pytest.raises(ServerError, match="junk.pem"):
-        make_ssl_context(str(junk))
-    with pytest.raises(ServerError, match="cert.pem"):
-        make_ssl_context(cert[0])  # the key is in another file
     with pytest.raises(ConfigError):
         WebSocketServer(Recorder(), port=0, ssl_context="cert.pem")  # type: ignore[arg-type]
+
+
+@pytest.fixture(scope="module")
+def pem_files(tmp_path_factory: pytest.TempPathFactory, cert: tuple[str, str]) -> Path:
+    """Two certificates with their keys (a: the module's), an encrypted key, and junk."""
+    d = tmp_path_factory.mktemp("pem")
+    other = self_signed_cert(tmp_path_factory.mktemp("other"))
+    for name, (crt, key) in (("a", cert), ("b", other)):
+        shutil.copy(crt, d / f"{name}.crt")
+        shutil.copy(key, d / f"{name}.key")
+    subprocess.run(
+        ["openssl", "pkey", "-in", str(d / "a.key"), "-aes256", "-passout", "pass:x", "-out",
+         str(d / "encrypted.key")], check=True, capture_output=True, timeout=60,
+    )
+    (d / "junk.pem").write_text("junk\n")
+    (d / "cut.crt").write_bytes((d / "a.crt").read_bytes()[:300])
+    return d
+
+
+@pytest.mark.parametrize(
+    ("certfile", "keyfile", "words"),
+    [
+        ("junk.pem", "a.key", "certificate file {d}/junk.pem holds no PEM certificate"),
+        ("cut.crt", "a.key", "certificate file {d}/cut.crt holds a damaged PEM certificate"),
+        ("a.crt", None, "{d}/a.crt holds no PEM private key: give the key file too"),
+        ("a.crt", "junk.pem", "key file {d}/junk.pem holds no PEM private key"),
+        ("a.crt", "encrypted.key", "private key {d}/encrypted.key is encrypted"),
+        ("a.crt", "b.key", "private key {d}/b.key does not belong to the certificate in "
+                           "{d}/a.crt"),
+    ],
+)
+def test_a_bad_tls_file_is_named_with_the_reason(pem_files: Path, certfile, keyfile, words):
+    with pytest.raises(ServerError) as info:
+        make_ssl_context(str(pem_files / certfile), keyfile and str(pem_files / keyfile))
+    assert words.format(d=pem_files) in str(info.value)
+    assert "_ssl.c" not in str(info.value)
+    make_ssl_context(str(pem_files / "a.crt"), str(pem_files / "a.key"))  # the good pair works
 
 
 def test_tls_handshake_failure_never_falls_back(tls_server: Any, quiet: None) -> None:
