@@ -8,7 +8,7 @@ from __future__ import annotations
 import logging
 
 import pytest
-from conftest import TIMEOUT
+from conftest import TIMEOUT, wait_until
 from helpers import get
 from wsraw import RawClient
 
@@ -96,6 +96,9 @@ def test_a_full_server_says_which_option_makes_room(streamer_factory, caplog) ->
     streamer = streamer_factory("test", width=32, height=24, max_clients=1)
     with RawClient(streamer.port, timeout=TIMEOUT) as first:
         first.handshake("/")
+        # Its place is taken once its session is registered (after the 101): wait for it, or
+        # the second could take the place first.
+        assert wait_until(lambda: streamer.client_count == 1)
         with RawClient(streamer.port, timeout=TIMEOUT) as second:
             second.handshake("/")
             assert second.recv_close() == (1013, b"server full, try again later")

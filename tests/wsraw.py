@@ -73,8 +73,13 @@ def build_frame(
 class RawClient:
     """A blocking WebSocket client over a plain TCP socket (or an already-wrapped one)."""
 
-    def __init__(self, port: int, host: str = "127.0.0.1", timeout: float = TIMEOUT) -> None:
-        self.sock = socket.create_connection((host, port), timeout=timeout)
+    def __init__(
+        self, port: int, host: str = "127.0.0.1", timeout: float = TIMEOUT, source: str = ""
+    ) -> None:
+        """Connect to ``host:port``; from the local address ``source`` if one is given."""
+        self.sock = socket.create_connection(
+            (host, port), timeout=timeout, source_address=(source, 0) if source else None
+        )
         self.buf = b""
 
     def close(self) -> None:
