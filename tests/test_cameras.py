@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from conftest import TIMEOUT, wait_until
+from conftest import SLACK, TIMEOUT, wait_until
 from fake_capture import FakeWebcam, mark_of
 from helpers import MjpegReader, decode_jpeg, get, next_binary, next_text, receive_for
 from websockets.exceptions import InvalidStatus
@@ -182,7 +182,7 @@ def test_one_camera_unplugged_tells_only_its_own_viewers(served) -> None:
         assert lost["camera_name"] == "rear"
         # Meanwhile the front camera goes on as if nothing happened, and hears nothing of it.
         texts, frames = receive_for(front, 1.0)
-        assert len(frames) >= 10, f"front slowed down: {len(frames)} frames in 1 s"
+        assert len(frames) >= 10 / SLACK, f"front slowed down: {len(frames)} frames in 1 s"
         assert not [t for t in texts if t["type"].startswith("camera_")], texts
         assert {mark_of(decode_jpeg(d)) for d in frames} == {TWO["front"][0]}
         assert get(streamer.port, "/front/healthz").status == 200
@@ -223,7 +223,7 @@ def test_cameras_are_added_and_removed_while_serving(served) -> None:
         assert [c["name"] for c in json.loads(get(streamer.port, "/cameras.json").body)[
             "cameras"]] == ["front", "side"]
         # The front camera never noticed.
-        assert len(receive_for(front, 0.5)[1]) >= 5
+        assert len(receive_for(front, 0.5)[1]) >= 5 / SLACK
         # Removing the first camera makes the next one the default.
         streamer.remove_camera("front")
         with viewer(streamer.url) as ws:

@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from conftest import TIMEOUT, wait_until
+from conftest import SLACK, TIMEOUT, wait_until
 from fake_capture import FakeWebcam, mark_of
 from helpers import MjpegReader, decode_jpeg, get, next_binary, next_text
 from websockets.sync.client import connect
@@ -141,7 +141,9 @@ def test_a_camera_that_cannot_open_is_reported_and_retried_with_backoff(on_deman
         assert wait_until(lambda: len(webcams["rear"].opens) >= 4)
         times = webcams["rear"].open_times[:4]
         gaps = [b - a for a, b in zip(times, times[1:])]
-        assert gaps[1] > gaps[0] * 1.5, f"no backoff between attempts: {gaps}"
+        # The waits double from a quarter second (up to the camera's 1 s cap); a busy machine
+        # can only make them longer.
+        assert all(gap >= least for gap, least in zip(gaps, (0.24, 0.49, 0.99))), gaps
         report = streamer.stats()["cameras"]["rear"]["camera"]
         assert report["open_failures"] >= 3 and report["state"] == "lost"
         assert get(streamer.port, "/rear/healthz").status == 503
@@ -162,5 +164,5 @@ def test_the_first_frame_follows_the_open(on_demand) -> None:
         assert next_text(ws, "metadata")["camera"] == "starting"
         next_binary(ws)
         waited = time.monotonic() - began
-    assert open_delay <= waited < open_delay + 1 / 30 + TIMEOUT / 5
+    assert open_delay <= waited < (open_delay + 1 / 30 + 0.5) * SLACK
     assert len(webcams["rear"].opens) == 1 and webcams["front"].opens == []
