@@ -22,7 +22,9 @@ import threading
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
-__all__ = ["Label", "bound", "current", "get_logger", "printable", "thread_target"]
+__all__ = [
+    "Label", "adopt", "bound", "current", "get_logger", "printable", "thread_target",
+]
 
 _T = TypeVar("_T")
 
@@ -87,6 +89,12 @@ def bound(label: Label | None) -> Iterator[None]:
         yield
     finally:
         _local.label = previous
+
+
+def adopt(label: Label | None) -> None:
+    """Make ``label`` the calling thread's label from now on (a connection's handler thread,
+    once it knows which camera the connection watches: every later line of it names it)."""
+    _local.label = label
 
 
 def thread_target(target: Callable[..., _T]) -> Callable[..., _T]:

@@ -602,8 +602,11 @@ class Streamer:
         if camera is None:  # removed since the handshake looked
             conn.close(CloseCode.GOING_AWAY, "camera removed")
             return
-        with logs.bound(camera.label or logs.current()):
-            self._open_session(conn, camera)
+        if camera.label is not None:
+            # This handler thread serves this connection alone, to its end: every later line
+            # of it (its messages, its close, the transport's) names the camera.
+            logs.adopt(camera.label)
+        self._open_session(conn, camera)
 
     def _open_session(self, conn: Connection, camera: ServedCamera) -> None:
         thread = camera.thread

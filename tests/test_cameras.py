@@ -318,10 +318,12 @@ def test_stats_and_health_per_camera(served) -> None:
 
 
 def test_every_line_about_a_camera_names_it(served, caplog) -> None:
-    caplog.set_level(logging.INFO, logger="camstream")
+    caplog.set_level(logging.DEBUG, logger="camstream")
     streamer, _ = served(TWO)
     with viewer(ws_url(streamer, "/rear")) as ws:
         next_binary(ws)
+        ws.send(json.dumps({"type": "config", "fps": 0}))  # refused: a DEBUG line, reader thread
+        next_text(ws, "error")
     with MjpegReader(streamer.port, "/front/stream.mjpg") as reader:
         reader.next_part()
     assert wait_until(lambda: any("MJPEG stream" in r.getMessage() and "closed" in
@@ -330,8 +332,10 @@ def test_every_line_about_a_camera_names_it(served, caplog) -> None:
     lines = [r.getMessage() for r in caplog.records if r.name.startswith("camstream")]
     opened = [line for line in lines if "opened camera 0" in line]
     assert sorted(line.split("]")[0] for line in opened) == ["[front", "[rear"], opened
-    connected = [line for line in lines if "connected from" in line or " left (" in line]
-    assert connected and all(line.startswith("[rear] ") for line in connected), connected
+    connected = [line for line in lines if "connected from" in line or " left (" in line
+                 or "fps: must be" in line]
+    assert len(connected) == 3, connected
+    assert all(line.startswith("[rear] ") for line in connected), connected
     mjpeg = [line for line in lines if "MJPEG stream" in line]
     assert mjpeg and all(line.startswith("[front] ") for line in mjpeg), mjpeg
 

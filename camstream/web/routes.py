@@ -216,8 +216,11 @@ class HttpRoutes:
                 else b"no such camera: /cameras.json lists them\n"
             ))
             return
-        with logs.bound(camera.label or logs.current()):
-            self._camera_route(exchange, camera, name, path)
+        if camera.label is not None:
+            # Every answer closes its connection: the rest of this handler thread's lines
+            # (the transport's too) are about this camera.
+            logs.adopt(camera.label)
+        self._camera_route(exchange, camera, name, path)
 
     def _camera_route(
         self, exchange: HttpExchange, camera: ServedCamera, name: str | None, path: str
