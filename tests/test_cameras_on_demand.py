@@ -166,3 +166,21 @@ def test_the_first_frame_follows_the_open(on_demand) -> None:
         waited = time.monotonic() - began
     assert open_delay <= waited < (open_delay + 1 / 30 + 0.5) * SLACK
     assert len(webcams["rear"].opens) == 1 and webcams["front"].opens == []
+
+
+def test_a_camera_stuck_opening_holds_up_no_other(on_demand) -> None:
+    gate = threading.Event()  # the rear camera's open hangs until the end of the test
+    streamer, webcams = on_demand()
+    webcams["rear"].open_gate = gate
+    try:
+        with viewer(f"{streamer.url}rear?max_bytes=0") as rear, \
+                viewer(f"{streamer.url}front?max_bytes=0") as front:
+            assert next_text(rear, "metadata")["camera"] == "starting"
+            assert webcams["rear"].opening.wait(TIMEOUT)
+            frames = [next_binary(front) for _ in range(10)]
+            assert {mark_of(decode_jpeg(f)) for f in frames} == {0}
+            assert get(streamer.port, "/front/snapshot.jpg").status == 200
+            assert get(streamer.port, "/healthz").status == 200  # opening is not unhealthy
+            assert streamer.cameras["rear"].state is CameraState.STARTING
+    finally:
+        gate.set()
