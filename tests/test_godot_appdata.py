@@ -12,20 +12,25 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
-from conftest import TIMEOUT
-from helpers import running
+from conftest import TIMEOUT, stop_process
+from helpers import read_line, running
 from test_app_data import DataPublisher
 from test_godot import (  # noqa: F401 (fixtures)
     godot,
     godot_home,
     project,
+    run_example,
     run_godot,
 )
 
 from camstream import AppClient, Streamer
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
 APPDATA_SCRIPT = """\
 extends SceneTree
@@ -175,3 +180,74 @@ def test_godot_clients_get_each_frames_data_with_that_frame(
     assert frames >= 20 and with_data == signals == 0, out
     reply = re.search(r"APPDATA reply (.*)", out)
     assert reply and json.loads(reply[1]) == {"echo": {"toggle": "detector"}}, out
+
+
+OVERLAY_SCRIPT = """\
+extends SceneTree
+# box_overlay.gd's mapping from the frame's pixels to the shown picture, without a server.
+
+const Overlay: GDScript = preload("res://box_overlay.gd")
+
+
+func _initialize() -> void:
+	print("OVERLAY fitted " + _r(Overlay.fitted_rect(Vector2(640, 480), Vector2(1000, 500))))
+	print("OVERLAY tall " + _r(Overlay.fitted_rect(Vector2(640, 480), Vector2(320, 600))))
+	var overlay: Control = Overlay.new()
+	overlay.show_data({
+		"boxes": [{"x": 320, "y": 240, "w": 64, "h": 48, "label": "moving"}, {"x": "bad"}, 7],
+		"detecting": true, "width": 640, "height": 480
+	})
+	var shown: Rect2 = Overlay.fitted_rect(Vector2(320, 240), Vector2(1000, 500))
+	var rects: Array = overlay.box_rects(shown)
+	print("OVERLAY boxes %s detecting=%s" % [",".join(rects.map(_r)), overlay.detecting])
+	overlay.show_data(null)
+	print("OVERLAY cleared %d" % overlay.box_rects(shown).size())
+	overlay.free()
+	quit(0)
+
+
+func _r(rect: Rect2) -> String:
+	return "(%.1f %.1f %.1f %.1f)" % [rect.position.x, rect.position.y, rect.size.x, rect.size.y]
+"""
+
+
+def test_the_overlay_maps_boxes_to_the_shown_picture(
+    godot: str, godot_home: dict[str, str], project: Path  # noqa: F811
+) -> None:
+    (project / "overlay_test.gd").write_text(OVERLAY_SCRIPT)
+    result = run_godot(godot, godot_home, ["--path", str(project), "--script",
+                                           "res://overlay_test.gd"])
+    out = result.stdout
+    assert result.returncode == 0 and "SCRIPT ERROR" not in out, out
+    # 640x480 in 1000x500: 666.7x500, centred (x from 166.7).
+    assert "OVERLAY fitted (166.7 0.0 666.7 500.0)" in out, out
+    assert "OVERLAY tall (0.0 180.0 320.0 240.0)" in out, out
+    # The box is in the 640x480 frame's pixels, whatever size the client receives (320x240
+    # here): its centre maps to the centre of the shown picture; bad boxes are left out.
+    assert "OVERLAY boxes (500.0 250.0 66.7 50.0) detecting=true" in out, out
+    assert "OVERLAY cleared 0" in out, out
+
+
+def test_the_godot_example_draws_the_detector_boxes_and_toggles_it(
+    godot: str, godot_home: dict[str, str], project: Path  # noqa: F811
+) -> None:
+    """examples/detector.py and examples/godot -- --data, as the README runs them."""
+    process = subprocess.Popen(
+        [sys.executable, str(EXAMPLES / "detector.py"), "--port", "0", "--seconds", "120"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        url = re.search(r"ws://\S+", read_line(process.stdout))
+        assert url, "no URL"
+        result, outcome, fields = run_example(
+            godot, godot_home, project, url.group(0), "--data", "--quit-after-frames=60",
+            "--toggle-after-frames=45",
+        )
+    finally:
+        stop_process(process)
+    assert outcome == "OK" and result.returncode == 0, result.stdout
+    assert int(fields["data_frames"]) >= 45, fields
+    assert int(fields["boxes_max"]) == 1, fields  # the ball
+    assert fields["detector_off_seen"] == "true", fields
+    assert int(fields["app_messages"]) >= 2, fields  # the broadcast and the answer
+    assert 'camstream: app {"detecting":false,"ok":true}' in result.stdout, result.stdout
