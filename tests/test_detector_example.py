@@ -3,12 +3,13 @@ in (the ball is inside each box of that very frame), and a viewer's command swit
 
 from __future__ import annotations
 
+import contextlib
 import re
 import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from conftest import TIMEOUT, stop_process
 from helpers import read_line
@@ -32,16 +33,25 @@ def ball_in(image: Any, box: dict[str, int]) -> bool:
     return bool(inside.mean() > 0.9)
 
 
-def test_the_detector_sends_boxes_with_their_frame_and_obeys_a_toggle() -> None:
+@contextlib.contextmanager
+def detector(seconds: float = 120) -> Iterator[str]:
+    """``examples/detector.py`` running on a free port; yields its WebSocket URL."""
     process = subprocess.Popen(
-        [sys.executable, str(EXAMPLES / "detector.py"), "--port", "0", "--seconds", "60"],
+        [sys.executable, str(EXAMPLES / "detector.py"), "--port", "0", "--seconds", str(seconds)],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
     try:
         url = re.search(r"ws://\S+", read_line(process.stdout))
         assert url, "no URL"
+        yield url.group(0)
+    finally:
+        stop_process(process)
+
+
+def test_the_detector_sends_boxes_with_their_frame_and_obeys_a_toggle() -> None:
+    with detector() as url:
         answers: list[Any] = []
-        with Client(url.group(0), data=True, on_app=answers.append, timeout=TIMEOUT) as client:
+        with Client(url, data=True, on_app=answers.append, timeout=TIMEOUT) as client:
             boxed = 0
             deadline = time.monotonic() + 3 * TIMEOUT
             for frame in client.frames():
@@ -66,5 +76,3 @@ def test_the_detector_sends_boxes_with_their_frame_and_obeys_a_toggle() -> None:
         assert answers[0] == {"error": "unknown command", "got": {"nonsense": 1}}
         assert {"detecting": False, "by": answers[1]["by"]} == answers[1]
         assert answers[2] == {"ok": True, "detecting": False}
-    finally:
-        stop_process(process)

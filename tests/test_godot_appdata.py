@@ -12,14 +12,13 @@ from __future__ import annotations
 
 import json
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-from conftest import TIMEOUT, stop_process
-from helpers import read_line, running
+from conftest import TIMEOUT
+from helpers import running
 from test_app_data import DataPublisher
+from test_detector_example import detector
 from test_godot import (  # noqa: F401 (fixtures)
     godot,
     godot_home,
@@ -29,8 +28,6 @@ from test_godot import (  # noqa: F401 (fixtures)
 )
 
 from camstream import AppClient, Streamer
-
-EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
 APPDATA_SCRIPT = """\
 extends SceneTree
@@ -232,19 +229,11 @@ def test_the_godot_example_draws_the_detector_boxes_and_toggles_it(
     godot: str, godot_home: dict[str, str], project: Path  # noqa: F811
 ) -> None:
     """examples/detector.py and examples/godot -- --data, as the README runs them."""
-    process = subprocess.Popen(
-        [sys.executable, str(EXAMPLES / "detector.py"), "--port", "0", "--seconds", "120"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )
-    try:
-        url = re.search(r"ws://\S+", read_line(process.stdout))
-        assert url, "no URL"
+    with detector() as url:
         result, outcome, fields = run_example(
-            godot, godot_home, project, url.group(0), "--data", "--quit-after-frames=60",
+            godot, godot_home, project, url, "--data", "--quit-after-frames=60",
             "--toggle-after-frames=45",
         )
-    finally:
-        stop_process(process)
     assert outcome == "OK" and result.returncode == 0, result.stdout
     assert int(fields["data_frames"]) >= 45, fields
     assert int(fields["boxes_max"]) == 1, fields  # the ball
