@@ -9,8 +9,10 @@ the same non-blocking write. For each: N = 1 and N = ``--clients``, and
     CPU per viewer-frame = (cpu(N) - cpu(1)) / ((N - 1) x fps mean)    in us
 
 (cpu in % of one core; the per-frame cost, such as encoding the data once at publish time,
-cancels out). The settings alternate point by point, ``--repeat`` times, so drift on a shared
-machine hits both alike; the table gives each run and the median.
+cancels out); and the same from the fan-out thread's own CPU time alone (its thread clock:
+what the fast path spends per viewer-frame, less noisy on a shared machine). The
+settings alternate point by point, ``--repeat`` times, so drift on a shared machine hits both
+alike; the tables give each run and the median.
 
     python benchmarks/app_data.py                    # N = 1 and 50, 10 s windows, 3 rounds
     flock /tmp/camstream-bench.lock python benchmarks/app_data.py --repeat 5
@@ -49,8 +51,12 @@ def run(data_bytes: int, clients: int, args: argparse.Namespace, workdir: str) -
         os.environ.pop("CAMSTREAM_BENCH_DATA_BYTES", None)
 
 
-def per_viewer_frame_us(one: dict[str, Any], many: dict[str, Any]) -> float:
-    extra_pct = many["server_cpu_pct"] - one["server_cpu_pct"]
+def per_viewer_frame_us(
+    one: dict[str, Any], many: dict[str, Any], key: str = "server_cpu_pct"
+) -> float | None:
+    if one.get(key) is None or many.get(key) is None:
+        return None
+    extra_pct = many[key] - one[key]
     return extra_pct * 1e4 / ((many["clients"] - 1) * many["fps_mean"])
 
 
@@ -79,31 +85,41 @@ def main() -> int:
             one = run(data, 1, args, workdir)
             many = run(data, args.clients, args, workdir)
             us = per_viewer_frame_us(one, many)
+            assert us is not None
+            fanout_us = per_viewer_frame_us(one, many, "fanout_cpu_pct")
             key = "with_data" if data else "without"
             result[key] = {
                 "us_per_viewer_frame": us, "cpu_pct_1": one["server_cpu_pct"],
+                "fanout_us_per_viewer_frame": fanout_us,
                 "cpu_pct_n": many["server_cpu_pct"], "fps_mean": many["fps_mean"],
                 "fps_min": many["fps_min"], "p95_ms": many["latency_ms"]["p95"],
                 "other_cpu_pct": many["other_cpu_pct"],
                 "loadgen_cpu_pct": many["loadgen_cpu_pct"],
             }
-            print(f"[round {i + 1}] {key}: {us:.1f} us/viewer-frame (CPU "
+            print(f"[round {i + 1}] {key}: {us:.1f} us/viewer-frame, fan-out thread "
+                  f"{fanout_us if fanout_us is not None else float('nan'):.1f} (CPU "
                   f"{one['server_cpu_pct']:.1f} % at N=1, {many['server_cpu_pct']:.1f} % at "
                   f"N={args.clients}; fps mean "
                   f"{many['fps_mean']:.2f}, min {many['fps_min']:.2f}; other "
                   f"{many['other_cpu_pct']:.1f} %)", flush=True)
         rounds.append(result)
-    medians = {
-        key: statistics.median(r[key]["us_per_viewer_frame"] for r in rounds)
-        for key in ("without", "with_data")
-    }
-    print(f"\n| round | without data, us | with {size} B of data, us | difference, us |")
-    print("|---|---|---|---|")
-    for i, r in enumerate(rounds, 1):
-        a, b = r["without"]["us_per_viewer_frame"], r["with_data"]["us_per_viewer_frame"]
-        print(f"| {i} | {a:.1f} | {b:.1f} | {b - a:+.1f} |")
-    a, b = medians["without"], medians["with_data"]
-    print(f"| median | {a:.1f} | {b:.1f} | {b - a:+.1f} |")
+    medians: dict[str, dict[str, float]] = {}
+    for figure, title in (("us_per_viewer_frame", "process CPU per viewer-frame"),
+                          ("fanout_us_per_viewer_frame", "fan-out thread CPU per viewer-frame")):
+        values = {key: [r[key][figure] for r in rounds if r[key][figure] is not None]
+                  for key in ("without", "with_data")}
+        if not all(values.values()):
+            continue
+        medians[figure] = {key: statistics.median(v) for key, v in values.items()}
+        print(f"\n{title} (us), N = {args.clients}:\n")
+        print(f"| round | without data | with {size} B of data | difference |")
+        print("|---|---|---|---|")
+        for i, r in enumerate(rounds, 1):
+            a, b = r["without"][figure], r["with_data"][figure]
+            if a is not None and b is not None:
+                print(f"| {i} | {a:.1f} | {b:.1f} | {b - a:+.1f} |")
+        a, b = medians[figure]["without"], medians[figure]["with_data"]
+        print(f"| median | {a:.1f} | {b:.1f} | {b - a:+.1f} |")
     out = args.out or os.path.join(
         HERE, "results", f"{datetime.date.today().isoformat()}-app-data.json"
     )

@@ -14,7 +14,8 @@ Talks to its parent over stdio:
   source can be told apart from camstream's) and ``fast_fanout`` (false when the environment
   has ``CAMSTREAM_BENCH_FANOUT=0``: the sender-thread path only, for before/after runs);
 * with ``CAMSTREAM_BENCH_DATA_BYTES=N`` in the environment, every frame is published with
-  about N bytes of application data (boxes, as JSON; issue 20), for ``app_data.py``;
+  about N bytes of application data (boxes, as JSON; issue 20), for ``app_data.py``; the
+  ``STATS`` line then also has ``fanout_cpu_s``, the fan-out thread's own CPU time (Linux);
 * on ``quit``, end of stdin when stdin is a pipe, SIGTERM or SIGINT, stops the Streamer and exits 0.
 
 Logging goes to stderr.
@@ -144,6 +145,18 @@ def boxes_of_size(size: int) -> dict[str, object]:
     return {"boxes": boxes}
 
 
+def thread_cpu_s(name: str) -> float | None:
+    """The CPU time of this process's thread ``name`` (None: no such thread, or no per-thread
+    clocks here)."""
+    for thread in threading.enumerate():
+        if thread.name == name and thread.ident is not None:
+            try:
+                return time.clock_gettime(time.pthread_getcpuclockid(thread.ident))
+            except (AttributeError, OSError):
+                return None
+    return None
+
+
 def _stdin_is_pipe() -> bool:
     return stat.S_ISFIFO(os.fstat(0).st_mode)
 
@@ -191,6 +204,7 @@ def main() -> int:
                 stats["publisher"] = {"published": publisher.published, "late": publisher.late,
                                       "cpu_s": publisher.cpu_s}
                 stats["fast_fanout"] = fast_fanout  # so the driver can check which path ran
+                stats["fanout_cpu_s"] = thread_cpu_s("camstream-fanout")
                 stats["t"] = time.time()
                 print("STATS " + json.dumps(stats), flush=True)
             elif command == "quit":
