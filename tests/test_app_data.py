@@ -22,7 +22,7 @@ import cv2
 import numpy as np
 import pytest
 import websocket
-from conftest import TIMEOUT
+from conftest import SLACK, TIMEOUT
 from helpers import MjpegReader, decode_jpeg, next_text, running
 from websockets.sync.client import connect
 
@@ -279,7 +279,7 @@ def test_each_viewer_that_asked_gets_each_frames_own_data_right_before_it(
         for name in results
     }
     for name in ("full", "info", "small", "low_level"):
-        assert counts[name] >= 10, (name, counts)
+        assert counts[name] >= 10 / SLACK, (name, counts)  # (2.5 s at 30 fps: 60)
     assert 1 <= counts["slow"] <= 20, counts
     assert counts["none"] == counts["off"] == 0
     assert not any(isinstance(m, str) and '"data"' in m and '"seq"' in m
@@ -301,7 +301,7 @@ def test_a_viewer_can_turn_data_on_and_off_with_a_config_message(streamer_factor
             ws.send(json.dumps({"type": "config", "data": False}))
             assert next_text(ws, "metadata")["data"] is False  # in force from here on
             after = collect_websockets(ws, 0.5)
-        assert sum(isinstance(m, bytes) for m in after) >= 3
+        assert sum(isinstance(m, bytes) for m in after) >= 3 / SLACK
         assert not [m for m in after if isinstance(m, str) and json.loads(m)["type"] == "data"]
         ws.send(json.dumps({"type": "config", "data": "yes"}))
         assert "expected true or false" in next_text(ws, "error")["message"]
@@ -369,7 +369,7 @@ def test_annotate_data_goes_with_the_frame_it_was_computed_from(
             assert data["seq"] == info["seq"] == data["value"]["seq"]
             assert abs(decode_jpeg(message).mean() - data["value"]["level"]) <= 3
             pairs += 1
-    assert pairs >= 5, pairs
+    assert pairs >= 5 / SLACK, pairs
     report = streamer.stats()["app"]["annotate"]
     assert report["calls"] >= pairs and report["failures"] == 0
     assert report["mean_ms"] is not None
@@ -395,11 +395,11 @@ def test_a_failing_annotate_costs_frames_their_data_never_the_camera(
                       if isinstance(m, str) and json.loads(m)["type"] == "data"]
     frames = [json.loads(m)["seq"] for m in messages
               if isinstance(m, str) and json.loads(m)["type"] == "frame"]
-    assert len(frames) >= 20, "the camera goes on"
+    assert len(frames) >= 20 / SLACK, "the camera goes on"
     assert seqs_with_data and all(seq % 3 == 2 for seq in seqs_with_data)
     assert any(seq % 3 != 2 for seq in frames), "frames without data still went"
     report = streamer.stats()["app"]["annotate"]
-    assert report["failures"] >= 10, report
+    assert report["failures"] >= 10 / SLACK, report
     assert report["last_error"].startswith(("RuntimeError", "DataError")), report
     assert streamer.camera.state.value == "streaming"
     logged = [r for r in caplog.records if "annotate() failed" in r.getMessage()]
@@ -425,5 +425,5 @@ def test_a_slow_annotate_lowers_the_camera_rate_and_nothing_else(streamer_factor
         captured = streamer.camera.frames_captured - started
         assert streamer.client_count == 1, "the viewer stays"
     assert captured <= 15, f"{captured} frames in 1 s with a 100 ms hook"
-    assert sum(isinstance(m, bytes) for m in messages) >= 2
+    assert sum(isinstance(m, bytes) for m in messages) >= 2 / SLACK
     assert streamer.stats()["app"]["annotate"]["failures"] == 0

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import pytest
 import websocket
-from conftest import TIMEOUT, wait_until
+from conftest import SLACK, TIMEOUT, wait_until
 from helpers import RawViewer, close_code_of, next_text, receive_for
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
@@ -140,7 +140,7 @@ def test_bad_app_messages_get_an_error_and_the_session_goes_on(
         ws.send(app("fine"))
         assert wait_until(lambda: recorder.count() == 1)
         assert recorder.calls[0][1] == "fine"
-        _, frames = receive_for(ws, 0.5)
+        _, frames = receive_for(ws, 0.5 * SLACK)
         assert frames, "frames go on"
 
 
@@ -233,7 +233,7 @@ def test_a_raising_handler_costs_its_client_an_error_and_the_log_a_few_lines(
         assert next_text(good, "app")["value"] == {"echo": "still here"}
         bad.send(app("and me"))
         assert next_text(bad, "app")["value"] == {"echo": "and me"}
-        _, frames = receive_for(bad, 0.5)
+        _, frames = receive_for(bad, 0.5 * SLACK)
         assert frames, "the session goes on"
     logged = [r for r in caplog.records if "on_message raised" in r.getMessage()]
     assert 1 <= len(logged) <= 5, len(logged)
@@ -267,7 +267,7 @@ def test_a_blocking_handler_stalls_only_its_own_clients_messages(streamer_factor
             other.send(app("meanwhile"))
             assert next_text(other, "app")["value"] == {"echo": "meanwhile"}
             texts, frames = receive_for(slow, 1.0)
-            assert len(frames) >= 3, "frames flow from the sender thread"
+            assert len(frames) >= 3 / SLACK, "frames flow from the sender thread"
             assert not [t for t in texts if t["type"] in ("pong", "app")], texts
             release.set()
             assert next_text(slow, "app")["value"] == {"echo": "block"}
@@ -322,7 +322,7 @@ def test_broadcast_reaches_the_clients_in_the_conversation_only(streamer_factory
         assert streamer.broadcast("second") == 2
         assert next_text(with_data, "app")["value"] == "second"
         assert next_text(talker, "app")["value"] == "second"
-        texts, frames = receive_for(seed_like, 0.5)
+        texts, frames = receive_for(seed_like, 0.5 * SLACK)
         assert frames and all(t["type"] == "metadata" for t in texts), texts
         with pytest.raises(DataTooLargeError, match="over the limit of 16384 bytes"):
             streamer.broadcast("x" * 20000)
