@@ -26,10 +26,12 @@ from test_godot import (  # noqa: F401 (fixtures)
     run_example,
     run_godot,
 )
+from test_godot_decoding import UNTIL
 
 from camstream import AppClient, Streamer
 
-APPDATA_SCRIPT = """\
+APPDATA_SCRIPT = (
+    """\
 extends SceneTree
 # Three CamstreamClients on one server: "full" (data, frame_info), "small" (data, 10 fps,
 # 80 px wide: its own encode), "plain" (no data). Checks each shown frame against its data and
@@ -128,17 +130,9 @@ func _on_frame(name: String, client: Node) -> void:
 	var info: Dictionary = client.last_frame_info
 	if not info.is_empty() and int(info["seq"]) != client.last_frame_data_seq:
 		s["mismatch"] += 1
-
-
-func _until(condition: Callable, what: String) -> void:
-	var deadline: int = Time.get_ticks_msec() + int(wait_s * 1000)
-	while not condition.call():
-		if Time.get_ticks_msec() > deadline:
-			print("%s FAILED waiting for %s; status: %s" % [tag, what, c.status])
-			quit(1)
-			return
-		await process_frame
 """
+    + UNTIL  # test_godot_decoding's wait: it reads tag, c and wait_s
+)
 
 LINE = re.compile(
     r"APPDATA (\w+) frames=(\d+) with_data=(\d+) data_signals=(\d+) mismatch=(\d+) "
