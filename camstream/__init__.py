@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 
+from .app import AppClient
 from .cameraset import CameraConfig
 from .capture.camera import CameraState, CameraThread
 from .capture.frame import Frame
@@ -17,6 +18,8 @@ from .errors import (
     CamstreamError,
     ConfigError,
     ConnectionClosedError,
+    DataError,
+    DataTooLargeError,
     ServerError,
     SourceError,
 )
@@ -25,6 +28,7 @@ from .server import Streamer
 from .version import __version__
 
 __all__ = [
+    "AppClient",
     "CameraConfig",
     "CameraState",
     "CameraThread",
@@ -32,6 +36,8 @@ __all__ = [
     "CloseCode",
     "ConfigError",
     "ConnectionClosedError",
+    "DataError",
+    "DataTooLargeError",
     "Frame",
     "PROTOCOL_VERSION",
     "ServerError",

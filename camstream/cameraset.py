@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from . import logs
+from .capture.annotate import AnnotateHook
 from .capture.camera import CameraState, CameraThread, Frame, Source, describe_source
 from .capture.devices import CaptureFactory
 from .capture.report import camera_report
@@ -110,6 +111,8 @@ class CameraConfig:
             (see :class:`~camstream.capture.camera.CameraThread`).
         on_demand: open the source only while someone watches: a grace period in seconds,
             ``True`` (10 s) or ``False`` (always open).
+        annotate: this camera's frame-data hook (see ``Streamer(annotate=...)``; the
+            Streamer's applies to every camera that is not a push source).
     """
 
     source: Source
@@ -123,6 +126,7 @@ class CameraConfig:
     camera_settings: Mapping[str, Any] | Iterable[str] | None = None
     capture_factory: CaptureFactory | None = None
     on_demand: bool | float | None = None
+    annotate: AnnotateHook | None = None
 
     @classmethod
     def of(cls, value: object, name: str) -> CameraConfig:
@@ -228,7 +232,7 @@ class ServedCamera:
             loop=True if config.loop is None else config.loop,
             pixel_format=config.pixel_format or "auto", backend=config.backend or "auto",
             camera_settings=config.camera_settings, capture_factory=config.capture_factory,
-            on_demand=config.on_demand, **(camera_options or {}),
+            on_demand=config.on_demand, annotate=config.annotate, **(camera_options or {}),
         )
         self.cache = EncodeCache(
             default_quality=80 if config.quality is None else config.quality,
@@ -342,6 +346,7 @@ class ServedCamera:
                 for v, n in list(cache.encodes_by_variant.items())
             ],
             "healthy": self.problem() is None,
+            "annotate": camera.annotator.report() if camera.annotator is not None else None,
         }
 
     # Camera listeners (camera thread, or the thread that publishes)

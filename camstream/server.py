@@ -7,6 +7,7 @@ serves several cameras, each under its name (:mod:`camstream.cameraset`).
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 import socket
@@ -17,6 +18,7 @@ from typing import Any, Iterable, Mapping
 import numpy as np
 
 from . import logs, protocol
+from .app import AppMessages, OnMessage
 from .callbacks import TransportCallbacks, how_it_closed
 from .cameraset import (
     DEFAULT_NAME,
@@ -29,9 +31,11 @@ from .cameraset import (
     split_path,
     visible_state,
 )
+from .capture.annotate import AnnotateHook
 from .capture.camera import CameraThread, Frame, Source, describe_source
 from .capture.devices import CaptureFactory
 from .capture.report import camera_state_fields
+from .capture.sources import SourceKind, classify
 from .delivery.mjpeg import MjpegStream
 from .delivery.registry import Admission, ViewerRegistry
 from .delivery.session import ClientSession, ClientSettings
@@ -152,6 +156,22 @@ class Streamer:
             line carries the Streamer's port instead (``[:8766] ...``); with one, nothing.
             With ``sources``, every line about one camera names it too (``[front] ...``,
             ``[desk/front] ...``).
+        annotate: ``annotate(frame)`` -> the frame's data (a JSON value, or None), called in
+            the camera thread for every frame of a camera, file or test source (push mode:
+            ``publish(..., data=)``). Keep it fast: the camera reads no frame while it runs,
+            so a hook slower than a frame period lowers the camera's rate. Its exceptions are
+            caught, counted (``stats()["app"]["annotate"]``) and logged (rate-limited); the
+            frame then goes without data. See :mod:`camstream.capture.annotate`.
+        on_message: ``on_message(client, value)`` for each ``{"type": "app", "value": ...}`` a
+            WebSocket client sends, in that client's reader thread; ``client`` is an
+            :class:`~camstream.app.AppClient` (``id``, ``address``, ``send(value)``). Without
+            it, app messages get an ``error``. If it raises, the client gets an ``error`` and
+            the log the traceback; if it blocks, only that client's control messages wait. See
+            :mod:`camstream.app`.
+        max_data_bytes: the largest frame data or app value the application sends, as compact
+            UTF-8 JSON (default 16384; at most 61440, so every message stays under the 65535
+            bytes Godot accepts by default). Larger raises
+            :class:`~camstream.errors.DataTooLargeError` where it is handed in.
 
     Raises:
         ConfigError: an argument is out of range.
@@ -193,6 +213,10 @@ class Streamer:
         max_connections_per_address: int | None = 32,
         fast_fanout: bool = True,
         name: str | None = None,
+        # The application's data (issue 20)
+        annotate: AnnotateHook | None = None,
+        on_message: OnMessage | None = None,
+        max_data_bytes: int = protocol.DEFAULT_MAX_DATA_BYTES,
         sources: Mapping[str, Source | CameraConfig | Mapping[str, Any]] | None = None,
         on_demand: bool | float | None = None,
     ) -> None:
@@ -211,7 +235,7 @@ class Streamer:
         self._defaults = CameraConfig(
             source, width=width, height=height, fps=fps, quality=quality, loop=loop,
             pixel_format=pixel_format, backend=backend, camera_settings=camera_settings,
-            capture_factory=capture_factory, on_demand=on_demand,
+            capture_factory=capture_factory, on_demand=on_demand, annotate=annotate,
         )
         # Cameras have names of their own (sources=, or add_camera() since): their log lines,
         # metadata and events name them. A Streamer of one source calls it "default", quietly.
@@ -232,8 +256,13 @@ class Streamer:
         # Every camera's encode cache and fan-out (each camera has its own):
         self._max_variants, self._max_encodes_per_s = max_variants, max_encodes_per_s
         self._fast_fanout = fast_fanout
-        self._camera_options: dict[str, Any] = {}  # more CameraThread arguments, every camera
+        # More CameraThread arguments, every camera's:
+        self._camera_options: dict[str, Any] = {"max_data_bytes": max_data_bytes}
         self._viewers: ViewerRegistry[ClientSession, MjpegStream] = ViewerRegistry(max_clients)
+        self._app = AppMessages(
+            on_message, max_data_bytes,
+            lambda session: self._policy.client_of(session.connection.request).address,
+        )
         # Log lines of this Streamer's threads carry its label when several run (camstream.logs).
         self._label = logs.Label(name or "", explicit=name is not None)
         self._stopped = threading.Event()
@@ -522,29 +551,53 @@ class Streamer:
         return self._server is not None and not self._stopped.is_set()
 
     def publish(
-        self, image: np.ndarray, *, copy: bool = True, camera: str | None = None
+        self, image: np.ndarray, *, copy: bool = True, data: Any = None,
+        camera: str | None = None,
     ) -> Frame:
         """Hand a frame to every viewer (push mode: ``Streamer("push")``). Thread-safe.
 
         ``image`` is an 8-bit BGR, BGRA or grayscale array (see :meth:`CameraThread.publish`).
-        ``camera``: which camera's viewers (a push source of ``sources``); default the first.
+        ``data`` (a JSON value; None: none) goes with this frame, right before its JPEG, to
+        every WebSocket viewer that asked for data (``?data=1``) and gets this frame; a viewer
+        that skips the frame skips its data. It is encoded here, once. ``camera``: which
+        camera's viewers (a push source of ``sources``); default the first.
 
         Raises:
             ConfigError: the camera's source is not ``"push"``, there is no such camera, or not
                 such an image (the message gives the dtype and shape it got).
+            DataError: ``data`` is not JSON; ``DataTooLargeError`` (a ``DataError``, both
+                ``ConfigError``): larger than ``max_data_bytes``. Nothing is published then.
         """
-        return self._push_camera(camera).publish(image, copy=copy)
+        return self._push_camera(camera).publish(image, copy=copy, data=data)
 
-    def publish_jpeg(self, data: bytes, *, camera: str | None = None) -> Frame | None:
+    def publish_jpeg(
+        self, jpeg: bytes, *, data: Any = None, camera: str | None = None
+    ) -> Frame | None:
         """Hand a JPEG file to every viewer (push mode), untouched where a viewer takes it as is.
         ``camera`` as for :meth:`publish`.
 
-        Returns None (and counts it in ``stats()``) if ``data`` is not one whole JPEG file.
+        Returns None (and counts it in ``stats()``) if ``jpeg`` is not one whole JPEG file.
+        ``data``: as for :meth:`publish`.
 
         Raises:
             ConfigError: the camera's source is not ``"push"``, or there is no such camera.
+            DataError: ``data`` is not JSON or too large (as for :meth:`publish`).
         """
-        return self._push_camera(camera).publish_jpeg(data)
+        return self._push_camera(camera).publish_jpeg(jpeg, data=data)
+
+    def broadcast(self, value: Any) -> int:
+        """Send ``{"type": "app", "value": value}`` to every WebSocket client in the
+        conversation: those that asked for data (``?data=1``) and those that have sent an
+        ``app`` message (others, such as the seed's minimal client, get nothing new), of
+        every camera. Thread-safe; never blocks (queued; a client with a full queue misses it).
+
+        Returns:
+            How many clients it was queued for.
+
+        Raises:
+            DataError: ``value`` is not JSON or larger than ``max_data_bytes``.
+        """
+        return self._app.broadcast(self._viewers.sessions(), value)
 
     def stats(self) -> dict[str, Any]:
         """Counters for monitoring: cameras, encodes, and per-client sent/skipped frames.
@@ -586,6 +639,10 @@ class Streamer:
             "clients": clients,
             "cameras": per_camera,
             "http": self._http.stats(),
+            "app": {
+                **self._app.report(),
+                "annotate": first["annotate"] if first is not None else None,  # the first's
+            },
             "connections": self._server.admission_stats() if self._server is not None else {},
         }
 
@@ -614,6 +671,7 @@ class Streamer:
         session = ClientSession(
             conn, thread, camera.cache, settings, stall_timeout=self._send_timeout,
             describe_camera=functools.partial(self._describe_camera, camera),
+            on_app=self._app.handler,
         )
         session.apply_config(dict(conn.request.query), from_url=True)
         # Admitted, it holds a lease on the camera (an on-demand one opens now) before its
@@ -646,6 +704,7 @@ class Streamer:
     def _close_session(self, conn: Connection) -> None:
         session = self._viewers.remove_session(conn.id)  # gives its camera lease back
         if session is not None:
+            self._app.forget(session)
             session.stop()
             stats = session.stats
             conn.log(
@@ -690,7 +749,11 @@ class Streamer:
         if named:
             check_camera_name(name)
         try:
-            config = CameraConfig.of(value, name).over(self._defaults)
+            own = CameraConfig.of(value, name)
+            config = own.over(self._defaults)
+            if own.annotate is None and classify(config.source)[0] is SourceKind.PUSH:
+                # The Streamer's annotate is for the cameras it can annotate: not push ones.
+                config = dataclasses.replace(config, annotate=None)
             return ServedCamera(
                 name, config, max_bytes=self._max_bytes,
                 max_variants=self._max_variants, max_encodes_per_s=self._max_encodes_per_s,
