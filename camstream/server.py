@@ -751,8 +751,9 @@ class Streamer:
         try:
             own = CameraConfig.of(value, name)
             config = own.over(self._defaults)
-            if own.annotate is None and classify(config.source)[0] is SourceKind.PUSH:
-                # The Streamer's annotate is for the cameras it can annotate: not push ones.
+            if named and own.annotate is None and classify(config.source)[0] is SourceKind.PUSH:
+                # The Streamer's annotate is for the cameras it can annotate: not push ones (a
+                # Streamer of one push source is told, as ever).
                 config = dataclasses.replace(config, annotate=None)
             return ServedCamera(
                 name, config, max_bytes=self._max_bytes,

@@ -450,3 +450,19 @@ def test_a_camera_added_to_a_streamer_of_one_source_is_served_by_name(streamer_f
     with viewer(streamer.url) as ws:
         metadata = next_text(ws, "metadata")
         assert (metadata["camera_name"], metadata["width"]) == ("default", 64)
+
+
+def test_the_streamers_annotate_is_every_camera_s_but_a_push_one_s() -> None:
+    def mark_it(frame: Any) -> dict:
+        return {"w": frame.width}
+
+    with Streamer(sources={"a": CameraConfig("test", width=64, height=48),
+                           "b": CameraConfig("test", width=32, height=24,
+                                             annotate=lambda frame: "own"),
+                           "p": "push"},
+                  port=0, annotate=mark_it) as streamer:
+        for name, value in (("a", {"w": 64}), ("b", "own")):
+            with viewer(f"{streamer.url}{name}?data=1") as ws:
+                assert next_text(ws, "data")["value"] == value
+        assert streamer.stats()["cameras"]["a"]["annotate"] is not None
+        assert streamer.stats()["cameras"]["p"]["annotate"] is None
