@@ -45,9 +45,14 @@ import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 from fake_capture import FakeWebcam, mark_of, pictures  # noqa: E402
 from loadgen import Loop, Viewer  # noqa: E402
-from on_demand import thread_cpu_s, thread_switches  # noqa: E402
+from on_demand import (  # noqa: E402
+    first_frame_figures,
+    thread_cpu_s,
+    thread_switches,
+    wait_idle,
+)
 
-from camstream import CameraConfig, CameraState, Streamer  # noqa: E402
+from camstream import CameraConfig, Streamer  # noqa: E402
 
 TICK_S = 1.0 / os.sysconf("SC_CLK_TCK")
 NAMES = ("cam0", "cam1", "cam2", "cam3", "cam4", "cam5", "cam6", "cam7")
@@ -172,7 +177,7 @@ def first_frame(open_delay: float, trials: int) -> dict[str, float]:
                   on_demand=0) as streamer:
         camera = streamer.cameras["cam"]
         for trial in range(trials + 1):  # the first one warms up (imports, first handshake)
-            wait_state(camera, CameraState.IDLE)
+            wait_idle(camera)
             asked = time.monotonic()
             with connect(f"{streamer.url}cam?max_bytes=0", max_size=2**24) as ws:
                 while not isinstance(ws.recv(timeout=10), bytes):
@@ -184,22 +189,7 @@ def first_frame(open_delay: float, trials: int) -> dict[str, float]:
             waits.append(got - asked)
             opens.append(took)
             overshoots.append(got - asked - took - 1.0 / camera.fps)
-    return {
-        "open_delay_s": open_delay,
-        "first_frame_median_s": statistics.median(waits),
-        "first_frame_max_s": max(waits),
-        "open_median_s": statistics.median(opens),
-        "over_budget_max_ms": 1000 * max(overshoots),
-        "within_budget": sum(o <= 0 for o in overshoots) / len(overshoots),
-    }
-
-
-def wait_state(camera: Any, state: CameraState, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while camera.state is not state:
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"camera did not reach {state}: {camera.state}")
-        time.sleep(0.005)
+    return first_frame_figures(open_delay, waits, opens, overshoots)
 
 
 # Idle on-demand cameras, in this process

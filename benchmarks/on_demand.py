@@ -78,6 +78,12 @@ def first_frame(open_delay: float, trials: int) -> dict[str, float]:
             waits.append(got - asked)
             opens.append(took)
             overshoots.append(got - asked - took - 1.0 / camera.fps)
+    return first_frame_figures(open_delay, waits, opens, overshoots)
+
+
+def first_frame_figures(open_delay: float, waits: list[float], opens: list[float],
+                        overshoots: list[float]) -> dict[str, float]:
+    """The first-frame row: waits, open times and overshoots of the budget, in seconds."""
     return {
         "open_delay_s": open_delay,
         "first_frame_median_s": statistics.median(waits),
