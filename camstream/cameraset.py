@@ -335,6 +335,7 @@ class ServedCamera:
             "decodes": camera.decodes,
             "encodes_per_s": encodes_per_s,
             "decodes_per_s": decodes_per_s,
+            "encode_attempts": cache.encode_attempts,
             "encodes_refused": cache.encodes_refused,
             "max_encodes_per_s": cache.max_encodes_per_s,
             "live_variants": cache.live_variants,

@@ -20,7 +20,8 @@ from .capture.discovery import format_cameras, list_cameras
 from .errors import CamstreamError, ConfigError
 from .greeting import start_line
 from .opencv_wheels import OPENCV_WHEELS
-from .server import GODOT_MAX_MESSAGE, Streamer
+from .protocol import GODOT_MAX_MESSAGE
+from .server import Streamer
 
 logger = logs.get_logger(__name__)
 

@@ -202,6 +202,9 @@ CONTROL_TYPES = frozenset({"config", "pause", "resume", "snapshot", "ping", "app
 MAX_FPS = 240.0
 MAX_SIDE = 8192
 MIN_MAX_BYTES = 4096
+GODOT_MAX_MESSAGE = 65535
+"""Godot 4's default ``WebSocketPeer.inbound_buffer_size``: the largest message it accepts (the
+server's default ``max_bytes``, so the seed's bare Godot client streams as it is)."""
 MAX_JPEG_SIDE = 65500
 """The largest width or height a JPEG file (a binary message) can have: libjpeg's limit."""
 

@@ -58,11 +58,10 @@ _refusal_log = LogBudget()  # refused viewers: anyone can cause them, so they ar
 
 _SUMMED_COUNTERS = (  # stats(): the top-level counters are these, summed over the cameras
     "frames_captured", "frames_dropped_corrupt", "frames_encoded", "encodes", "decodes",
-    "encodes_per_s", "decodes_per_s", "encodes_refused",
+    "encodes_per_s", "decodes_per_s", "encode_attempts", "encodes_refused",
 )
 
-GODOT_MAX_MESSAGE = 65535
-"""Godot 4's default ``WebSocketPeer.inbound_buffer_size``: the largest message it accepts."""
+GODOT_MAX_MESSAGE = protocol.GODOT_MAX_MESSAGE  # (kept here too: older code imports it)
 SUBPROTOCOL = "camstream.v1"  # optional: clients that offer no subprotocol are welcome too
 
 

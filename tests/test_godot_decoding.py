@@ -192,7 +192,8 @@ def test_1080p30_decoded_off_the_main_thread_in_order_and_stalls_stay_bounded(
 RESIZE_SCRIPT = (
     """\
 extends SceneTree
-# CamstreamClient with a 640x360 target, shrunk to 320x180 in 12 steps, then full size.
+# CamstreamClient with a 640x360 target, shrunk to 320x180 in 12 steps, grown to nearly the
+# source's size (full size asked for), then back to 640x360 with match_target_size off.
 # Prints RESIZE lines; after each "ready" it waits for the file <dir>/next<N>.
 
 const Client: GDScript = preload("res://addons/camstream/camstream_client.gd")
@@ -235,9 +236,14 @@ func _run() -> void:
 	print("RESIZE metadata_during_resize=%d" % (metadata - announced))
 	await _ready_then_wait(2)
 
-	c.match_target_size = false  # full size is one property away
+	rect.size = Vector2(1760, 990)  # 92 % of the source: its own JPEGs, untouched
 	await _until(func() -> bool: return _shown() == Vector2i(1920, 1080), "full-size frames")
 	await _ready_then_wait(3)
+
+	rect.size = Vector2(640, 360)
+	c.match_target_size = false  # full size is one property away
+	await create_timer(1.5).timeout  # (past the debounce: no box may be asked for now)
+	await _ready_then_wait(4)
 	c.stop()
 	await _until(func() -> bool: return c.state == Client.State.STOPPED, "stopped")
 	quit(0)
@@ -263,7 +269,8 @@ def test_resizing_the_target_changes_the_size_the_server_sends(
     godot: str, godot_home: dict[str, str], project: Path, tmp_path: Path  # noqa: F811
 ) -> None:
     """The box asked for is the target's size rounded up to 16 px, sent once per resize (after
-    the debounce), and dropped again with ``match_target_size = false``."""
+    the debounce); a target of nearly the source's size asks for the full size (the camera's
+    own JPEGs, no encode), and so does ``match_target_size = false``."""
     (project / "resize_test.gd").write_text(RESIZE_SCRIPT)
 
     def server_box(server: Streamer) -> tuple[Any, Any]:
@@ -275,7 +282,8 @@ def test_resizing_the_target_changes_the_size_the_server_sends(
         args += [server.url, str(tmp_path), str(RUN_TIMEOUT)]
         with godot_process(godot, godot_home, args) as proc:
             seen = []
-            for step, box in enumerate([(640, 368), (320, 192), (None, None)], start=1):
+            boxes = [(640, 368), (320, 192), (None, None), (None, None)]
+            for step, box in enumerate(boxes, start=1):
                 line = proc.wait_for(rf"^RESIZE (ready={step}|FAILED)", RUN_TIMEOUT)
                 seen.append(fields_of(line))
                 assert wait_until(lambda box=box: server_box(server) == box), (
@@ -287,6 +295,7 @@ def test_resizing_the_target_changes_the_size_the_server_sends(
     assert seen[0]["shown"] == "640x360" and seen[0]["requested"] == "640x368", out
     assert seen[1]["shown"] == "320x180" and seen[1]["requested"] == "320x192", out
     assert seen[2]["shown"] == "1920x1080" and seen[2]["requested"] == "0x0", out
+    assert seen[3]["shown"] == "1920x1080" and seen[3]["requested"] == "0x0", out
     # Twelve sizes in twelve frames, then still: one config, so one metadata answer.
     assert "RESIZE metadata_during_resize=1" in out, out
 

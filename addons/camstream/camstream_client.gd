@@ -94,6 +94,10 @@ const FATAL_CLOSE_CODES: Array[int] = [1002, 1003, 1007, 1008]
 ## layout change of a few pixels costs no new stream size) and kept within the server's
 ## 16..8192 range.
 const SIZE_STEP: int = 16
+## A target shown at this share of the source's size or more asks for the full size: the
+## camera's own JPEGs then go through untouched (no encode on the server), and a picture that
+## is only a little larger than its target costs the game nothing worth saving.
+const FULL_SIZE_SHARE: float = 0.85
 const StreamReceiver: GDScript = preload("stream_receiver.gd")
 
 ## Server address, [code]ws://host:port/[/code] or [code]wss://host:port/[/code]. On a server
@@ -658,6 +662,14 @@ func _target_box() -> Vector2i:
 	var pixels: Vector2 = to_screen.basis_xform(target.size).abs()
 	if not target.is_visible_in_tree() or pixels.x < 1.0 or pixels.y < 1.0:
 		return requested_size
+	var source_width: float = float(metadata.get("source_width", 0))
+	var source_height: float = float(metadata.get("source_height", 0))
+	if (
+		source_width > 0.0
+		and source_height > 0.0
+		and minf(pixels.x / source_width, pixels.y / source_height) >= FULL_SIZE_SHARE
+	):
+		return Vector2i.ZERO  # (nearly) the source's size: take its own JPEGs as they are
 	var box: Vector2i = (Vector2i(pixels.ceil()) + Vector2i.ONE * (SIZE_STEP - 1)) / SIZE_STEP
 	return (box * SIZE_STEP).clamp(Vector2i(16, 16), Vector2i(8192, 8192))
 

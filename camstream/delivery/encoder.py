@@ -134,6 +134,11 @@ class EncodeCache:
         return self.jpegs.encodes_by_variant
 
     @property
+    def encode_attempts(self) -> int:
+        """Budgeted encode attempts (each try of a byte-limit search counts)."""
+        return self.admission.budget.attempts
+
+    @property
     def encodes_refused(self) -> int:
         """Encode attempts refused because the budget of the second was spent."""
         return self.admission.budget.refused
