@@ -17,7 +17,8 @@ Modules, one concern each:
 * :mod:`~camstream.ws.limits` - :class:`Limits`, what a connection is given instead of the server.
 * :mod:`~camstream.ws.budget` - what clients may send: per connection (1008 beyond) and per
   address (shared; readers wait their turn).
-* :mod:`~camstream.ws.link` - one socket: locked, stamped whole writes; abort and half-close.
+* :mod:`~camstream.ws.link` - one socket: whole writes under one lock, stamped for the watchdog;
+  the bytes a non-blocking write left (written first by the next writer); abort and half-close.
 * :mod:`~camstream.ws.admission` - which sockets may cost a thread; refusals answered 503.
 * :mod:`~camstream.ws.connection` - :class:`Connection`: sending, closing, keepalive state.
 * :mod:`~camstream.ws.exchange` - :class:`HttpExchange`: a plain HTTP request's response.

@@ -112,7 +112,8 @@ class Connection:
         return not self._close_started and self._link.writable
 
     def unsent_bytes(self) -> int | None:
-        """Bytes sent that the peer has not acknowledged yet, or None if unknown.
+        """Bytes written that the peer has not acknowledged yet, plus those the link still holds
+        (the rest of a non-blocking write), or None if unknown.
 
         A sender that wants "latest frame only" semantics looks at this before writing the next
         frame: a large value means the viewer (or its network) is behind, so the frame is better
