@@ -104,8 +104,12 @@ class HoldOrSwitch:
     def __init__(self, other: Variant | None) -> None:
         self.other = other
         self.record: list[tuple[Variant, int]] = []
+        self.retry_at = 0.0
 
-    def choose(self, wanted: Variant, unsent_bytes: int | None, now: float) -> Variant | None:
+    def choose(
+        self, top: Variant, fps: float, frame: Frame, unsent_bytes: int | None, now: float
+    ) -> Variant | None:
+        self.retry_at = now + 0.005
         return self.other
 
     def sent(self, variant: Variant, size: int, now: float) -> None:

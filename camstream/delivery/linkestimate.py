@@ -350,12 +350,18 @@ class LinkEstimate:
         return prev.notsent + max(int(in_flight - in_path), 0)
 
 
-def sample_socket(sock: socket.socket, at: float, unsent: int | None = None) -> LinkSample:
+def sample_socket(
+    sock: socket.socket, at: float, unsent: int | None = None, held: int = 0
+) -> LinkSample:
     """A :class:`LinkSample` of ``sock`` now (``at``: the caller's ``time.monotonic()``).
 
     ``unsent`` is the socket's ``SIOCOUTQ`` if the caller has it (``Link.unsent_bytes()``);
     else it is worked out from ``TCP_INFO`` (bytes sent, less retransmitted and acknowledged,
-    plus not yet sent). Without ``TCP_INFO`` only ``unsent`` is known. Any thread; never raises.
+    plus not yet sent). ``held`` is bytes written that the kernel has not even been given yet
+    (``Link.pending``: the rest of a message a non-blocking write began, TLS ciphertext
+    included): they count as not sent (and in ``unsent``, which from ``Link.unsent_bytes()``
+    already holds them). Without ``TCP_INFO`` only ``unsent`` is known. Any thread; never
+    raises.
     """
     info = read_tcp_info(sock)
     if info is None:
@@ -363,7 +369,10 @@ def sample_socket(sock: socket.socket, at: float, unsent: int | None = None) -> 
     if unsent is None and None not in (info.bytes_sent, info.bytes_acked, info.notsent_bytes):
         retrans = info.bytes_retrans or 0
         in_flight = info.bytes_sent - retrans - info.bytes_acked  # type: ignore[operator]
-        unsent = max(in_flight, 0) + info.notsent_bytes  # type: ignore[operator]
+        unsent = max(in_flight, 0) + info.notsent_bytes + held  # type: ignore[operator]
+    notsent = info.notsent_bytes
+    if held and notsent is not None:
+        notsent += held
     acked = info.bytes_acked
     if acked is not None and info.sacked and info.snd_mss:
         acked += info.sacked * info.snd_mss  # received beyond a hole: delivered already
@@ -374,7 +383,7 @@ def sample_socket(sock: socket.socket, at: float, unsent: int | None = None) -> 
         at,
         acked=acked,
         unsent=unsent,
-        notsent=info.notsent_bytes,
+        notsent=notsent,
         busy=busy,
         rtt=info.rtt,
         min_rtt=info.min_rtt,
@@ -401,10 +410,18 @@ class SocketMeter:
         self.estimate = estimate if estimate is not None else LinkEstimate()
         self._unsent = unsent
 
-    def sample(self, now: float) -> LinkState:
-        """Look at the socket now (right before a write) and return the estimate."""
-        unsent = self._unsent() if self._unsent is not None else None
-        self.estimate.add(sample_socket(self.sock, now, unsent))
+    def sample(
+        self, now: float, unsent: int | None = None, held: int = 0
+    ) -> LinkState:
+        """Look at the socket now (right before a write) and return the estimate.
+
+        ``unsent``: the caller's fresh ``Link.unsent_bytes()`` if it has one (else the
+        ``unsent`` callable given, if any, is asked); ``held``: ``Link.pending``, bytes not yet
+        handed to the kernel (see :func:`sample_socket`).
+        """
+        if unsent is None and self._unsent is not None:
+            unsent = self._unsent()
+        self.estimate.add(sample_socket(self.sock, now, unsent, held))
         return self.estimate.state(now)
 
     def wrote(self, now: float, nbytes: int) -> None:

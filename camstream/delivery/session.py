@@ -9,6 +9,12 @@ skips to the newest frame afterwards. The session is the loop's output: before e
 sends queued control replies, events, snapshots and (when the size, quality or settings
 changed) a fresh ``metadata`` message; with ``frame_info`` on, a ``frame`` message precedes each
 JPEG (on the fan-out's path too: both go out in one non-blocking write).
+
+With adaptation on (``adapt``, the default) the loop's controller is a
+:class:`~.linkcontrol.LinkController`: each frame goes on the rung of the viewer's quality
+ladder its link carries, and every change of rung is announced in ``metadata`` (with the
+adaptive fields: ``adapt``, ``rung``, ``rungs``, ``link_kbps``, ``rtt_ms``, ``adapt_reason``)
+before the first frame of the new rung.
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ from ..protocol import CloseCode, ProtocolInputError
 from ..ws import Connection
 from .encoder import EncodeCache, EncodedFrame, Variant, fit_size
 from .fanout import FanOutRound
+from .linkcontrol import LinkController, adapt_fields
 from .snapshot import SnapshotFailure, take_snapshot
 from .viewer import ViewerLoop, ViewerStats
 
@@ -72,6 +79,7 @@ class ClientSettings:
     height: int | None = None
     max_bytes: int | None = None
     frame_info: bool = False
+    adapt: bool = True  # adaptive delivery (issue 18): the rung of the ladder the link carries
 
     @functools.cached_property
     def variant(self) -> Variant:
@@ -103,6 +111,8 @@ class ClientSession:
         self._camera = camera
         self._cache = cache
         self._loop = ViewerLoop(camera, cache, stall_timeout)
+        # The adaptive controller while adaptation is on (sender thread; read by stats()).
+        self._adaptive: LinkController | None = None
         # _lock guards _outbox and _settings_changed (both threads take and reset them). The
         # reader thread writes _settings and _paused under it too; the sender reads those two
         # unlocked: each is one reference, replaced whole, and a change raises the flag.
@@ -114,8 +124,8 @@ class ClientSession:
         self._describe_camera = describe_camera or (lambda: {})
         # Sender thread only:
         self._version = 0  # counts settings changes; metadata is resent when it moves
-        # (width, height, quality, _version) last announced in metadata
-        self._announced: tuple[int, int, int | None, int] | None = None
+        # (width, height, quality, _version, rung) last announced in metadata
+        self._announced: tuple[int, int, int | None, int, int] | None = None
         self._sending = settings  # the settings of the frame being sent
         self._thread = threading.Thread(
             target=logs.thread_target(self._run), name=f"camstream-sender-{connection.id}",
@@ -158,6 +168,7 @@ class ClientSession:
             "quality": settings.quality,
             "max_bytes": settings.max_bytes,
             "paused": self._paused,
+            **adapt_fields(self._adaptive),
             "frames_sent": stats.frames_sent,
             "frames_skipped": stats.frames_skipped,
             "bytes_sent": stats.bytes_sent,
@@ -298,7 +309,9 @@ class ClientSession:
     ) -> int | None:
         settings = self._sending
         quality = self._announced_quality(encoded.passed_through, variant)
-        if (encoded.width, encoded.height, quality, self._version) != self._announced:
+        adaptive = self._adaptive
+        rung = 0 if adaptive is None else adaptive.rung
+        if (encoded.width, encoded.height, quality, self._version, rung) != self._announced:
             if round_ is not None:
                 return None  # metadata first: the sender does it
             self._send_metadata((encoded.width, encoded.height), quality, settings)
@@ -341,9 +354,12 @@ class ClientSession:
             changed, self._settings_changed = self._settings_changed, False
         if changed:
             self._version += 1
-            self._loop.restart_clock()
             settings = self._settings
-            variant = self._loop.variant(settings.variant)
+            self._adapt(settings)
+            self._loop.restart_clock()
+            self._loop.variant(settings.variant)
+            variant = self._loop.sending
+            assert variant is not None
             latest = self._camera.latest()
             width, height = (
                 (latest.width, latest.height) if latest is not None
@@ -352,6 +368,17 @@ class ClientSession:
             passed = latest is not None and self._cache.passes_through(latest, variant)
             size = fit_size(width, height, variant.width, variant.height)
             self._send_metadata(size, self._announced_quality(passed, variant), settings)
+
+    def _adapt(self, settings: ClientSettings) -> None:
+        """Adaptation on or off as ``settings`` say (a controller kept while it stays on)."""
+        if not settings.adapt:
+            self._adaptive = None
+        elif self._adaptive is None:
+            self._adaptive = LinkController(
+                self._link, default_quality=self._cache.default_quality,
+                default_max_bytes=self._cache.default_max_bytes,
+            )
+        self._loop.set_controller(self._adaptive)
 
     def _announced_quality(self, passed_through: bool, variant: Variant) -> int | None:
         """The metadata's ``quality``: None for the source's own JPEGs, else the one used."""
@@ -365,8 +392,10 @@ class ClientSession:
     def _send_metadata(
         self, size: tuple[int, int], quality: int | None, settings: ClientSettings
     ) -> None:
-        self._announced = (size[0], size[1], quality, self._version)
-        given = self._loop.given
+        adaptive = self._adaptive
+        rung = 0 if adaptive is None else adaptive.rung
+        self._announced = (size[0], size[1], quality, self._version, rung)
+        given = self._loop.sending
         message = protocol.metadata_message(
             width=size[0],
             height=size[1],
@@ -375,6 +404,7 @@ class ClientSession:
             max_bytes=given.max_bytes if given is not None else settings.max_bytes,
             frame_info=settings.frame_info,
             paused=self._paused,
+            **adapt_fields(adaptive),
             **self._describe_camera(),
         )
         self.connection.send_text(protocol.encode_message(message))

@@ -99,7 +99,7 @@ _SNAPSHOT_FAILURES = {  # the 503 bodies of /snapshot.jpg (load refusals: _refus
     SnapshotFailure.NO_FRAME: b"no frame yet: the camera has not delivered one\n",
     SnapshotFailure.UNDECODABLE: b"the latest frame cannot be decoded\n",
 }
-_QUERY_FIELDS = frozenset({"fps", "quality", "width", "height", "max_bytes"})
+_QUERY_FIELDS = frozenset({"fps", "quality", "width", "height", "max_bytes", "adapt"})
 _HEALTHY_FRAME_AGE_S = 2.0  # /healthz: 200 while the newest frame is younger (or 3 periods)
 
 
@@ -351,6 +351,7 @@ class HttpRoutes:
         stream = MjpegStream(
             stream_id, exchange, self._camera, self._cache, address=address, variant=variant,
             fps=fps, stall_timeout=self._send_timeout,
+            adapt=protocol.adapt_of(exchange.request.query, from_url=True),
         )
         try:
             admission = self._viewers.add_stream(stream_id, stream)
