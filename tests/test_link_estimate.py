@@ -260,7 +260,7 @@ def streamer_on() -> Iterator[object]:
 
 
 def start_viewer(lane: Lane | None, host: str, port: int) -> subprocess.Popen[str]:
-    argv = [sys.executable, "-c", VIEWER, host, str(port), "/?max_bytes=0"]
+    argv = [sys.executable, "-c", VIEWER, host, str(port), "/?max_bytes=0&adapt=off"]
     if lane is None:
         return subprocess.Popen(argv, stdout=subprocess.PIPE, text=True)
     return lane.popen(argv, stdout=subprocess.PIPE, text=True)

@@ -31,6 +31,10 @@ The rules, with ``f`` the viewer's rate (its requested rate, at most the camera'
   that reached it failed (``"probe_failed"``): the next probe into it waits twice as long
   (from ``probe_backoff_s`` to ``max_backoff_s``), until the link's rate doubles.
 * A viewer on a fast link never leaves the top rung: nothing queues, so nothing steps down.
+* **The reader, not the link.** While the viewer's own receive window holds the sending back
+  (``LinkState.reader_limited``: a program busy with each frame, a reader that stopped), no
+  step down: smaller frames would not make it read faster. Frames wait (are skipped) as
+  without adaptation.
 
 Not thread-safe: one viewer's loop thread. Times in seconds (``time.monotonic()``), rates in
 bytes/s, sizes in bytes.
@@ -199,7 +203,7 @@ class AdaptController:
     def _down(
         self, now: float, link: LinkState, f: float, period: float, queued: float | None
     ) -> str | None:
-        if self.rung == self.rungs - 1 or now < self._down_ok_at:
+        if self.rung == self.rungs - 1 or now < self._down_ok_at or link.reader_limited:
             return None
         if link.measured and link.rate is not None:
             if self.expected_bytes(self.rung, now) * f > self.down_at * link.rate:

@@ -40,7 +40,8 @@ _QUICK_MIN_BYTES = 4096  # unsent bytes at a frame that always count as "keeping
 _QUICK_SHARE = 8  # ... or up to this fraction (1/n) of the previous frame
 _MIN_RETRY_S = 0.002  # a held frame is looked at again no sooner than this
 _MAX_RETRY_S = 0.1  # ... and no later (a frame period at most)
-_REUSE_S = 0.005  # a decision for a frame holds this long for that frame (the fan-out left it)
+_REUSE_S = 0.02  # a decision for a frame holds this long for it (the fan-out's first pass left
+# it to its second or to the viewer's thread)
 
 
 class LinkController:

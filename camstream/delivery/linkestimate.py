@@ -88,6 +88,12 @@ class LinkSample:
     """Smoothed round-trip time, s."""
     min_rtt: float | None = None
     """Lowest round-trip time seen, s."""
+    rwnd: float | None = None
+    """Seconds so far during which the reader's receive window held the sending back
+    (``tcpi_rwnd_limited``): the reader, not the path, was the limit."""
+    window_full: bool | None = None
+    """Whether bytes wait unsent while what is in flight fills the reader's advertised window
+    (``tcpi_snd_wnd``): the reader is not taking them now."""
 
 
 @dataclass(frozen=True)
@@ -118,6 +124,11 @@ class LinkState:
     offered: float = 0.0
     """Bytes written per second over the window (reported with :meth:`LinkEstimate.wrote`):
     a :attr:`rate` from bursts not well above it says little about what the link could carry."""
+    reader_limited: bool = False
+    """True if for half the newest interval, or of the window, the reader's receive window
+    held the sending back
+    (``tcpi_rwnd_limited``): the viewer does not read as fast as its link could carry (a
+    program busy with each frame, a reader that stopped), and smaller frames would not help."""
 
     @property
     def kbps(self) -> float | None:
@@ -140,6 +151,7 @@ class _Interval:
     acked: int
     busy: float
     new_burst: bool
+    rwnd: float = 0.0
 
 
 @dataclass
@@ -150,6 +162,7 @@ class _Totals:
     acked: int = 0
     busy: float = 0.0
     bursts: int = 0
+    rwnd: float = 0.0
 
 
 class LinkEstimate:
@@ -175,6 +188,7 @@ class LinkEstimate:
         self._rtt: float | None = None
         self._min_rtt: float | None = None
         self._last_rate: tuple[float, bool] | None = None  # kept while the window is empty
+        self._reader_now = False  # the newest interval was held back by the reader's window
 
     # Input
 
@@ -209,11 +223,20 @@ class LinkEstimate:
         if acked is None or prev_acked is None or acked < prev_acked:
             self._run.clear()
             return
-        self._take_backlogged(prev, sample, acked, prev_acked, writes)
+        rwnd = 0.0
+        if sample.rwnd is not None and prev.rwnd is not None:
+            rwnd = max(sample.rwnd - prev.rwnd, 0.0)
+        # Held back by the reader's window for most of the interval: the reader's pace, not
+        # the link's (no measured figure from it).
+        self._reader_now = bool(sample.window_full) or rwnd >= 0.5 * (sample.at - prev.at)
+        if self._reader_now:
+            self._run.clear()
+        else:
+            self._take_backlogged(prev, sample, acked, prev_acked, writes)
         if sample.busy is not None and prev.busy is not None:
             self._keep(_Interval(
                 sample.at, sample.at - prev.at, acked - prev_acked,
-                max(sample.busy - prev.busy, 0.0), prev.unsent == 0,
+                max(sample.busy - prev.busy, 0.0), prev.unsent == 0, rwnd,
             ))
 
     def _keep(self, interval: _Interval, sign: int = 1) -> None:
@@ -224,6 +247,7 @@ class LinkEstimate:
         totals.seconds += sign * interval.seconds
         totals.acked += sign * interval.acked
         totals.busy += sign * interval.busy
+        totals.rwnd += sign * interval.rwnd
         totals.bursts += sign * (interval.new_burst and interval.acked > 0)
 
     def _take_backlogged(
@@ -278,6 +302,9 @@ class LinkEstimate:
             busy_fraction=self._busy_fraction(),
             draining=self._draining(),
             offered=self._written_total / self.window_s,
+            reader_limited=self._reader_now or (
+                self._totals.seconds > 0 and self._totals.rwnd >= 0.5 * self._totals.seconds
+            ),
         )
 
     def _expire(self, now: float) -> None:
@@ -376,6 +403,10 @@ def sample_socket(
     acked = info.bytes_acked
     if acked is not None and info.sacked and info.snd_mss:
         acked += info.sacked * info.snd_mss  # received beyond a hole: delivered already
+    window_full = None
+    if info.snd_wnd is not None and info.bytes_sent is not None and acked is not None:
+        in_flight = info.bytes_sent - (info.bytes_retrans or 0) - (info.bytes_acked or 0)
+        window_full = bool(notsent) and in_flight + (info.snd_mss or 1) > info.snd_wnd
     busy = info.busy_time
     if busy is not None:  # the kernel counts these apart from busy_time, not within it
         busy += (info.rwnd_limited or 0.0) + (info.sndbuf_limited or 0.0)
@@ -387,6 +418,8 @@ def sample_socket(
         busy=busy,
         rtt=info.rtt,
         min_rtt=info.min_rtt,
+        rwnd=info.rwnd_limited,
+        window_full=window_full,
     )
 
 
