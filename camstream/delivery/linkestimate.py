@@ -92,8 +92,8 @@ class LinkSample:
     """Seconds so far during which the reader's receive window held the sending back
     (``tcpi_rwnd_limited``): the reader, not the path, was the limit."""
     window_full: bool | None = None
-    """Whether bytes wait unsent while what is in flight fills the reader's advertised window
-    (``tcpi_snd_wnd``): the reader is not taking them now."""
+    """Whether bytes wait while what is in flight fills the reader's advertised window
+    (``tcpi_snd_wnd``, less a segment): the reader is not taking them now."""
 
 
 @dataclass(frozen=True)
@@ -406,7 +406,9 @@ def sample_socket(
     window_full = None
     if info.snd_wnd is not None and info.bytes_sent is not None and acked is not None:
         in_flight = info.bytes_sent - (info.bytes_retrans or 0) - (info.bytes_acked or 0)
-        window_full = bool(notsent) and in_flight + (info.snd_mss or 1) > info.snd_wnd
+        window_full = (
+            (bool(notsent) or in_flight > 0) and in_flight + (info.snd_mss or 1) > info.snd_wnd
+        )
     busy = info.busy_time
     if busy is not None:  # the kernel counts these apart from busy_time, not within it
         busy += (info.rwnd_limited or 0.0) + (info.sndbuf_limited or 0.0)
