@@ -35,6 +35,7 @@ from websockets.sync.client import connect
 
 from camstream import Streamer
 from camstream.capture.testpattern import TestPattern
+from camstream.client import Client
 from camstream.delivery.ladder import build_ladder
 from camstream.delivery.variant import Variant
 from camstream.ws.tcpinfo import TCP_INFO_SUPPORTED
@@ -103,6 +104,11 @@ def test_metadata_always_carries_the_adaptive_fields(jpegs_360p: list[bytes]) ->
             assert "adapt" in error["message"] and "true or false" in error["message"]
         response = get(streamer.port, "/stream.mjpg?adapt=maybe")
         assert response.status == 400 and b"adapt" in response.body
+        # The Python client: its adapt option, the state in its metadata.
+        for adapt, expected in ((None, True), (False, False), (True, True)):
+            with Client(streamer.url, adapt=adapt, timeout=TIMEOUT) as client:
+                frame = next(iter(client))
+                assert frame.metadata["adapt"] is expected and frame.metadata["rung"] == 0
 
 
 @linux_only

@@ -118,6 +118,13 @@ class LinkController:
         elif self._rules is not None:
             self._rules.sent(self.rung, size, now)
 
+    def prepare(self, top: Variant, frame: Frame, fps: float, now: float) -> None:
+        """Build the ladder of ``top`` for ``frame``'s size now (new settings), so the metadata
+        sent before the next frame gives the right :attr:`rungs` (and rung, on a known link).
+        The delivery routine's thread."""
+        rules, _ = self._ladder_for(top, frame, fps, self.link or LinkState(), now)
+        self.rung, self.reason = rules.rung, rules.reason
+
     # The decision
 
     def _decide(

@@ -23,6 +23,7 @@ import collections
 import dataclasses
 import functools
 import threading
+import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Union
 
@@ -365,6 +366,11 @@ class ClientSession:
                 (latest.width, latest.height) if latest is not None
                 else (self._camera.width, self._camera.height)
             )
+            if self._adaptive is not None and latest is not None:
+                self._adaptive.prepare(
+                    self._loop.given or variant, latest, self._effective_fps(settings),
+                    time.monotonic(),
+                )
             passed = latest is not None and self._cache.passes_through(latest, variant)
             size = fit_size(width, height, variant.width, variant.height)
             self._send_metadata(size, self._announced_quality(passed, variant), settings)
