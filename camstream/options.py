@@ -15,11 +15,11 @@ makes no sense (a quality, a rate, a timeout, a size) it is refused with the sam
 
 from __future__ import annotations
 
-import math
 from typing import TypeVar
 
 from . import protocol
 from .capture.sources import check_fps
+from .checks import MAX_SECONDS, check_int, check_port, check_seconds, is_number
 from .errors import ConfigError
 
 __all__ = ["FULL_REMEDY", "check_streamer_options", "no_limit"]
@@ -45,11 +45,11 @@ def check_streamer_options(
     """Raise :class:`ConfigError` naming the first :class:`Streamer` argument out of range."""
     if not isinstance(host, str):
         raise ConfigError(f"host must be a string, not {host!r}")
-    _check_int("quality", quality, 1, 100)
+    check_int("quality", quality, 1, 100)
     check_fps(fps)
     if max_clients is not None:
-        _check_int("max_clients", max_clients, 0, None, "at least 1 (0: no limit)")
-    _check_int("port", port, 0, 65535)
+        check_int("max_clients", max_clients, 0, None, "at least 1 (0: no limit)")
+    check_port(port)
     if token is not None and (not isinstance(token, str) or not token):
         raise ConfigError("token must not be empty" if token == "" else
                           f"token must be a string, not {type(token).__name__}")
@@ -61,15 +61,15 @@ def check_streamer_options(
             f"max_bytes must be 0 (no limit) or {protocol.MIN_MAX_BYTES}-{2**31 - 1}, "
             f"not {max_bytes}"
         )
-    _check_int("max_variants", max_variants, 0, 64)
+    check_int("max_variants", max_variants, 0, 64)
     if max_encodes_per_s is not None and not (
-        _is_number(max_encodes_per_s) and 1 <= max_encodes_per_s <= 100_000
+        is_number(max_encodes_per_s) and 1 <= max_encodes_per_s <= 100_000
     ):
         raise ConfigError(f"max_encodes_per_s must be 1-100000, not {max_encodes_per_s}")
-    if ping_interval is not None and not (_is_number(ping_interval) and ping_interval == 0):
-        if not _is_number(ping_interval) or not 0 < ping_interval <= 86_400:
+    if ping_interval is not None and not (is_number(ping_interval) and ping_interval == 0):
+        if not is_number(ping_interval) or not 0 < ping_interval <= MAX_SECONDS:
             raise ConfigError(
-                f"ping_interval must be seconds above 0 (at most 86400; 0: no pings), "
+                f"ping_interval must be seconds above 0 (at most {MAX_SECONDS}; 0: no pings), "
                 f"not {ping_interval!r}"
             )
     for option, seconds in (
@@ -78,13 +78,10 @@ def check_streamer_options(
         ("handshake_timeout", handshake_timeout),
         ("first_line_timeout", first_line_timeout),
     ):
-        if not _is_number(seconds) or not 0 < seconds <= 86_400:
-            raise ConfigError(
-                f"{option} must be seconds above 0 (at most 86400), not {seconds!r}"
-            )
-    _check_int("max_message_size", max_message_size, 1, 2**31 - 1)
+        check_seconds(option, seconds)
+    check_int("max_message_size", max_message_size, 1, 2**31 - 1)
     if max_connections_per_address is not None:
-        _check_int("max_connections_per_address", max_connections_per_address, 0, None,
+        check_int("max_connections_per_address", max_connections_per_address, 0, None,
                    "a positive integer (0: no limit)")
     if name is not None and not (
         isinstance(name, str) and 0 < len(name) <= _MAX_NAME and name.isprintable()
@@ -95,20 +92,3 @@ def check_streamer_options(
 def no_limit(value: _N | None) -> _N | None:
     """``None`` for ``0`` (the "no limit" / "off" spelling shared with the CLI), else ``value``."""
     return None if value == 0 else value
-
-
-def _is_number(value: object) -> bool:
-    return (
-        isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-    )
-
-
-def _check_int(
-    name: str, value: object, low: int, high: int | None, wanted: str | None = None
-) -> None:
-    if (
-        isinstance(value, int) and not isinstance(value, bool)
-        and value >= low and (high is None or value <= high)
-    ):
-        return
-    raise ConfigError(f"{name} must be {wanted or f'{low}-{high}'}, not {value!r}")

@@ -108,7 +108,9 @@ def reaches(start: str, graph: dict[str, set[str]] = GRAPH) -> set[str]:
     return seen
 
 
-SHARED = {"camstream.errors", "camstream.logs", "camstream.ratelimit"}  # used by every layer
+SHARED = {  # used by every layer
+    "camstream.checks", "camstream.errors", "camstream.logs", "camstream.ratelimit"
+}
 
 
 @pytest.mark.parametrize(

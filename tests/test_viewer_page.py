@@ -325,10 +325,11 @@ def test_fullscreen_shows_the_picture_alone(streamer_factory, tab: Any) -> None:
     wait_for(tab, "() => camstreamStats.frames >= 1")
     tab.click("#fullscreen")
     wait_for(tab, "() => document.fullscreenElement?.id === 'stage'")
-    assert tab.text_content("#fullscreen") == "Exit fullscreen"
+    # The button follows the fullscreenchange event, which comes after the element is set.
+    wait_for(tab, "() => document.querySelector('#fullscreen').textContent === 'Exit fullscreen'")
     tab.evaluate("() => document.exitFullscreen()")
     wait_for(tab, "() => document.fullscreenElement === null")
-    assert tab.text_content("#fullscreen") == "Fullscreen"
+    wait_for(tab, "() => document.querySelector('#fullscreen').textContent === 'Fullscreen'")
 
 
 def test_a_token_refusal_asks_for_the_token_and_never_retries_alone(

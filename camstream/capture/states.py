@@ -9,7 +9,8 @@ its own: the camera calls it in the thread that changed the state.
 from __future__ import annotations
 
 import enum
-from typing import Callable
+from collections.abc import Callable
+from typing import Any
 
 from .. import logs
 
@@ -36,7 +37,7 @@ class CameraState(str, enum.Enum):
     STOPPED = "stopped"
 
 
-CameraListener = Callable[[str, dict], None]
+CameraListener = Callable[[str, dict[str, Any]], None]
 """Called from the camera thread with ``(event, details)``; ``details`` has the ``source``
 (described) and, where there is one, a ``reason`` (words for people, not for parsing):
 

@@ -21,6 +21,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from .. import logs
+from ..checks import check_int, check_port, check_seconds
 from ..errors import ConfigError, ServerError
 from ..ratelimit import KeyedLogBudget
 from .admission import Admission
@@ -119,8 +120,7 @@ class WebSocketServer(BaseServer):
     ) -> None:
         if ssl_context is not None and not isinstance(ssl_context, ssl.SSLContext):
             raise ConfigError("ssl_context must be an ssl.SSLContext (see make_ssl_context)")
-        if not isinstance(port, int) or not 0 <= port <= 65535:
-            raise ConfigError(f"port must be 0-65535, not {port!r}")
+        check_port(port)
         for name, value in (
             ("max_message_size", max_message_size),
             ("max_request_line", max_request_line),
@@ -128,8 +128,7 @@ class WebSocketServer(BaseServer):
             ("backlog", backlog),
             ("max_connections", max_connections),
         ):
-            if not isinstance(value, int) or value < 1:
-                raise ConfigError(f"{name} must be a positive integer, not {value!r}")
+            check_int(name, value, 1, None, "a positive integer")
         per_address = max_connections_per_address
         if per_address is not None and (not isinstance(per_address, int) or per_address < 1):
             raise ConfigError(
@@ -152,8 +151,7 @@ class WebSocketServer(BaseServer):
             ("close_timeout", close_timeout),
             ("ping_interval", 1.0 if ping_interval is None else ping_interval),
         ):
-            if not fvalue > 0:
-                raise ConfigError(f"{name} must be > 0, not {fvalue!r}")
+            check_seconds(name, fvalue)
         self.app = app
         self.ssl_context = ssl_context
         self.max_message_size, self.max_request_line, self.max_headers = (
