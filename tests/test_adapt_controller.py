@@ -307,3 +307,18 @@ def test_a_single_rung_ladder_never_moves() -> None:
     run = drive(ctrl, SimLink(0.5 * MBIT), 5.0, sizes=(50_000,))
     assert run.changes == []
     assert run.frames  # frames still go, as fast as the link drains them
+
+
+def test_a_reader_that_does_not_read_is_not_a_slow_link() -> None:
+    """Bytes queue because the viewer's own receive window is full (a program busy with each
+    frame): no step down, the frame waits; the same queue on the link steps down at once."""
+    queued = LinkState(rate=4 * MBIT, measured=True, backlog=400_000, unsent=400_000)
+    reader = AdaptController(len(SIZES), SIZES)
+    reader.sent(0, SIZES[0], 0.0)
+    stuck = replace(queued, reader_limited=True)
+    decision = reader.decide(0.1, stuck, 30.0, 30.0)
+    assert (decision.rung, decision.send, decision.reason) == (0, False, None)
+    link = AdaptController(len(SIZES), SIZES)
+    link.sent(0, SIZES[0], 0.0)
+    decision = link.decide(0.1, queued, 30.0, 30.0)
+    assert decision.rung > 0 and not decision.send and decision.reason == "link"
