@@ -279,8 +279,7 @@ def test_mjpeg_viewers_get_the_published_jpegs_whole_in_order_none_twice(
     streamer = streamer_factory("push", fps=30, fast_fanout=fast)
     with contextlib.ExitStack() as stack:
         readers = [stack.enter_context(MjpegReader(streamer.port)) for _ in range(3)]
-        # (read only at the end: with adaptation it would look like a slow link)
-        ws = stack.enter_context(connect(streamer.url + "?adapt=off", open_timeout=TIMEOUT))
+        ws = stack.enter_context(connect(streamer.url, open_timeout=TIMEOUT))
         assert json.loads(ws.recv(timeout=TIMEOUT))["type"] == "metadata"
         assert all(r.status == 200 for r in readers)
         assert wait_until(lambda: len(streams(streamer)) == 3)

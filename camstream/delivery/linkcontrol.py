@@ -24,6 +24,10 @@ other threads for ``stats()`` (single references, replaced whole).
 
 from __future__ import annotations
 
+import ipaddress
+import socket
+
+from .. import logs
 from ..capture.frame import Frame
 from ..ws.link import Link
 from .adapt import AdaptController
@@ -31,13 +35,15 @@ from .ladder import Ladder, build_ladder
 from .linkestimate import LinkState, SocketMeter
 from .variant import Variant
 
-__all__ = ["LOOK_EVERY_S", "LinkController", "adapt_fields"]
+__all__ = ["LOOK_EVERY_S", "LinkController", "adapt_fields", "on_this_machine"]
 
 LOOK_EVERY_S = 0.5
 """A viewer on the top rung whose link keeps up has its socket looked at this often, s."""
 
 _QUICK_MIN_BYTES = 4096  # unsent bytes at a frame that always count as "keeping up"
 _QUICK_SHARE = 8  # ... or up to this fraction (1/n) of the previous frame
+logger = logs.get_logger(__name__)
+
 _MIN_RETRY_S = 0.002  # a held frame is looked at again no sooner than this
 _MAX_RETRY_S = 0.1  # ... and no later (a frame period at most)
 _REUSE_S = 0.02  # a decision for a frame holds this long for it (the fan-out's first pass left
@@ -60,6 +66,8 @@ class LinkController:
     ) -> None:
         self._link = link
         self.meter = SocketMeter(link.sock)
+        self.local = on_this_machine(link.sock)
+        """The viewer is on this machine (never stepped down: see ``adapt``)."""
         self._default_quality = default_quality
         self._default_max_bytes = default_max_bytes
         self._rules: AdaptController | None = None
@@ -138,6 +146,13 @@ class LinkController:
             rules.sent(0, *self._quick_sent)
             self._quick_sent = None
         decision = rules.decide(now, state, fps, fps)
+        if decision.reason is not None:
+            logger.debug(
+                "rung %d -> %d (%s): link %s kbit/s%s, rtt %s ms, unsent %s, backlog %s%s",
+                self.rung, decision.rung, decision.reason, state.kbps,
+                " measured" if state.measured else "", state.rtt_ms, unsent, state.backlog,
+                ", reader-limited" if state.reader_limited else "",
+            )
         self.rung, self.reason = decision.rung, rules.reason
         self._quick = (
             decision.rung == 0 and decision.send and unsent is not None
@@ -164,7 +179,9 @@ class LinkController:
                 default_max_bytes=self._default_max_bytes,
             )
             if rules is None:
-                rules = AdaptController(len(ladder), ladder.model_bytes, now=now)
+                rules = AdaptController(
+                    len(ladder), ladder.model_bytes, now=now, local=self.local
+                )
             else:
                 rules.reconfigure(len(ladder), ladder.model_bytes, now, state, fps)
             self._rules, self._ladder, self._ladder_key = rules, ladder, key
@@ -180,6 +197,16 @@ class LinkController:
             return _MIN_RETRY_S * 2
         wait = (backlog - rate * 0.25 / fps) / rate
         return min(max(wait, _MIN_RETRY_S), 1.0 / fps, _MAX_RETRY_S)
+
+
+def on_this_machine(sock: socket.socket) -> bool:
+    """Whether ``sock``'s peer is on this machine: a loopback address, or the address the
+    connection reached it at (never raises; False if it cannot tell)."""
+    try:
+        peer, here = sock.getpeername()[0], sock.getsockname()[0]
+        return peer == here or ipaddress.ip_address(peer.split("%")[0]).is_loopback
+    except (OSError, ValueError, IndexError, TypeError):
+        return False
 
 
 def adapt_fields(controller: LinkController | None) -> dict[str, object]:
