@@ -14,9 +14,12 @@ import os
 import re
 import socket
 import struct
+import subprocess
+import sys
 import threading
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Iterator
 
 import cv2
@@ -329,3 +332,12 @@ def frames_from(camera: Any, count: int) -> list:
         frames.append(frame)
         seq = frame.seq
     return frames
+
+
+def attack(*args: str) -> subprocess.Popen:
+    """Run ``tests/attackers.py ARGS`` in its own process (not on this process's GIL); its
+    stdout is a text pipe. The caller ends it with ``conftest.stop_process``."""
+    return subprocess.Popen(
+        [sys.executable, str(Path(__file__).with_name("attackers.py")), *args],
+        stdout=subprocess.PIPE, text=True, cwd=Path(__file__).parent,
+    )

@@ -1,31 +1,37 @@
-"""Connection admission (issue 22 items 1 and 2): limits that fit the bind, refusals answered.
+"""Connection admission: limits that fit the bind, refusals answered, the places kept for
+clients with the credential, the deadlines of a request.
 
 Real servers on port 0 and real clients. Distinct client addresses are played by binding source
 addresses in 127.0.0.0/8; since loopback clients are not counted against the per-address limit
 by default, the tests of that limit turn the exemption off (``exempt_loopback=False``) or go
-through a trusted proxy that names remote clients.
+through a trusted proxy that names remote clients. Attacks of hundreds of sockets run in a
+process of their own (``tests/attackers.py``).
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import select
 import shutil
 import socket
 import ssl
+import subprocess
 import time
-from typing import Any
+from typing import Any, Iterator
 
 import pytest
 import websocket  # websocket-client
-from conftest import TIMEOUT, wait_until
+from conftest import SLACK, TIMEOUT, stop_process, wait_until
+from helpers import attack
 from test_transport import Recorder, run_server
 from test_transport_tls import self_signed_cert
 from websockets.exceptions import InvalidStatus
 from websockets.sync.client import connect as ws_connect
 from wsraw import OP_BINARY, RawClient, upgrade_request
 
-from camstream.ws import make_ssl_context
-from camstream.ws.admission import ANSWER_PLACES, Admission, is_loopback
+from camstream.ws import Request, make_ssl_context
+from camstream.ws.admission import ANSWER_PLACES, EVICTION_SLACK, Admission, is_loopback
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -153,6 +159,145 @@ def test_the_client_a_trusted_proxy_names_is_limited_and_answered_503() -> None:
         finally:
             for client in clients:
                 client.close()
+
+
+# -- The places kept for clients with the credential ----------------------------------------------
+
+# Streamer(token=..., max_clients=1) caps connections at 2 * 1 + 64 and keeps the last quarter
+# for requests with the token (camstream/server.py); the default cap is 512.
+CAP, KEPT = 66, 66 // 4
+DEFAULT_CAP = 512
+
+
+class Tokened(Recorder):
+    """Requests with ``?token=t`` carry the credential; any other WebSocket is served too."""
+
+    def authenticated(self, request: Request) -> bool:
+        return request.query.get("token") == "t"
+
+
+def _watch_one_frame(url: str) -> None:
+    with ws_connect(url, open_timeout=TIMEOUT, max_size=None) as ws:
+        deadline = time.monotonic() + TIMEOUT
+        assert json.loads(ws.recv(timeout=TIMEOUT))["type"] == "metadata"
+        while not isinstance(ws.recv(timeout=max(deadline - time.monotonic(), 0.001)), bytes):
+            pass
+
+
+def test_silent_sockets_never_lock_out_the_token(streamer_factory) -> None:
+    """Sockets that never send their request can fill every place, but each new socket past
+    the cap sheds the stalest of them, so a client with the token always gets in (the kept
+    places are for requests that came without it: see the next tests)."""
+    streamer = streamer_factory("test", width=32, height=24, fps=5, token="s3cret",
+                                max_clients=1, first_line_timeout=3 * TIMEOUT,
+                                handshake_timeout=3 * TIMEOUT)
+
+    def counts() -> dict[str, int]:
+        return streamer.stats()["connections"]
+
+    def shed() -> int:
+        return counts()["evicted"] + counts()["refused_full"]
+
+    silent = [RawClient(streamer.port) for _ in range(CAP)]
+    try:
+        assert wait_until(lambda: counts()["open"] == CAP), counts()
+        assert shed() == 0 and counts()["anonymous"] == 0, counts()  # no request read yet
+        for extra in range(1, 4):
+            silent.append(RawClient(streamer.port))
+            assert wait_until(lambda n=extra: shed() == n), counts()
+        _watch_one_frame(streamer.url + "?token=s3cret")  # and one with the token gets in
+    finally:
+        for client in silent:
+            client.close()
+
+
+@pytest.fixture
+def anonymous_websockets() -> Iterator[Any]:
+    """A server with 8 places, the last 2 kept for ``?token=t``; 6 WebSockets without it."""
+    with run_server(Tokened(), max_connections=8, reserved_connections=2) as server:
+        anonymous = [RawClient(server.port) for _ in range(6)]
+        try:
+            for client in anonymous:
+                client.handshake()
+            yield server
+        finally:
+            for client in anonymous:
+                client.close()
+
+
+def test_websockets_without_the_credential_cannot_take_the_kept_places(
+    anonymous_websockets: Any,
+) -> None:
+    with RawClient(anonymous_websockets.port) as seventh:  # two places left, both kept
+        status, _, body = _refused(seventh)
+    assert status == 503 and b"server busy" in body
+    assert anonymous_websockets.admission_stats()["refused_full"] == 1
+
+
+def test_a_client_with_the_credential_gets_a_kept_place(anonymous_websockets: Any) -> None:
+    with RawClient(anonymous_websockets.port) as tokened:
+        tokened.handshake("/?token=t")
+
+
+def _read_counters(process: subprocess.Popen, key: str, at_least: int) -> dict[str, int]:
+    """Read the attacker's ``key=N ...`` lines until ``key`` reaches ``at_least`` (bounded)."""
+    deadline = time.monotonic() + 3 * TIMEOUT
+    last: dict[str, int] = {}
+    while time.monotonic() < deadline:
+        if not select.select([process.stdout], [], [], TIMEOUT)[0]:
+            break
+        line = process.stdout.readline()
+        if not line:
+            break
+        last = {k: int(v) for k, v in (item.split("=") for item in line.split())}
+        if last.get(key, 0) >= at_least:
+            return last
+    raise AssertionError(f"the attack never reached {key}={at_least}: {last}")
+
+
+def test_a_tokened_viewer_gets_in_while_600_anonymous_sockets_hold_connections(
+    streamer_factory,
+) -> None:
+    """300 sockets dribbling a request byte by byte plus 300 opening WebSockets without the
+    token (refused, then idle), each from its own address (so no per-address limit helps),
+    against the default 512-connection cap."""
+    streamer = streamer_factory("test", fps=15, width=160, height=120, token="s3cret")
+    dribblers = attack("hold", str(streamer.port), "30", "300", "127.0.4.1", "dribble")
+    idlers = attack("hold", str(streamer.port), "30", "300", "127.0.6.1", "idle")
+    try:
+        _read_counters(dribblers, "held", 250)
+        _read_counters(idlers, "held", 1)
+        for _ in range(3):
+            _watch_one_frame(streamer.url + "?token=s3cret")
+        counts = streamer.stats()["connections"]
+        print(f"admitted 3 of 3 tokened viewers during the attack; admission: {counts}")
+        # Sockets never exceed the cap (shed ones may overlap new ones by the slack until they
+        # are gone), and requests without the token stay out of the kept quarter.
+        assert counts["open"] <= DEFAULT_CAP + EVICTION_SLACK, counts
+        assert counts["anonymous"] <= DEFAULT_CAP - DEFAULT_CAP // 4, counts
+    finally:
+        stop_process(dribblers)
+        stop_process(idlers)
+
+
+# -- The deadlines of a request -------------------------------------------------------------------
+
+
+def test_silent_and_slow_requests_are_cut_at_their_deadlines(streamer_factory) -> None:
+    first_line, handshake = 0.3 * SLACK, 1.0 * SLACK
+    streamer = streamer_factory("test", fps=5, width=64, height=48,
+                                first_line_timeout=first_line, handshake_timeout=handshake)
+    with RawClient(streamer.port) as silent, RawClient(streamer.port) as slow:
+        started = time.monotonic()
+        slow.send(b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n")  # and never the rest
+        assert silent.expect_eof()
+        silent_s = time.monotonic() - started
+        assert slow.expect_eof()
+        slow_s = time.monotonic() - started
+    # The silent one at the first-line deadline, the slow one (its first line was in) at the
+    # deadline of the whole request head.
+    assert 0.9 * first_line <= silent_s < 0.9 * handshake <= slow_s < handshake + 2 * SLACK, (
+        silent_s, slow_s)
 
 
 # -- Item 2: every refusal is answered and visible -------------------------------------------------

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Iterator
 
 import pytest
-from conftest import TIMEOUT, stop_process, wait_until
+from conftest import SLACK, TIMEOUT, stop_process, wait_until
 from wsraw import OP_BINARY, OP_CLOSE, OP_PING, OP_PONG, OP_TEXT, RawClient
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -36,9 +36,9 @@ DEPLOY = ROOT / "deploy"
 TOKEN = "relay-s3cret"
 PROXY_ADDRESS = "127.0.0.2"  # nginx talks to the relays from here (proxy_bind)
 N_VIEWERS = 40
-MIN_FPS = 29.0
+MIN_FPS = 29.0 / SLACK  # the deployment guide's figure, at the default TIMEOUT
 WINDOW_S = 4.0
-RECONNECT_S = 2.0
+RECONNECT_S = 2.0 * SLACK
 
 
 def find_nginx() -> str | None:
@@ -492,7 +492,7 @@ def test_killing_a_relay_moves_its_viewers_to_the_other_within_2s(topology: Topo
     for i in affected:
         viewer = topology.viewers[i]
         closed = viewer.closes[closes_before[i]]
-        assert closed - killed_at < 1.0, "the viewer was not closed at once"
+        assert closed - killed_at < 1.0 * SLACK, "the viewer was not closed at once"
         first = next(t for t in viewer.frames if t > closed)
         gaps.append(round(first - closed, 2))
     print(f"relay killed: {len(gaps)} viewers moved; close to first frame again: "

@@ -18,7 +18,7 @@ from collections.abc import Iterator
 import cv2
 import numpy as np
 import pytest
-from conftest import TIMEOUT, wait_until
+from conftest import SLACK, TIMEOUT, wait_until
 from netns import Lane, NetnsError, SlowLinks, shaped_links, unavailable
 
 from camstream import Streamer
@@ -301,7 +301,7 @@ def test_a_viewer_behind_a_slow_link_is_measured_near_its_rate(
     assert last.measured, last
     assert mbit * MBIT / 2 < last.rate < mbit * MBIT * 1.5, (last, lane.qdisc_stats())
     assert last.rtt is not None and 0 < last.rtt < 3.0
-    assert last.min_rtt is not None and last.min_rtt < 0.05
+    assert last.min_rtt is not None and last.min_rtt < 0.05 * SLACK
     assert last.backlog is not None and last.backlog > 0
     assert viewer.poll() is None  # still reading
 
@@ -336,8 +336,13 @@ def test_the_estimate_follows_a_rate_change_mid_stream(
     watch(meter, 2.0)
     assert meter.estimate.state(time.monotonic()).rate > 4 * MBIT  # type: ignore[operator]
     lane.set_rate(2)
-    states = watch(meter, TIMEOUT)
-    late = [s.rate for s in states[len(states) // 2:]]
+
+    def fallen() -> bool:  # sampling feeds the estimate, as watch() does
+        rate = meter.sample(time.monotonic()).rate
+        return rate is not None and rate < 2.5 * MBIT
+
+    assert wait_until(fallen, TIMEOUT), meter.estimate.state(time.monotonic())
+    late = [s.rate for s in watch(meter, 1.0)]  # and it stays down
     assert max(late) < 3 * MBIT, late[-5:]
 
 
@@ -350,7 +355,7 @@ def test_a_loopback_viewer_gets_a_high_estimate(streamer_on: object) -> None:
         meter = meter_of_the_viewer(streamer)
         state = watch(meter, 2.0)[-1]
         assert state.rate is not None and state.rate > 100 * MBIT, state
-        assert state.rtt is not None and state.rtt < 0.05
+        assert state.rtt is not None and state.rtt < 0.05 * SLACK
     finally:
         viewer.kill()
         viewer.communicate(timeout=TIMEOUT)

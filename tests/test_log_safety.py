@@ -134,7 +134,7 @@ def test_a_connect_close_storm_from_one_address_writes_a_bounded_log(
     caplog.set_level(logging.INFO, logger="camstream")
     streamer = streamer_factory("test", fps=5, width=64, height=48)
     started = time.monotonic()
-    connections = _storm(streamer.port, "127.0.0.7", 3.0)
+    connections = _storm(streamer.port, "127.0.0.7", 2.0)
     elapsed = time.monotonic() - started
 
     def lines(kind: str) -> list[str]:

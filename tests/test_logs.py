@@ -6,6 +6,7 @@ import logging
 
 import pytest
 import websocket
+from conftest import TIMEOUT
 
 from camstream import logs
 from camstream.logs import printable
@@ -37,7 +38,7 @@ def test_printable_never_raises() -> None:
 
 
 def _connect_and_close(url: str) -> None:
-    ws = websocket.create_connection(url, timeout=5)
+    ws = websocket.create_connection(url, timeout=TIMEOUT)
     try:
         ws.recv()  # the metadata: the session is open
     finally:

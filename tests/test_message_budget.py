@@ -249,6 +249,22 @@ def test_the_streamer_closes_a_big_ping_flood_with_1008(streamer_factory) -> Non
 # -- The budgets without sockets ------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("mix", ["pings", "pings-and-texts", "pongs"])
+def test_control_frames_count_against_the_message_budget(streamer_factory, mix: str) -> None:
+    """Pings and unsolicited pongs cost a message each, like text messages (issue #11 item 3)."""
+    streamer = streamer_factory("test", fps=5, width=64, height=48)
+    with RawClient(streamer.port) as c:
+        c.handshake(extra={"Host": "127.0.0.1"})
+        for i in range(100):  # 2.5 times the burst, far faster than 20/s
+            if mix == "pongs":
+                c.send_frame(OP_PONG, b"unsolicited")
+            elif mix == "pings-and-texts" and i % 2:
+                c.send_frame(OP_TEXT, b'{"type": "pause"}')
+            else:
+                c.send_frame(OP_PING, b"p")
+        assert c.recv_close() == (1008, b"too many messages")
+
+
 def test_budget_units() -> None:
     budget = ConnectionBudget(Limits(message_rate=1.0, message_burst=3.0), None)
     assert [budget.charge(OP_TEXT, 10)[0] for _ in range(3)] == [None] * 3

@@ -1,6 +1,6 @@
 """Protocol parsing on its own: control messages and settings, from JSON and from URLs.
 
-(test_hardening.py throws generated JSON at the same functions; this file pins the answers.)
+(test_control_fuzz.py throws generated JSON at the same functions; this file pins the answers.)
 """
 
 from __future__ import annotations

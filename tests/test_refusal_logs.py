@@ -8,7 +8,7 @@ from __future__ import annotations
 import logging
 
 import pytest
-from conftest import TIMEOUT
+from conftest import TIMEOUT, wait_until
 from helpers import get
 from wsraw import RawClient
 
@@ -42,6 +42,19 @@ def test_an_origin_refusal_is_a_warning_with_the_origin_and_the_fix(
     (line,) = warnings_of(caplog)
     assert "origin not allowed" in line
     assert "--allow-origin https://app.example" in line and "allowed_origins" in line
+
+
+def test_a_malformed_origin_is_refused_not_a_traceback(streamer_factory, caplog) -> None:
+    streamer = streamer_factory("test", width=64, height=48)
+    caplog.set_level(logging.DEBUG, logger="camstream")
+    with RawClient(streamer.port, timeout=TIMEOUT) as client:
+        client.handshake("/", extra={"Origin": "http://[::1"})
+        assert client.recv_close() == (1008, b"origin not allowed")
+    status = get(streamer.port, "/snapshot.jpg", {"Origin": "http://[::1"}).status
+    assert status == 403
+    # Refusals are WARNINGs that name the origin: never an error or a traceback.
+    assert len(warnings_of(caplog)) == 2
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info]
 
 
 def test_client_text_in_a_refusal_line_is_escaped(streamer_factory, caplog) -> None:
@@ -83,6 +96,9 @@ def test_a_full_server_says_which_option_makes_room(streamer_factory, caplog) ->
     streamer = streamer_factory("test", width=32, height=24, max_clients=1)
     with RawClient(streamer.port, timeout=TIMEOUT) as first:
         first.handshake("/")
+        # Its place is taken once its session is registered (after the 101): wait for it, or
+        # the second could take the place first.
+        assert wait_until(lambda: streamer.client_count == 1)
         with RawClient(streamer.port, timeout=TIMEOUT) as second:
             second.handshake("/")
             assert second.recv_close() == (1013, b"server full, try again later")

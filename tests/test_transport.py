@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 import websocket  # websocket-client
-from conftest import TIMEOUT, wait_until  # noqa: E402
+from conftest import SLACK, TIMEOUT, wait_until  # noqa: E402
 from websockets.sync.client import connect as ws_connect
 from wsraw import (
     OP_BINARY,
@@ -85,10 +85,11 @@ class Recorder(BaseApplication):
 
 
 @contextlib.contextmanager
-def run_server(app: Any, **kwargs: Any) -> Iterator[WebSocketServer]:
-    """Serve ``app`` on 127.0.0.1:0 in a thread; stop everything and check the threads ended."""
+def run_server(app: Any, host: str = "127.0.0.1", **kwargs: Any) -> Iterator[WebSocketServer]:
+    """Serve ``app`` on ``host``, port 0, in a thread; stop everything and check the threads
+    ended."""
     kwargs.setdefault("handshake_timeout", TIMEOUT)
-    server = WebSocketServer(app, "127.0.0.1", 0, **kwargs)
+    server = WebSocketServer(app, host, 0, **kwargs)
     if isinstance(app, Recorder):
         app.server = server
     thread = threading.Thread(
@@ -324,7 +325,8 @@ def test_handshake_timeout_closes_silent_and_dribbling_connections(
                     break
                 time.sleep(0.05)  # pacing the attack, not waiting for a result
             assert slow.expect_eof()
-        assert time.monotonic() - t0 < 4
+        # Each cut at 0.3 s (the dribble stops when a send fails): far less than a TIMEOUT.
+        assert time.monotonic() - t0 < 4 * SLACK
     assert app.opened.empty()
 
 
@@ -522,7 +524,7 @@ def test_server_close_without_peer_answer_times_out(app: Recorder, quiet: Any) -
             conn.close(1001, "going away")
             assert c.recv_close() == (1001, b"going away")
             assert c.expect_eof()  # the peer never answered: dropped at the closing deadline
-            assert time.monotonic() - t0 < 2
+            assert time.monotonic() - t0 < 2 * SLACK
         assert app.closed.get(timeout=TIMEOUT) is conn and conn.close_code is None
 
 
@@ -663,17 +665,20 @@ def test_stalled_reader_is_shed_while_viewer_keeps_receiving(app: Recorder, quie
         for t in feeders:
             t.start()
         received = 0
-        window = 3.0
-        while time.monotonic() - t0 < window:
+        # The viewer reads on until half a second after the stalled one was shed (bounded).
+        while not shed_at or time.monotonic() < shed_at[0] + 0.5:
+            assert time.monotonic() - t0 < 3 * TIMEOUT, "the stalled reader was never shed"
             assert viewer.recv() == payload
             received += 1
+        window = time.monotonic() - t0
         stop.set()
         for t in feeders:
             t.join(TIMEOUT)
         # buffers fill in ~0.7 s at 30 fps x 200 KB, then send_timeout (1 s), plus slack
-        assert shed_at and shed_at[0] - t0 < 1.0 + 2.5, shed_at[0] - t0
+        assert shed_at[0] - t0 < (1.0 + 2.5) * SLACK, shed_at[0] - t0
         assert app.closed.get(timeout=TIMEOUT) is stalled_conn
-        assert received >= 0.9 * 30 * window * 0.9, received  # loose: 2-core machine
+        # Every message sent to it meanwhile (30 a second) arrived; loose: a 2-core machine.
+        assert received >= 0.8 * 30 * window / SLACK, (received, window)
         viewer.close()
         # #2: what reached the stalled client is whole frames, then EOF; never a partial frame
         # followed by another frame.
@@ -720,25 +725,23 @@ def test_websockets_client_streams_and_closes_cleanly(app: Recorder, quiet: Any)
     with run_server(app) as srv:
         with ws_connect(f"ws://127.0.0.1:{srv.port}/", ping_interval=0.2, max_size=2**20) as ws:
             conn = app.opened.get(timeout=TIMEOUT)
-            deadline = time.monotonic() + 2.0
-            n = 0
-            while time.monotonic() < deadline:
+            for _ in range(5):  # rounds of 10, each with a ping of random bytes
+                pong = ws.ping(os.urandom(8))
                 digests = _stream_to(conn, 10, 300_000)
                 for d in digests:
                     assert hashlib.sha256(ws.recv(timeout=TIMEOUT)).digest() == d  # type: ignore[arg-type]
-                n += 10
+                assert pong.wait(TIMEOUT)
             ws.send("echo:done")
             assert ws.recv(timeout=TIMEOUT) == "done"
         assert ws.protocol.close_rcvd is not None and ws.protocol.close_rcvd.code == 1000
-        assert app.closed.get(timeout=TIMEOUT).close_code == 1000 and n >= 10
+        assert app.closed.get(timeout=TIMEOUT).close_code == 1000
 
 
 def test_websocket_client_streams_and_closes_cleanly(app: Recorder, quiet: Any) -> None:
     with run_server(app) as srv:
         ws = websocket.create_connection(f"ws://127.0.0.1:{srv.port}/", timeout=TIMEOUT)
         conn = app.opened.get(timeout=TIMEOUT)
-        deadline = time.monotonic() + 1.5
-        while time.monotonic() < deadline:
+        for _ in range(5):
             for d in _stream_to(conn, 10, 300_000):
                 opcode, data = ws.recv_data()
                 assert opcode == websocket.ABNF.OPCODE_BINARY and hashlib.sha256(data).digest() == d
@@ -750,21 +753,32 @@ def test_websocket_client_streams_and_closes_cleanly(app: Recorder, quiet: Any) 
 # -- Server lifecycle and hygiene (#16, #17, #19, #20) -----------------------------------------
 
 
-def test_bind_errors_and_ipv6(app: Recorder) -> None:
+def test_bind_errors(app: Recorder) -> None:
     with run_server(app) as srv, pytest.raises(ServerError, match=str(srv.port)):
         WebSocketServer(app, "127.0.0.1", srv.port)
     with pytest.raises(ServerError):
         WebSocketServer(app, "no-such-host.invalid", 0)
     with pytest.raises(ConfigError):
         WebSocketServer(app, port=70000)
+    srv = WebSocketServer(app, "127.0.0.1", 0)
+    srv.server_close()
+    srv.server_close()  # idempotent
+
+
+def test_an_ipv6_server_serves_an_ipv6_client(app: Recorder, quiet: Any) -> None:
     if not socket.has_ipv6:
         pytest.skip("no IPv6")
     try:
-        srv6 = WebSocketServer(app, "::1", 0)
-    except ServerError:
+        probe = socket.create_server(("::1", 0), family=socket.AF_INET6)
+    except OSError:
         pytest.skip("IPv6 loopback unavailable")
-    srv6.server_close()
-    srv6.server_close()  # idempotent
+    probe.close()
+    with run_server(app, host="::1") as srv, RawClient(srv.port, host="::1") as c:
+        c.handshake(extra={"Host": f"[::1]:{srv.port}"})
+        conn = app.opened.get(timeout=TIMEOUT)
+        assert conn.request.remote_address[0] == "::1"
+        c.send_frame(OP_TEXT, b"echo:over IPv6")
+        assert c.recv_frame() == (True, OP_TEXT, b"over IPv6")
 
 
 def test_shutdown_before_serve_forever_does_not_hang(app: Recorder) -> None:

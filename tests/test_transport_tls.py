@@ -22,7 +22,7 @@ import cv2
 import numpy as np
 import pytest
 import websocket  # websocket-client
-from conftest import wait_until
+from conftest import SLACK, wait_until
 from test_transport import TIMEOUT, Recorder, run_server
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect as ws_connect
@@ -161,35 +161,68 @@ def test_plaintext_client_on_tls_port_gets_nothing(
         assert b"HTTP" not in reply  # at most a TLS alert record, never an HTTP response
     with pytest.raises((websocket.WebSocketException, OSError)):
         websocket.create_connection(f"ws://127.0.0.1:{srv.port}/", timeout=TIMEOUT)
-    with RawClient(srv.port) as silent:  # a TLS handshake that never starts times out
-        assert silent.expect_eof()
-    with RawClient(srv.port) as slow:  # a ClientHello dribbled in: the deadline still holds
+    # A TLS handshake that never starts times out; so does a ClientHello dribbled in.
+    with RawClient(srv.port) as silent, RawClient(srv.port) as slow:
         t0 = time.monotonic()
         with contextlib.suppress(OSError):
             for byte in b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03" * 4:
                 slow.send(bytes([byte]))
                 time.sleep(0.05)  # pacing the attack (handshake_timeout is 1 s)
-        assert slow.expect_eof() and time.monotonic() - t0 < 3
+        assert slow.expect_eof() and time.monotonic() - t0 < 3 * SLACK
+        assert silent.expect_eof()
     assert app.opened.empty()
     with ws_connect(f"wss://localhost:{srv.port}/", ssl=client_ctx) as ws:  # still serving wss
         ws.send("echo:alive")
         assert ws.recv(timeout=TIMEOUT) == "alive"
 
 
-def test_bad_certificate_files(tmp_path: Path, cert: tuple[str, str]) -> None:
+def test_missing_certificate_files_and_a_file_name_for_a_context(
+    tmp_path: Path, cert: tuple[str, str]
+) -> None:
     missing = str(tmp_path / "missing.pem")
     with pytest.raises(ServerError, match="missing.pem"):
         make_ssl_context(missing)
     with pytest.raises(ServerError, match="missing.pem"):
         make_ssl_context(cert[0], missing)
-    junk = tmp_path / "junk.pem"
-    junk.write_text("not a certificate\n")
-    with pytest.raises(ServerError, match="junk.pem"):
-        make_ssl_context(str(junk))
-    with pytest.raises(ServerError, match="cert.pem"):
-        make_ssl_context(cert[0])  # the key is in another file
     with pytest.raises(ConfigError):
         WebSocketServer(Recorder(), port=0, ssl_context="cert.pem")  # type: ignore[arg-type]
+
+
+@pytest.fixture(scope="module")
+def pem_files(tmp_path_factory: pytest.TempPathFactory, cert: tuple[str, str]) -> Path:
+    """Two certificates with their keys (a: the module's), an encrypted key, and junk."""
+    d = tmp_path_factory.mktemp("pem")
+    other = self_signed_cert(tmp_path_factory.mktemp("other"))
+    for name, (crt, key) in (("a", cert), ("b", other)):
+        shutil.copy(crt, d / f"{name}.crt")
+        shutil.copy(key, d / f"{name}.key")
+    subprocess.run(
+        ["openssl", "pkey", "-in", str(d / "a.key"), "-aes256", "-passout", "pass:x", "-out",
+         str(d / "encrypted.key")], check=True, capture_output=True, timeout=60,
+    )
+    (d / "junk.pem").write_text("junk\n")
+    (d / "cut.crt").write_bytes((d / "a.crt").read_bytes()[:300])
+    return d
+
+
+@pytest.mark.parametrize(
+    ("certfile", "keyfile", "words"),
+    [
+        ("junk.pem", "a.key", "certificate file {d}/junk.pem holds no PEM certificate"),
+        ("cut.crt", "a.key", "certificate file {d}/cut.crt holds a damaged PEM certificate"),
+        ("a.crt", None, "{d}/a.crt holds no PEM private key: give the key file too"),
+        ("a.crt", "junk.pem", "key file {d}/junk.pem holds no PEM private key"),
+        ("a.crt", "encrypted.key", "private key {d}/encrypted.key is encrypted"),
+        ("a.crt", "b.key", "private key {d}/b.key does not belong to the certificate in "
+                           "{d}/a.crt"),
+    ],
+)
+def test_a_bad_tls_file_is_named_with_the_reason(pem_files: Path, certfile, keyfile, words):
+    with pytest.raises(ServerError) as info:
+        make_ssl_context(str(pem_files / certfile), keyfile and str(pem_files / keyfile))
+    assert words.format(d=pem_files) in str(info.value)
+    assert "_ssl.c" not in str(info.value)
+    make_ssl_context(str(pem_files / "a.crt"), str(pem_files / "a.key"))  # the good pair works
 
 
 def test_tls_handshake_failure_never_falls_back(tls_server: Any, quiet: None) -> None:
@@ -210,21 +243,23 @@ def test_tls_handshake_failure_never_falls_back(tls_server: Any, quiet: None) ->
 
 
 def test_plaintext_request_on_tls_port_is_dropped_at_once(
-    tls_server: Any, caplog: pytest.LogCaptureFixture, quiet: None
+    cert: tuple[str, str], caplog: pytest.LogCaptureFixture, quiet: None
 ) -> None:
     """Plain HTTP (a WebSocket upgrade, a snapshot GET) on the TLS port: dropped without
     waiting for the handshake deadline, logged at DEBUG, never answered in plaintext."""
-    srv, app = tls_server
+    app = Recorder()
     requests = (upgrade_request(), b"GET /snapshot.jpg HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
-    for request in requests:
-        with RawClient(srv.port) as c:
-            started = time.monotonic()
-            c.send(request)
-            reply = read_all(c.sock)
-            assert time.monotonic() - started < srv.handshake_timeout / 2
-        assert b"HTTP" not in reply
-        assert not reply or reply[0] == 0x15  # nothing, or a TLS alert record
-    assert wait_until(lambda: srv.link_count() == 0)
+    with run_server(app, ssl_context=make_ssl_context(*cert),
+                    handshake_timeout=2.0 * SLACK) as srv:
+        for request in requests:
+            with RawClient(srv.port) as c:
+                started = time.monotonic()
+                c.send(request)
+                reply = read_all(c.sock)
+                assert time.monotonic() - started < srv.handshake_timeout / 2
+            assert b"HTTP" not in reply
+            assert not reply or reply[0] == 0x15  # nothing, or a TLS alert record
+        assert wait_until(lambda: srv.link_count() == 0)
 
     def dropped() -> list[logging.LogRecord]:
         return [r for r in caplog.records if "dropped: SSLError" in r.getMessage()]
@@ -254,7 +289,7 @@ def test_client_stalled_mid_tls_handshake_is_dropped_at_the_deadline(
             assert ws.recv(timeout=TIMEOUT) == "meanwhile"
         assert stalled.expect_eof()  # never finished: dropped
         elapsed = time.monotonic() - started
-    assert srv.handshake_timeout * 0.9 < elapsed < srv.handshake_timeout + 1.5, elapsed
+    assert srv.handshake_timeout * 0.9 < elapsed < srv.handshake_timeout + 1.5 * SLACK, elapsed
     assert wait_until(lambda: srv.link_count() == 0)
     assert len(app.requests) == 1  # only the other client got as far as HTTP
 
@@ -298,19 +333,22 @@ def test_stalled_tls_reader_is_shed_while_others_keep_streaming(
         for t in feeders:
             t.start()
         received = 0
-        try:
-            while time.monotonic() - t0 < 3.0:
+        try:  # the viewers read on until half a second after the stalled one was shed
+            while not shed_at or time.monotonic() < shed_at[0] + 0.5:
+                assert time.monotonic() - t0 < 3 * TIMEOUT, "the stalled reader was never shed"
                 for ws in viewers:
                     assert ws.recv() == payload
                 received += 1
+            window = time.monotonic() - t0
         finally:
             stop.set()
             for t in feeders:
                 t.join(TIMEOUT)
         # buffers fill in well under a second at 30 fps x 200 KB, then send_timeout (1 s)
-        assert shed_at and shed_at[0] - t0 < 1.0 + 2.5, shed_at
+        assert shed_at[0] - t0 < (1.0 + 2.5) * SLACK, shed_at
         assert app.closed.get(timeout=TIMEOUT) is stalled_conn
-        assert received >= 0.8 * 30 * 3.0, received  # loose: 2-core machine, 3 TLS streams
+        # loose: a 2-core machine, 3 TLS streams
+        assert received >= 0.8 * 30 * window / SLACK, (received, window)
         for ws in viewers:
             ws.close()
         stalled.close()
@@ -348,7 +386,7 @@ def test_stop_closes_tls_viewers_with_1001(
                 while True:
                     ws.recv(timeout=TIMEOUT)
             assert info.value.rcvd is not None and info.value.rcvd.code == 1001
-        assert time.monotonic() - started < 1.5
+        assert time.monotonic() - started < 1.5 * SLACK
 
 
 def test_tls_channel_write_waits_bounded_and_never_follows_a_cut_stream(
@@ -382,7 +420,7 @@ def test_tls_channel_write_waits_bounded_and_never_follows_a_cut_stream(
         started = time.monotonic()
         with pytest.raises(TimeoutError):
             channel.sendall(b"behind a stalled write")
-        assert 0.25 < time.monotonic() - started < 0.3 + 1.0
+        assert 0.25 < time.monotonic() - started < 0.3 + 1.0 * SLACK
         server_raw.shutdown(socket.SHUT_RDWR)  # what the watchdog does: the stalled write fails
         writer.join(TIMEOUT)
         assert failures and isinstance(failures[0], OSError)

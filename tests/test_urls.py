@@ -1,5 +1,7 @@
-"""Reachable URLs (issue 22 item 6): listening on every interface, the start line lists this
-machine's addresses, not 127.0.0.1; ``Streamer.url`` stays the one URL that works from here.
+"""Where camstream listens and the URLs it names: the command listens on 127.0.0.1 only unless
+told otherwise (checked on the socket itself); listening on every interface, the start line
+lists this machine's addresses, not 127.0.0.1; ``Streamer.url`` stays the one URL that works
+from here.
 
 The start-line test runs the ``camstream`` command in a network namespace of its own with a
 veth pair (one end in the namespace, ``10.77.<n>.2`` and ``fd00:77:<n>::2``; the other here,
@@ -21,7 +23,7 @@ from pathlib import Path
 from typing import Iterator
 
 import pytest
-from conftest import TIMEOUT, stop_process
+from conftest import TIMEOUT, stop_process, wait_until
 from helpers import next_text, read_line
 from websockets.sync.client import connect
 
@@ -39,6 +41,41 @@ def _ip_addr() -> list[tuple[str, str, str]]:
         fields = line.split()
         rows.append((fields[1], fields[2], fields[3].split("/")[0]))
     return rows
+
+
+def _listening_addresses(port: int) -> set[str]:
+    """Local addresses with a LISTEN socket on ``port``, read from /proc/net/tcp{,6}."""
+    found = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            with open(table) as f:
+                rows = f.read().splitlines()[1:]
+        except OSError:
+            continue
+        for row in rows:
+            fields = row.split()
+            address, port_hex = fields[1].rsplit(":", 1)
+            if int(port_hex, 16) == port and fields[3] == "0A":  # 0A: TCP_LISTEN
+                found.add(address)
+    return found
+
+
+def test_the_command_listens_on_loopback_only_by_default() -> None:
+    process = subprocess.Popen(
+        [sys.executable, "-m", "camstream", "--source", "test", "--port", "0"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        line = read_line(process.stdout)
+        assert line, "the command printed no start-up line"
+        match = re.search(r"ws://[^ ]+:(\d+)/", line)
+        assert match, line
+        port = int(match.group(1))
+        assert wait_until(lambda: bool(_listening_addresses(port)))
+        # 0100007F is 127.0.0.1 in /proc's little-endian hex; 0.0.0.0 would be 00000000.
+        assert _listening_addresses(port) == {"0100007F"}, _listening_addresses(port)
+    finally:
+        stop_process(process)
 
 
 @pytest.mark.skipif(shutil.which("ip") is None, reason="needs iproute2's ip")

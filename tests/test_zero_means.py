@@ -53,7 +53,9 @@ def test_the_cli_and_the_api_agree_on_every_numeric_value(
     "option", ["max_clients", "max_connections_per_address", "max_bytes", "ping_interval"]
 )
 def test_zero_is_accepted_where_none_means_no_limit(option: str) -> None:
-    Streamer("push", port=0, **{option: 0})
+    with pytest.raises(ConfigError):  # what is refused: the check is there
+        Streamer("push", port=0, **{option: -1})
+    Streamer("push", port=0, **{option: 0})  # 0 is accepted: no ConfigError
 
 
 def test_zero_limits_admit_more_than_the_defaults_would(streamer_factory) -> None:

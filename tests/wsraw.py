@@ -14,6 +14,8 @@ import struct
 
 GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 OP_CONT, OP_TEXT, OP_BINARY, OP_CLOSE, OP_PING, OP_PONG = 0x0, 0x1, 0x2, 0x8, 0x9, 0xA
+# conftest.TIMEOUT, read here too: attackers.py imports this module outside pytest.
+TIMEOUT = float(os.environ.get("CAMSTREAM_TEST_TIMEOUT", "5"))
 
 
 def accept_key(key: str) -> str:
@@ -71,8 +73,13 @@ def build_frame(
 class RawClient:
     """A blocking WebSocket client over a plain TCP socket (or an already-wrapped one)."""
 
-    def __init__(self, port: int, host: str = "127.0.0.1", timeout: float = 5.0) -> None:
-        self.sock = socket.create_connection((host, port), timeout=timeout)
+    def __init__(
+        self, port: int, host: str = "127.0.0.1", timeout: float = TIMEOUT, source: str = ""
+    ) -> None:
+        """Connect to ``host:port``; from the local address ``source`` if one is given."""
+        self.sock = socket.create_connection(
+            (host, port), timeout=timeout, source_address=(source, 0) if source else None
+        )
         self.buf = b""
 
     def close(self) -> None:

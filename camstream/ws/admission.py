@@ -86,6 +86,7 @@ class Slot:
     link: Link | None = None  # set once its handler thread has registered it
     pending: bool = True  # the request has not been read yet: the eviction candidates
     authenticated: bool = False  # the request carried the credential (app.authenticated)
+    anonymous: bool = False  # its request came without the credential: counted against that cap
     evicted: bool = False
     refusal: Refusal | None = None  # refused at accept: its thread only answers 503
 
@@ -121,10 +122,13 @@ class Admission:
       limit). Loopback clients (127.0.0.0/8, ::1: this machine) are not counted, so any number
       of local viewers fits within the caps below; nor are the connections of trusted proxies
       until their request names the client they carry (:meth:`request_read`);
-    * at most ``max_connections`` in all, and at most ``max_connections -
-      reserved_connections`` that have not shown the credential;
-    * when either cap is reached, the connection that has waited longest without sending its
-      whole request is shed to make room; if there is none, the new socket is refused.
+    * at most ``max_connections`` in all: when that is reached, the connection that has waited
+      longest without sending its whole request is shed to make room; if there is none, the new
+      socket is refused;
+    * at most ``max_connections - reserved_connections`` whose request came without the
+      credential (checked when the request is read, :meth:`request_read`: at accept nobody
+      knows yet, so a client with the credential always finds a place, even while the others
+      are all held by clients without it).
 
     Args:
         is_trusted_proxy: ``peer address -> bool``, the application's.
@@ -155,7 +159,7 @@ class Admission:
         self._slots: dict[Any, Slot] = {}  # accepted socket -> its record
         self._per_address: dict[str, int] = {}
         self._active = 0  # admitted sockets whose handler thread has not finished
-        self._anonymous = 0  # admitted sockets not (yet) known to be authenticated
+        self._anonymous = 0  # admitted sockets whose request came without the credential
         self._answering = 0  # refused sockets being answered
         self._answers = RateLimiter(ANSWER_RATE, ANSWER_BURST)
         self._log = LogBudget()  # anyone can cause refusals: a burst of lines, then one a second
@@ -181,10 +185,7 @@ class Admission:
         now = time.monotonic()
         with self._lock:
             refusal = self._per_address_refusal_locked(client) if counted else None
-            if refusal is None and (
-                self._active >= self.max_connections
-                or self._anonymous >= self.max_connections - self.reserved_connections
-            ):
+            if refusal is None and self._active >= self.max_connections:
                 victim = self._stalest_pending_locked()
                 if victim is None or self._active >= self.max_connections + EVICTION_SLACK:
                     refusal = self._full_refusal_locked()
@@ -201,7 +202,6 @@ class Admission:
             else:
                 self._slots[sock] = Slot(client, counted, now, proxied=proxied)
                 self._active += 1
-                self._anonymous += 1
                 if counted:
                     self._per_address[client] = self._per_address.get(client, 0) + 1
         if refusal is not None:
@@ -228,13 +228,17 @@ class Admission:
 
     def _full_refusal_locked(self) -> Refusal:
         lifted = self._lifted_by["max_connections"]
-        if self._active >= self.max_connections:
-            reason = (f"{self._active} connections are open, the most allowed "
-                      f"(raise {lifted})")
-        else:
-            reason = (f"{self._anonymous} connections without the credential are open; the last "
-                      f"{self.reserved_connections} places are kept for clients with it "
-                      f"(raise {lifted})")
+        reason = f"{self._active} connections are open, the most allowed (raise {lifted})"
+        return Refusal("refused_full", "server busy: too many connections; try again later",
+                       reason)
+
+    def _anonymous_refusal_locked(self) -> Refusal | None:
+        if self._anonymous < self.max_connections - self.reserved_connections:
+            return None
+        lifted = self._lifted_by["max_connections"]
+        reason = (f"{self._anonymous} connections without the credential are open; the last "
+                  f"{self.reserved_connections} places are kept for clients with it "
+                  f"(raise {lifted})")
         return Refusal("refused_full", "server busy: too many connections; try again later",
                        reason)
 
@@ -297,22 +301,29 @@ class Admission:
             if self._slots.get(sock) is not slot:
                 return None
             slot.pending = False
-            if is_authenticated and not slot.authenticated:
+            refusal: Refusal | None = None
+            if is_authenticated:
+                if slot.anonymous:  # a later request on the socket, now with the credential
+                    slot.anonymous = False
+                    self._anonymous -= 1
                 slot.authenticated = True
-                self._anonymous -= 1
-            if client is None:
-                return slot
-            slot.client = client
-            if self._exempt(client):
-                return slot
-            refusal = self._per_address_refusal_locked(client)
+            elif not slot.anonymous:
+                refusal = self._anonymous_refusal_locked()
+                if refusal is None:
+                    slot.anonymous = True
+                    self._anonymous += 1
+            if refusal is None and client is not None:
+                slot.client = client
+                if not self._exempt(client):
+                    refusal = self._per_address_refusal_locked(client)
+                    if refusal is None:
+                        slot.counted = True
+                        self._per_address[client] = self._per_address.get(client, 0) + 1
             if refusal is None:
-                slot.counted = True
-                self._per_address[client] = self._per_address.get(client, 0) + 1
                 return slot
             self._counts[refusal.counter] += 1
         self._log.log(logger, logging.WARNING, "refused a request from %s (answered 503): %s",
-                         logs.printable(client), refusal.reason)
+                      logs.printable(slot.client), refusal.reason)
         raise _answer(refusal)
 
     def done(self, sock: Any) -> None:
@@ -325,7 +336,7 @@ class Admission:
                 self._answering -= 1
                 return
             self._active -= 1
-            if not slot.authenticated:
+            if slot.anonymous:
                 self._anonymous -= 1
             if slot.counted:
                 left = self._per_address.pop(slot.client, 1) - 1
