@@ -203,7 +203,8 @@ def on_this_machine(sock: socket.socket) -> bool:
     """Whether ``sock``'s peer is on this machine: a loopback address, or the address the
     connection reached it at (never raises; False if it cannot tell)."""
     try:
-        peer, here = sock.getpeername()[0], sock.getsockname()[0]
+        peer = socket.socket.getpeername(sock)[0]
+        here = socket.socket.getsockname(sock)[0]
         return peer == here or ipaddress.ip_address(peer.split("%")[0]).is_loopback
     except (OSError, ValueError, IndexError, TypeError):
         return False
