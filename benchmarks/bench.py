@@ -296,6 +296,9 @@ def summarize(point: Point, result: dict[str, Any], dt: float, cpu: float,
             if v["encodes"] > next((w["encodes"] for w in stats0["variants"]
                                     if _same_variant(v, w)), 0)
         )
+        fanout0, fanout1 = stats0.get("fanout_cpu_s"), stats1.get("fanout_cpu_s")
+        if fanout0 is not None and fanout1 is not None:  # the fan-out thread's own CPU
+            out["fanout_cpu_pct"] = (fanout1 - fanout0) / span * 100
         skipped0 = {c["id"]: c["frames_skipped"] for c in stats0["clients"]}
         out["server_skipped_per_s"] = sum(
             c["frames_skipped"] - skipped0.get(c["id"], 0) for c in stats1["clients"]

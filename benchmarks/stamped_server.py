@@ -13,6 +13,9 @@ Talks to its parent over stdio:
   publisher's own counters (frames published, its thread CPU time, so the cost of the test
   source can be told apart from camstream's) and ``fast_fanout`` (false when the environment
   has ``CAMSTREAM_BENCH_FANOUT=0``: the sender-thread path only, for before/after runs);
+* with ``CAMSTREAM_BENCH_DATA_BYTES=N`` in the environment, every frame is published with
+  about N bytes of application data (boxes, as JSON; issue 20), for ``app_data.py``; the
+  ``STATS`` line then also has ``fanout_cpu_s``, the fan-out thread's own CPU time (Linux);
 * on ``quit``, end of stdin when stdin is a pipe, SIGTERM or SIGINT, stops the Streamer and exits 0.
 
 Logging goes to stderr.
@@ -67,9 +70,11 @@ class Publisher:
     """Publishes stamped frames at ``fps`` on a deadline clock (skips ahead if it falls behind)."""
 
     def __init__(
-        self, streamer: Streamer, width: int, height: int, fps: float, mjpeg_seconds: float = 0
+        self, streamer: Streamer, width: int, height: int, fps: float, mjpeg_seconds: float = 0,
+        data_bytes: int = 0,
     ) -> None:
         self.streamer = streamer
+        self.data = boxes_of_size(data_bytes) if data_bytes else None
         self.source = FrameSource(width, height)
         self.prepared = PreparedMjpeg(self.source, fps, mjpeg_seconds) if mjpeg_seconds else None
         self.fps = fps
@@ -118,7 +123,7 @@ class Publisher:
         index = 0
         while not self._stop.is_set():
             image, _ = self.source.frame(index, self.fps)
-            self.streamer.publish(image, copy=False)
+            self.streamer.publish(image, copy=False, data=self.data)
             self.published += 1
             self.cpu_s = time.thread_time()
             index += 1
@@ -128,6 +133,28 @@ class Publisher:
                 self.late += 1
                 deadline = now
             self._stop.wait(max(deadline - now, 0.0))
+
+
+def boxes_of_size(size: int) -> dict[str, object]:
+    """A detector's result of about ``size`` bytes as JSON: boxes with labels and scores."""
+    boxes = []
+    while len(json.dumps({"boxes": boxes}, separators=(",", ":"))) < size - 60:
+        i = len(boxes)
+        boxes.append({"x": 10 * i, "y": 20 + i, "w": 64, "h": 48, "label": "person",
+                      "score": 0.87})
+    return {"boxes": boxes}
+
+
+def thread_cpu_s(name: str) -> float | None:
+    """The CPU time of this process's thread ``name`` (None: no such thread, or no per-thread
+    clocks here)."""
+    for thread in threading.enumerate():
+        if thread.name == name and thread.ident is not None:
+            try:
+                return time.clock_gettime(time.pthread_getcpuclockid(thread.ident))
+            except (AttributeError, OSError):
+                return None
+    return None
 
 
 def _stdin_is_pipe() -> bool:
@@ -158,7 +185,8 @@ def main() -> int:
                         send_timeout=args.send_timeout, max_connections_per_address=None,
                         max_clients=None, fast_fanout=fast_fanout).start()
     publisher = Publisher(
-        streamer, args.width, args.height, args.fps, args.mjpeg_seconds if args.mjpeg else 0
+        streamer, args.width, args.height, args.fps, args.mjpeg_seconds if args.mjpeg else 0,
+        int(os.environ.get("CAMSTREAM_BENCH_DATA_BYTES", "0")),
     ).start()
     done = threading.Event()
 
@@ -176,6 +204,7 @@ def main() -> int:
                 stats["publisher"] = {"published": publisher.published, "late": publisher.late,
                                       "cpu_s": publisher.cpu_s}
                 stats["fast_fanout"] = fast_fanout  # so the driver can check which path ran
+                stats["fanout_cpu_s"] = thread_cpu_s("camstream-fanout")
                 stats["t"] = time.time()
                 print("STATS " + json.dumps(stats), flush=True)
             elif command == "quit":

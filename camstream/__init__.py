@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import logging
 
+from .app import AppClient
 from .capture.camera import CameraState, CameraThread
 from .capture.frame import Frame
 from .errors import (
     CamstreamError,
     ConfigError,
     ConnectionClosedError,
+    DataError,
+    DataTooLargeError,
     ServerError,
     SourceError,
 )
@@ -24,12 +27,15 @@ from .server import Streamer
 from .version import __version__
 
 __all__ = [
+    "AppClient",
     "CameraState",
     "CameraThread",
     "CamstreamError",
     "CloseCode",
     "ConfigError",
     "ConnectionClosedError",
+    "DataError",
+    "DataTooLargeError",
     "Frame",
     "PROTOCOL_VERSION",
     "ServerError",

@@ -9,6 +9,10 @@ on PyPI), or ``pip install websocket-client``.
         for frame in client:            # ReceivedFrame: .jpeg bytes, .image (decoded BGR array)
             print(frame.width, frame.height, frame.seq)
 
+The application's data (``Client(data=True)``): ``frame.data`` is the value the server's
+application attached to that very frame (None if none); ``client.send_app(value)`` talks back
+(``Streamer(on_message=...)``), and its answers arrive in ``on_app`` / :attr:`Client.app_messages`.
+
 Built on ``websocket-client``. It follows protocol v1 (see PROTOCOL.md): text messages are JSON
 (metadata, events, replies), binary messages are whole JPEG files.
 """
@@ -58,6 +62,9 @@ class ReceivedFrame:
     """``time.time()`` when the message arrived."""
     info: dict[str, Any] | None = None
     """The ``frame`` message that came before it, if the client asked for ``frame_info``."""
+    data: Any = None
+    """The application's data for this frame (``Client(data=True)``), or None if it has none."""
+    data_seq: int | None = field(default=None, repr=False)
     _image: np.ndarray | None = field(default=None, repr=False)
 
     @property
@@ -80,7 +87,8 @@ class ReceivedFrame:
 
     @property
     def seq(self) -> int | None:
-        return None if self.info is None else self.info.get("seq")
+        """The frame's number (from its ``frame`` or ``data`` message; None without either)."""
+        return self.data_seq if self.info is None else self.info.get("seq")
 
 
 class Client:
@@ -91,6 +99,10 @@ class Client:
         token: sent as ``Authorization: Bearer`` (never put in the URL by this client).
         fps, width, height, quality, frame_info: the stream this client wants; sent as URL
             query parameters (see PROTOCOL.md). None: the server's choice.
+        data: receive the application's data with each frame (:attr:`ReceivedFrame.data`) and
+            its broadcasts (``?data=1``).
+        on_app: called with the value of every ``app`` message from the server's application
+            (in the thread that iterates); they are also kept in :attr:`app_messages`.
         max_bytes: the largest JPEG this client takes (default 0: no limit, the full frames).
             ``None`` leaves it to the server, which keeps frames within 65535 bytes (Godot's
             limit) unless configured otherwise.
@@ -127,6 +139,8 @@ class Client:
         max_bytes: int | None = 0,
         frame_info: bool = False,
         adapt: bool | None = None,
+        data: bool = False,
+        on_app: Callable[[Any], None] | None = None,
         timeout: float = 10.0,
         on_event: Callable[[dict[str, Any]], None] | None = None,
         errors: str = "raise",
@@ -147,6 +161,7 @@ class Client:
                 ("fps", fps), ("width", width), ("height", height), ("quality", quality),
                 ("max_bytes", max_bytes), ("frame_info", "true" if frame_info else None),
                 ("adapt", None if adapt is None else "on" if adapt else "off"),
+                ("data", "true" if data else None),
             )
             if value is not None
         }
@@ -155,6 +170,9 @@ class Client:
         self._timeout = timeout
         self._sslopt = sslopt
         self._on_event = on_event
+        self._on_app = on_app
+        self.app_messages: collections.deque[Any] = collections.deque(maxlen=100)
+        """The values of the latest ``app`` messages from the server's application."""
         self._ws: Any = None
         self.metadata: dict[str, Any] = {}
         self.events: collections.deque[dict[str, Any]] = collections.deque(maxlen=100)
@@ -219,15 +237,22 @@ class Client:
     def frames(self) -> Iterator[ReceivedFrame]:
         """Yield frames until the server closes the connection."""
         info: dict[str, Any] | None = None
+        data: dict[str, Any] | None = None
         while True:
             message = self._receive()
             if message is None:
                 return
             if isinstance(message, bytes):
-                yield ReceivedFrame(message, dict(self.metadata), time.time(), info)
-                info = None
+                yield ReceivedFrame(
+                    message, dict(self.metadata), time.time(), info,
+                    data=None if data is None else data.get("value"),
+                    data_seq=None if data is None else data.get("seq"),
+                )
+                info = data = None
             elif message.get("type") == "frame":
                 info = message
+            elif message.get("type") == "data":
+                data = message  # the data of the JPEG that comes next
 
     def _receive(self) -> bytes | dict[str, Any] | None:
         """The next message: JPEG bytes, or a JSON dict (metadata is stored); None when closed."""
@@ -253,12 +278,16 @@ class Client:
             return {"type": "unknown", "value": message}
         if message.get("type", "metadata") == "metadata":
             self.metadata = message
-        elif message.get("type") != "frame":
+        elif message.get("type") not in ("frame", "data"):
             self.events.append(message)
             if self._on_event is not None:
                 self._on_event(message)
             if message.get("type") == "error":
                 self._server_error(message)
+            elif message.get("type") == "app":
+                self.app_messages.append(message.get("value"))
+                if self._on_app is not None:
+                    self._on_app(message.get("value"))
         return message
 
     def _server_error(self, message: dict[str, Any]) -> None:
@@ -278,6 +307,11 @@ class Client:
     def configure(self, **settings: Any) -> None:
         """Change fps, width, height, quality, max_bytes or frame_info for this client."""
         self.send({"type": "config", **settings})
+
+    def send_app(self, value: Any) -> None:
+        """Send ``value`` (any JSON value) to the server's application, as an ``app`` message
+        (``Streamer(on_message=...)``; a server without one answers with an ``error``)."""
+        self.send({"type": "app", "value": value})
 
     def pause(self) -> None:
         self.send({"type": "pause"})

@@ -12,6 +12,8 @@ __all__ = [
     "SourceError",
     "ServerError",
     "ConnectionClosedError",
+    "DataError",
+    "DataTooLargeError",
 ]
 
 
@@ -40,3 +42,22 @@ class ServerError(CamstreamError, OSError):
 
 class ConnectionClosedError(CamstreamError, ConnectionError):
     """A message could not be sent because the WebSocket connection is closed."""
+
+
+class DataError(ConfigError):
+    """A value the application sends to clients (frame data, an ``app`` message) cannot be
+    sent: it is not JSON (a numpy number, NaN, a set, a circular list...)."""
+
+
+class DataTooLargeError(DataError):
+    """A value for clients is larger, as JSON, than the Streamer's ``max_data_bytes``.
+
+    Attributes:
+        size: its size as compact UTF-8 JSON, in bytes.
+        limit: the limit (``max_data_bytes``).
+    """
+
+    def __init__(self, message: str, size: int, limit: int) -> None:
+        super().__init__(message)
+        self.size = size
+        self.limit = limit

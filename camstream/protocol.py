@@ -14,6 +14,8 @@ import time
 from dataclasses import dataclass
 from typing import Any, Mapping
 
+from .errors import DataError, DataTooLargeError
+
 PROTOCOL_VERSION = 1
 """Bumped only for changes an existing client would misread (see PROTOCOL.md, Versioning)."""
 
@@ -139,6 +141,55 @@ def event_message(event: str, details: Mapping[str, Any]) -> dict[str, Any]:
     return {"type": event, "timestamp": iso_utc(), **details}
 
 
+# Application data (PROTOCOL.md, "Application data"): frame data and app messages
+
+DEFAULT_MAX_DATA_BYTES = 16384
+"""The default ``max_data_bytes``: the largest frame data or ``app`` value, as JSON, in bytes."""
+MAX_DATA_BYTES = 61440
+"""The highest ``max_data_bytes`` a Streamer takes: a ``data`` or ``app`` message then stays
+well under 65535 bytes, the largest message Godot 4 accepts by default (its envelope adds
+fewer than 50 bytes)."""
+
+
+def encode_value(value: Any, limit: int, what: str = "data") -> str:
+    """``value`` as the compact JSON that goes on the wire, at most ``limit`` bytes in UTF-8.
+
+    Called once per value, in the thread that hands it in (``publish``, ``annotate``,
+    ``client.send``, ``broadcast``): every client gets these bytes.
+
+    Raises:
+        DataError: ``value`` is not JSON (the message says what is not).
+        DataTooLargeError: larger than ``limit`` (the message names the limit).
+    """
+    try:
+        text = json.dumps(value, separators=(",", ":"), allow_nan=False, ensure_ascii=False)
+    except (TypeError, ValueError, RecursionError) as exc:
+        raise DataError(
+            f"{what} must be a JSON value (dict, list, str, int, float, bool or None; numpy "
+            f"numbers: int()/float()/.tolist()): {type(exc).__name__}: {exc}"
+        ) from None
+    size = len(text) if text.isascii() else len(text.encode("utf-8"))
+    if size > limit:
+        raise DataTooLargeError(
+            f"{what} is {size} bytes as JSON, over the limit of {limit} bytes "
+            f"(Streamer(max_data_bytes=...), at most {MAX_DATA_BYTES}); send less per frame",
+            size, limit,
+        )
+    return text
+
+
+def data_message_text(seq: int, value_json: str) -> str:
+    """The ``data`` message of frame ``seq`` (``value_json``: from :func:`encode_value`), sent
+    right before that frame's JPEG to viewers that asked for ``data``."""
+    return f'{{"type":"data","seq":{seq},"value":{value_json}}}'
+
+
+def app_message_text(value_json: str) -> str:
+    """An ``app`` message from the application to a client (``value_json``: from
+    :func:`encode_value`)."""
+    return f'{{"type":"app","value":{value_json}}}'
+
+
 def _number(value: float) -> float | int:
     """30.0 → 30 and 7.5 → 7.5: what a reader of the JSON expects."""
     return int(value) if float(value).is_integer() else round(float(value), 3)
@@ -146,7 +197,7 @@ def _number(value: float) -> float | int:
 
 # Client → server messages
 
-CONTROL_TYPES = frozenset({"config", "pause", "resume", "snapshot", "ping"})
+CONTROL_TYPES = frozenset({"config", "pause", "resume", "snapshot", "ping", "app"})
 
 MAX_FPS = 240.0
 MAX_SIDE = 8192
@@ -176,6 +227,7 @@ CONFIG_FIELDS: dict[str, _Field] = {
     "max_bytes": _Field(int, MIN_MAX_BYTES, 2**31 - 1, nullable=True, zero_is_none=True),
     "frame_info": _Field(bool, 0, 1),
     "adapt": _Field(bool, 0, 1),  # adaptive delivery (issue 18); URL: on/off, 1/0, true/false
+    "data": _Field(bool, 0, 1),  # the application's frame data (and its broadcasts)
 }
 """The settings a client can choose, in a ``config`` message or as URL query parameters."""
 
@@ -191,12 +243,13 @@ def parse_control(text: str) -> dict[str, Any]:
     whose text can go back to the client as is. Unknown fields are ignored (see PROTOCOL.md).
 
     Returns:
-        The message, with ``type`` one of :data:`CONTROL_TYPES` and, for ``ping``, ``t`` a
-        finite number, a string or None (absent).
+        The message, with ``type`` one of :data:`CONTROL_TYPES`; for ``ping``, ``t`` a
+        finite number, a string or None (absent); for ``app``, a ``value`` (any JSON).
 
     Raises:
         ProtocolInputError: not JSON, a number out of range (``1e309``), not an object, no or an
-            unknown ``type``, or a ``ping`` whose ``t`` is neither a number nor a string.
+            unknown ``type``, a ``ping`` whose ``t`` is neither a number nor a string, or an
+            ``app`` message without ``value``.
     """
     try:
         message = json.loads(text, parse_constant=_refuse_constant, parse_float=_finite_float)
@@ -217,6 +270,8 @@ def parse_control(text: str) -> dict[str, Any]:
         if isinstance(stamp, bool) or not isinstance(stamp, (int, float, str, type(None))):
             shown = show_value(stamp)
             raise ProtocolInputError(f"ping t: expected a number or a string, not {shown}")
+    elif kind == "app" and "value" not in message:
+        raise ProtocolInputError('app message has no "value"')
     return message
 
 

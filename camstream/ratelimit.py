@@ -76,8 +76,11 @@ class LogBudget:
         self._lock = threading.Lock()
         self._suppressed = 0
 
-    def log(self, log: logging.Logger, level: int, msg: str, *args: Any) -> None:
-        """``log.log(level, msg, *args)`` if the budget allows, else count it."""
+    def log(
+        self, log: logging.Logger, level: int, msg: str, *args: Any, exc_info: bool = False
+    ) -> None:
+        """``log.log(level, msg, *args)`` if the budget allows, else count it (``exc_info``:
+        with the exception being handled, as ``log.exception`` does)."""
         if not log.isEnabledFor(level):
             return
         with self._lock:
@@ -87,7 +90,7 @@ class LogBudget:
             suppressed, self._suppressed = self._suppressed, 0
         if suppressed:
             msg, args = msg + " (%d more like it not logged)", (*args, suppressed)
-        log.log(level, msg, *args)
+        log.log(level, msg, *args, exc_info=exc_info)
 
 
 class KeyedLogBudget:

@@ -16,7 +16,9 @@ from typing import Any, Iterable, Mapping
 import numpy as np
 
 from . import logs, protocol
+from .app import AppMessages, OnMessage
 from .callbacks import TransportCallbacks, how_it_closed
+from .capture.annotate import AnnotateHook
 from .capture.camera import CameraThread, Frame, Source, describe_source
 from .capture.devices import CaptureFactory
 from .capture.report import camera_report, camera_state_fields
@@ -117,6 +119,22 @@ class Streamer:
         name: a name for this Streamer's log lines (``[front door] client 3 connected``),
             shown always. Default None: with several Streamers running in one process, each
             line carries the Streamer's port instead (``[:8766] ...``); with one, nothing.
+        annotate: ``annotate(frame)`` -> the frame's data (a JSON value, or None), called in
+            the camera thread for every frame of a camera, file or test source (push mode:
+            ``publish(..., data=)``). Keep it fast: the camera reads no frame while it runs,
+            so a hook slower than a frame period lowers the camera's rate. Its exceptions are
+            caught, counted (``stats()["app"]["annotate"]``) and logged (rate-limited); the
+            frame then goes without data. See :mod:`camstream.capture.annotate`.
+        on_message: ``on_message(client, value)`` for each ``{"type": "app", "value": ...}`` a
+            WebSocket client sends, in that client's reader thread; ``client`` is an
+            :class:`~camstream.app.AppClient` (``id``, ``address``, ``send(value)``). Without
+            it, app messages get an ``error``. If it raises, the client gets an ``error`` and
+            the log the traceback; if it blocks, only that client's control messages wait. See
+            :mod:`camstream.app`.
+        max_data_bytes: the largest frame data or app value the application sends, as compact
+            UTF-8 JSON (default 16384; at most 61440, so every message stays under the 65535
+            bytes Godot accepts by default). Larger raises
+            :class:`~camstream.errors.DataTooLargeError` where it is handed in.
 
     Raises:
         ConfigError: an argument is out of range.
@@ -158,6 +176,10 @@ class Streamer:
         max_connections_per_address: int | None = 32,
         fast_fanout: bool = True,
         name: str | None = None,
+        # The application's data (issue 20)
+        annotate: AnnotateHook | None = None,
+        on_message: OnMessage | None = None,
+        max_data_bytes: int = protocol.DEFAULT_MAX_DATA_BYTES,
     ) -> None:
         check_streamer_options(
             quality=quality, fps=fps, max_clients=max_clients, port=port, token=token,
@@ -174,6 +196,7 @@ class Streamer:
         self._camera = CameraThread(
             source, width=width, height=height, fps=fps, loop=loop, pixel_format=pixel_format,
             backend=backend, camera_settings=camera_settings, capture_factory=capture_factory,
+            annotate=annotate, max_data_bytes=max_data_bytes,
         )
         self._host = host
         self._ssl_context = make_ssl_context(certfile, keyfile) if certfile else None
@@ -193,6 +216,10 @@ class Streamer:
             ),
         )
         self._viewers: ViewerRegistry[ClientSession, MjpegStream] = ViewerRegistry(max_clients)
+        self._app = AppMessages(
+            on_message, max_data_bytes,
+            lambda session: self._policy.client_of(session.connection.request).address,
+        )
         self._rates = CounterRates()  # encodes and decodes per second
         # Log lines of this Streamer's threads carry its label when several run (camstream.logs).
         self._label = logs.Label(name or "", explicit=name is not None)
@@ -405,26 +432,47 @@ class Streamer:
         """Whether the Streamer serves now: started and not stopped."""
         return self._server is not None and not self._stopped.is_set()
 
-    def publish(self, image: np.ndarray, *, copy: bool = True) -> Frame:
+    def publish(self, image: np.ndarray, *, copy: bool = True, data: Any = None) -> Frame:
         """Hand a frame to every viewer (push mode: ``Streamer("push")``). Thread-safe.
 
         ``image`` is an 8-bit BGR, BGRA or grayscale array (see :meth:`CameraThread.publish`).
+        ``data`` (a JSON value; None: none) goes with this frame, right before its JPEG, to
+        every WebSocket viewer that asked for data (``?data=1``) and gets this frame; a viewer
+        that skips the frame skips its data. It is encoded here, once.
 
         Raises:
             ConfigError: the Streamer's source is not ``"push"``, or not such an image (the
                 message gives the dtype and shape it got).
+            DataError: ``data`` is not JSON; ``DataTooLargeError`` (a ``DataError``, both
+                ``ConfigError``): larger than ``max_data_bytes``. Nothing is published then.
         """
-        return self._camera.publish(image, copy=copy)
+        return self._camera.publish(image, copy=copy, data=data)
 
-    def publish_jpeg(self, data: bytes) -> Frame | None:
+    def publish_jpeg(self, jpeg: bytes, *, data: Any = None) -> Frame | None:
         """Hand a JPEG file to every viewer (push mode), untouched where a viewer takes it as is.
 
-        Returns None (and counts it in ``stats()``) if ``data`` is not one whole JPEG file.
+        Returns None (and counts it in ``stats()``) if ``jpeg`` is not one whole JPEG file.
+        ``data``: as for :meth:`publish`.
 
         Raises:
             ConfigError: the Streamer's source is not ``"push"``.
+            DataError: ``data`` is not JSON or too large (as for :meth:`publish`).
         """
-        return self._camera.publish_jpeg(data)
+        return self._camera.publish_jpeg(jpeg, data=data)
+
+    def broadcast(self, value: Any) -> int:
+        """Send ``{"type": "app", "value": value}`` to every WebSocket client in the
+        conversation: those that asked for data (``?data=1``) and those that have sent an
+        ``app`` message (others, such as the seed's minimal client, get nothing new).
+        Thread-safe; never blocks (queued; a client with a full queue misses it).
+
+        Returns:
+            How many clients it was queued for.
+
+        Raises:
+            DataError: ``value`` is not JSON or larger than ``max_data_bytes``.
+        """
+        return self._app.broadcast(self._viewers.sessions(), value)
 
     def stats(self) -> dict[str, Any]:
         """Counters for monitoring: camera, encodes, and per-client sent/skipped frames."""
@@ -459,6 +507,12 @@ class Streamer:
                 for s in sessions
             ],
             "http": self._http.stats(),
+            "app": {
+                **self._app.report(),
+                "annotate": (
+                    None if self._camera.annotator is None else self._camera.annotator.report()
+                ),
+            },
             "connections": self._server.admission_stats() if self._server is not None else {},
         }
 
@@ -475,6 +529,7 @@ class Streamer:
         session = ClientSession(
             conn, self._camera, self._cache, settings, stall_timeout=self._send_timeout,
             describe_camera=functools.partial(camera_state_fields, self._camera),
+            on_app=self._app.handler,
         )
         session.apply_config(dict(conn.request.query), from_url=True)
         admission = self._viewers.add_session(conn.id, session)
@@ -494,6 +549,7 @@ class Streamer:
     def _close(self, conn: Connection) -> None:
         session = self._viewers.remove_session(conn.id)
         if session is not None:
+            self._app.forget(session)
             session.stop()
             stats = session.stats
             conn.log(

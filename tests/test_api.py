@@ -16,6 +16,7 @@ import camstream
 from camstream import ConfigError, Streamer
 
 PACKAGE_NAMES = {
+    "AppClient", "DataError", "DataTooLargeError",  # issue 20
     "CameraState", "CameraThread", "CamstreamError", "CloseCode", "ConfigError",
     "ConnectionClosedError", "Frame", "PROTOCOL_VERSION", "ServerError", "SourceError",
     "Streamer", "__version__",
@@ -23,6 +24,7 @@ PACKAGE_NAMES = {
 STREAMER_NAMES = {
     "start", "stop", "serve_forever", "publish", "publish_jpeg", "stats",
     "url", "urls", "port", "client_count", "is_serving", "camera",
+    "broadcast",  # issue 20
 }
 
 
@@ -55,6 +57,8 @@ def test_streamer_has_the_documented_public_surface_only() -> None:
         ("token", ""), ("token", 1234), ("max_bytes", 100), ("max_bytes", -1),
         ("max_variants", -1), ("max_variants", 65), ("max_encodes_per_s", 0),
         ("max_encodes_per_s", math.inf), ("host", None),
+        ("max_data_bytes", 0), ("max_data_bytes", 61441), ("max_data_bytes", "16k"),
+        ("on_message", "handler"),
     ],
 )
 def test_every_option_is_checked_in_the_constructor_and_named(option: str, value: object) -> None:

@@ -97,8 +97,8 @@ def test_bad_input_gets_an_error_and_the_stream_goes_on(streamer_factory, messag
 @pytest.mark.parametrize(
     ("message", "expected"),
     [
-        ('{"kind": "ping"}', 'message has no "type"; known types: config, pause, ping, resume, '
-         "snapshot"),
+        ('{"kind": "ping"}', 'message has no "type"; known types: app, config, pause, ping, '
+         "resume, snapshot"),
         ('{"type": null}', 'message has no "type"'),
         ('{"type": true}', "unknown message type true;"),
         ('{"type": "dance"}', 'unknown message type "dance";'),

@@ -98,7 +98,8 @@ def test_every_documented_server_message_has_a_builder() -> None:
     names |= set(re.findall(r"^### `\w+` / `(\w+)`", section, re.MULTILINE))
     assert {"metadata", "frame", "pong", "snapshot", "error", "camera_lost"} <= names, names
     builders = {"camera_lost": "event_message", "camera_restored": "event_message",
-                "source_ended": "event_message", "frame": "frame_message"}
+                "source_ended": "event_message", "frame": "frame_message",
+                "data": "data_message_text", "app": "app_message_text"}  # (issue 20: text)
     for name in names:
         builder = builders.get(name, f"{name}_message")
         assert callable(getattr(protocol, builder, None)), f"no builder for {name}: {builder}"

@@ -9,6 +9,12 @@ extends Node
 ## [signal event_received]; [method set_config], [method pause], [method resume],
 ## [method request_snapshot] and [method ping] talk back to the server.
 ##
+## The server's application can send data with each frame (boxes a detector found in it, a
+## pose, a score): with [member receive_data] on, [signal frame_data_received] carries it right
+## before the [signal frame_received] of the frame it belongs to ([member last_frame_data]
+## holds it meanwhile). [method send_app] talks to the application, whose answers arrive as
+## [signal app_message_received].
+##
 ## The game's main thread only handles the text messages and uploads the newest decoded
 ## picture ([method ImageTexture.update]: no new allocation while the size stays the same).
 ## Connecting, reading the socket and decoding the JPEGs run on a thread of the client's own
@@ -36,6 +42,16 @@ signal connection_closed(code: int, reason: String)
 signal metadata_received(metadata: Dictionary)
 ## A new frame was decoded into [member texture] (always the same [ImageTexture] object).
 signal frame_received(texture: ImageTexture)
+## The application's data for the frame shown now: [param value] (any JSON value: a
+## [Dictionary], an [Array], a [String], a [float], a [bool]) and that frame's [param seq].
+## Emitted right before that frame's [signal frame_received] (the texture already shows it),
+## only for frames that carry data, only with [member receive_data] on. A frame that is never
+## shown (a newer one replaced it before its decode) never emits its data either.
+signal frame_data_received(value: Variant, seq: int)
+## A message from the server's application ([code]{"type": "app", "value": ...}[/code]): an
+## answer to [method send_app], or a broadcast to the clients that receive data or have talked
+## to it.
+signal app_message_received(value: Variant)
 ## A snapshot requested with [method request_snapshot] arrived, decoded into a new [Image].
 signal snapshot_received(image: Image, info: Dictionary)
 ## Any other JSON message from the server: [code]camera_lost[/code],
@@ -112,6 +128,13 @@ const StreamReceiver: GDScript = preload("stream_receiver.gd")
 ## full frames; the server's default for clients that say nothing is 65535 bytes).
 ## [method set_config] updates it.
 @export var config: Dictionary = {}
+## Ask for the application's data with each frame ([signal frame_data_received]) and its
+## broadcasts ([code]?data=1[/code]). Changing it while connected tells the server at once.
+@export var receive_data: bool = false:
+	set(value):
+		receive_data = value
+		if state == State.OPEN:
+			send_message({"type": "config", "data": value})
 
 @export_group("Threads and sizes")
 ## Connect, read the socket and decode JPEG frames on a thread of this client's own: the main
@@ -190,6 +213,10 @@ var requested_size: Vector2i = Vector2i.ZERO
 ## The [code]frame[/code] info message of the frame shown now ({} unless
 ## [code]set_config({"frame_info": true})[/code]).
 var last_frame_info: Dictionary = {}
+## The application's data for the frame shown now (null if it has none; see
+## [member receive_data]), and that frame's seq (-1 without data).
+var last_frame_data: Variant = null
+var last_frame_data_seq: int = -1
 ## Milliseconds from the capture of the frame shown now to its upload here (its
 ## [code]captured_at[/code] on the server's clock, corrected by the clock offset measured with
 ## the last [method ping]; exact for a server on this machine). Negative without frame info.
@@ -349,6 +376,14 @@ func ping() -> Error:
 	return send_message({"type": "ping", "t": Time.get_ticks_usec() / 1e6})
 
 
+## Sends [param value] (any JSON value) to the server's application as an [code]app[/code]
+## message; its answers arrive as [signal app_message_received]. A server without an
+## application handler answers with an [code]error[/code] event. Returns ERR_UNAVAILABLE if not
+## connected, else OK.
+func send_app(value: Variant) -> Error:
+	return send_message({"type": "app", "value": value})
+
+
 ## Sends [param message] as a JSON text message (queued: the receiving thread sends it within
 ## a few milliseconds). Never sends binary: servers refuse it (1003). Returns ERR_UNAVAILABLE
 ## if not connected, else OK.
@@ -404,7 +439,7 @@ func poll() -> void:
 	var frame: Array = taken["frame"]
 	if not frame.is_empty():
 		if frame[0] == _generation and state == State.OPEN:
-			_deliver(frame[1], frame[2])
+			_deliver(frame[1], frame[2], frame[3])
 		else:
 			_receiver.retire(frame[1])
 	var counters: Dictionary = taken["counters"]
@@ -452,6 +487,8 @@ func _connect(reset_counters: bool) -> void:
 		query["max_bytes"] = 0
 	if not token.is_empty() and use_query_token:
 		query["token"] = token
+	if receive_data and not query.has("data"):
+		query["data"] = true
 	requested_size = Vector2i.ZERO  # a new connection starts with the URL's settings
 	var box: Vector2i = _target_box()
 	if box != Vector2i.ZERO:
@@ -535,6 +572,9 @@ func _handle_message(text: String, parsed: Variant) -> void:
 		_read_adaptation(message)
 		metadata_received.emit(message)
 		return
+	if type == "app":
+		app_message_received.emit(message.get("value"))
+		return
 	if type == "pong" and message.get("t") is float:
 		last_rtt_s = Time.get_ticks_usec() / 1e6 - float(message["t"])
 		var server_time: Variant = message.get("server_time")
@@ -557,11 +597,14 @@ func _read_adaptation(message: Dictionary) -> void:
 	adapt_reason = value if value is String else ""
 
 
-## Shows a decoded frame; [param info] is its [code]frame[/code] message ({} without).
-func _deliver(decoded: Image, info: Dictionary) -> void:
+## Shows a decoded frame; [param info] and [param data] are its [code]frame[/code] and
+## [code]data[/code] messages ({} without).
+func _deliver(decoded: Image, info: Dictionary, data: Dictionary) -> void:
 	_receiver.retire(image)  # freed on the receiving thread, not here
 	image = decoded
 	last_frame_info = info
+	last_frame_data = data.get("value")
+	last_frame_data_seq = _int_or(data.get("seq"), -1)
 	if not info.is_empty():
 		event_received.emit(info)  # frame messages arrive with their frame, if it is shown
 	var captured_at: Variant = info.get("captured_at")
@@ -583,6 +626,8 @@ func _deliver(decoded: Image, info: Dictionary) -> void:
 	frames_decoded += 1
 	if target != null and target.texture != texture:
 		target.texture = texture
+	if not data.is_empty():
+		frame_data_received.emit(last_frame_data, last_frame_data_seq)
 	frame_received.emit(texture)
 
 

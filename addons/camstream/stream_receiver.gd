@@ -5,7 +5,9 @@ extends RefCounted
 ## The main thread talks to it with commands ([method connect_to], [method send_text],
 ## [method close], [method retire]) and once a game frame takes what arrived with
 ## [method take]: events in order (opened, text messages, snapshots, closed) and the newest
-## decoded frame. Nothing else is shared, and everything shared is behind one [Mutex].
+## decoded frame with its [code]frame[/code] and [code]data[/code] messages (those travel with
+## their frame and are dropped with it). Nothing else is shared, and everything shared is behind
+## one [Mutex].
 ##
 ## Bounded whatever the game does: frames read while one is decoding wait in one slot (a newer
 ## one replaces it: the older is never decoded); a decoded frame waits in one slot until the
@@ -38,7 +40,7 @@ var poll_interval_usec: int = 2000
 var _mutex: Mutex = Mutex.new()
 var _commands: Array = []
 var _events: Array = []
-var _frame: Array = []  # [generation, Image, info]: the newest decoded frame, not taken yet
+var _frame: Array = []  # [generation, Image, info, data]: the newest decoded frame, not taken yet
 var _counters: Dictionary = {"received": 0, "dropped": 0, "errors": 0, "decodes": 0}
 var _quit: bool = false
 
@@ -48,7 +50,9 @@ var _generation: int = 0
 var _ws_state: WebSocketPeer.State = WebSocketPeer.STATE_CLOSED
 var _jpeg: PackedByteArray = PackedByteArray()  # the newest frame waiting for a decode
 var _jpeg_info: Dictionary = {}
+var _jpeg_data: Dictionary = {}
 var _frame_info: Dictionary = {}  # the "frame" message announcing the next binary message
+var _frame_data: Dictionary = {}  # the "data" message of the next binary message
 var _snapshot_info: Dictionary = {}
 var _snapshot_next: bool = false
 var _graveyard: Array = []  # [Image, when retired (msec)], oldest first
@@ -88,7 +92,9 @@ func retire(image: Image) -> void:
 
 ## What arrived since the last call (main thread, once a frame): [code]events[/code] (each an
 ## Array [code][generation, Event, ...][/code]), [code]frame[/code] ([code][/code] or
-## [code][generation, Image, info][/code]) and the counters. Never waits for a decode.
+## [code][generation, Image, info, data][/code]: [code]info[/code] and [code]data[/code] are the
+## frame's [code]frame[/code] and [code]data[/code] messages, or {}) and the counters. Never
+## waits for a decode.
 func take() -> Dictionary:
 	if not threaded:
 		_work()
@@ -181,6 +187,7 @@ func _run_command(command: Array) -> void:
 			_generation = command[1]
 			_drop_waiting()
 			_frame_info = {}
+			_frame_data = {}
 			_snapshot_next = false
 			var options: Dictionary = command[2]
 			if options["reset_counters"]:
@@ -215,6 +222,9 @@ func _read(packet: PackedByteArray, is_text: bool) -> void:
 		if type == "frame":
 			_frame_info = parsed  # arrives with its frame (or not at all if that is dropped)
 			return
+		if type == "data":
+			_frame_data = parsed  # the same: the application's data goes with its frame
+			return
 		if type == "snapshot":
 			_snapshot_info = parsed
 			_snapshot_next = true
@@ -232,7 +242,9 @@ func _read(packet: PackedByteArray, is_text: bool) -> void:
 			_count("dropped")  # never decoded: a newer frame came first
 		_jpeg = packet
 		_jpeg_info = _frame_info
+		_jpeg_data = _frame_data
 		_frame_info = {}
+		_frame_data = {}
 
 
 ## Decodes the waiting frame unless the last decoded one is still waiting for the main thread.
@@ -246,6 +258,7 @@ func _decode_waiting() -> bool:
 		return false
 	var jpeg: PackedByteArray = _jpeg
 	var info: Dictionary = _jpeg_info
+	var data: Dictionary = _jpeg_data
 	_jpeg = PackedByteArray()
 	var image: Image = Image.new()
 	var err: Error = image.load_jpg_from_buffer(jpeg)
@@ -256,7 +269,7 @@ func _decode_waiting() -> bool:
 		_counters["decodes"] += 1
 		if not _frame.is_empty():
 			_counters["dropped"] += 1  # without threads only: decoded, never shown
-		_frame = [_generation, image, info]
+		_frame = [_generation, image, info, data]
 	_mutex.unlock()
 	return true
 

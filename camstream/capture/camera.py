@@ -25,12 +25,14 @@ from __future__ import annotations
 
 import threading
 import time
-from typing import Callable, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
 import numpy as np
 
-from .. import logs
+from .. import logs, protocol
+from ..checks import check_int
 from ..errors import ConfigError, SourceError
+from .annotate import AnnotateHook, Annotator
 from .controls import ControlResult, ControlValue
 from .demand import CameraLease, Demand, OpenCounters, check_on_demand
 from .devices import CaptureFactory, CaptureMode, VideoCaptureLike
@@ -112,6 +114,14 @@ class CameraThread:
             The test pattern is on demand too (it stops drawing); push sources ignore it
             (they are never closed). ``"auto"`` still decides at :meth:`start` between camera 0
             and the test pattern, which opens camera 0 once there and releases it at once.
+        annotate: ``annotate(frame)`` is called in the camera thread with every frame it reads
+            (not with pushed frames: ``publish(..., data=)``), before the frame is published;
+            it returns the frame's data (a JSON value; None: none). See
+            :mod:`camstream.capture.annotate`: keep it fast, a slow one lowers the camera's
+            rate; its failures cost the frame its data, never the camera.
+        max_data_bytes: the largest frame data, as compact JSON in bytes (default 16384, at
+            most 61440); larger data raises :class:`~camstream.errors.DataTooLargeError` from
+            ``publish``, or is dropped and counted for ``annotate``.
 
     Raises:
         ConfigError: an argument is out of range (checked here, before anything is opened).
@@ -131,8 +141,21 @@ class CameraThread:
         camera_settings: Mapping[str, ControlValue] | Iterable[str] | None = None,
         capture_factory: CaptureFactory | None = None,
         on_demand: bool | float | None = None,
+        annotate: AnnotateHook | None = None,
+        max_data_bytes: int = protocol.DEFAULT_MAX_DATA_BYTES,
     ) -> None:
         self._kind, self._target = classify(source)
+        check_int("max_data_bytes", max_data_bytes, 1, protocol.MAX_DATA_BYTES)
+        self._max_data_bytes = max_data_bytes
+        if annotate is not None and self._kind is SourceKind.PUSH:
+            raise ConfigError(
+                "annotate is for camera, file and test sources; with source='push' pass the "
+                "frame's data to publish(image, data=...)"
+            )
+        if annotate is not None and not callable(annotate):
+            raise ConfigError(f"annotate must be a callable, not {type(annotate).__name__}")
+        self.annotator = Annotator(annotate, max_data_bytes) if annotate is not None else None
+        """The ``annotate`` hook and its counters (None without one)."""
         self.source = source
         check_request(width, height, fps)
         grace = check_on_demand(on_demand)
@@ -360,7 +383,7 @@ class CameraThread:
 
     # Push mode
 
-    def publish(self, image: np.ndarray, *, copy: bool = True) -> Frame:
+    def publish(self, image: np.ndarray, *, copy: bool = True, data: Any = None) -> Frame:
         """Hand in a frame (push mode only). Thread-safe; returns the stored :class:`Frame`.
 
         Args:
@@ -369,50 +392,68 @@ class CameraThread:
                 most 65500 pixels a side.
             copy: copy the array, so the caller may keep drawing into its own buffer. Pass
                 ``False`` only if the caller never touches the array again.
+            data: this frame's data for viewers that asked for it (a JSON value, serialized
+                here, once); None (the default): none.
 
         Raises:
             ConfigError: not a push source, or not such an image (the message says what it got).
+            DataError: ``data`` is not JSON; :class:`~camstream.errors.DataTooLargeError`:
+                larger than ``max_data_bytes`` (both are a ``ConfigError``). Nothing is
+                published then.
         """
         if self._kind is not SourceKind.PUSH:
             raise ConfigError("publish() works only with source='push'")
         check_pushed_image(image)
+        data_json = self._encode_data(data)
         if self._stopping.is_set():
             raise ConfigError("publish() after stop()")
-        return self._store(image.copy() if copy else image)
+        return self._store(image.copy() if copy else image, data_json)
 
-    def publish_jpeg(self, data: bytes) -> Frame | None:
+    def publish_jpeg(self, jpeg: bytes, *, data: Any = None) -> Frame | None:
         """Hand in a JPEG file (push mode only). Thread-safe.
 
         Viewers that take frames as the source makes them get these exact bytes; the pixels are
         decoded only if a viewer, a snapshot or a listener needs another size or quality.
 
+        ``data``: this frame's data, as for :meth:`publish`.
+
         Returns:
-            The stored :class:`Frame`, or None if ``data`` is not one whole JPEG file (it is
+            The stored :class:`Frame`, or None if ``jpeg`` is not one whole JPEG file (it is
             dropped and counted in :attr:`frames_dropped_corrupt`).
 
         Raises:
-            ConfigError: not a push source, or ``data`` is not bytes.
+            ConfigError: not a push source, or ``jpeg`` is not bytes.
+            DataError: ``data`` is not JSON or too large (as for :meth:`publish`).
         """
         if self._kind is not SourceKind.PUSH:
             raise ConfigError("publish_jpeg() works only with source='push'")
-        if not isinstance(data, (bytes, bytearray, memoryview)):
-            raise ConfigError(f"publish_jpeg() takes bytes, not {type(data).__name__}")
+        if not isinstance(jpeg, (bytes, bytearray, memoryview)):
+            raise ConfigError(f"publish_jpeg() takes bytes, not {type(jpeg).__name__}")
+        data_json = self._encode_data(data)
         if self._stopping.is_set():
             raise ConfigError("publish_jpeg() after stop()")
-        return self._store_jpeg(bytes(data))
+        return self._store_jpeg(bytes(jpeg), data_json)
 
     # Internals
 
-    def _store(self, image: np.ndarray) -> Frame:
+    def _encode_data(self, data: Any) -> str | None:
+        """A pushed frame's data as JSON text (None: none); raises ``DataError``."""
+        return None if data is None else protocol.encode_value(data, self._max_data_bytes)
+
+    def _store(self, image: np.ndarray, data_json: str | None = None) -> Frame:
         image.flags.writeable = False
+        if self.annotator is not None:
+            return self._store_annotated(
+                lambda seq: Frame(seq, image, time.time(), time.monotonic())
+            )
         with self._cond:
             self._seq += 1
-            frame = Frame(self._seq, image, time.time(), time.monotonic())
+            frame = Frame(self._seq, image, time.time(), time.monotonic(), data_json=data_json)
             self._publish_locked(frame)
         self._notify_frame(frame)
         return frame
 
-    def _store_jpeg(self, data: bytes) -> Frame | None:
+    def _store_jpeg(self, data: bytes, data_json: str | None = None) -> Frame | None:
         """Store a JPEG file from the source as the latest frame; None if it is corrupt."""
         try:
             info = inspect_jpeg(data)
@@ -420,12 +461,34 @@ class CameraThread:
             self._count_dropped()
             logger.debug("dropped a corrupt JPEG from %s: %s", describe_source(self.source), exc)
             return None
+
+        def make(seq: int) -> Frame:
+            return Frame(
+                seq, None, time.time(), time.monotonic(), jpeg=data, width=info.width,
+                height=info.height, on_decode=self._count_decode, data_json=data_json,
+            )
+
+        if self.annotator is not None:
+            return self._store_annotated(make)
         with self._cond:
             self._seq += 1
-            frame = Frame(
-                self._seq, None, time.time(), time.monotonic(), jpeg=data,
-                width=info.width, height=info.height, on_decode=self._count_decode,
-            )
+            frame = make(self._seq)
+            self._publish_locked(frame)
+        self._notify_frame(frame)
+        return frame
+
+    def _store_annotated(self, make: Callable[[int], Frame]) -> Frame:
+        """Store a frame the camera thread read, with the ``annotate`` hook's data.
+
+        The hook runs before the frame is published and outside the lock (readers never wait
+        for it). The camera thread alone makes frames of a source that is not ``push`` (the only
+        kind with a hook), so the next ``seq`` is its own to give.
+        """
+        assert self.annotator is not None
+        frame = make(self._seq + 1)  # captured now: the hook's time is not the frame's
+        frame.data_json = self.annotator(frame)
+        with self._cond:
+            self._seq = frame.seq
             self._publish_locked(frame)
         self._notify_frame(frame)
         return frame

@@ -4,6 +4,10 @@ A source that delivers JPEG (a camera in MJPEG mode, an MJPEG file or stream,
 ``publish_jpeg``) makes frames that carry :attr:`Frame.jpeg`, the bytes exactly as the source
 made them; their pixels are decoded only when something asks for :attr:`Frame.image`, at most
 once, whichever thread asks first. Other sources make frames from pixels, with no JPEG.
+
+A frame may carry the application's data for it (:attr:`Frame.data_json`: ``publish(...,
+data=)`` or the Streamer's ``annotate`` hook), serialized once when the frame is made; viewers
+that asked for data get it right before the frame's JPEG.
 """
 
 from __future__ import annotations
@@ -30,6 +34,9 @@ class Frame:
             from the JPEG frame header: :func:`camstream.capture.jpeg.inspect_jpeg`).
         on_decode: called once, in the decoding thread, when the JPEG is decoded to pixels
             (for counting decodes).
+        data_json: the application's data for this frame as compact JSON text
+            (:func:`camstream.protocol.encode_value`), or None for none. Set only before the
+            frame is published (the camera thread sets it after ``annotate``).
     """
 
     __slots__ = (
@@ -42,6 +49,7 @@ class Frame:
         "_image",
         "_decode_lock",
         "_on_decode",
+        "data_json",
     )
 
     def __init__(
@@ -55,6 +63,7 @@ class Frame:
         width: int | None = None,
         height: int | None = None,
         on_decode: Callable[[], None] | None = None,
+        data_json: str | None = None,
     ) -> None:
         if image is None and jpeg is None:
             raise ValueError("a Frame needs an image or a JPEG")
@@ -71,6 +80,7 @@ class Frame:
         self._image = image
         self._decode_lock = threading.Lock()
         self._on_decode = on_decode
+        self.data_json = data_json
 
     @property
     def image(self) -> np.ndarray:
@@ -105,4 +115,5 @@ class Frame:
 
     def __repr__(self) -> str:
         kind = f"jpeg={len(self.jpeg)}B" if self.jpeg is not None else "pixels"
-        return f"<Frame seq={self.seq} {self.width}x{self.height} {kind}>"
+        data = f" data={len(self.data_json)}ch" if self.data_json is not None else ""
+        return f"<Frame seq={self.seq} {self.width}x{self.height} {kind}{data}>"

@@ -247,5 +247,6 @@ class EncodeCache:
                 frame, variant, width, height, charge
             )
         return EncodedFrame(
-            frame.seq, data, width, height, quality, frame.captured_at, frame.captured_monotonic
+            frame.seq, data, width, height, quality, frame.captured_at, frame.captured_monotonic,
+            frame.data_json,
         )

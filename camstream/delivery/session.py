@@ -15,6 +15,12 @@ With adaptation on (``adapt``, the default) the loop's controller is a
 ladder its link carries, and every change of rung is announced in ``metadata`` (with the
 adaptive fields: ``adapt``, ``rung``, ``rungs``, ``link_kbps``, ``rtt_ms``, ``adapt_reason``)
 before the first frame of the new rung.
+
+Application data (issue 20): with ``data`` on, a frame that carries the application's data is
+preceded by its ``data`` message (after the ``frame`` message, right before the JPEG; from the
+fan-out in the same single write). ``app`` messages from the client go to the Streamer's
+handler (``on_app``) in the reader thread; the application's answers are queued with
+:meth:`ClientSession.post_app` (bounded: :data:`APP_QUEUE_LIMIT`).
 """
 
 from __future__ import annotations
@@ -41,11 +47,15 @@ from .viewer import ViewerLoop, ViewerStats
 if TYPE_CHECKING:
     from ..capture.frame import Frame
 
-__all__ = ["ClientSettings", "ClientSession", "SnapshotRequest"]
+__all__ = ["APP_QUEUE_LIMIT", "AppHandler", "ClientSettings", "ClientSession", "SnapshotRequest"]
 
 logger = logs.get_logger(__name__)
 
 _OUTBOX_LIMIT = 64  # queued replies beyond this are dropped (events are kept)
+APP_QUEUE_LIMIT = 32
+"""``app`` messages from the application waiting for one client; beyond, they are refused
+(:meth:`ClientSession.post_app` returns False)."""
+_NO_APP_HANDLER = "no application handler: this server takes no app messages"
 _SNAPSHOT_ERRORS = {  # what a WebSocket client is told when its snapshot fails
     SnapshotFailure.NO_FRAME: "no frame to snapshot yet",
     SnapshotFailure.NO_PLACE: "snapshot refused: server busy, try again",
@@ -62,7 +72,18 @@ class SnapshotRequest:
     quality: int | None
 
 
-_Outgoing = Union[dict[str, Any], SnapshotRequest]  # what the outbox holds
+# What the outbox holds: a message to encode, a snapshot request, or an app message's text.
+_Outgoing = Union[dict[str, Any], SnapshotRequest, str]
+
+AppHandler = Callable[["ClientSession", Any], Union[str, None]]
+"""The Streamer's handler of ``app`` messages: ``handler(session, value)`` in the reader thread;
+returns the text of an ``error`` message for the client, or None."""
+
+
+def _data_message(encoded: EncodedFrame) -> bytes:
+    """The WebSocket message of a frame's ``data`` (the fan-out's wire bytes, made once)."""
+    assert encoded.data_json is not None
+    return Connection.text_message(protocol.data_message_text(encoded.seq, encoded.data_json))
 
 
 def _frame_message(encoded: EncodedFrame) -> bytes:
@@ -81,6 +102,7 @@ class ClientSettings:
     max_bytes: int | None = None
     frame_info: bool = False
     adapt: bool = True  # adaptive delivery (issue 18): the rung of the ladder the link carries
+    data: bool = False  # the application's frame data (and its broadcasts)
 
     @functools.cached_property
     def variant(self) -> Variant:
@@ -106,6 +128,7 @@ class ClientSession:
         *,
         stall_timeout: float = 5.0,
         describe_camera: Callable[[], dict[str, Any]] | None = None,
+        on_app: AppHandler | None = None,
     ) -> None:
         self.connection = connection
         self._link = connection.link  # (looked at for every frame)
@@ -123,6 +146,8 @@ class ClientSession:
         self._settings_changed = True  # the first thing sent is the metadata
         self._outbox: collections.deque[_Outgoing] = collections.deque()
         self._describe_camera = describe_camera or (lambda: {})
+        self._on_app = on_app
+        self._app_queued = 0  # app messages in the outbox (under _lock)
         # Sender thread only:
         self._version = 0  # counts settings changes; metadata is resent when it moves
         # (width, height, quality, _version, rung) last announced in metadata
@@ -170,6 +195,7 @@ class ClientSession:
             "max_bytes": settings.max_bytes,
             "paused": self._paused,
             **adapt_fields(self._adaptive),
+            "data": settings.data,
             "frames_sent": stats.frames_sent,
             "frames_skipped": stats.frames_skipped,
             "bytes_sent": stats.bytes_sent,
@@ -212,6 +238,18 @@ class ClientSession:
             self._outbox.append(message)
         self._loop.nudge()
 
+    def post_app(self, text: str) -> bool:
+        """Queue an ``app`` message (its text, from :func:`protocol.app_message_text`) for
+        this client; any thread, never blocks. False if :data:`APP_QUEUE_LIMIT` of them are
+        waiting already (the client reads too slowly): this one is dropped."""
+        with self._lock:
+            if self._app_queued >= APP_QUEUE_LIMIT:
+                return False
+            self._app_queued += 1
+            self._outbox.append(text)
+        self._loop.nudge()
+        return True
+
     def update(self, **changes: Any) -> None:
         """Change settings; the viewer gets a new metadata message with the values in force."""
         with self._lock:
@@ -245,6 +283,16 @@ class ClientSession:
                 self._refuse(f"snapshot {problem}")
             if wanted:
                 self.post(SnapshotRequest(wanted["quality"]), droppable=True)
+        elif kind == "app":
+            self._handle_app(message["value"])
+
+    def _handle_app(self, value: Any) -> None:
+        """An ``app`` message's value to the Streamer's handler (reader thread); a problem it
+        reports, or the lack of a handler, goes back as an ``error``."""
+        handler = self._on_app
+        problem = _NO_APP_HANDLER if handler is None else handler(self, value)
+        if problem is not None:
+            self._refuse(problem)
 
     def apply_config(self, values: dict[str, Any], *, from_url: bool) -> None:
         """Apply settings from a ``config`` message or URL query; report refused values."""
@@ -317,15 +365,24 @@ class ClientSession:
                 return None  # metadata first: the sender does it
             self._send_metadata((encoded.width, encoded.height), quality, settings)
         connection = self.connection
+        with_data = settings.data and encoded.data_json is not None
         if round_ is None:
             if settings.frame_info:
                 connection.send_text(protocol.encode_message(self._frame_info(encoded, skipped)))
+            if with_data:
+                assert encoded.data_json is not None
+                connection.send_text(protocol.data_message_text(encoded.seq, encoded.data_json))
             connection.send_binary(encoded.data)
             return 0
         message = round_.wire(_frame_message, encoded)
-        if settings.frame_info:  # the frame's text and its JPEG in one write
-            text = protocol.encode_message(self._frame_info(encoded, skipped))
-            return connection.try_send_messages(Connection.text_message(text), message)
+        if settings.frame_info or with_data:  # the frame's texts and its JPEG in one write
+            texts = []
+            if settings.frame_info:
+                text = protocol.encode_message(self._frame_info(encoded, skipped))
+                texts.append(Connection.text_message(text))
+            if with_data:
+                texts.append(round_.wire(_data_message, encoded))  # made once a round
+            return connection.try_send_messages(*texts, message)
         return connection.try_send_messages(message)
 
     def stalled(self) -> None:
@@ -346,6 +403,10 @@ class ClientSession:
                 message = self._outbox.popleft()
             if isinstance(message, SnapshotRequest):
                 self._send_snapshot(message.quality)
+            elif isinstance(message, str):  # an app message, encoded by the application
+                with self._lock:
+                    self._app_queued -= 1
+                self.connection.send_text(message)
             else:
                 self.connection.send_text(protocol.encode_message(message))
         self._send_changed_settings()
@@ -409,6 +470,7 @@ class ClientSession:
             quality=quality,
             max_bytes=given.max_bytes if given is not None else settings.max_bytes,
             frame_info=settings.frame_info,
+            data=settings.data,
             paused=self._paused,
             **adapt_fields(adaptive),
             **self._describe_camera(),

@@ -43,6 +43,7 @@ class EncodedFrame:
     quality: int | None  # None: the source's own JPEG, passed through untouched
     captured_at: float
     captured_monotonic: float
+    data_json: str | None = None  # the frame's application data (Frame.data_json), sent with it
 
     @property
     def passed_through(self) -> bool:
@@ -86,5 +87,5 @@ def passed_through(frame: Frame) -> EncodedFrame:
     assert frame.jpeg is not None
     return EncodedFrame(
         frame.seq, frame.jpeg, frame.width, frame.height, None,
-        frame.captured_at, frame.captured_monotonic,
+        frame.captured_at, frame.captured_monotonic, frame.data_json,
     )

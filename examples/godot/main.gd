@@ -24,12 +24,18 @@ extends Control
 ##   print [code]CAMSTREAM_SMOKE STOPPED ...[/code] and exit 1.
 ## - [code]--timeout=S[/code]: print [code]CAMSTREAM_SMOKE TIMEOUT ...[/code], exit 1.
 ## - [code]--screenshot=PATH.png[/code]: save the window before quitting (needs a display).
+## - [code]--data[/code]: receive the application's data with each frame and draw its boxes over
+##   the video (run [code]python examples/detector.py[/code]); [kbd]D[/kbd] toggles the
+##   detector. [code]--toggle-after-frames=N[/code] toggles it once N frames with data were
+##   shown; with [code]--quit-after-frames[/code] the run then also waits for the detector's
+##   answer and a frame it sent with the detector off.
 
 # The addon's script by path rather than by its global name CamstreamClient: the global name is
 # registered by the editor's first scan of the project, so `godot --path examples/godot` on a
 # fresh clone (no .godot/ folder yet) could not resolve it. Your own scripts can just use
 # CamstreamClient once the project has been opened in the editor.
 const Client: GDScript = preload("res://addons/camstream/camstream_client.gd")
+const Overlay: GDScript = preload("res://box_overlay.gd")
 const SMOKE_PREFIX: String = "CAMSTREAM_SMOKE"
 const FORMAT_NAMES: PackedStringArray = ["L8", "LA8", "R8", "RG8", "RGB8", "RGBA8"]
 
@@ -41,9 +47,16 @@ var _rate_frames: int = 0
 var _rate_since_ms: int = 0
 var _rate_fps: float = 0.0
 var _finishing: bool = false
+var _toggle_after_frames: int = 0
+var _toggled: bool = false
+var _data_frames: int = 0
+var _app_messages: int = 0
+var _max_boxes: int = 0
+var _off_seen: bool = false  # a frame sent with the detector off, after our toggle
 
 @onready var _status: Label = %Status
 @onready var _client: Client = $CamstreamClient
+@onready var _overlay: Overlay = %Overlay
 
 
 func _ready() -> void:
@@ -69,6 +82,8 @@ func _ready() -> void:
 		_client.trusted_ca_path = str(args["ca"])
 	if args.has("insecure-tls"):
 		_client.tls_options = TLSOptions.client_unsafe()
+	_client.receive_data = args.has("data") or _client.receive_data
+	_toggle_after_frames = int(args.get("toggle-after-frames", 0))
 	_quit_after_frames = int(args.get("quit-after-frames", 0))
 	_screenshot_path = str(args.get("screenshot", ""))
 	var timeout_s: float = float(args.get("timeout", 0.0))
@@ -80,6 +95,8 @@ func _ready() -> void:
 	_client.frame_received.connect(_on_frame_received)
 	_client.event_received.connect(_on_event_received)
 	_client.connection_closed.connect(_on_connection_closed)
+	_client.frame_data_received.connect(_on_frame_data_received)
+	_client.app_message_received.connect(_on_app_message_received)
 	_update_label()
 
 
@@ -118,8 +135,40 @@ func _on_frame_received(_texture: ImageTexture) -> void:
 	_rate_frames += 1
 	if _first_frame_ms == 0:
 		_first_frame_ms = Time.get_ticks_msec()
-	if _quit_after_frames > 0 and _client.frames_decoded >= _quit_after_frames:
+	if _client.last_frame_data == null:
+		_overlay.show_data(null)  # boxes belong to their frame: none on this one
+	var toggle_done: bool = _toggle_after_frames == 0 or (_app_messages > 0 and _off_seen)
+	if _quit_after_frames > 0 and _client.frames_decoded >= _quit_after_frames and toggle_done:
 		_finish("OK")
+
+
+## The application's data of the frame about to be shown: its boxes go over it.
+func _on_frame_data_received(value: Variant, _seq: int) -> void:
+	_data_frames += 1
+	_overlay.show_data(value)
+	_max_boxes = maxi(_max_boxes, _overlay.boxes.size())
+	if _toggled and _app_messages > 0 and not _overlay.detecting:
+		_off_seen = true
+	if _toggle_after_frames > 0 and not _toggled and _data_frames >= _toggle_after_frames:
+		_toggled = true
+		toggle_detection()
+
+
+func _on_app_message_received(value: Variant) -> void:
+	_app_messages += 1
+	print("camstream: app ", JSON.stringify(value))
+	_update_label()
+
+
+## Asks the detector (examples/detector.py) to switch on or off; every viewer hears the answer.
+func toggle_detection() -> Error:
+	return _client.send_app({"toggle": "detect"})
+
+
+func _unhandled_input(event: InputEvent) -> void:
+	var key: InputEventKey = event as InputEventKey
+	if key != null and key.pressed and not key.echo and key.keycode == KEY_D:
+		toggle_detection()
 
 
 func _on_timeout() -> void:
@@ -144,6 +193,12 @@ func _update_label() -> void:
 			% [_rate_fps, _client.frames_decoded, _client.frames_dropped]
 		)
 		text += "\n%s | %s\n%s" % [stream, shown, delivery_text(_client)]
+	if _client.receive_data:
+		var boxes: int = _overlay.boxes.size()
+		text += (
+			"\ndetector %s, %d box%s (D toggles)"
+			% ["on" if _overlay.detecting else "off", boxes, "" if boxes == 1 else "es"]
+		)
 	_status.text = text
 
 
@@ -211,6 +266,10 @@ func _finish(outcome: String) -> void:
 		"requested=%dx%d" % [_client.requested_size.x, _client.requested_size.y],
 		"latency_ms=%d" % roundi(_client.latency_ms),
 		"close=%d" % _client.last_close_code,
+		"data_frames=%d" % _data_frames,
+		"boxes_max=%d" % _max_boxes,
+		"app_messages=%d" % _app_messages,
+		"detector_off_seen=%s" % str(_off_seen).to_lower(),
 		"status='%s'" % _client.status,
 	]
 	print(" ".join(fields))
