@@ -259,8 +259,10 @@ def drop_times(
     frames: list[list[Any]], metadata: list[list[Any]], dropped: float, cleared: float,
     end: float,
 ) -> dict[str, float | None]:
-    """Seconds from the drop to adapted, and from the link clearing to recovered."""
-    top = max((f[2] or 0) for f in frames if f[0] < dropped) if frames else None
+    """Seconds from the drop to adapted, and from the link clearing to recovered (back at
+    the width most frames had in the 2 s before the drop: the rung the fast link settled on)."""
+    before = collections.Counter(f[2] for f in frames if dropped - 2.0 <= f[0] < dropped)
+    top = before.most_common(1)[0][0] if before else None
 
     def first_second(start: float, stop: float, good: Any) -> float | None:
         t = start

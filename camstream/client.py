@@ -109,6 +109,10 @@ class Client:
         max_bytes: the largest JPEG this client takes (default 0: no limit, the full frames).
             ``None`` leaves it to the server, which keeps frames within 65535 bytes (Godot's
             limit) unless configured otherwise.
+        adapt: adaptive delivery (``?adapt=on|off``): the server sends each frame on the rung of
+            a quality ladder this client's link carries. None: the server's default (on). The
+            state is in :attr:`metadata` (``adapt``, ``rung``, ``rungs``, ``link_kbps``,
+            ``rtt_ms``, ``adapt_reason``; absent from servers before it).
         timeout: seconds to wait for the connection and for each message (default 10).
         on_event: called with every JSON message that is not metadata (events, errors, pongs).
         errors: what an ``error`` message from the server (a refused setting, such as
@@ -139,6 +143,7 @@ class Client:
         quality: int | None = None,
         max_bytes: int | None = 0,
         frame_info: bool = False,
+        adapt: bool | None = None,
         data: bool = False,
         on_app: Callable[[Any], None] | None = None,
         timeout: float = 10.0,
@@ -162,6 +167,7 @@ class Client:
             for key, value in (
                 ("fps", fps), ("width", width), ("height", height), ("quality", quality),
                 ("max_bytes", max_bytes), ("frame_info", "true" if frame_info else None),
+                ("adapt", None if adapt is None else "on" if adapt else "off"),
                 ("data", "true" if data else None),
             )
             if value is not None

@@ -229,6 +229,7 @@ CONFIG_FIELDS: dict[str, _Field] = {
     "height": _Field(int, 16, MAX_SIDE, nullable=True),
     "max_bytes": _Field(int, MIN_MAX_BYTES, 2**31 - 1, nullable=True, zero_is_none=True),
     "frame_info": _Field(bool, 0, 1),
+    "adapt": _Field(bool, 0, 1),  # adaptive delivery (issue 18); URL: on/off, 1/0, true/false
     "data": _Field(bool, 0, 1),  # the application's frame data (and its broadcasts)
 }
 """The settings a client can choose, in a ``config`` message or as URL query parameters."""
@@ -327,6 +328,14 @@ def parse_config(
         except ValueError as exc:
             problems.append(f"{key}: {exc}")
     return settings, problems
+
+
+def adapt_of(values: Mapping[str, Any], *, from_url: bool = False) -> bool:
+    """Whether settings (a URL query, ``from_url``, or a ``config`` message) ask for adaptive
+    delivery: their ``adapt``, on by default (and where the value is bad, which
+    :func:`parse_config` reports)."""
+    settings, _ = parse_config({"adapt": values.get("adapt", True)}, from_url=from_url)
+    return bool(settings.get("adapt", True))
 
 
 def _convert(spec: _Field, raw: Any, from_url: bool) -> Any:

@@ -307,3 +307,30 @@ def test_a_single_rung_ladder_never_moves() -> None:
     run = drive(ctrl, SimLink(0.5 * MBIT), 5.0, sizes=(50_000,))
     assert run.changes == []
     assert run.frames  # frames still go, as fast as the link drains them
+
+
+def test_a_reader_that_does_not_read_is_not_a_slow_link() -> None:
+    """Bytes queue because the viewer's own receive window is full (a program busy with each
+    frame): no step down, the frame waits; the same queue on the link steps down at once."""
+    queued = LinkState(rate=4 * MBIT, measured=True, backlog=400_000, unsent=400_000)
+    reader = AdaptController(len(SIZES), SIZES)
+    reader.sent(0, SIZES[0], 0.0)
+    stuck = replace(queued, reader_limited=True)
+    decision = reader.decide(0.1, stuck, 30.0, 30.0)
+    assert (decision.rung, decision.send, decision.reason) == (0, False, None)
+    link = AdaptController(len(SIZES), SIZES)
+    link.sent(0, SIZES[0], 0.0)
+    decision = link.decide(0.1, queued, 30.0, 30.0)
+    assert decision.rung > 0 and not decision.send and decision.reason == "link"
+
+
+
+def test_a_viewer_on_this_machine_is_never_stepped_down() -> None:
+    """Bytes that queue on loopback wait for a busy reader or CPU, not a link: the frame
+    waits, the rung stays (encoding a smaller one would only cost more CPU)."""
+    queued = LinkState(rate=15 * MBIT, backlog=52_000, unsent=52_000, rtt=0.01, min_rtt=2e-5)
+    ctrl = AdaptController(len(SIZES), SIZES, local=True)
+    ctrl.sent(0, 26_000, 0.0)
+    decision = ctrl.decide(0.1, queued, 30.0, 30.0)
+    assert (decision.rung, decision.send) == (0, False)
+    assert AdaptController(len(SIZES), SIZES).decide(0.1, queued, 30.0, 30.0).rung > 0

@@ -377,9 +377,10 @@ def test_the_fanout_encodes_only_the_default_and_the_most_used_variant() -> None
     assert round_.encoded(cache, frame, odd) is by_its_thread and cache.encodes == 3
 
 
-def test_a_viewer_of_its_own_size_is_served_by_its_own_thread(streamer_factory) -> None:
-    """One viewer asks for 160 wide, three take the default: the fan-out serves the three,
-    the small one's own thread encodes and sends its frames."""
+def test_a_viewer_of_its_own_size_is_served_after_the_others(streamer_factory) -> None:
+    """One viewer asks for 160 wide, three take the default: the fan-out serves the three
+    first; the small one's frame is encoded after them (the fan-out's second pass, or its own
+    thread), every frame of it 160 wide."""
     streamer = streamer_factory("test", width=320, height=240, fps=30)
     urls = {"plain0": streamer.url, "plain1": streamer.url, "plain2": streamer.url,
             "small": streamer.url + "?width=160"}
@@ -407,8 +408,8 @@ def test_a_viewer_of_its_own_size_is_served_by_its_own_thread(streamer_factory) 
     assert all(len(frames) >= 50 for frames in received.values()), received.keys()
     assert all(decode_jpeg(f).shape[1] == 160 for f in received["small"])
     for width, s in stats:
-        if width == 160:  # (the first frame or two may race the others' variants coming in)
-            assert s.frames_sent >= 50 and s.fast_frames <= 0.1 * s.frames_sent, s
+        if width == 160:
+            assert s.frames_sent >= 50, s
         else:
             assert s.fast_frames >= 0.8 * s.frames_sent, s
 

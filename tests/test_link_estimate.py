@@ -260,7 +260,7 @@ def streamer_on() -> Iterator[object]:
 
 
 def start_viewer(lane: Lane | None, host: str, port: int) -> subprocess.Popen[str]:
-    argv = [sys.executable, "-c", VIEWER, host, str(port), "/?max_bytes=0"]
+    argv = [sys.executable, "-c", VIEWER, host, str(port), "/?max_bytes=0&adapt=off"]
     if lane is None:
         return subprocess.Popen(argv, stdout=subprocess.PIPE, text=True)
     return lane.popen(argv, stdout=subprocess.PIPE, text=True)
@@ -492,3 +492,18 @@ def test_shaped_links_clean_up_after_a_failure() -> None:
             raise RuntimeError("boom")
     listed = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
     assert lane.namespace not in listed
+
+
+def test_a_full_receive_window_is_the_reader_not_the_link() -> None:
+    """Bytes wait while the reader's advertised window is full: what is acknowledged then is
+    the reader's pace, not a measured rate of the link."""
+    estimate = LinkEstimate()
+    acked = 0
+    for i in range(40):
+        at = i * 0.01
+        acked += 500  # the reader takes 50 KB/s
+        estimate.wrote(at, 500)
+        estimate.add(LinkSample(at, acked=acked, unsent=200_000, notsent=150_000, busy=at,
+                                rtt=0.01, min_rtt=0.001, rwnd=at, window_full=True))
+    state = estimate.state(0.4)
+    assert state.reader_limited and not state.measured

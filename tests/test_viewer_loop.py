@@ -104,8 +104,12 @@ class HoldOrSwitch:
     def __init__(self, other: Variant | None) -> None:
         self.other = other
         self.record: list[tuple[Variant, int]] = []
+        self.retry_at = 0.0
 
-    def choose(self, wanted: Variant, unsent_bytes: int | None, now: float) -> Variant | None:
+    def choose(
+        self, top: Variant, fps: float, frame: Frame, unsent_bytes: int | None, now: float
+    ) -> Variant | None:
+        self.retry_at = now + 0.005
         return self.other
 
     def sent(self, variant: Variant, size: int, now: float) -> None:
@@ -297,3 +301,31 @@ def test_nothing_is_sent_once_the_loop_ended(camera, cache) -> None:
     assert not loop.offer(publish(camera), output, FanOutRound())
     assert output.log == []
     loop.release()
+
+
+def test_a_rung_is_registered_with_the_cache_while_the_viewer_is_on_it(camera, cache) -> None:
+    """A variant below the one given (adaptive delivery's rung) takes no place under the cap
+    but is counted below its top while used, and given back when the loop ends."""
+    rung = Variant(width=80, quality=60)
+    controller = HoldOrSwitch(rung)
+    output = Recorder()
+    loop = ViewerLoop(camera, cache, stall_timeout=TIMEOUT, controller=controller)
+    publish(camera)
+    with Running(loop, output):
+        loop.nudge()
+        assert output.wait_for("frame")[0][2] == rung
+        assert loop.sending == rung and loop.given == output.variant
+        assert cache.admission._rungs == {output.variant: {rung: 1}}
+    assert cache.admission._rungs == {} and cache.live_variants == 0
+
+
+def test_frames_held_for_longer_than_the_stall_timeout_drop_the_viewer(camera, cache) -> None:
+    """A controller that holds every frame (its link never drains): after the stall timeout
+    with nothing sent the viewer is dropped, as a viewer behind for that long is."""
+    output = Recorder()
+    loop = ViewerLoop(camera, cache, stall_timeout=0.2, controller=HoldOrSwitch(None))
+    with Running(loop, output):
+        for _ in range(3):
+            publish(camera)
+        assert output.stalled_called.wait(TIMEOUT)
+    assert output.of("frame") == []

@@ -31,6 +31,13 @@ The rules, with ``f`` the viewer's rate (its requested rate, at most the camera'
   that reached it failed (``"probe_failed"``): the next probe into it waits twice as long
   (from ``probe_backoff_s`` to ``max_backoff_s``), until the link's rate doubles.
 * A viewer on a fast link never leaves the top rung: nothing queues, so nothing steps down.
+* **The reader, not the link.** While the viewer's own receive window holds the sending back
+  (``LinkState.reader_limited``: a program busy with each frame, a reader that stopped), no
+  step down: smaller frames would not make it read faster. Frames wait (are skipped) as
+  without adaptation. Nor for a viewer on this machine (``local``: loopback, or the server's
+  own address), whose path is never slower than a camera: bytes that queue there wait for a
+  busy reader or a busy CPU, and encoding smaller rungs would only take more of it. (The
+  round-trip time cannot tell: a shaper's bucket lets single packets through at once.)
 
 Not thread-safe: one viewer's loop thread. Times in seconds (``time.monotonic()``), rates in
 bytes/s, sizes in bytes.
@@ -73,6 +80,7 @@ class AdaptController:
         model_bytes: the ladder's guess of each rung's bytes, top first (its ratios give the
             priors of rungs never seen); None: each rung half the one above.
         now: when the viewer starts (its first rung is the top).
+        local: the viewer is on this machine: never stepped down (see the module docstring).
     """
 
     def __init__(
@@ -88,7 +96,9 @@ class AdaptController:
         probe_window_s: float = 2.0,
         probe_backoff_s: float = 1.0,
         max_backoff_s: float = 30.0,
+        local: bool = False,
     ) -> None:
+        self.local = local
         self.headroom = headroom
         self.down_at = down_at
         self.up_dwell_s = up_dwell_s
@@ -199,7 +209,9 @@ class AdaptController:
     def _down(
         self, now: float, link: LinkState, f: float, period: float, queued: float | None
     ) -> str | None:
-        if self.rung == self.rungs - 1 or now < self._down_ok_at:
+        if self.rung == self.rungs - 1 or now < self._down_ok_at or link.reader_limited:
+            return None
+        if self.local:
             return None
         if link.measured and link.rate is not None:
             if self.expected_bytes(self.rung, now) * f > self.down_at * link.rate:

@@ -104,6 +104,7 @@ class VariantAdmission:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.default_quality = default_quality
+        self.default_max_bytes = default_max_bytes
         self.max_variants = max_variants
         self.defaults = frozenset({Variant(), Variant(max_bytes=default_max_bytes)})
         """The server's default variants: never capped, never budgeted."""

@@ -101,6 +101,21 @@ class EncodeCache:
         """A viewer no longer uses ``given`` (a variant :meth:`assign` returned)."""
         self.admission.release(given)
 
+    def assign_rung(self, top: Variant, rung: Variant) -> Variant:
+        """Move a viewer of ``top`` (a variant :meth:`assign` gave it) to ``rung``, a variant
+        of its quality ladder; returns the rung it gets (:meth:`VariantAdmission.assign_rung`).
+        Give it back with :meth:`release_rung`."""
+        return self.admission.assign_rung(top, rung)
+
+    def release_rung(self, top: Variant, rung: Variant) -> None:
+        """A viewer of ``top`` no longer uses ``rung`` (which :meth:`assign_rung` gave it)."""
+        self.admission.release_rung(top, rung)
+
+    @property
+    def default_max_bytes(self) -> int | None:
+        """The byte limit viewers get when they ask for none (None: no limit)."""
+        return self.admission.default_max_bytes
+
     def encodes_inline(self) -> frozenset[Variant]:
         """The variants the fan-out may encode itself (:meth:`VariantAdmission.encodes_inline`;
         kept here for callers of the time before the split)."""

@@ -12,9 +12,13 @@ non-blocking write; nothing is woken.
 
 A :class:`FanOutRound` is one frame's shared work: each JPEG's encode, and each output kind's
 wire bytes of it (the WebSocket message, the MJPEG part), made once and shared by every viewer
-of that JPEG; the outputs build them (this module knows no output and no protocol). The
-fan-out encodes only the default variants and the one most viewers use; a viewer of another
-size is encoded for by its own thread, in parallel.
+of that JPEG; the outputs build them (this module knows no output and no protocol). In its
+first pass the fan-out encodes only the default variants and the one most viewers use, so a
+few viewers asking for their own size never delay everyone else's frame. Then, once every
+other viewer has its frame, a second pass encodes the variants the first one left (the rungs
+of adaptive delivery's quality ladders, other sizes: each once) and offers the frame again to
+the viewers that wanted them, while the frame is young (half a camera period); a viewer still
+left is woken, and its own thread encodes (in parallel).
 
 Everything else goes to the viewer's own thread exactly as without the fast path: a viewer
 that is behind, queued text messages, metadata, snapshots. A write the kernel takes only in
@@ -25,6 +29,7 @@ thread (woken) writes it before anything else, so messages keep their order.
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable, Sequence
 from typing import Protocol
 
@@ -57,6 +62,10 @@ class FanOutRound:
     once. Used by the fan-out's thread only."""
 
     def __init__(self) -> None:
+        self.encode_any = False
+        """The second pass: any variant asked for is encoded here (else only inline ones)."""
+        self.left_unmade = False
+        """Set when :meth:`encoded` returned None: a variant this pass may not encode."""
         self._inline: frozenset[Variant] | None = None  # the variants encoded here if need be
         self._encoded: dict[tuple[int, Variant], tuple[Frame, EncodedFrame]] = {}
         # builder -> id(jpeg) -> (jpeg, wire bytes); the JPEG is kept so its id is not reused
@@ -75,11 +84,12 @@ class FanOutRound:
         if entry is None or entry[0] is not frame:
             if self._inline is None:
                 self._inline = cache.encodes_inline()
-            if variant in self._inline:
+            if self.encode_any or variant in self._inline:
                 result: EncodedFrame | None = cache.get(frame, variant)
             else:
                 result = cache.made(frame, variant)
             if result is None:
+                self.left_unmade = True
                 return None  # (asked again for the next viewer: its thread may have made it)
             entry = self._encoded[key] = (frame, result)
         return entry[1]
@@ -135,19 +145,38 @@ class FanOut:
             if self._stopping.is_set() or frame is None or frame.seq == last_seq:
                 continue
             last_seq = frame.seq
-            fan_out(frame, self._viewers())
+            fan_out(frame, self._viewers(), frame.captured_monotonic + 0.5 / self._camera.fps)
 
 
-def fan_out(frame: Frame, viewers: Sequence[FastViewer]) -> None:
-    """Offer ``frame`` to every viewer; wake the thread of each one that did not take it."""
+def fan_out(frame: Frame, viewers: Sequence[FastViewer], until: float | None = None) -> None:
+    """Offer ``frame`` to every viewer; wake the thread of each one that did not take it.
+
+    Viewers left for want of an encode this pass may not make are offered the frame again
+    once every other viewer was served, with those encodes made here, if ``until``
+    (``time.monotonic()``) has not passed; else, and if still not taken, woken too.
+    """
     round_ = FanOutRound()
+    later = []
     for viewer in viewers:
-        try:
-            taken = viewer.offer(frame, round_)
-        except ConnectionClosedError:
-            taken = False  # the viewer's own thread sees the connection closed
-        except Exception:
-            logger.exception("fan-out to %r failed", viewer)
-            taken = False
-        if not taken:
+        round_.left_unmade = False
+        if _offer(viewer, frame, round_):
+            continue
+        if until is not None and round_.left_unmade:
+            later.append(viewer)
+        else:
             viewer.wake()
+    if later and until is not None:
+        round_.encode_any = True
+        for viewer in later:
+            if time.monotonic() > until or not _offer(viewer, frame, round_):
+                viewer.wake()
+
+
+def _offer(viewer: FastViewer, frame: Frame, round_: FanOutRound) -> bool:
+    try:
+        return viewer.offer(frame, round_)
+    except ConnectionClosedError:
+        return False  # the viewer's own thread sees the connection closed
+    except Exception:
+        logger.exception("fan-out to %r failed", viewer)
+        return False

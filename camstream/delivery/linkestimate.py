@@ -88,6 +88,12 @@ class LinkSample:
     """Smoothed round-trip time, s."""
     min_rtt: float | None = None
     """Lowest round-trip time seen, s."""
+    rwnd: float | None = None
+    """Seconds so far during which the reader's receive window held the sending back
+    (``tcpi_rwnd_limited``): the reader, not the path, was the limit."""
+    window_full: bool | None = None
+    """Whether bytes wait while what is in flight fills the reader's advertised window
+    (``tcpi_snd_wnd``, less a segment): the reader is not taking them now."""
 
 
 @dataclass(frozen=True)
@@ -118,6 +124,11 @@ class LinkState:
     offered: float = 0.0
     """Bytes written per second over the window (reported with :meth:`LinkEstimate.wrote`):
     a :attr:`rate` from bursts not well above it says little about what the link could carry."""
+    reader_limited: bool = False
+    """True if for half the newest interval, or of the window, the reader's receive window
+    held the sending back
+    (``tcpi_rwnd_limited``): the viewer does not read as fast as its link could carry (a
+    program busy with each frame, a reader that stopped), and smaller frames would not help."""
 
     @property
     def kbps(self) -> float | None:
@@ -140,6 +151,7 @@ class _Interval:
     acked: int
     busy: float
     new_burst: bool
+    rwnd: float = 0.0
 
 
 @dataclass
@@ -150,6 +162,7 @@ class _Totals:
     acked: int = 0
     busy: float = 0.0
     bursts: int = 0
+    rwnd: float = 0.0
 
 
 class LinkEstimate:
@@ -175,6 +188,7 @@ class LinkEstimate:
         self._rtt: float | None = None
         self._min_rtt: float | None = None
         self._last_rate: tuple[float, bool] | None = None  # kept while the window is empty
+        self._reader_now = False  # the newest interval was held back by the reader's window
 
     # Input
 
@@ -209,11 +223,20 @@ class LinkEstimate:
         if acked is None or prev_acked is None or acked < prev_acked:
             self._run.clear()
             return
-        self._take_backlogged(prev, sample, acked, prev_acked, writes)
+        rwnd = 0.0
+        if sample.rwnd is not None and prev.rwnd is not None:
+            rwnd = max(sample.rwnd - prev.rwnd, 0.0)
+        # Held back by the reader's window for most of the interval: the reader's pace, not
+        # the link's (no measured figure from it).
+        self._reader_now = bool(sample.window_full) or rwnd >= 0.5 * (sample.at - prev.at)
+        if self._reader_now:
+            self._run.clear()
+        else:
+            self._take_backlogged(prev, sample, acked, prev_acked, writes)
         if sample.busy is not None and prev.busy is not None:
             self._keep(_Interval(
                 sample.at, sample.at - prev.at, acked - prev_acked,
-                max(sample.busy - prev.busy, 0.0), prev.unsent == 0,
+                max(sample.busy - prev.busy, 0.0), prev.unsent == 0, rwnd,
             ))
 
     def _keep(self, interval: _Interval, sign: int = 1) -> None:
@@ -224,6 +247,7 @@ class LinkEstimate:
         totals.seconds += sign * interval.seconds
         totals.acked += sign * interval.acked
         totals.busy += sign * interval.busy
+        totals.rwnd += sign * interval.rwnd
         totals.bursts += sign * (interval.new_burst and interval.acked > 0)
 
     def _take_backlogged(
@@ -278,6 +302,9 @@ class LinkEstimate:
             busy_fraction=self._busy_fraction(),
             draining=self._draining(),
             offered=self._written_total / self.window_s,
+            reader_limited=self._reader_now or (
+                self._totals.seconds > 0 and self._totals.rwnd >= 0.5 * self._totals.seconds
+            ),
         )
 
     def _expire(self, now: float) -> None:
@@ -350,12 +377,18 @@ class LinkEstimate:
         return prev.notsent + max(int(in_flight - in_path), 0)
 
 
-def sample_socket(sock: socket.socket, at: float, unsent: int | None = None) -> LinkSample:
+def sample_socket(
+    sock: socket.socket, at: float, unsent: int | None = None, held: int = 0
+) -> LinkSample:
     """A :class:`LinkSample` of ``sock`` now (``at``: the caller's ``time.monotonic()``).
 
     ``unsent`` is the socket's ``SIOCOUTQ`` if the caller has it (``Link.unsent_bytes()``);
     else it is worked out from ``TCP_INFO`` (bytes sent, less retransmitted and acknowledged,
-    plus not yet sent). Without ``TCP_INFO`` only ``unsent`` is known. Any thread; never raises.
+    plus not yet sent). ``held`` is bytes written that the kernel has not even been given yet
+    (``Link.pending``: the rest of a message a non-blocking write began, TLS ciphertext
+    included): they count as not sent (and in ``unsent``, which from ``Link.unsent_bytes()``
+    already holds them). Without ``TCP_INFO`` only ``unsent`` is known. Any thread; never
+    raises.
     """
     info = read_tcp_info(sock)
     if info is None:
@@ -363,10 +396,19 @@ def sample_socket(sock: socket.socket, at: float, unsent: int | None = None) -> 
     if unsent is None and None not in (info.bytes_sent, info.bytes_acked, info.notsent_bytes):
         retrans = info.bytes_retrans or 0
         in_flight = info.bytes_sent - retrans - info.bytes_acked  # type: ignore[operator]
-        unsent = max(in_flight, 0) + info.notsent_bytes  # type: ignore[operator]
+        unsent = max(in_flight, 0) + info.notsent_bytes + held  # type: ignore[operator]
+    notsent = info.notsent_bytes
+    if held and notsent is not None:
+        notsent += held
     acked = info.bytes_acked
     if acked is not None and info.sacked and info.snd_mss:
         acked += info.sacked * info.snd_mss  # received beyond a hole: delivered already
+    window_full = None
+    if info.snd_wnd is not None and info.bytes_sent is not None and acked is not None:
+        in_flight = info.bytes_sent - (info.bytes_retrans or 0) - (info.bytes_acked or 0)
+        window_full = (
+            (bool(notsent) or in_flight > 0) and in_flight + (info.snd_mss or 1) > info.snd_wnd
+        )
     busy = info.busy_time
     if busy is not None:  # the kernel counts these apart from busy_time, not within it
         busy += (info.rwnd_limited or 0.0) + (info.sndbuf_limited or 0.0)
@@ -374,10 +416,12 @@ def sample_socket(sock: socket.socket, at: float, unsent: int | None = None) -> 
         at,
         acked=acked,
         unsent=unsent,
-        notsent=info.notsent_bytes,
+        notsent=notsent,
         busy=busy,
         rtt=info.rtt,
         min_rtt=info.min_rtt,
+        rwnd=info.rwnd_limited,
+        window_full=window_full,
     )
 
 
@@ -401,10 +445,18 @@ class SocketMeter:
         self.estimate = estimate if estimate is not None else LinkEstimate()
         self._unsent = unsent
 
-    def sample(self, now: float) -> LinkState:
-        """Look at the socket now (right before a write) and return the estimate."""
-        unsent = self._unsent() if self._unsent is not None else None
-        self.estimate.add(sample_socket(self.sock, now, unsent))
+    def sample(
+        self, now: float, unsent: int | None = None, held: int = 0
+    ) -> LinkState:
+        """Look at the socket now (right before a write) and return the estimate.
+
+        ``unsent``: the caller's fresh ``Link.unsent_bytes()`` if it has one (else the
+        ``unsent`` callable given, if any, is asked); ``held``: ``Link.pending``, bytes not yet
+        handed to the kernel (see :func:`sample_socket`).
+        """
+        if unsent is None and self._unsent is not None:
+            unsent = self._unsent()
+        self.estimate.add(sample_socket(self.sock, now, unsent, held))
         return self.estimate.state(now)
 
     def wrote(self, now: float, nbytes: int) -> None:

@@ -8,6 +8,11 @@ itself: a reader that stops reading is dropped after the stall timeout. The fan-
 (:mod:`camstream.delivery.fanout`) may write a due frame's part from its own thread instead
 (:meth:`MjpegStream.offer`; the part is built once per JPEG for every stream); the stream's
 thread writes the rest of a part the kernel did not take whole.
+
+With adaptation on (``?adapt=on``, the default) the stream's loop has a
+:class:`~.linkcontrol.LinkController`: each part is on the rung of the viewer's quality ladder
+its link carries (a smaller or lower-quality JPEG: an MJPEG reader takes each part's size as it
+comes), and frames wait while the link drains rather than queue in the kernel.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from ..capture.camera import CameraThread
 from ..ws import HttpExchange
 from .encoder import EncodeCache, EncodedFrame, Variant
 from .fanout import FanOutRound
+from .linkcontrol import LinkController, adapt_fields
 from .viewer import ViewerLoop, ViewerStats
 
 if TYPE_CHECKING:
@@ -41,6 +47,8 @@ class MjpegStream:
         address: the client's address (for stats and logs).
         variant, fps: what the viewer asked for (the variant cap may give another variant).
         stall_timeout: seconds it may be behind before it is dropped.
+        adapt: adaptive delivery (the rung of the quality ladder its link carries); False:
+            every frame in the variant given, frames skipped while the link is behind.
     """
 
     def __init__(
@@ -54,12 +62,17 @@ class MjpegStream:
         variant: Variant,
         fps: float,
         stall_timeout: float,
+        adapt: bool = False,
     ) -> None:
         self.id = stream_id
         self.address = address
         self.fps = fps
         self._exchange = exchange
-        self._loop = ViewerLoop(camera, cache, stall_timeout)
+        self._adaptive = LinkController(
+            exchange.link, default_quality=cache.default_quality,
+            default_max_bytes=cache.default_max_bytes,
+        ) if adapt else None
+        self._loop = ViewerLoop(camera, cache, stall_timeout, self._adaptive)
         self._wanted = variant
         self._variant = self._loop.variant(variant)  # the one given; released by run()
         self._running = False  # the fan-out may write only once the headers went, in run()
@@ -103,7 +116,7 @@ class MjpegStream:
 
     def info(self, now: float) -> dict[str, Any]:
         """This stream in ``stats()["http"]["mjpeg_streams"]``."""
-        stats, variant = self._loop.stats, self._variant
+        stats, variant = self._loop.stats, self._loop.sending or self._variant
         return {
             "id": self.id,
             "address": self.address,
@@ -112,6 +125,7 @@ class MjpegStream:
             "height": variant.height,
             "quality": variant.quality,
             "max_bytes": variant.max_bytes,
+            **adapt_fields(self._adaptive),
             "frames_sent": stats.frames_sent,
             "frames_skipped": stats.frames_skipped,
             "bytes_sent": stats.bytes_sent,

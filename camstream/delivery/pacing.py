@@ -34,6 +34,7 @@ class Pacer:
         self.due = 0.0  # time.monotonic() when the next frame may go; 0.0: at once
         self._stall_timeout = stall_timeout
         self._behind_since: float | None = None
+        self._held_since: float | None = None  # frames held back by the viewer's controller
 
     def wait_s(self, now: float, camera_fps: float) -> float:
         """Seconds until the next frame may go (zero or less: now)."""
@@ -72,10 +73,25 @@ class Pacer:
         since = self._behind_since
         return since is not None and now - since > self._stall_timeout
 
+    def held(self, now: float) -> bool:
+        """A frame due now was held back (the viewer's controller waits for its link to drain);
+        returns whether frames have been held since longer than the stall timeout with none
+        sent: the viewer stopped reading, and should be dropped as a stalled one is."""
+        since = self._held_since
+        if since is None:
+            self._held_since = now
+            return False
+        return now - since > self._stall_timeout
+
+    def release_hold(self) -> None:
+        """Forget frames held so far (a new rate or controller starts now)."""
+        self._held_since = None
+
     def sent(self, seq: int, size: int, now: float, fps: float, camera_fps: float) -> int:
         """Record that frame ``seq`` went out at ``now``; returns how many frames were skipped."""
         skipped = seq - self.last_seq - 1 if self.last_seq else 0
         self.last_seq, self.last_size = seq, size
+        self._held_since = None
         if fps >= camera_fps * 0.999:
             self.due = 0.0
         else:

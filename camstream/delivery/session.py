@@ -10,6 +10,12 @@ sends queued control replies, events, snapshots and (when the size, quality or s
 changed) a fresh ``metadata`` message; with ``frame_info`` on, a ``frame`` message precedes each
 JPEG (on the fan-out's path too: both go out in one non-blocking write).
 
+With adaptation on (``adapt``, the default) the loop's controller is a
+:class:`~.linkcontrol.LinkController`: each frame goes on the rung of the viewer's quality
+ladder its link carries, and every change of rung is announced in ``metadata`` (with the
+adaptive fields: ``adapt``, ``rung``, ``rungs``, ``link_kbps``, ``rtt_ms``, ``adapt_reason``)
+before the first frame of the new rung.
+
 Application data (issue 20): with ``data`` on, a frame that carries the application's data is
 preceded by its ``data`` message (after the ``frame`` message, right before the JPEG; from the
 fan-out in the same single write). ``app`` messages from the client go to the Streamer's
@@ -23,6 +29,7 @@ import collections
 import dataclasses
 import functools
 import threading
+import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Union
 
@@ -33,6 +40,7 @@ from ..protocol import CloseCode, ProtocolInputError
 from ..ws import Connection
 from .encoder import EncodeCache, EncodedFrame, Variant, fit_size
 from .fanout import FanOutRound
+from .linkcontrol import LinkController, adapt_fields
 from .snapshot import SnapshotFailure, take_snapshot
 from .viewer import ViewerLoop, ViewerStats
 
@@ -93,6 +101,7 @@ class ClientSettings:
     height: int | None = None
     max_bytes: int | None = None
     frame_info: bool = False
+    adapt: bool = True  # adaptive delivery (issue 18): the rung of the ladder the link carries
     data: bool = False  # the application's frame data (and its broadcasts)
 
     @functools.cached_property
@@ -126,6 +135,8 @@ class ClientSession:
         self._camera = camera
         self._cache = cache
         self._loop = ViewerLoop(camera, cache, stall_timeout)
+        # The adaptive controller while adaptation is on (sender thread; read by stats()).
+        self._adaptive: LinkController | None = None
         # _lock guards _outbox and _settings_changed (both threads take and reset them). The
         # reader thread writes _settings and _paused under it too; the sender reads those two
         # unlocked: each is one reference, replaced whole, and a change raises the flag.
@@ -139,8 +150,8 @@ class ClientSession:
         self._app_queued = 0  # app messages in the outbox (under _lock)
         # Sender thread only:
         self._version = 0  # counts settings changes; metadata is resent when it moves
-        # (width, height, quality, _version) last announced in metadata
-        self._announced: tuple[int, int, int | None, int] | None = None
+        # (width, height, quality, _version, rung) last announced in metadata
+        self._announced: tuple[int, int, int | None, int, int] | None = None
         self._sending = settings  # the settings of the frame being sent
         self._thread = threading.Thread(
             target=logs.thread_target(self._run), name=f"camstream-sender-{connection.id}",
@@ -183,6 +194,7 @@ class ClientSession:
             "quality": settings.quality,
             "max_bytes": settings.max_bytes,
             "paused": self._paused,
+            **adapt_fields(self._adaptive),
             "data": settings.data,
             "frames_sent": stats.frames_sent,
             "frames_skipped": stats.frames_skipped,
@@ -346,7 +358,9 @@ class ClientSession:
     ) -> int | None:
         settings = self._sending
         quality = self._announced_quality(encoded.passed_through, variant)
-        if (encoded.width, encoded.height, quality, self._version) != self._announced:
+        adaptive = self._adaptive
+        rung = 0 if adaptive is None else adaptive.rung
+        if (encoded.width, encoded.height, quality, self._version, rung) != self._announced:
             if round_ is not None:
                 return None  # metadata first: the sender does it
             self._send_metadata((encoded.width, encoded.height), quality, settings)
@@ -402,17 +416,36 @@ class ClientSession:
             changed, self._settings_changed = self._settings_changed, False
         if changed:
             self._version += 1
-            self._loop.restart_clock()
             settings = self._settings
-            variant = self._loop.variant(settings.variant)
+            self._adapt(settings)
+            self._loop.restart_clock()
+            self._loop.variant(settings.variant)
+            variant = self._loop.sending
+            assert variant is not None
             latest = self._camera.latest()
             width, height = (
                 (latest.width, latest.height) if latest is not None
                 else (self._camera.width, self._camera.height)
             )
+            if self._adaptive is not None and latest is not None:
+                self._adaptive.prepare(
+                    self._loop.given or variant, latest, self._effective_fps(settings),
+                    time.monotonic(),
+                )
             passed = latest is not None and self._cache.passes_through(latest, variant)
             size = fit_size(width, height, variant.width, variant.height)
             self._send_metadata(size, self._announced_quality(passed, variant), settings)
+
+    def _adapt(self, settings: ClientSettings) -> None:
+        """Adaptation on or off as ``settings`` say (a controller kept while it stays on)."""
+        if not settings.adapt:
+            self._adaptive = None
+        elif self._adaptive is None:
+            self._adaptive = LinkController(
+                self._link, default_quality=self._cache.default_quality,
+                default_max_bytes=self._cache.default_max_bytes,
+            )
+        self._loop.set_controller(self._adaptive)
 
     def _announced_quality(self, passed_through: bool, variant: Variant) -> int | None:
         """The metadata's ``quality``: None for the source's own JPEGs, else the one used."""
@@ -426,8 +459,10 @@ class ClientSession:
     def _send_metadata(
         self, size: tuple[int, int], quality: int | None, settings: ClientSettings
     ) -> None:
-        self._announced = (size[0], size[1], quality, self._version)
-        given = self._loop.given
+        adaptive = self._adaptive
+        rung = 0 if adaptive is None else adaptive.rung
+        self._announced = (size[0], size[1], quality, self._version, rung)
+        given = self._loop.sending
         message = protocol.metadata_message(
             width=size[0],
             height=size[1],
@@ -437,6 +472,7 @@ class ClientSession:
             frame_info=settings.frame_info,
             data=settings.data,
             paused=self._paused,
+            **adapt_fields(adaptive),
             **self._describe_camera(),
         )
         self.connection.send_text(protocol.encode_message(message))

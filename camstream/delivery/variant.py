@@ -56,7 +56,7 @@ def fit_size(
 ) -> tuple[int, int]:
     """The size of a ``width`` x ``height`` picture scaled down to fit the box, aspect kept.
 
-    Rounds the way ``imutils.resize`` does, which does the scaling.
+    Rounds the way ``imutils.resize`` does (the sizes of every encode so far).
     """
     width_scale = box_width / width if box_width is not None else 1.0
     height_scale = box_height / height if box_height is not None else 1.0

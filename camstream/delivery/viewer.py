@@ -15,10 +15,11 @@ viewer's own thread (which may block and may encode any variant) or, through
 :class:`~.fanout.FanOutRound` allows, and leaves to the viewer's thread anything else). Its
 steps, in order: the output says what it wants (:meth:`ViewerOutput.ready`; the viewer's thread
 first writes what is owed), the Pacer says whether this frame is due, the viewer must not be
-behind, the viewer's :class:`Controller` (if it has one) picks the variant for this frame or
-holds it back, the
-cache gives the JPEG, the output writes it (:meth:`ViewerOutput.send`, with any text message
-that goes with the frame), and the Pacer, the controller and :class:`ViewerStats` record it.
+behind, the viewer's :class:`Controller` (if it has one: adaptive delivery,
+:mod:`~.linkcontrol`) picks the variant for this frame (the top rung, the variant the viewer
+was given, or a rung of its quality ladder below it) or holds it back, the cache gives the
+JPEG, the output writes it (:meth:`ViewerOutput.send`, with any text message that goes with
+the frame), and the Pacer, the controller and :class:`ViewerStats` record it.
 
 What differs between protocols is the :class:`ViewerOutput`: ``session.ClientSession`` (the
 WebSocket sender: metadata, ``frame`` info, control replies) and ``mjpeg.MjpegStream`` (one
@@ -77,6 +78,7 @@ class Delivery(enum.Enum):
     BEHIND = "behind"  # the viewer has not taken what it was sent: this frame is skipped
     STALLED = "stalled"  # behind for longer than the stall timeout: the viewer was dropped
     LEFT = "left"  # the fan-out could not (busy, owed, not encoded here): the thread will look
+    HELD = "held"  # the controller holds the frame back: look again at its retry_at
 
 
 class ViewerOutput(Protocol):
@@ -138,26 +140,35 @@ class ViewerOutput(Protocol):
 class Controller(Protocol):
     """Picks the variant of each frame for one viewer, or holds a frame back.
 
-    The seat of a per-viewer rate controller (issue 18: a quality rung per frame, frames held
-    back while too many bytes are in flight). Called by the delivery routine with the loop's
-    lock held (the loop's thread or the fan-out's), so it has one user at a time; it must not
-    block. A variant other than the one the fan-out last used is taken by the loop's thread
-    (the cache's variant cap, and the viewer's metadata, are updated there).
+    The seat of a per-viewer rate controller (issue 18, :class:`~.linkcontrol.LinkController`:
+    a quality rung per frame, frames held back while too many bytes are in flight). Called by
+    the delivery routine with the loop's lock held (the loop's thread or the fan-out's), so it
+    has one user at a time; it must not block. A variant other than the one last used is taken
+    by the loop's thread (the cache's rungs, and the viewer's metadata, are updated there).
     """
 
-    def choose(self, wanted: Variant, unsent_bytes: int | None, now: float) -> Variant | None:
-        """The variant to send this frame in (``wanted``: what the viewer asked for;
-        ``unsent_bytes``: bytes the viewer has not taken yet, None if unknown; ``now``:
-        ``time.monotonic()``), or None to hold the frame back."""
+    retry_at: float
+    """After :meth:`choose` held a frame back: the ``time.monotonic()`` at which to ask again
+    (the loop's thread sleeps until then unless stopped or nudged)."""
+
+    def choose(
+        self, top: Variant, fps: float, frame: Frame, unsent_bytes: int | None, now: float
+    ) -> Variant | None:
+        """The variant to send ``frame`` in: ``top`` itself (the variant the viewer was given
+        for what it asked), or a variant of ``top``'s quality ladder below it; or None to hold
+        the frame back until :attr:`retry_at`. ``fps``: the viewer's rate (at most the
+        camera's); ``unsent_bytes``: bytes the viewer has not taken yet (None if unknown);
+        ``now``: ``time.monotonic()``."""
 
     def sent(self, variant: Variant, size: int, now: float) -> None:
-        """A frame of ``size`` bytes in ``variant`` was written (or begun) at ``now``."""
+        """A frame of ``size`` bytes in the variant chosen was written (or begun) at ``now``."""
 
 
 # The routine's outcomes as plain names: an enum member read through its class costs a few
 # hundred ns, and the routine runs once per viewer and frame.
-_SENT, _IDLE, _BEHIND, _STALLED, _LEFT = (
-    Delivery.SENT, Delivery.IDLE, Delivery.BEHIND, Delivery.STALLED, Delivery.LEFT
+_SENT, _IDLE, _BEHIND, _STALLED, _LEFT, _HELD = (
+    Delivery.SENT, Delivery.IDLE, Delivery.BEHIND, Delivery.STALLED, Delivery.LEFT,
+    Delivery.HELD,
 )
 
 
@@ -168,7 +179,8 @@ class ViewerLoop:
     :meth:`stop`, the output closing or a stall; :meth:`offer` is the fan-out's way in;
     :meth:`wake`, :meth:`nudge` and :meth:`stop` are safe from any thread. ``controller``
     picks each frame's variant (None: every frame in the variant asked for, none held back;
-    the Pacer already skips frames while the viewer is behind).
+    the Pacer already skips frames while the viewer is behind); a rung below the variant given
+    is registered with the cache (:meth:`EncodeCache.assign_rung`) while the viewer is on it.
     """
 
     def __init__(
@@ -191,6 +203,8 @@ class ViewerLoop:
         self._wake_after = 0.0  # time.monotonic() from which new frames wake the loop
         self._wanted: Variant | None = None  # the variant asked for, and the one given (cache cap)
         self._given: Variant | None = None
+        self._rung: Variant | None = None  # the rung below _given asked for, and the one given
+        self._rung_given: Variant | None = None
 
     @property
     def stopping(self) -> bool:
@@ -217,11 +231,25 @@ class ViewerLoop:
     def restart_clock(self) -> None:
         """A new rate starts now, not when the old timer runs out (loop thread only)."""
         self._pacer.due = 0.0
+        self._pacer.release_hold()
+
+    @property
+    def controller(self) -> Controller | None:
+        return self._controller
+
+    def set_controller(self, controller: Controller | None) -> None:
+        """Pick each frame's variant with ``controller`` from now on (None: the variant given,
+        every frame). Loop thread only (or before :meth:`run`); leaves any rung it was on."""
+        if controller is not self._controller:
+            self._drop_rung()
+            self._controller = controller
+            self._pacer.release_hold()
 
     def variant(self, wanted: Variant) -> Variant:
         """The variant this viewer gets: what it asked for, unless the cache's variant cap gives
         it the nearest live one (loop thread only; released when :meth:`run` ends)."""
         if wanted != self._wanted:
+            self._drop_rung()
             if self._given is not None:
                 self._cache.release(self._given)
             self._given, self._wanted = self._cache.assign(wanted), wanted
@@ -230,8 +258,31 @@ class ViewerLoop:
 
     @property
     def given(self) -> Variant | None:
-        """The variant given now, or None before the first."""
+        """The variant given now, or None before the first (the top: see :attr:`sending`)."""
         return self._given
+
+    @property
+    def sending(self) -> Variant | None:
+        """The variant frames go in now: the rung given below :attr:`given`, else that."""
+        return self._rung_given if self._rung_given is not None else self._given
+
+    def _on_rung(self, top: Variant, rung: Variant, may_block: bool) -> Variant | None:
+        """The variant given for ``rung`` below ``top`` (registered with the cache when it
+        changes: the loop's thread only, so None from the fan-out for a new rung)."""
+        if self._rung is not None and (rung is self._rung or rung == self._rung):
+            return self._rung_given
+        if not may_block:
+            return None
+        self._drop_rung()
+        self._rung_given = self._cache.assign_rung(top, rung)
+        self._rung = rung
+        return self._rung_given
+
+    def _drop_rung(self) -> None:
+        """Leave the rung the viewer is on, if any (back to the variant given)."""
+        if self._rung_given is not None and self._given is not None:
+            self._cache.release_rung(self._given, self._rung_given)
+        self._rung = self._rung_given = None
 
     def offer(self, frame: Frame, output: ViewerOutput, round_: FanOutRound) -> bool:
         """The fan-out's call of the delivery routine: send ``frame`` now, from the calling
@@ -271,23 +322,31 @@ class ViewerLoop:
 
     def release(self) -> None:
         """Give the variant back to the cache (the loop's thread, once it no longer runs)."""
+        self._drop_rung()
         if self._given is not None:
             self._cache.release(self._given)
             self._given = self._wanted = None
 
     def _loop(self, output: ViewerOutput) -> None:
         pacer, camera, busy = self._pacer, self._camera, self._busy
-        behind = False  # the viewer has not taken the previous frames yet
+        outcome = _IDLE
         while True:
             with busy:
                 if self._stopping.is_set() or not output.is_open:
                     return
-                # Frames wake this thread only once it is due (see wake()); its own timer and
-                # the behind-poll cover the rest.
-                self._wake_after = (
-                    math.inf if behind or output.paused else pacer.wake_after(camera.fps)
-                )
-                wait = BEHIND_POLL_S if behind else pacer.wait_s(time.monotonic(), camera.fps)
+                # Frames wake this thread only once it is due (see wake()); its own timer, the
+                # behind-poll and a held frame's retry time cover the rest.
+                now = time.monotonic()
+                if outcome is _BEHIND:
+                    self._wake_after, wait = math.inf, BEHIND_POLL_S
+                elif outcome is _HELD and self._controller is not None:
+                    self._wake_after = math.inf
+                    wait = max(self._controller.retry_at - now, BEHIND_POLL_S / 5)
+                else:
+                    self._wake_after = (
+                        math.inf if output.paused else pacer.wake_after(camera.fps)
+                    )
+                    wait = pacer.wait_s(now, camera.fps)
             self._wake.wait(min(wait, IDLE_WAKE_S) if wait > 0 else IDLE_WAKE_S)
             self._wake.clear()
             with busy:
@@ -296,7 +355,6 @@ class ViewerLoop:
                 outcome = self._deliver(output, None, None)
                 if outcome is _STALLED:
                     return
-                behind = outcome is _BEHIND
 
     def _deliver(
         self, output: ViewerOutput, frame: Frame | None, round_: FanOutRound | None
@@ -313,6 +371,12 @@ class ViewerLoop:
         wanted = output.ready(may_block)
         if wanted is None:
             return _IDLE if may_block else _LEFT
+        if may_block:
+            top = self.variant(wanted[0])
+        elif self._given is not None and (wanted[0] is self._wanted or wanted[0] == self._wanted):
+            top = self._given
+        else:
+            return _LEFT  # a new variant: assigned (and announced) by the loop's thread
         pacer, camera_fps = self._pacer, self._camera.fps
         if frame is None:
             frame = self._camera.latest()
@@ -327,17 +391,30 @@ class ViewerLoop:
                 output.stalled()
                 return _STALLED
             return _BEHIND
-        # The viewer's controller: this frame's variant, or none (held back).
+        # The viewer's controller: this frame's variant (the top, or a rung below it), or none
+        # (held back while the link drains).
         controller = self._controller
-        chosen = wanted[0] if controller is None else controller.choose(wanted[0], unsent, now)
-        if chosen is None:
-            return _IDLE
-        if may_block:
-            variant = self.variant(chosen)
-        elif self._given is not None and (chosen is self._wanted or chosen == self._wanted):
-            variant = self._given
+        if controller is None:
+            variant = top
         else:
-            return _LEFT  # a new variant: assigned (and announced) by the loop's thread
+            fps = wanted[1] if wanted[1] < camera_fps else camera_fps
+            chosen = controller.choose(top, fps, frame, unsent, now)
+            if chosen is None:
+                if may_block and pacer.held(now):
+                    output.stalled()
+                    return _STALLED
+                return _HELD
+            if chosen is top:
+                if self._rung is not None:
+                    if not may_block:
+                        return _LEFT  # back on the top: announced by the loop's thread
+                    self._drop_rung()
+                variant = top
+            else:
+                given = self._on_rung(top, chosen, may_block)
+                if given is None:
+                    return _LEFT  # a new rung: assigned (and announced) by the loop's thread
+                variant = given
         try:
             if round_ is None:
                 encoded = self._cache.get(frame, variant)

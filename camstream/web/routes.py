@@ -106,7 +106,7 @@ _SNAPSHOT_FAILURES = {  # the 503 bodies of /snapshot.jpg (load refusals: _refus
     SnapshotFailure.NO_FRAME: b"no frame yet: the camera has not delivered one\n",
     SnapshotFailure.UNDECODABLE: b"the latest frame cannot be decoded\n",
 }
-_QUERY_FIELDS = frozenset({"fps", "quality", "width", "height", "max_bytes"})
+_QUERY_FIELDS = frozenset({"fps", "quality", "width", "height", "max_bytes", "adapt"})
 _NOT_FOUND = (
     b"not found: try / (viewer), /snapshot.jpg, /stream.mjpg, /stats.json or /cameras.json\n"
 )
@@ -419,6 +419,7 @@ class HttpRoutes:
         stream = MjpegStream(
             stream_id, exchange, camera.thread, camera.cache, address=address, variant=variant,
             fps=fps, stall_timeout=self._send_timeout,
+            adapt=protocol.adapt_of(exchange.request.query, from_url=True),
         )
         try:
             admission = self._viewers.add_stream(

@@ -27,6 +27,11 @@ class HttpExchange:
         self._link = link
         self.started = False
 
+    @property
+    def link(self) -> Link:
+        """The connection's link (its socket, for adaptive delivery's link estimate)."""
+        return self._link
+
     def send_response(
         self,
         status: int,

@@ -14,7 +14,8 @@ Field layout (``include/uapi/linux/tcp.h``; byte offsets, little or big endian a
 ``tcpi_total_retrans`` 100 (Linux 2.6), ``tcpi_pacing_rate`` 104, ``tcpi_bytes_acked`` 120
 (4.1), ``tcpi_notsent_bytes`` 144, ``tcpi_min_rtt`` 148 (4.6), ``tcpi_delivery_rate`` 160
 (4.9), ``tcpi_busy_time`` 168, ``tcpi_rwnd_limited`` 176, ``tcpi_sndbuf_limited`` 184 (4.10),
-``tcpi_delivered`` 192 (4.18), ``tcpi_bytes_sent`` 200, ``tcpi_bytes_retrans`` 208 (4.19);
+``tcpi_delivered`` 192 (4.18), ``tcpi_bytes_sent`` 200, ``tcpi_bytes_retrans`` 208 (4.19),
+``tcpi_snd_wnd`` 228 (5.19);
 ``tcpi_delivery_rate_app_limited`` is a bit of byte 7 (4.9).
 """
 
@@ -63,6 +64,7 @@ _FIELDS: tuple[tuple[str, int, str, float | None], ...] = (
     ("delivered", 192, "I", None),
     ("bytes_sent", 200, "Q", None),
     ("bytes_retrans", 208, "Q", None),
+    ("snd_wnd", 228, "I", None),
 )
 _ONE = tuple((offset, struct.Struct(_ORDER + code)) for _, offset, code, _ in _FIELDS)
 _SCALED = tuple((i, scale) for i, (*_, scale) in enumerate(_FIELDS) if scale is not None)
@@ -71,7 +73,7 @@ _PACING = next(i for i, field in enumerate(_FIELDS) if field[0] == "pacing_rate"
 
 def _whole_layout() -> struct.Struct:
     """One struct for every field at once (the kernel's struct is at least this long since
-    Linux 4.19): a single unpack instead of one per field."""
+    Linux 5.19): a single unpack instead of one per field."""
     layout, end = _ORDER, 0
     for _, offset, code, _ in _FIELDS:
         layout += f"{offset - end}x{code}" if offset > end else code
@@ -138,6 +140,9 @@ class TcpInfo:
     """Bytes sent so far, retransmissions included."""
     bytes_retrans: int | None = None
     """Bytes retransmitted so far."""
+    snd_wnd: int | None = None
+    """The peer's receive window as it last advertised it (scaled), bytes: how much it takes
+    beyond what it acknowledged (Linux 5.19)."""
     delivery_rate_app_limited: bool | None = None
     """Whether :attr:`delivery_rate` was measured while the application, not the network,
     limited the sending: then it is only a lower bound of what the path carries."""
