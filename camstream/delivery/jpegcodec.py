@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import cv2
+import imutils
 import numpy as np
 
 from ..protocol import MAX_JPEG_SIDE
@@ -43,5 +44,12 @@ def resize(image: np.ndarray, width: int, height: int) -> np.ndarray:
     if image.shape[1] == width and image.shape[0] == height:
         return image
     inter = cv2.INTER_LINEAR if width * 3 > image.shape[1] * 2 else cv2.INTER_AREA
+    # The aspect-kept sizes fit_size gives are imutils.resize's own rounding: let it scale.
+    if int(image.shape[0] * (width / image.shape[1])) == height:
+        kept: np.ndarray = imutils.resize(image, width=width, inter=inter)
+        return kept
+    if int(image.shape[1] * (height / image.shape[0])) == width:
+        kept = imutils.resize(image, height=height, inter=inter)
+        return kept
     scaled: np.ndarray = cv2.resize(image, (width, height), interpolation=inter)
     return scaled
