@@ -368,7 +368,7 @@ def test_each_link_rate_gets_the_rung_it_carries(
             stats = streamer.stats()
             for viewer in (*adaptive.values(), off, unshaped, mjpeg):
                 viewer.finish()
-            cache = streamer._cache
+            cache = streamer._camera_named(None).cache
             encoded = set(cache.encodes_by_variant)
     widths = []
     for rate, viewer in adaptive.items():
@@ -477,7 +477,7 @@ def test_twenty_viewers_on_four_rates_next_to_unshaped_ones(
             stats = streamer.stats()
             for viewer in (*shaped, *unshaped):
                 viewer.finish()
-            encoded = set(streamer._cache.encodes_by_variant)
+            encoded = set(streamer._camera_named(None).cache.encodes_by_variant)
     for viewer in shaped:
         sizes = check_stream(viewer)
         assert typical_width(sizes) < 1280

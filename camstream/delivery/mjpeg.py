@@ -134,8 +134,13 @@ class MjpegStream:
 
     # The loop's output (ViewerOutput)
 
-    is_open = True  # a client that left is noticed by the next write
     paused = False
+
+    @property
+    def is_open(self) -> bool:
+        """False once the reader left: its FIN or RST (a write would notice too, but a frame
+        held back while the link drains is no write)."""
+        return not self._exchange.peer_closed()
 
     def unsent_bytes(self) -> int | None:
         return self._exchange.unsent_bytes()

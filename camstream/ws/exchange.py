@@ -96,6 +96,10 @@ class HttpExchange:
         """
         self._link.flush()
 
+    def peer_closed(self) -> bool:
+        """Whether the client has closed its side (:meth:`.Link.peer_closed`)."""
+        return self._link.peer_closed()
+
     def unsent_bytes(self) -> int | None:
         """See :meth:`camstream.ws.connection.Connection.unsent_bytes`."""
         return self._link.unsent_bytes()

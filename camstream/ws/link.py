@@ -34,6 +34,7 @@ except (ImportError, AttributeError):  # Windows, or a platform without the ioct
     _SIOCOUTQ = None
 
 from ..errors import ConnectionClosedError
+from .tcpinfo import peer_has_closed
 from .tls import TlsChannel
 
 __all__ = ["Link", "writable_now"]
@@ -276,6 +277,12 @@ class Link:
             with self.send_lock:
                 if self.pending:
                     self.sendall()
+
+    def peer_closed(self) -> bool:
+        """Whether the peer has closed its side (Linux: the TCP state says so; elsewhere
+        False: a write notices). For connections that never read after the request (an
+        MJPEG stream): their peer's leaving shows in no reader. Any thread, never raises."""
+        return peer_has_closed(self.sock) is True
 
     def writable_now(self) -> bool:
         """Whether a small write would not block (for paths that must not block): nothing is

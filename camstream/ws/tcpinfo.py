@@ -26,7 +26,7 @@ import struct
 import sys
 from dataclasses import dataclass
 
-__all__ = ["TcpInfo", "read_tcp_info", "TCP_INFO_SUPPORTED"]
+__all__ = ["TcpInfo", "read_tcp_info", "peer_has_closed", "TCP_INFO_SUPPORTED"]
 
 _TCP_INFO: int | None = getattr(socket, "TCP_INFO", None) if sys.platform.startswith(
     "linux"
@@ -185,3 +185,24 @@ def read_tcp_info(sock: socket.socket) -> TcpInfo | None:
     if len(raw) < 104:  # not even tcpi_rtt..tcpi_total_retrans: not a struct we know
         return None
     return _decode(raw)
+
+
+_TCP_ESTABLISHED = 1  # tcpi_state (byte 0): include/net/tcp_states.h
+_TCP_SYN_RECV = 3  # (accepted sockets are past it; a listening or new one is not asked)
+
+
+def peer_has_closed(sock: socket.socket) -> bool | None:
+    """Whether the peer of ``sock`` has closed its side (sent FIN or RST): the connection's
+    ``tcpi_state`` is past ``ESTABLISHED`` (``CLOSE_WAIT``, ``CLOSE``...). A connection whose
+    peer only ever reads (an MJPEG viewer) is gone then, though nothing was read from it.
+    None where there is no ``TCP_INFO``; any thread, never raises.
+    """
+    if _TCP_INFO is None:
+        return None
+    try:
+        raw = socket.socket.getsockopt(sock, socket.IPPROTO_TCP, _TCP_INFO, 8)
+    except (OSError, ValueError, TypeError):
+        return True  # closed under us (a closed fd): gone either way
+    if not raw:
+        return None
+    return raw[0] not in (_TCP_ESTABLISHED, _TCP_SYN_RECV)
