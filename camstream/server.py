@@ -671,6 +671,7 @@ class Streamer:
             conn, thread, camera.cache, settings, stall_timeout=self._send_timeout,
             describe_camera=functools.partial(self._describe_camera, camera),
             on_app=self._app.handler,
+            proxied=self._policy.client_of(conn.request).via_proxy,
         )
         session.apply_config(dict(conn.request.query), from_url=True)
         # Admitted, it holds a lease on the camera (an on-demand one opens now) before its
