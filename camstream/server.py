@@ -483,7 +483,10 @@ class Streamer:
     def stop(self, timeout: float = 2.0) -> None:
         """Close every viewer with 1001, stop serving, release the camera. Idempotent.
 
-        Safe from any thread, including a callback thread of this Streamer.
+        Safe from any thread, including a callback thread of this Streamer. Each step waits
+        up to ``timeout``; a connection thread still inside the application's own code (an
+        ``on_message`` handler that blocks) is not interrupted: stop() returns after the
+        wait, and that thread ends when the handler returns.
         """
         # No early return when a stop is already under way: a second stop() (a second Ctrl+C
         # that interrupted the first, __exit__ after stop()) runs the same idempotent steps, so
