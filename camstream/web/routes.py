@@ -306,7 +306,7 @@ class HttpRoutes:
     def _options(self, exchange: HttpExchange) -> None:
         """``OPTIONS``: a CORS preflight on a frame endpoint (see :mod:`.headers`)."""
         request = exchange.request
-        if split_path(request.path)[1] not in headers.CORS_PATHS | {"/cameras.json"}:
+        if split_path(request.path)[1] not in headers.CORS_PATHS:
             exchange.send_response(405, b"OPTIONS is answered on the frame endpoints only\n",
                                    headers={"Allow": "GET, HEAD"})
             return
