@@ -95,10 +95,12 @@ def test_the_addon_shows_the_servers_adaptation(
     lines = {line.split()[1]: fields_of(line) for line in out.splitlines()
              if line.startswith("ADAPT ") and len(line.split()) > 1}
     first, down, off = lines["first"], lines["down"], lines["off"]
-    # The first frame: adapting, the top rung (the full 1280x720 picture) of a 5-rung ladder.
-    assert (first["adapt"], first["rung"], first["width"]) == ("true", "0", "1280"), out
+    # The first frame: adapting, on a ladder of several rungs; the top rung is the full
+    # 1280x720 picture (on a 2 Mbit/s link the first step down may come before the first
+    # frame is decoded: then the properties already say so).
     rungs = int(first["rungs"])
-    assert rungs >= 2, out
+    assert first["adapt"] == "true" and rungs >= 2, out
+    assert (int(first["width"]) == 1280) == (first["rung"] == "0"), out
     # Stepped down: the rung, why, and the link as the server measured it.
     assert down["adapt"] == "true" and 0 < int(down["rung"]) < rungs, out
     assert down["reason"] in REASONS and down["reason"] != "config", out

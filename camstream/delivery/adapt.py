@@ -42,7 +42,9 @@ The rules, with ``f`` the viewer's rate (its requested rate, at most the camera'
   socket is the proxy's, on this machine or next to it: the viewer's link shows only as the
   proxy reading slowly once its own buffers are full. So neither exemption holds: a proxied
   viewer is not local, and the proxy holding the sending back counts as the link being behind
-  (the proxy's buffers delay the step; see docs/scaling.md).
+  (the proxy's buffers delay the step; see docs/scaling.md). Nor does the socket's rate say
+  what the viewer's link carries (while the proxy's buffers have room it is the hop's own):
+  a proxied viewer probes up blind, with the failed-probe backoff, never by that rate.
 
 Not thread-safe: one viewer's loop thread. Times in seconds (``time.monotonic()``), rates in
 bytes/s, sizes in bytes.
@@ -193,7 +195,8 @@ class AdaptController:
         reason = self._down(now, link, f, period, queued)
         if reason is None and self.rung > 0 and (queued is None or queued <= 0.25 * period):
             reason = self._up(now, link, f)
-        self._note_rate(rate)
+        if not self.proxied:  # (a proxy's rate is its own hop's: see _blind)
+            self._note_rate(rate)
         send = self._may_send(link, now, period)
         return Decision(self.rung, send, reason if self.rung != before else None)
 
@@ -268,7 +271,10 @@ class AdaptController:
         if now < self._up_ok_at or now < self._probe_ok_at[above]:
             return None
         rate = link.rate
-        fits = rate is not None and self.expected_bytes(above, now) * f <= self.headroom * rate
+        fits = (
+            not self.proxied and rate is not None
+            and self.expected_bytes(above, now) * f <= self.headroom * rate
+        )
         if not (fits or self._blind(link, f)):
             return None
         self._change(above, "probe")
@@ -280,8 +286,10 @@ class AdaptController:
     def _blind(self, link: LinkState, f: float) -> bool:
         """Whether the estimate cannot tell what the link carries, so a probe must find out:
         no rate at all, or a rate from bursts near what was offered on a path whose round trip
-        is a good part of a frame period (bursts there never show the capacity)."""
-        if link.rate is None:
+        is a good part of a frame period (bursts there never show the capacity). Behind a
+        proxy, always: the socket's rate is the hop to the proxy, whose buffers take bytes far
+        faster than the viewer's link until they are full."""
+        if link.rate is None or self.proxied:
             return True
         if link.measured or link.rate >= 1.5 * link.offered:
             return False

@@ -50,6 +50,13 @@ _REUSE_S = 0.02  # a decision for a frame holds this long for it (the fan-out's 
 # it to its second or to the viewer's thread)
 
 
+# Behind a reverse proxy a probe shows whether the viewer's link carries it only once the
+# proxy's buffers (nginx: several hundred KB) are full: seconds on a slow link. So probes come
+# less often, count as failed for longer, and back off from a longer wait.
+_BEHIND_A_PROXY: dict[str, float] = {
+    "up_dwell_s": 2.0, "probe_window_s": 8.0, "probe_backoff_s": 4.0,
+}
+
 class LinkController:
     """The adaptive :class:`~.viewer.Controller` of one viewer (see the module docstring).
 
@@ -185,7 +192,7 @@ class LinkController:
             if rules is None:
                 rules = AdaptController(
                     len(ladder), ladder.model_bytes, now=now, local=self.local,
-                    proxied=self.proxied,
+                    proxied=self.proxied, **(_BEHIND_A_PROXY if self.proxied else {}),
                 )
             else:
                 rules.reconfigure(len(ladder), ladder.model_bytes, now, state, fps)

@@ -313,6 +313,7 @@ class ViewerLoop:
         Raises:
             ConnectionClosedError: the viewer went away during a send.
         """
+        self._wake.set()  # the first look at once: metadata, a frame there already
         try:
             self._loop(output)
         finally:
