@@ -158,11 +158,13 @@ class RawViewer:
 class Counter(threading.Thread):
     """A websockets viewer in its own thread, stamping the arrival time of every frame."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, *, keep: bool = False) -> None:
         super().__init__(name="test-viewer", daemon=True)  # daemon: a failed test must not hang
         self.url = url
         self.arrivals: list[float] = []
         self.last: bytes = b""  # the latest frame
+        self.keep = keep
+        self.frames: list[bytes] = []  # every frame, with keep=True
         self.close_code: int | None = None
         self.closed_at: float | None = None
         self.ready = threading.Event()  # set once the first frame arrived
@@ -183,6 +185,8 @@ class Counter(threading.Thread):
                         return
                     if isinstance(message, bytes):
                         self.last = message
+                        if self.keep:
+                            self.frames.append(message)
                         self.arrivals.append(time.monotonic())
                         self.ready.set()
         except BaseException as exc:  # reported by the test
