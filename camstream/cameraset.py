@@ -41,7 +41,7 @@ from .errors import ConfigError
 
 __all__ = [
     "CAMERA_NAME", "DEFAULT_NAME", "RESERVED_NAMES", "CameraConfig", "CameraSet", "ServedCamera",
-    "check_camera_name", "split_path",
+    "check_camera_name", "name_taken", "split_path",
 ]
 
 CAMERA_NAME = re.compile(r"[A-Za-z0-9_-]{1,32}")
@@ -78,6 +78,14 @@ def check_camera_name(name: object) -> str:
             f"({', '.join(sorted(RESERVED_NAMES))}): choose another"
         )
     return name
+
+
+def name_taken(taken: str, name: str) -> ConfigError:
+    """The error for a new camera ``name`` that clashes with the camera ``taken``."""
+    return ConfigError(
+        f"there is a camera named {taken!r} already"
+        + ("" if taken == name else " (names may not differ only in case)")
+    )
 
 
 def split_path(path: str) -> tuple[str | None, str]:
@@ -393,17 +401,27 @@ class CameraSet:
         """Add ``camera`` last.
 
         Raises:
-            ConfigError: a camera of that name is there already.
+            ConfigError: a camera of that name (in any case) is there already.
         """
         with self._lock:
-            if camera.name in self._cameras:
-                raise ConfigError(f"there is a camera named {camera.name!r} already")
+            taken = self._taken(camera.name)
+            if taken is not None:
+                raise name_taken(taken, camera.name)
             self._cameras[camera.name] = camera
 
     def remove(self, name: str) -> ServedCamera | None:
         """Take the camera ``name`` out; returns it, or None if there is none."""
         with self._lock:
             return self._cameras.pop(name, None)
+
+    def taken(self, name: str) -> str | None:
+        """The camera's name that ``name`` would clash with (the same in any case), or None."""
+        with self._lock:
+            return self._taken(name)
+
+    def _taken(self, name: str) -> str | None:
+        folded = name.lower()
+        return next((n for n in self._cameras if n.lower() == folded), None)
 
     def get(self, name: str | None) -> ServedCamera | None:
         """The camera ``name``; ``None`` asks for the default one (the first)."""

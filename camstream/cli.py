@@ -31,6 +31,8 @@ AUTO_SOURCE = "auto"
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="camstream",
+        # No abbreviations: "--check" must not start a server that "--check-config" would not.
+        allow_abbrev=False,
         description="Stream a camera, a video file or stream, or a test pattern over WebSocket "
         "(JSON metadata + binary JPEG frames).",
     )
@@ -156,6 +158,12 @@ def _sources(parser: argparse.ArgumentParser, args: argparse.Namespace
     ``--camera-option``) ask for; ``parser.error()`` on a mix of named and unnamed sources."""
     given = args.source or [os.environ.get("CAMSTREAM_SOURCE") or AUTO_SOURCE]
     named = [_named_source(value) for value in given]
+    for value in given:
+        if _looks_misnamed(value):
+            parser.error(
+                f"--source {value!r}: {value.partition('=')[0]!r} is no camera name (1 to 32 "
+                "letters, digits, '-' or '_') and there is no file of that name"
+            )
     if all(name is None for name, _ in named):
         if args.camera_option:
             parser.error("--camera-option is for named cameras: --source NAME=SOURCE")
@@ -166,8 +174,8 @@ def _sources(parser: argparse.ArgumentParser, args: argparse.Namespace
     cameras: dict[str, dict[str, object]] = {}
     for name, value in named:
         assert name is not None
-        if name in cameras:
-            parser.error(f"two cameras named {name!r} in --source")
+        if name.lower() in (taken.lower() for taken in cameras):
+            parser.error(f"two cameras named {name!r} in --source (in any case)")
         cameras[name] = {"source": value}
     for option in args.camera_option:
         _camera_option(parser, cameras, option)
@@ -181,6 +189,16 @@ def _named_source(value: str) -> tuple[str | None, str]:
     if not equals or not CAMERA_NAME.fullmatch(name) or os.path.exists(value):
         return None, value
     return name, source
+
+
+def _looks_misnamed(value: str) -> bool:
+    """``front.cam=0``: meant as NAME=SOURCE (no path or URL before the ``=``, something
+    after it) with a name that is none, and no file of that name either."""
+    name, equals, source = value.partition("=")
+    return (
+        bool(equals and name and source) and not CAMERA_NAME.fullmatch(name)
+        and not any(c in name for c in "/\\:") and not os.path.exists(value)
+    )
 
 
 def _camera_option(parser: argparse.ArgumentParser, cameras: dict[str, dict[str, object]],

@@ -27,6 +27,7 @@ from .cameraset import (
     CameraSet,
     ServedCamera,
     check_camera_name,
+    name_taken,
     resends_metadata,
     split_path,
     visible_state,
@@ -268,6 +269,7 @@ class Streamer:
         self._cameras = CameraSet()
         self._cameras_lock = threading.Lock()  # add_camera / remove_camera / start / stop
         self._cameras_started = False  # start() started them: add_camera() starts its own
+        self._cameras_opening: set[str] = set()  # names add_camera() is opening (lock held)
         for camera_name, value in (sources or {DEFAULT_NAME: source}).items():
             self._cameras.add(self._make_camera(camera_name, value))
         self._http = HttpRoutes(
@@ -338,15 +340,33 @@ class Streamer:
             if self._stopped.is_set():
                 raise ConfigError("add_camera() after stop()")
             camera = self._make_camera(name, source, named=True)
-            if self._cameras.get(name) is not None:
-                raise ConfigError(f"there is a camera named {name!r} already")
-            if self._cameras_started:
-                self._start_camera(camera)
-            self._cameras.add(camera)
-            self._named = True  # several cameras now: every one is told by name
+            taken = self._cameras.taken(name) or next(
+                (n for n in self._cameras_opening if n.lower() == name.lower()), None
+            )
+            if taken is not None:
+                raise name_taken(taken, name)
+            if not self._cameras_started:  # start() opens it with the others
+                self._cameras.add(camera)
+                self._named = True  # several cameras now: every one is told by name
+                return camera.thread
+            self._cameras_opening.add(name)
+        # The open runs outside the lock: stop(), remove_camera() and other add_camera()
+        # calls do not wait for a slow source (an FFmpeg URL may take its timeout).
+        try:
+            self._start_camera(camera)
+            with self._cameras_lock:
+                if self._stopped.is_set():
+                    raise ConfigError(f"the Streamer stopped while camera {name!r} opened")
+                self._cameras.add(camera)
+                self._named = True
+        except BaseException:
+            camera.stop()
+            raise
+        finally:
+            with self._cameras_lock:
+                self._cameras_opening.discard(name)
         with logs.bound(self._label):
-            if self._cameras_started:
-                logger.info("camera %s added: %s", name, describe_source(camera.thread.source))
+            logger.info("camera %s added: %s", name, describe_source(camera.thread.source))
         return camera.thread
 
     def remove_camera(self, name: str, timeout: float = 2.0) -> None:
@@ -463,7 +483,10 @@ class Streamer:
     def stop(self, timeout: float = 2.0) -> None:
         """Close every viewer with 1001, stop serving, release the camera. Idempotent.
 
-        Safe from any thread, including a callback thread of this Streamer.
+        Safe from any thread, including a callback thread of this Streamer. Each step waits
+        up to ``timeout``; a connection thread still inside the application's own code (an
+        ``on_message`` handler that blocks) is not interrupted: stop() returns after the
+        wait, and that thread ends when the handler returns.
         """
         # No early return when a stop is already under way: a second stop() (a second Ctrl+C
         # that interrupted the first, __exit__ after stop()) runs the same idempotent steps, so
@@ -671,6 +694,7 @@ class Streamer:
             conn, thread, camera.cache, settings, stall_timeout=self._send_timeout,
             describe_camera=functools.partial(self._describe_camera, camera),
             on_app=self._app.handler,
+            proxied=self._policy.client_of(conn.request).via_proxy,
         )
         session.apply_config(dict(conn.request.query), from_url=True)
         # Admitted, it holds a lease on the camera (an on-demand one opens now) before its

@@ -334,3 +334,16 @@ def test_a_viewer_on_this_machine_is_never_stepped_down() -> None:
     decision = ctrl.decide(0.1, queued, 30.0, 30.0)
     assert (decision.rung, decision.send) == (0, False)
     assert AdaptController(len(SIZES), SIZES).decide(0.1, queued, 30.0, 30.0).rung > 0
+
+
+def test_behind_a_reverse_proxy_the_proxy_reading_slowly_is_the_link() -> None:
+    """A proxied viewer's socket is the proxy's, here or next door: the viewer's link shows
+    only as the proxy's window closing once its buffers are full. Neither exemption holds:
+    it steps down, though the socket is local and its reader holds the sending back."""
+    stuck = LinkState(rate=4 * MBIT, measured=True, backlog=400_000, unsent=400_000,
+                      reader_limited=True)
+    ctrl = AdaptController(len(SIZES), SIZES, local=True, proxied=True)
+    assert not ctrl.local
+    ctrl.sent(0, SIZES[0], 0.0)
+    decision = ctrl.decide(0.1, stuck, 30.0, 30.0)
+    assert decision.rung > 0 and not decision.send and decision.reason == "link"

@@ -233,6 +233,43 @@ def test_cameras_are_added_and_removed_while_serving(served) -> None:
         streamer.remove_camera("rear")
     with pytest.raises(ConfigError, match="already"):
         streamer.add_camera("side", "test")
+    with pytest.raises(ConfigError, match="'side' already .*differ only in case"):
+        streamer.add_camera("SIDE", "test")
+
+
+def test_a_slow_open_in_add_camera_holds_up_no_stop_or_remove(served) -> None:
+    """add_camera() opens the source outside the cameras' lock: remove_camera() and stop()
+    go on while it opens; a Streamer stopped meanwhile gets no camera (a clear error, the
+    camera released)."""
+    streamer, _ = served(TWO)
+    gate = threading.Event()
+    slow = FakeWebcam(mark=2, open_gate=gate)
+    outcome: list[BaseException | None] = []
+
+    def add() -> None:
+        try:
+            streamer.add_camera("slow", {"source": 0, "capture_factory": slow.factory})
+            outcome.append(None)
+        except BaseException as exc:  # noqa: BLE001 - handed to the test's thread
+            outcome.append(exc)
+
+    adder = threading.Thread(target=add, name="test-add-camera")
+    adder.start()
+    try:
+        assert wait_until(lambda: len(slow.opens) == 1)
+        with pytest.raises(ConfigError, match="already"):  # its name is taken while it opens
+            streamer.add_camera("slow", "test")
+        streamer.remove_camera("rear")  # the open (waiting on the gate) holds neither up
+        stopper = threading.Thread(target=streamer.stop, name="test-stop")
+        stopper.start()
+        stopper.join(TIMEOUT)
+        assert not stopper.is_alive(), "stop() waited for add_camera()'s open"
+    finally:
+        gate.set()
+        adder.join(TIMEOUT)
+    assert not adder.is_alive() and len(outcome) == 1
+    assert isinstance(outcome[0], ConfigError) and "stopped while" in str(outcome[0])
+    assert "slow" not in streamer.cameras and slow.open_handles == 0
 
 
 def test_a_camera_that_cannot_open_is_not_added(served) -> None:

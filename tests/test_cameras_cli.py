@@ -60,6 +60,8 @@ def test_named_sources_are_served_under_their_names() -> None:
         (["--source", "test", "--camera-option", "a:width=320"], "for named cameras"),
         (["--source", "a=push"], "--source push"),
         (["--on-demand", "-3"], "--on-demand"),
+        (["--source", "front.cam=0"], "is no camera name"),
+        (["--source", "a=test", "--source", "A=test"], "two cameras named 'A'"),
     ],
 )
 def test_bad_camera_lists_are_one_clear_line(args: list[str], words: str) -> None:
@@ -78,3 +80,12 @@ def test_check_config_accepts_a_list_of_cameras() -> None:
                      "bench:on-demand=on", "--camera-option", "front:camera-set=exposure=100")
     assert (result.returncode, result.stdout.strip()) == (0, "camstream: configuration OK"), (
         result.stderr)
+
+
+def test_an_abbreviated_option_is_refused_not_guessed() -> None:
+    """argparse would take "--check" for "--check-config"'s prefix only sometimes: camstream
+    takes no abbreviation, so "--check" is an error instead of a server started for real."""
+    result = run_cli("--check", "--source", "test", "--port", "0")
+    assert result.returncode == 2, result
+    assert "unrecognized arguments: --check" in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr

@@ -22,6 +22,7 @@ from helpers import MjpegReader, decode_jpeg, get, next_binary, next_text
 from websockets.sync.client import connect
 
 from camstream import CameraConfig, CameraState, Streamer
+from camstream.delivery.snapshot import FIRST_FRAME_WAIT_S
 
 GRACE = max(1.0, TIMEOUT / 10)  # long enough for a quick reconnect on a busy machine
 
@@ -129,6 +130,16 @@ def test_mjpeg_streams_and_snapshots_open_the_camera_too(on_demand) -> None:
         assert streamer.cameras["front"].demand == 1
     assert wait_until(lambda: opens_closes(streamer, "front") == (1, 1))
     assert all(w.open_handles == 0 for w in webcams.values())
+
+
+def test_a_snapshot_waits_out_a_slow_open(on_demand) -> None:
+    """A camera that takes longer to open than a snapshot waits for a first frame
+    (FIRST_FRAME_WAIT_S) still gives the snapshot that opened it: the wait lasts while the
+    camera is ``starting``."""
+    streamer, _ = on_demand(open_delay=FIRST_FRAME_WAIT_S + 0.5)
+    snapshot = get(streamer.port, "/rear/snapshot.jpg")
+    assert snapshot.status == 200, snapshot.body
+    assert mark_of(decode_jpeg(snapshot.body)) == 1
 
 
 def test_a_camera_that_cannot_open_is_reported_and_retried_with_backoff(on_demand) -> None:

@@ -38,6 +38,11 @@ The rules, with ``f`` the viewer's rate (its requested rate, at most the camera'
   own address), whose path is never slower than a camera: bytes that queue there wait for a
   busy reader or a busy CPU, and encoding smaller rungs would only take more of it. (The
   round-trip time cannot tell: a shaper's bucket lets single packets through at once.)
+* **Behind a reverse proxy** (``proxied``: the request came through a trusted proxy) the
+  socket is the proxy's, on this machine or next to it: the viewer's link shows only as the
+  proxy reading slowly once its own buffers are full. So neither exemption holds: a proxied
+  viewer is not local, and the proxy holding the sending back counts as the link being behind
+  (the proxy's buffers delay the step; see docs/scaling.md).
 
 Not thread-safe: one viewer's loop thread. Times in seconds (``time.monotonic()``), rates in
 bytes/s, sizes in bytes.
@@ -81,6 +86,8 @@ class AdaptController:
             priors of rungs never seen); None: each rung half the one above.
         now: when the viewer starts (its first rung is the top).
         local: the viewer is on this machine: never stepped down (see the module docstring).
+        proxied: the viewer is behind a reverse proxy: its reader holding the sending back
+            is the link (see the module docstring).
     """
 
     def __init__(
@@ -97,8 +104,10 @@ class AdaptController:
         probe_backoff_s: float = 1.0,
         max_backoff_s: float = 30.0,
         local: bool = False,
+        proxied: bool = False,
     ) -> None:
-        self.local = local
+        self.local = local and not proxied
+        self.proxied = proxied
         self.headroom = headroom
         self.down_at = down_at
         self.up_dwell_s = up_dwell_s
@@ -209,7 +218,9 @@ class AdaptController:
     def _down(
         self, now: float, link: LinkState, f: float, period: float, queued: float | None
     ) -> str | None:
-        if self.rung == self.rungs - 1 or now < self._down_ok_at or link.reader_limited:
+        if self.rung == self.rungs - 1 or now < self._down_ok_at or (
+            link.reader_limited and not self.proxied
+        ):
             return None
         if self.local:
             return None

@@ -59,14 +59,18 @@ class LinkController:
             count as not sent.
         default_quality: the server's quality for variants without one (the ladder's).
         default_max_bytes: the server's default byte limit (kept as it is on lower rungs).
+        proxied: the viewer came through a trusted reverse proxy (``ClientView.via_proxy``):
+            its socket is the proxy's (see :mod:`.adapt`).
     """
 
     def __init__(
-        self, link: Link, *, default_quality: int = 80, default_max_bytes: int | None = None
+        self, link: Link, *, default_quality: int = 80, default_max_bytes: int | None = None,
+        proxied: bool = False,
     ) -> None:
         self._link = link
         self.meter = SocketMeter(link.sock)
-        self.local = on_this_machine(link.sock)
+        self.proxied = proxied
+        self.local = not proxied and on_this_machine(link.sock)
         """The viewer is on this machine (never stepped down: see ``adapt``)."""
         self._default_quality = default_quality
         self._default_max_bytes = default_max_bytes
@@ -180,7 +184,8 @@ class LinkController:
             )
             if rules is None:
                 rules = AdaptController(
-                    len(ladder), ladder.model_bytes, now=now, local=self.local
+                    len(ladder), ladder.model_bytes, now=now, local=self.local,
+                    proxied=self.proxied,
                 )
             else:
                 rules.reconfigure(len(ladder), ladder.model_bytes, now, state, fps)

@@ -49,6 +49,7 @@ class MjpegStream:
         stall_timeout: seconds it may be behind before it is dropped.
         adapt: adaptive delivery (the rung of the quality ladder its link carries); False:
             every frame in the variant given, frames skipped while the link is behind.
+        proxied: the request came through a trusted reverse proxy (see :mod:`.adapt`).
     """
 
     def __init__(
@@ -63,6 +64,7 @@ class MjpegStream:
         fps: float,
         stall_timeout: float,
         adapt: bool = False,
+        proxied: bool = False,
     ) -> None:
         self.id = stream_id
         self.address = address
@@ -70,7 +72,7 @@ class MjpegStream:
         self._exchange = exchange
         self._adaptive = LinkController(
             exchange.link, default_quality=cache.default_quality,
-            default_max_bytes=cache.default_max_bytes,
+            default_max_bytes=cache.default_max_bytes, proxied=proxied,
         ) if adapt else None
         self._loop = ViewerLoop(camera, cache, stall_timeout, self._adaptive)
         self._wanted = variant

@@ -129,8 +129,10 @@ class ClientSession:
         stall_timeout: float = 5.0,
         describe_camera: Callable[[], dict[str, Any]] | None = None,
         on_app: AppHandler | None = None,
+        proxied: bool = False,
     ) -> None:
         self.connection = connection
+        self._proxied = proxied  # came through a trusted reverse proxy (adaptation: see adapt)
         self._link = connection.link  # (looked at for every frame)
         self._camera = camera
         self._cache = cache
@@ -443,7 +445,7 @@ class ClientSession:
         elif self._adaptive is None:
             self._adaptive = LinkController(
                 self._link, default_quality=self._cache.default_quality,
-                default_max_bytes=self._cache.default_max_bytes,
+                default_max_bytes=self._cache.default_max_bytes, proxied=self._proxied,
             )
         self._loop.set_controller(self._adaptive)
 

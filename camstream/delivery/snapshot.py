@@ -13,12 +13,19 @@ from collections.abc import Callable
 
 from ..capture.camera import CameraThread
 from ..capture.frame import Frame
+from ..capture.states import CameraState
 from .encoder import EncodeBudgetExceeded, EncodeCache, EncodedFrame, Variant
 
-__all__ = ["FIRST_FRAME_WAIT_S", "SnapshotFailure", "first_frame", "take_snapshot"]
+__all__ = [
+    "FIRST_FRAME_WAIT_S", "OPENING_WAIT_S", "SnapshotFailure", "first_frame", "take_snapshot",
+]
 
 FIRST_FRAME_WAIT_S = 2.0
 """How long a snapshot asked for before the camera's first frame waits for it, in seconds."""
+OPENING_WAIT_S = 15.0
+"""How long it waits at most while an on-demand camera is being opened (``starting``): a
+snapshot is one of the viewers that opens it, and a UVC camera or a stream URL may take a few
+seconds to give its first frame."""
 
 _POLL_S = 0.1  # the wait looks at ``serving()`` this often
 
@@ -37,7 +44,8 @@ def first_frame(
     timeout: float = FIRST_FRAME_WAIT_S,
     serving: Callable[[], bool] | None = None,
 ) -> Frame | None:
-    """The newest frame; before the camera's first one, wait up to ``timeout`` s for it.
+    """The newest frame; before the camera's first one, wait up to ``timeout`` s for it, and
+    while the camera is being opened (on demand: ``starting``) up to :data:`OPENING_WAIT_S`.
 
     Returns None if none came in time, the camera stopped, or ``serving()`` turned False (looked
     at every 0.1 s, so a stopping server does not hold the caller for the whole wait). Any
@@ -46,10 +54,13 @@ def first_frame(
     frame = camera.latest()
     if frame is not None or timeout <= 0:
         return frame
-    if serving is None:
-        return camera.wait_for_frame(0, timeout)
-    deadline = time.monotonic() + timeout
-    while serving() and (left := deadline - time.monotonic()) > 0:
+    began = time.monotonic()
+    while serving is None or serving():
+        now = time.monotonic()
+        opening = camera.state is CameraState.STARTING
+        left = began + (max(timeout, OPENING_WAIT_S) if opening else timeout) - now
+        if left <= 0:
+            return None
         frame = camera.wait_for_frame(0, min(left, _POLL_S))
         if frame is not None:
             return frame

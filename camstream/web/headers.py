@@ -25,7 +25,9 @@ from .policy import AccessPolicy, RequestLike
 
 __all__ = ["CORS_PATHS", "frame_headers", "no_store", "page_headers", "preflight"]
 
-CORS_PATHS = frozenset({"/snapshot.jpg", "/stream.mjpg", "/stats.json", "/healthz"})
+CORS_PATHS = frozenset({
+    "/snapshot.jpg", "/stream.mjpg", "/stats.json", "/healthz", "/cameras.json",
+})
 """The endpoints pages of allowed origins may read with ``fetch()``."""
 
 _NO_STORE = {"Cache-Control": "no-store, no-cache, must-revalidate", "Pragma": "no-cache"}

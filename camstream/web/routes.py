@@ -306,7 +306,7 @@ class HttpRoutes:
     def _options(self, exchange: HttpExchange) -> None:
         """``OPTIONS``: a CORS preflight on a frame endpoint (see :mod:`.headers`)."""
         request = exchange.request
-        if split_path(request.path)[1] not in headers.CORS_PATHS | {"/cameras.json"}:
+        if split_path(request.path)[1] not in headers.CORS_PATHS:
             exchange.send_response(405, b"OPTIONS is answered on the frame endpoints only\n",
                                    headers={"Allow": "GET, HEAD"})
             return
@@ -413,13 +413,15 @@ class HttpRoutes:
         if exchange.head_only:  # the headers a GET would get; no viewer place is taken
             exchange.start_stream(200, head)
             return
-        address = self._policy.client_of(exchange.request).address
+        client = self._policy.client_of(exchange.request)
+        address = client.address
         with self._lock:
             stream_id = next(self._stream_ids)
         stream = MjpegStream(
             stream_id, exchange, camera.thread, camera.cache, address=address, variant=variant,
             fps=fps, stall_timeout=self._send_timeout,
             adapt=protocol.adapt_of(exchange.request.query, from_url=True),
+            proxied=client.via_proxy,
         )
         try:
             admission = self._viewers.add_stream(
