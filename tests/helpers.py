@@ -76,6 +76,12 @@ def next_binary(ws: Any, timeout: float = TIMEOUT) -> bytes:
             return message
 
 
+def next_binaries(ws: Any, count: int, timeout: float = TIMEOUT) -> list[bytes]:
+    """The next ``count`` binary messages (text skipped), all within ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    return [next_binary(ws, max(deadline - time.monotonic(), 0.001)) for _ in range(count)]
+
+
 def close_code_of(ws: Any) -> tuple[int, str]:
     """Read until the server closes; return the code and reason it sent."""
     with pytest.raises(ConnectionClosed) as info:
@@ -152,10 +158,13 @@ class RawViewer:
 class Counter(threading.Thread):
     """A websockets viewer in its own thread, stamping the arrival time of every frame."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, *, keep: bool = False) -> None:
         super().__init__(name="test-viewer", daemon=True)  # daemon: a failed test must not hang
         self.url = url
         self.arrivals: list[float] = []
+        self.last: bytes = b""  # the latest frame
+        self.keep = keep
+        self.frames: list[bytes] = []  # every frame, with keep=True
         self.close_code: int | None = None
         self.closed_at: float | None = None
         self.ready = threading.Event()  # set once the first frame arrived
@@ -175,6 +184,9 @@ class Counter(threading.Thread):
                         self.close_code = exc.rcvd.code if exc.rcvd is not None else None
                         return
                     if isinstance(message, bytes):
+                        self.last = message
+                        if self.keep:
+                            self.frames.append(message)
                         self.arrivals.append(time.monotonic())
                         self.ready.set()
         except BaseException as exc:  # reported by the test

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import pytest
-from conftest import TIMEOUT, write_video
+from conftest import SLACK, TIMEOUT, write_video
 
 BROWSER = os.environ.get("CAMSTREAM_BROWSER", "/usr/bin/chromium")
 BROWSER_ARGS = [
@@ -111,9 +111,9 @@ def test_viewer_draws_frames_and_shows_size_fps_and_latency(streamer_factory, pa
     assert (first["width"], first["height"]) == (640, 480)
     wait_for(
         page,
-        "(n) => camstreamStats.frames >= n + 45 && camstreamStats.fps > 15 "
+        "([n, fps]) => camstreamStats.frames >= n + 45 && camstreamStats.fps > fps "
         "&& camstreamStats.latencyMs !== null",
-        first["frames"],
+        [first["frames"], 15 / SLACK],
     )
     later = stats(page)
     print(
@@ -121,10 +121,10 @@ def test_viewer_draws_frames_and_shows_size_fps_and_latency(streamer_factory, pa
         f"(ping round trip {later['clockRttMs']:.1f} ms), {later['dropped']} frames dropped"
     )
     assert later["state"] == "live" and later["lastClose"] is None
-    assert 15 < later["fps"] <= 36, later  # the camera's 30, measured over 2 s
+    assert 15 / SLACK < later["fps"] <= 36, later  # the camera's 30, measured over 2 s
     # Capture to display on one machine. The clock offset from ping/pong is off by at most
     # half the round trip (plus Date.now()'s millisecond), so that is the lower bound.
-    assert -later["clockRttMs"] / 2 - 1 <= later["latencyMs"] < 1000, later
+    assert -later["clockRttMs"] / 2 - 1 <= later["latencyMs"] < 1000 * SLACK, later
     pixels = page.evaluate(CANVAS_PIXELS)
     assert (pixels["width"], pixels["height"]) == (640, 480)
     assert pixels["lit"] > pixels["sampled"] // 3 and pixels["colours"] >= 8, pixels  # not blank

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import websocket
-from conftest import TIMEOUT, stop_process, wait_until, write_video
+from conftest import SLACK, TIMEOUT, stop_process, wait_until, write_video
 from helpers import frames_from, read_line
 
 from camstream import CameraState, CameraThread, ConfigError, SourceError
@@ -28,7 +28,7 @@ def test_test_pattern_runs_at_requested_size_and_rate() -> None:
     assert seqs == sorted(set(seqs)), "each wait returns a newer frame"
     elapsed = frames[-1].captured_monotonic - frames[0].captured_monotonic
     rate = (frames[-1].seq - frames[0].seq) / elapsed
-    assert 20 <= rate <= 27, rate
+    assert 20 / SLACK <= rate <= 27, rate  # never faster than asked; slower only when busy
     # the picture moves: consecutive frames differ
     assert not np.array_equal(frames[0].image, frames[5].image)
 
@@ -78,7 +78,7 @@ def test_video_file_plays_at_its_rate_and_loops(tmp_path: Path) -> None:
         frames = frames_from(camera, 25)  # more than the file has: it looped
     rate = (frames[-1].seq - frames[0].seq) / (
         frames[-1].captured_monotonic - frames[0].captured_monotonic)
-    assert 14 <= rate <= 22, rate
+    assert 14 / SLACK <= rate <= 22, rate
     assert camera.state is CameraState.STOPPED
 
 
@@ -86,8 +86,9 @@ def test_video_file_without_loop_ends(tmp_path: Path) -> None:
     path = write_video(tmp_path / "five.avi", frames=5, fps=50)
     with CameraThread(str(path), loop=False) as camera:
         frames = frames_from(camera, 5)
-        assert camera.wait_for_frame(frames[-1].seq, 0.5) is None
-        assert camera.state is CameraState.ENDED
+        assert wait_until(lambda: camera.state is CameraState.ENDED), camera.state
+        assert camera.latest().seq == frames[-1].seq  # nothing after the last frame
+        assert camera.wait_for_frame(frames[-1].seq, 0) is None
 
 
 def test_video_file_scaled_to_requested_size(video_file: Path) -> None:
@@ -143,7 +144,7 @@ def test_source_that_vanishes_comes_back_without_restart(tmp_path: Path) -> None
         back_at = time.monotonic()
         assert restored.wait(TIMEOUT), "camera_restored not reported"
         frame = camera.wait_for_frame(seq, TIMEOUT)
-        assert frame is not None and frame.captured_monotonic - back_at < 2.0
+        assert frame is not None and frame.captured_monotonic - back_at < 2.0 * SLACK
     assert [e for e, _ in events] == ["camera_lost", "camera_restored"]
 
 
@@ -278,7 +279,7 @@ def test_crash_event_reaches_a_connected_viewer(streamer_factory) -> None:
 def test_file_without_loop_tells_viewers_it_ended(streamer_factory, tmp_path: Path,
                                                   caplog) -> None:
     caplog.set_level("INFO", "camstream")
-    path = write_video(tmp_path / "short.avi", frames=15, fps=10)
+    path = write_video(tmp_path / "short.avi", frames=10, fps=30)  # ends in ~0.3 s
     streamer = streamer_factory(str(path), loop=False)
     ws = websocket.create_connection(streamer.url, timeout=TIMEOUT)
     try:

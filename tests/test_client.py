@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import TIMEOUT, stop_process
+from conftest import SLACK, TIMEOUT, stop_process
 from helpers import read_line
 
 from camstream import CloseCode, ConfigError, ConnectionClosedError
@@ -45,6 +45,8 @@ def test_client_configure_and_snapshot(streamer_factory) -> None:
             if frame.width == 320:
                 assert frame.image.shape == (240, 320, 3)
                 break
+        else:
+            pytest.fail("the stream ended without a 320-wide frame")
 
 
 def test_client_token_and_refusal(streamer_factory) -> None:
@@ -77,7 +79,7 @@ def test_viewer_example_headless(streamer_factory) -> None:
     )
     assert result.returncode == 0, result.stderr
     rates = [float(m) for m in re.findall(r"^([\d.]+) fps", result.stdout, re.MULTILINE)]
-    assert rates and max(rates) >= 25, result.stdout
+    assert rates and max(rates) >= 25 / SLACK, result.stdout
 
 
 def test_viewer_example_reports_unreachable_server() -> None:

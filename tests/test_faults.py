@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import re
 import select
@@ -23,7 +24,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from conftest import TIMEOUT, camstream_threads, wait_until, write_video
+from conftest import SLACK, TIMEOUT, camstream_threads, wait_until, write_video
 from helpers import Counter, Publisher, RawViewer, next_binary, next_text, read_line, running
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
@@ -75,7 +76,7 @@ def test_a_vanished_video_file_is_reported_lost_then_restored_and_frames_resume(
         for ws in (a, b):
             assert next_text(ws, "camera_restored", timeout=TIMEOUT)["type"] == "camera_restored"
             next_binary(ws, timeout=TIMEOUT)
-            assert time.monotonic() - back < 2.0, "frames did not resume within 2 s"
+            assert time.monotonic() - back < 2.0 * SLACK, "frames did not resume within 2 s"
         assert streamer.stats()["client_count"] == 2  # both stayed connected throughout
 
 
@@ -110,13 +111,20 @@ def _stalled_viewer_scenario(streamer_factory: Any, **options: Any) -> float:
             assert wait_until(lambda: streamer.stats()["client_count"] == 3)
             shed = wait_until(lambda: streamer.stats()["client_count"] == 2, timeout=2 * TIMEOUT)
             shed_after = time.monotonic() - t0
-            # Keep streaming a while after the shed, then compare the window with what was sent.
-            t1 = time.monotonic() + 1.0
-            assert wait_until(lambda: time.monotonic() >= t1 + 0.5, timeout=TIMEOUT)
-            published = publisher.count_between(t0, t1)
-            for viewer in viewers:
-                got = viewer.frames_between(t0, t1 + 0.2)
-                assert got >= 0.9 * published - 1, (got, published, shed_after)
+            # Keep streaming a while after the shed (15 frames), then stop publishing: what the
+            # readers get from then on was published in the window, so each must come to
+            # nearly all of it (a reader held up behind the stalled one would have lost frames).
+            after_shed = t0 + shed_after
+            assert wait_until(lambda: publisher.count_between(after_shed, math.inf) >= 15)
+            publisher.stop.set()
+            publisher.join(TIMEOUT)
+            published = publisher.count_between(t0, math.inf)
+
+            def got() -> list[int]:
+                return [viewer.frames_between(t0, math.inf) for viewer in viewers]
+
+            assert wait_until(lambda: min(got()) >= 0.9 * published - 1), (
+                got(), published, shed_after)
         finally:
             stalled.close()
         rss_after = proc_status("VmRSS")
@@ -132,12 +140,12 @@ def test_a_viewer_that_stops_reading_is_shed_and_the_others_keep_their_rate(
     shed_after = _stalled_viewer_scenario(
         streamer_factory, send_timeout=1, ping_interval=1, ping_timeout=1
     )
-    assert 1.0 <= shed_after < 1.0 + 2 * TIMEOUT
+    assert 1.0 <= shed_after < 1.0 + 2.0 * SLACK  # (it waits up to 2 * TIMEOUT for the shed)
 
 
 def test_a_viewer_that_stops_reading_is_shed_after_the_send_timeout(streamer_factory) -> None:
     shed_after = _stalled_viewer_scenario(streamer_factory, send_timeout=1)
-    assert 1.0 <= shed_after < 1.0 + TIMEOUT
+    assert 1.0 <= shed_after < 1.0 + 2.0 * SLACK
 
 
 # -- connection churn --------------------------------------------------------------------------
@@ -195,13 +203,14 @@ def test_a_thousand_connects_and_disconnects_leak_no_thread_fd_or_memory(streame
         except BaseException as exc:  # reported below
             errors.append(exc)
 
+    budget = 60 * SLACK  # ~10 s on an idle 2-core machine
     started = time.monotonic()
     threads = [threading.Thread(target=work, args=(k,), name=f"test-churn-{k}")
                for k in range(workers)]
     for thread in threads:
         thread.start()
-    for thread in threads:
-        thread.join(60 * TIMEOUT / 5)
+    for thread in threads:  # waits longer than the budget, so the bound below can fail
+        thread.join(max(started + 2 * budget - time.monotonic(), 0.01))
     assert not any(t.is_alive() for t in threads), "churn did not finish"
     assert not errors, errors[:3]
     elapsed = time.monotonic() - started
@@ -216,7 +225,7 @@ def test_a_thousand_connects_and_disconnects_leak_no_thread_fd_or_memory(streame
     )
     growth = proc_status("VmRSS") - base_rss
     assert growth < 10 * 1024, f"RSS grew by {growth} kB over {cycles} cycles"
-    assert elapsed < 60, elapsed
+    assert elapsed < budget, elapsed
     # The server still streams.
     with connect(streamer.url, open_timeout=TIMEOUT) as ws:
         next_text(ws, "metadata")
@@ -241,7 +250,7 @@ def test_stop_with_twenty_viewers_streaming_closes_each_with_1001_within_a_secon
         streamer.stop()
         assert wait_until(lambda: all(v.closed_at is not None for v in viewers), timeout=TIMEOUT)
     assert [v.close_code for v in viewers] == [CloseCode.GOING_AWAY] * 20
-    assert max(v.closed_at for v in viewers) - started < 1.0  # type: ignore[type-var]
+    assert max(v.closed_at for v in viewers) - started < 1.0 * SLACK  # type: ignore[type-var]
     assert wait_until(lambda: not (set(camstream_threads()) & threads_before)), \
         [t.name for t in set(camstream_threads()) & threads_before]
     assert streamer.camera.state.value == "stopped"

@@ -45,11 +45,10 @@ EXAMPLE_DIR = ROOT / "examples" / "godot"
 GD_FILES = sorted(ADDON_DIR.glob("*.gd")) + sorted(EXAMPLE_DIR.glob("*.gd"))
 
 # The suite's time unit (tests/conftest.py): 5 s by default; raise it on a slow machine.
-from conftest import TIMEOUT, wait_until  # noqa: E402
+from conftest import SLACK, TIMEOUT, wait_until  # noqa: E402
 
-SCALE = TIMEOUT / 5
-GODOT_TIMEOUT = 30 * SCALE  # hard limit for one Godot run (a normal run takes 1-4 s)
-RUN_TIMEOUT = 15 * SCALE  # the --timeout given to the example: it gives up by itself first
+GODOT_TIMEOUT = 30 * SLACK  # hard limit for one Godot run (a normal run takes 1-4 s)
+RUN_TIMEOUT = 15 * SLACK  # the --timeout given to the example: it gives up by itself first
 
 SMOKE_RE = re.compile(r"^CAMSTREAM_SMOKE (?P<outcome>\w+) (?P<fields>.*)$", re.MULTILINE)
 NOT_FOUND = "Godot 4 not found: run .ci/install_godot.sh or set GODOT_BIN"
@@ -169,7 +168,7 @@ class GodotProcess:
 
     def wait_for(self, pattern: str, timeout: float) -> str:
         """Return the first new output line matching ``pattern``; fail after ``timeout`` s."""
-        deadline = time.monotonic() + timeout * SCALE
+        deadline = time.monotonic() + timeout * SLACK
         regex = re.compile(pattern)
         while True:
             remaining = deadline - time.monotonic()
@@ -630,7 +629,7 @@ func _run() -> void:
 
 	c.ping()
 	await _until(func() -> bool: return c.last_rtt_s >= 0.0, "pong")
-	print("CONTROL pong rtt_ok=%s" % (c.last_rtt_s < 1.0))
+	print("CONTROL pong rtt=%.3f" % c.last_rtt_s)
 
 	c.request_snapshot(95)
 	await _until(func() -> bool: return snapshots.size() > 0, "snapshot")
@@ -687,7 +686,8 @@ def test_control_messages(godot: str, godot_home: dict[str, str], project: Path)
     assert result.returncode == 0, out
     assert "CONTROL first 640x480" in out, out
     assert "CONTROL resized 320x240 same_texture=true metadata=320x240" in out, out
-    assert "CONTROL pong rtt_ok=true" in out, out
+    rtt = re.search(r"CONTROL pong rtt=([\d.]+)", out)
+    assert rtt and float(rtt.group(1)) < 1.0 * SLACK, out
     assert re.search(r"CONTROL snapshot \d+x\d+", out), out
     assert "CONTROL paused frames_during_pause=0" in out, out
     assert "CONTROL resumed" in out, out
@@ -772,7 +772,7 @@ SEED_PROBE = """\
 extends Node
 # Watches the seed client (the parent) from outside; prints one SEED line and quits.
 
-var seconds: float = 3.0
+var want: int = 60  # pictures shown, then OK
 var timeout_s: float = 20.0
 var frames: int = 0
 var last: Texture2D = null
@@ -783,8 +783,8 @@ var started_ms: int = 0
 func _ready() -> void:
 	for arg in OS.get_cmdline_user_args():
 		var parts: PackedStringArray = arg.trim_prefix("--").split("=", true, 1)
-		if parts[0] == "seconds":
-			seconds = float(parts[1])
+		if parts[0] == "frames":
+			want = int(parts[1])
 		elif parts[0] == "timeout":
 			timeout_s = float(parts[1])
 	started_ms = Time.get_ticks_msec()
@@ -802,7 +802,7 @@ func _process(_delta: float) -> void:
 	var ws: WebSocketPeer = client.websocket
 	if ws.get_ready_state() == WebSocketPeer.STATE_CLOSED:
 		_finish("CLOSED", 1, now)
-	elif first_ms >= 0 and now - first_ms >= seconds * 1000:
+	elif frames >= want:
 		_finish("OK", 0, now)
 	elif now - started_ms >= timeout_s * 1000:
 		_finish("TIMEOUT", 1, now)
@@ -908,9 +908,9 @@ def test_seed_client_streams_a_noisy_720p_webcam_with_the_defaults(
     outcome, shown, seconds, size, close = match.groups()
     assert outcome == "OK" and returncode == 0, out
     assert close != "1009" and "1009" not in out, out
-    assert float(seconds) >= 3.0 and size == "1280x720", out
-    # Continuously: at least 25 new pictures a second over 3 s, from the 30 fps camera.
-    assert int(shown) >= 75, out
+    assert int(shown) >= 60 and size == "1280x720", out
+    # Continuously: 60 new pictures (2 s of the 30 fps camera) at 25 a second or more.
+    assert int(shown) / float(seconds) >= 25 / SLACK, out
     assert seen["max_bytes"] == 65535, seen
     assert 0 < seen["bytes_sent"] <= 65535 * seen["frames_sent"], seen
 

@@ -16,7 +16,7 @@ import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from conftest import TIMEOUT, wait_until
+from conftest import SLACK, wait_until
 from test_godot import (  # noqa: F401 (fixtures)
     RUN_TIMEOUT,
     godot,
@@ -171,13 +171,13 @@ def test_1080p30_decoded_off_the_main_thread_in_order_and_stalls_stay_bounded(
     assert streamed["size"] == "1920x1080" and streamed["errors"] == "0", out
     assert streamed["thread"] == "true", out
     # Frame info and the pong's server clock give the capture-to-upload latency (same machine).
-    assert -100 < int(streamed["latency_ms"]) < 10_000 * TIMEOUT / 5, out
+    assert -100 < int(streamed["latency_ms"]) < 10_000 * SLACK, out
     for stall in stalls:
         # The client's thread kept reading during the stall (so nothing piled up in the socket)
         # but decoded one frame at most: the last one it decoded waits for the game, and no
         # other decode starts meanwhile. Every other frame was dropped before any decode.
         received, decodes = int(stall["received"]), int(stall["decodes"])
-        assert received >= 10, out
+        assert received >= 10 / SLACK, out  # ~30 in the 1 s stall on an idle machine
         assert decodes <= MAX_DECODES_PER_STALL, out
         assert int(stall["dropped"]) >= received - decodes - 1, out
     # Memory: no growth from stall to stall beyond a few 1080p pictures' worth (6 MB each).

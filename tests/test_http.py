@@ -17,11 +17,12 @@ from typing import Iterator
 import cv2
 import numpy as np
 import pytest
-from conftest import TIMEOUT, wait_until
+from conftest import SLACK, TIMEOUT, wait_until
 from helpers import MjpegReader, Response, decode_jpeg, get
 from websockets.sync.client import connect
 
 from camstream import Streamer
+from camstream.delivery.snapshot import FIRST_FRAME_WAIT_S
 
 
 @contextlib.contextmanager
@@ -103,7 +104,7 @@ def test_snapshot_without_a_frame_is_503_after_a_short_wait(streamer_factory) ->
     response = get(streamer.port, "/snapshot.jpg")
     waited = time.monotonic() - started
     assert response.status == 503 and response.headers["retry-after"] == "1"
-    assert 1.5 <= waited <= 3.5, waited
+    assert 1.5 <= waited <= FIRST_FRAME_WAIT_S + 1.5 * SLACK, waited  # (it waits 2 s)
     # ... and a frame published while it waits is served at once
     result: list[Response] = []
     thread = threading.Thread(target=lambda: result.append(get(streamer.port, "/snapshot.jpg")))
@@ -128,7 +129,7 @@ def test_opencv_reads_the_mjpeg_stream(streamer_factory) -> None:
         ok, image = capture.read()
         assert ok and image.shape == (240, 320, 3)
         started, frames = time.monotonic(), 0
-        while frames < 45:
+        while frames < 30:
             ok, image = capture.read()
             assert ok, f"read failed after {frames} frames"
             assert image.shape == (240, 320, 3)
@@ -136,7 +137,7 @@ def test_opencv_reads_the_mjpeg_stream(streamer_factory) -> None:
         fps = frames / (time.monotonic() - started)
     finally:
         capture.release()
-    assert 15 <= fps <= 40, fps  # the camera's 30 fps, as OpenCV sees it
+    assert 15 / SLACK <= fps <= 40, fps  # the camera's 30 fps, as OpenCV sees it
 
 
 def test_mjpeg_parts_are_whole_jpegs_at_the_requested_rate(streamer_factory) -> None:
@@ -147,14 +148,15 @@ def test_mjpeg_parts_are_whole_jpegs_at_the_requested_rate(streamer_factory) -> 
         assert "no-store" in reader.headers["cache-control"]
         assert "content-length" not in reader.headers
         reader.next_part()  # the first frame starts the clock
-        started, parts = time.monotonic(), []
-        while time.monotonic() - started < 2.0:
-            parts.append(reader.next_part())
+        started = time.monotonic()
+        parts = [reader.next_part() for _ in range(10)]
+        elapsed = time.monotonic() - started
     for headers, body in parts:
         assert headers["content-type"] == "image/jpeg"
         assert int(headers["content-length"]) == len(body)
         assert decode_jpeg(body).shape == (120, 160, 3)
-    assert 17 <= len(parts) <= 23, len(parts)  # 10 fps for 2 s, not the camera's 30
+    # 10 fps (1 s for 10 parts), not the camera's 30 (0.33 s); slower only on a busy machine
+    assert 0.8 <= elapsed <= 10 / 7 * SLACK, elapsed
     stream = streamer.stats()["http"]
     assert stream["mjpeg_frames_skipped"] > 0  # it took every third frame or so
 
@@ -168,13 +170,13 @@ def test_mjpeg_and_websocket_viewers_share_one_encode_per_frame(streamer_factory
         connect(streamer.url + "?width=320", open_timeout=TIMEOUT) as ws,
     ):
         assert json.loads(ws.recv(timeout=TIMEOUT))["type"] == "metadata"
-        with reading_in_background(one, 45) as got_one, reading_in_background(two, 45) as got_two:
-            ws_frames = sum(isinstance(ws.recv(timeout=TIMEOUT), bytes) for _ in range(45))
-        assert len(got_one) == len(got_two) == 45 and ws_frames == 45
+        with reading_in_background(one, 30) as got_one, reading_in_background(two, 30) as got_two:
+            ws_frames = sum(isinstance(ws.recv(timeout=TIMEOUT), bytes) for _ in range(30))
+        assert len(got_one) == len(got_two) == 30 and ws_frames == 30
         after = streamer.stats()
     captured = after["frames_captured"] - before["frames_captured"]
     encoded = after["frames_encoded"] - before["frames_encoded"]
-    assert captured >= 45
+    assert captured >= 30
     assert encoded <= captured + 1, (encoded, captured)  # one encode per frame, not per viewer
     assert [(v["width"], v["quality"]) for v in after["variants"]] == [(320, 80)]
 
@@ -370,17 +372,21 @@ def test_stalled_mjpeg_reader_is_shed_and_slows_no_one(streamer_factory) -> None
             # Watch the viewer while the stalled stream fills its socket buffers, blocks, and
             # is dropped by the send watchdog one send_timeout later.
             started, frames = time.monotonic(), 0
+            captured = streamer.stats()["frames_captured"]
             while (
                 streamer.stats()["http"]["mjpeg_active"]
                 and time.monotonic() - started < TIMEOUT * 2
             ):
                 frames += isinstance(ws.recv(timeout=TIMEOUT), bytes)
             elapsed = time.monotonic() - started
+            captured = streamer.stats()["frames_captured"] - captured
         assert streamer.stats()["http"]["mjpeg_active"] == 0, (
             "the stalled MJPEG reader was not dropped after send_timeout"
         )
         assert elapsed > 1.0  # it was blocked for a while: the viewer was watched meanwhile
-        assert frames >= 0.7 * 30 * elapsed, (frames, elapsed)  # the viewer kept its 30 fps
+        # The viewer kept the camera's rate: nearly every frame captured meanwhile (one held up
+        # for the stalled reader's send_timeout of 1 s would have lost most of them).
+        assert frames >= 0.8 * captured - 2, (frames, captured, elapsed)
     finally:
         stalled.close()
 
@@ -403,5 +409,5 @@ def test_stop_ends_mjpeg_streams_promptly() -> None:
         streamer.stop()
         for reader in readers:
             reader.close()
-    assert stop_took < 1.0, stop_took
+    assert stop_took < 1.0 * SLACK, stop_took
     assert streamer.stats()["http"]["mjpeg_active"] == 0

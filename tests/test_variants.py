@@ -21,7 +21,7 @@ from typing import Iterator
 
 import numpy as np
 import pytest
-from conftest import TIMEOUT, wait_until
+from conftest import SLACK, TIMEOUT, wait_until
 from helpers import get
 from test_passthrough import Viewer
 from together import run_together, watch_slot
@@ -301,16 +301,19 @@ def test_a_variant_flood_does_not_slow_a_legitimate_viewer(flood_streamer: Strea
         assert wait_until(lambda: streamer.client_count == 61)
         for _ in range(30):  # warm up
             legit.next_frame()
-        start, frames = time.monotonic(), 0
-        while time.monotonic() - start < 5.0:
+        captured, start = streamer.stats()["frames_captured"], time.monotonic()
+        frames = 60  # 2 s at the camera's 30 fps
+        for _ in range(frames):
             legit.next_frame()
-            frames += 1
         fps = frames / (time.monotonic() - start)
         stats = streamer.stats()
+        captured = stats["frames_captured"] - captured
         assert drain.bytes > 0
     # The figure itself is benchmarks/variant_flood.py's (~30 fps; ~10 before the cap); here a
     # bound that a loaded machine (a larger CAMSTREAM_TEST_TIMEOUT) loosens.
-    assert fps >= 27 / max(1.0, TIMEOUT / 5), f"legitimate viewer at {fps:.1f} fps during the flood"
+    assert fps >= 27 / SLACK, f"legitimate viewer at {fps:.1f} fps during the flood"
+    # ... and, however busy the machine, nearly every frame the camera captured meanwhile
+    assert frames >= 0.8 * captured - 2, (frames, captured)
     budget = 30 * (4 + 1)
     assert stats["live_variants"] <= 4 + 1
     assert stats["encodes_per_s"] <= budget * 1.1, stats["encodes_per_s"]

@@ -24,7 +24,7 @@ from typing import Any, Iterator
 import cv2
 import numpy as np
 import pytest
-from conftest import TIMEOUT, wait_until, write_video
+from conftest import SLACK, TIMEOUT, wait_until, write_video
 from test_browser import WAIT_MS, browser, page, stats, wait_for  # noqa: F401 - fixtures
 
 # Installed before the page's own script (DevTools evaluates it, so the page's CSP does not
@@ -206,14 +206,14 @@ def test_the_rate_control_changes_the_rate_the_server_sends(streamer_factory, ta
     more_frames(tab, 8)
     rate, count = frame_rate(infos_after(wire, lambda m: m["fps"] == 5))
     print(f"at 5 fps: {rate:.1f} fps over {count} frames")
-    assert count >= 6 and 2.5 < rate <= 7.5, rate  # 5 asked, measured generously
+    assert count >= 6 and 2.5 / SLACK < rate <= 7.5, rate  # 5 asked, measured generously
     wait_for(tab, "() => camstreamStats.fps > 0 && camstreamStats.fps <= 7.5")
 
     choose(tab, "#fps-choice", "240", "camstreamStats.metadata.fps === 30")  # camera rate
     more_frames(tab, 20)
     rate, count = frame_rate(infos_after(wire, lambda m: m["fps"] == 30))
     print(f"at the camera's rate (30 fps): {rate:.1f} fps over {count} frames")
-    assert rate > 15, rate
+    assert rate > max(15 / SLACK, 7.5), rate  # above what 5 fps could give, however busy
 
 
 def test_the_quality_control_and_the_source_s_own_jpegs(
