@@ -176,7 +176,7 @@ def test_mjpeg_and_websocket_viewers_share_one_encode_per_frame(streamer_factory
         after = streamer.stats()
     captured = after["frames_captured"] - before["frames_captured"]
     encoded = after["frames_encoded"] - before["frames_encoded"]
-    assert captured >= 30
+    assert captured >= 29  # (the first of the 30 frames may be the one there already)
     assert encoded <= captured + 1, (encoded, captured)  # one encode per frame, not per viewer
     assert [(v["width"], v["quality"]) for v in after["variants"]] == [(320, 80)]
 

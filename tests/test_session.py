@@ -135,13 +135,14 @@ def test_metadata_first_then_replies_and_snapshots_in_the_order_asked(
 ) -> None:
     frame = camera.publish(IMAGE, copy=False)
     session = make_session(fps=0.5)  # a slow viewer: frames do not come between the replies
+    first, shown = wire.wait_for(2)[:2]  # the metadata, then the newest frame at once
+    assert text(first)["type"] == "metadata" and text(first)["width"] == 160
+    assert shown[0] == 0x2
     session.handle_text('{"type": "ping", "t": 1}')
     session.handle_text('{"type": "snapshot", "quality": 50}')
     session.handle_text('{"type": "ping", "t": "two"}')
-    messages = wire.wait_for(5)
-    first = text(messages[0])
-    assert first["type"] == "metadata" and first["width"] == 160
-    got = [text(m) if m[0] == 0x1 else m[1] for m in messages[1:5]]
+    messages = wire.wait_for(6)
+    got = [text(m) if m[0] == 0x1 else m[1] for m in messages[2:6]]
     pong1, snapshot, jpeg, pong2 = got
     assert pong1["type"] == "pong" and pong1["t"] == 1 and pong1["server_time"] > 0
     assert snapshot["type"] == "snapshot" and snapshot["seq"] == frame.seq
