@@ -411,3 +411,21 @@ def test_stop_ends_mjpeg_streams_promptly() -> None:
             reader.close()
     assert stop_took < 1.0 * SLACK, stop_took
     assert streamer.stats()["http"]["mjpeg_active"] == 0
+
+
+def test_an_mjpeg_reader_that_half_closes_after_its_request_keeps_its_stream(
+    streamer_factory,
+) -> None:
+    """``printf 'GET ...' | nc host port``: some readers shut down their sending side once the
+    request is out, and go on reading. That is not a reader that left (the stream ends only
+    when the connection is reset or a write fails)."""
+    streamer = streamer_factory("test", width=160, height=120, fps=30)
+    with socket.create_connection(("127.0.0.1", streamer.port), timeout=TIMEOUT) as sock:
+        sock.sendall(b"GET /stream.mjpg?adapt=on HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
+        sock.shutdown(socket.SHUT_WR)
+        received = b""
+        while received.count(b"--camstream-frame") < 20:
+            chunk = sock.recv(65536)
+            assert chunk, f"the stream ended after {received.count(b'--camstream-frame')} parts"
+            received += chunk
+    assert received.startswith(b"HTTP/1.0 200") or received.startswith(b"HTTP/1.1 200")

@@ -140,8 +140,8 @@ class MjpegStream:
 
     @property
     def is_open(self) -> bool:
-        """False once the reader left: its FIN or RST (a write would notice too, but a frame
-        held back while the link drains is no write)."""
+        """False once the reader left (its connection reset: a write would notice too, but a
+        frame held back while the link drains is no write)."""
         return not self._exchange.peer_closed()
 
     def unsent_bytes(self) -> int | None:

@@ -279,9 +279,9 @@ class Link:
                     self.sendall()
 
     def peer_closed(self) -> bool:
-        """Whether the peer has closed its side (Linux: the TCP state says so; elsewhere
-        False: a write notices). For connections that never read after the request (an
-        MJPEG stream): their peer's leaving shows in no reader. Any thread, never raises."""
+        """Whether the peer is gone (Linux: the connection was reset; elsewhere False: a
+        write notices). For connections that never read after the request (an MJPEG stream):
+        their peer's leaving shows in no reader. Any thread, never raises."""
         return peer_has_closed(self.sock) is True
 
     def writable_now(self) -> bool:

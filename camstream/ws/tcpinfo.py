@@ -187,15 +187,14 @@ def read_tcp_info(sock: socket.socket) -> TcpInfo | None:
     return _decode(raw)
 
 
-_TCP_ESTABLISHED = 1  # tcpi_state (byte 0): include/net/tcp_states.h
-_TCP_SYN_RECV = 3  # (accepted sockets are past it; a listening or new one is not asked)
+_TCP_CLOSE = 7  # tcpi_state (byte 0), include/net/tcp_states.h: reset, or closed for good
 
 
 def peer_has_closed(sock: socket.socket) -> bool | None:
-    """Whether the peer of ``sock`` has closed its side (sent FIN or RST): the connection's
-    ``tcpi_state`` is past ``ESTABLISHED`` (``CLOSE_WAIT``, ``CLOSE``...). A connection whose
-    peer only ever reads (an MJPEG viewer) is gone then, though nothing was read from it.
-    None where there is no ``TCP_INFO``; any thread, never raises.
+    """Whether the connection of ``sock`` is gone: its ``tcpi_state`` is ``CLOSE`` (the peer
+    reset it, as a reader that closes with bytes unread does, or answered a write after its
+    close with a reset). A peer that only shut down its sending side (``CLOSE_WAIT``) may still
+    read: that is not gone. None where there is no ``TCP_INFO``; any thread, never raises.
     """
     if _TCP_INFO is None:
         return None
@@ -205,4 +204,4 @@ def peer_has_closed(sock: socket.socket) -> bool | None:
         return True  # closed under us (a closed fd): gone either way
     if not raw:
         return None
-    return raw[0] not in (_TCP_ESTABLISHED, _TCP_SYN_RECV)
+    return raw[0] == _TCP_CLOSE
