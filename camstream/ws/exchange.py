@@ -97,7 +97,7 @@ class HttpExchange:
         self._link.flush()
 
     def peer_closed(self) -> bool:
-        """Whether the client has closed its side (:meth:`.Link.peer_closed`)."""
+        """Whether the client is gone: its connection reset (:meth:`.Link.peer_closed`)."""
         return self._link.peer_closed()
 
     def unsent_bytes(self) -> int | None:
