@@ -255,7 +255,8 @@ def test_a_partial_fast_send_is_finished_by_the_sender_before_anything_else(
 def test_a_fast_path_viewer_is_not_slowed_by_one_that_stopped_reading(streamer_factory) -> None:
     rng = np.random.default_rng(5)
     image = rng.integers(0, 256, (480, 640, 3), dtype=np.uint8)
-    streamer = streamer_factory("push", fps=30, max_bytes=None, send_timeout=2)
+    send_timeout = 4.0
+    streamer = streamer_factory("push", fps=30, max_bytes=None, send_timeout=send_timeout)
     stop = threading.Event()
 
     def publish() -> None:
@@ -275,13 +276,16 @@ def test_a_fast_path_viewer_is_not_slowed_by_one_that_stopped_reading(streamer_f
                 reader.recv(timeout=TIMEOUT)
                 gaps = []
                 last = time.monotonic()
-                for _ in range(30):  # 1 s
+                for _ in range(60):  # 2 s, half the stalled viewer's send_timeout
                     assert isinstance(reader.recv(timeout=TIMEOUT), bytes)
                     now = time.monotonic()
                     gaps.append(now - last)
                     last = now
-                # never more than about one frame late (the stalled one's send_timeout is 2 s)
-                assert max(gaps) < 2.5 / 30 * SLACK, max(gaps)
+                # A fan-out that waited on the stalled viewer would hold this one for its whole
+                # send_timeout (4 s) or pace it down; a busy test machine only delays a frame or
+                # two. So: no gap near the send_timeout, and the full rate over the 2 s.
+                assert max(gaps) < send_timeout / 8 * SLACK, sorted(gaps)[-5:]
+                assert sum(gaps) < 60 / 30 * 1.25 * SLACK, sum(gaps)
         finally:
             stalled.close()
     finally:
