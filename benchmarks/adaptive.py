@@ -17,7 +17,10 @@ Scenarios (``--scenarios``, comma-separated):
   adapt and to recover, from the metadata stream (first size change) and from the frames
   (first second with >= 15 fps and p95 <= 300 ms; first second back at full size and >= 25 fps).
 * ``mixed``: ``--per-rate`` viewers at each of four rates next to ``--unshaped`` unshaped ones
-  at once; JPEG encodes/s (from ``stats()``) and server CPU %.
+  at once; JPEG encodes/s (from ``stats()``) and server CPU %. With adaptation on, also the
+  *codec floor*: the CPU one thread takes, on this machine, to decode each source JPEG and make
+  the rungs the viewers were on (scaling and encoding as the server does), per frame and as a
+  share of a core at 30 fps: what any server must spend before it sends a byte.
 
 Each point: a fresh server and network, ``--warmup`` s, then a ``--window`` s measurement.
 Prints per viewer: fps, capture-to-receipt latency p50/p95, widths seen, kB/s; per point:
@@ -54,11 +57,15 @@ sys.path.insert(0, os.path.join(REPO, "tests"))
 sys.path.insert(0, HERE)
 
 import cv2  # noqa: E402
+import numpy as np  # noqa: E402
 from loadgen import percentile  # noqa: E402
 from netns import Lane, SlowLinks, unavailable  # noqa: E402
 from stamp import FrameSource, system_cpu  # noqa: E402
 
 from camstream import Streamer  # noqa: E402
+from camstream.delivery.encoder import Variant  # noqa: E402
+from camstream.delivery.jpegcodec import encode_jpeg, resize  # noqa: E402
+from camstream.delivery.ladder import build_ladder  # noqa: E402
 
 FPS = 30.0
 VIEWER = os.path.join(HERE, "adaptive_viewer.py")
@@ -297,6 +304,40 @@ def drop_times(
     }
 
 
+# The codec floor
+
+
+def codec_floor(jpegs: list[bytes], widths: list[int], repeats: int = 3) -> dict[str, Any]:
+    """The CPU (this thread, best of ``repeats`` passes over ``jpegs``) of decoding a source
+    JPEG and of making each rung of ``widths`` from it (the default viewer's ladder: its
+    rung's size and quality, scaled and encoded by camstream's own functions), in ms a frame;
+    and their sum as % of a core at :data:`FPS`."""
+    height, width = cv2.imdecode(np.frombuffer(jpegs[0], np.uint8), cv2.IMREAD_COLOR).shape[:2]
+    ladder = build_ladder(Variant(), width, height)
+    rungs = {r.width: r for r in ladder.rungs[1:] if r.width in widths}
+
+    def best_ms(work: Any, items: list[Any]) -> float:
+        passes = []
+        for _ in range(repeats):
+            started = time.thread_time()
+            for item in items:
+                work(item)
+            passes.append((time.thread_time() - started) / len(items) * 1000)
+        return round(min(passes), 2)
+
+    images = [cv2.imdecode(np.frombuffer(j, np.uint8), cv2.IMREAD_COLOR) for j in jpegs]
+    costs = {"decode": best_ms(
+        lambda j: cv2.imdecode(np.frombuffer(j, np.uint8), cv2.IMREAD_COLOR), jpegs)}
+    for rung_width, rung in sorted(rungs.items(), reverse=True):
+        quality = rung.variant.quality or 80
+        costs[f"{rung_width} q{quality}"] = best_ms(
+            lambda image, r=rung, q=quality: encode_jpeg(resize(image, r.width, r.height), q),
+            images)
+    per_frame = sum(costs.values())
+    return {"ms_per_frame": costs, "total_ms": round(per_frame, 2),
+            "core_pct_at_fps": round(per_frame * FPS / 10, 1)}
+
+
 # Scenarios
 
 
@@ -324,6 +365,11 @@ def print_point(result: dict[str, Any]) -> None:
     print(f"\n== {result['name']}, adapt={result['adapt']}: server {result['server_cpu_pct']} % "
           f"of a core, {result['encodes_per_s']} encodes/s, {result['decodes_per_s']} "
           f"decodes/s (other load {result['other_cpu_pct']} % of all cores)")
+    floor = result.get("codec_floor")
+    if floor is not None:
+        parts = ", ".join(f"{k} {v} ms" for k, v in floor["ms_per_frame"].items())
+        print(f"   codec floor (one thread, after the window): {parts} = {floor['total_ms']} ms "
+              f"a frame, {floor['core_pct_at_fps']} % of a core at {FPS:g} fps")
     print(f"   {'viewer':<16} {'fps':>6} {'p50 ms':>8} {'p95 ms':>8} {'kB/s':>8}  widths")
     groups: dict[str, list[dict[str, Any]]] = collections.defaultdict(list)
     for viewer in result["viewers"]:
@@ -429,6 +475,11 @@ def main() -> int:
     results = []
     for point in points(args):
         result = run_point(point, jpegs, args)
+        if point.name.startswith("mixed") and point.adapt == "on":
+            top = max(int(w) for v in result["viewers"] for w in v["widths"])
+            used = {int(w) for v in result["viewers"] if v["rate_mbit"] is not None
+                    for w in v["widths"]} - {top}
+            result["codec_floor"] = codec_floor(jpegs, sorted(used))
         print_point(result)
         results.append(result)
     os.makedirs(os.path.dirname(args.json), exist_ok=True)
