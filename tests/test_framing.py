@@ -43,7 +43,10 @@ def test_a_foreign_page_cannot_frame_the_viewer(
             )
             tab.goto(f"{url}?port={streamer.port}", timeout=WAIT_MS)
             tab.wait_for_function("() => window.loaded === 4", timeout=WAIT_MS)
-            assert streamer.stats()["http"]["pages"] == 4  # the page was asked for 4 times
+            # The page was asked for by each frame (so the browser, not the server, refused
+            # it). At least 4, not exactly: a fifth request was seen once in CI, with two test
+            # processes sharing the browser machinery and the port range.
+            assert streamer.stats()["http"]["pages"] >= 4
             if allowed:  # the frames run the viewer: 3 places taken, the 4th frame refused
                 assert wait_until(lambda: streamer.client_count == 3, timeout=3 * TIMEOUT)
                 return

@@ -134,6 +134,28 @@ def test_wss_streaming_websocket_client(
     assert app.closed.get(timeout=TIMEOUT).close_code == 1000
 
 
+def test_no_tls_session_tickets_race_a_threaded_clients_request(
+    tls_server: Any, client_ctx: ssl.SSLContext
+) -> None:
+    """TLS 1.3 session tickets come after the handshake, while the client already writes its
+    request. A client that reads in one thread and writes in another on the same TLS socket
+    (websockets' sync client) then loses its request now and then (1 connect in ~500 hung until
+    its open timeout here): OpenSSL connections are not for two threads at once. The server
+    sends none, so nothing arrives until the client's request is answered."""
+    srv, _ = tls_server
+    raw = socket.create_connection(("127.0.0.1", srv.port), timeout=TIMEOUT)
+    with client_ctx.wrap_socket(raw, server_hostname="localhost") as tls:
+        assert tls.version() == "TLSv1.3"
+        tls.sendall(upgrade_request())
+        answer = b""
+        while b"\r\n\r\n" not in answer:  # (tickets sent would come before the answer)
+            chunk = tls.recv(4096)
+            assert chunk, answer
+            answer += chunk
+        assert answer.startswith(b"HTTP/1.1 101"), answer
+        assert tls.session is None or not tls.session.has_ticket
+
+
 def test_wss_over_tls_1_2(tls_server: Any, cert: tuple[str, str], quiet: None) -> None:
     """The channel is not TLS 1.3 only: a client that stops at TLS 1.2 streams as well."""
     srv, app = tls_server

@@ -347,6 +347,12 @@ def make_ssl_context(certfile: str, keyfile: str | None = None) -> ssl.SSLContex
             raise ServerError(f"TLS file not found: {path}")
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    # No TLS 1.3 session tickets. They come after the handshake, while the client already
+    # writes its request, and a client that reads and writes its TLS socket from two threads
+    # (websockets' sync client does) then loses that request now and then: its connect hangs
+    # until its own timeout (1 in ~500 in our tests). Resuming a session saves a reconnecting
+    # viewer ~2 ms of handshake; streams are long-lived.
+    ctx.num_tickets = 0
     try:
         # A password callback that refuses: OpenSSL would otherwise prompt on the terminal.
         ctx.load_cert_chain(certfile, keyfile, password=_refuse_password)
