@@ -307,14 +307,16 @@ def drop_times(
 # The codec floor
 
 
-def codec_floor(jpegs: list[bytes], widths: list[int], repeats: int = 3) -> dict[str, Any]:
+def codec_floor(jpegs: list[bytes], widths: set[int], repeats: int = 3) -> dict[str, Any]:
     """The CPU (this thread, best of ``repeats`` passes over ``jpegs``) of decoding a source
     JPEG and of making each rung of ``widths`` from it (the default viewer's ladder: its
     rung's size and quality, scaled and encoded by camstream's own functions), in ms a frame;
-    and their sum as % of a core at :data:`FPS`."""
-    height, width = cv2.imdecode(np.frombuffer(jpegs[0], np.uint8), cv2.IMREAD_COLOR).shape[:2]
+    and their sum as % of a core at :data:`FPS`. Rungs are told by their width, so one at the
+    source's own width (a lower quality of it) is not told from the top and is left out."""
+    images = [cv2.imdecode(np.frombuffer(j, np.uint8), cv2.IMREAD_COLOR) for j in jpegs]
+    height, width = images[0].shape[:2]
     ladder = build_ladder(Variant(), width, height)
-    rungs = {r.width: r for r in ladder.rungs[1:] if r.width in widths}
+    rungs = {r.width: r for r in ladder.rungs[1:] if r.width in widths and r.width != width}
 
     def best_ms(work: Any, items: list[Any]) -> float:
         passes = []
@@ -325,7 +327,6 @@ def codec_floor(jpegs: list[bytes], widths: list[int], repeats: int = 3) -> dict
             passes.append((time.thread_time() - started) / len(items) * 1000)
         return round(min(passes), 2)
 
-    images = [cv2.imdecode(np.frombuffer(j, np.uint8), cv2.IMREAD_COLOR) for j in jpegs]
     costs = {"decode": best_ms(
         lambda j: cv2.imdecode(np.frombuffer(j, np.uint8), cv2.IMREAD_COLOR), jpegs)}
     for rung_width, rung in sorted(rungs.items(), reverse=True):
@@ -476,10 +477,9 @@ def main() -> int:
     for point in points(args):
         result = run_point(point, jpegs, args)
         if point.name.startswith("mixed") and point.adapt == "on":
-            top = max(int(w) for v in result["viewers"] for w in v["widths"])
-            used = {int(w) for v in result["viewers"] if v["rate_mbit"] is not None
-                    for w in v["widths"]} - {top}
-            result["codec_floor"] = codec_floor(jpegs, sorted(used))
+            widths = {int(w) for v in result["viewers"] if v["rate_mbit"] is not None
+                      for w in v["widths"]}  # the shaped viewers'
+            result["codec_floor"] = codec_floor(jpegs, widths)
         print_point(result)
         results.append(result)
     os.makedirs(os.path.dirname(args.json), exist_ok=True)
