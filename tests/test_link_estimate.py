@@ -166,9 +166,14 @@ def test_where_the_socket_tells_nothing_write_timing_gives_the_rate() -> None:
     assert estimate.state(0.0).rate is None and estimate.state(0.0).backlog is None
     estimate.timed_write(0.0, 0.002, 50_000)  # did not wait: says nothing
     assert estimate.state(0.01).rate is None
-    estimate.timed_write(0.1, 0.3, 100_000)  # waited for the link: 500 KB/s
-    state = estimate.state(0.3)
+    estimate.timed_write(0.1, 0.3, 100_000)  # waited, but may have filled free room first
+    assert estimate.state(0.3).rate is None
+    estimate.timed_write(0.35, 0.5, 100_000)  # waited again: drained between the two ends
+    state = estimate.state(0.5)
     assert state.rate == pytest.approx(500_000) and state.measured
+    estimate.timed_write(0.6, 0.601, 10_000)  # fit at once: the buffer is no longer full
+    estimate.timed_write(0.7, 0.75, 100_000)  # waited, after one that did not: nothing new
+    assert estimate.state(0.75).rate == pytest.approx(500_000)
 
 
 def test_the_estimate_outlives_a_quiet_window_as_old_news() -> None:
@@ -356,6 +361,44 @@ def test_a_loopback_viewer_gets_a_high_estimate(streamer_on: object) -> None:
         state = watch(meter, 2.0)[-1]
         assert state.rate is not None and state.rate > 100 * MBIT, state
         assert state.rtt is not None and state.rtt < 0.05 * SLACK
+    finally:
+        viewer.kill()
+        viewer.communicate(timeout=TIMEOUT)
+
+
+def test_without_tcp_info_a_slow_link_is_measured_by_write_timing(
+    slow_links: SlowLinks, streamer_on: object, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Where the platform has no ``TCP_INFO`` (made so here: the socket's figures are the
+    platform's, not the network's), the viewer's blocking writes that wait for the link give
+    its rate, and the viewer steps down below the camera's own JPEGs."""
+    from camstream.delivery import linkcontrol
+
+    monkeypatch.setattr(tcpinfo, "_TCP_INFO", None)
+    monkeypatch.setattr(linkcontrol, "TCP_INFO_SUPPORTED", False)
+    mbit = 2
+    lane = slow_links.lane(mbit)
+    streamer = streamer_on(slow_links.host_address, noisy_jpegs(1280, 720, 90, noise=16))  # type: ignore[operator]
+    path = "/?max_bytes=0"  # adaptation on, as it is by default
+    argv = [sys.executable, "-c", VIEWER, slow_links.host_address, str(streamer.port), path]
+    viewer = lane.popen(argv, stdout=subprocess.PIPE, text=True)
+    try:
+        assert wait_until(lambda: streamer.client_count == 1, 3 * TIMEOUT)
+        controller = streamer._viewers.sessions()[0]._loop.controller
+        assert isinstance(controller, linkcontrol.LinkController)
+
+        def stepped_down_on_a_measured_rate() -> bool:
+            link = controller.link
+            return controller.rung > 0 and link is not None and link.measured
+
+        assert wait_until(stepped_down_on_a_measured_rate, 3 * TIMEOUT), controller.link
+        link = controller.link
+        assert link is not None and link.rate is not None
+        assert link.rtt is None  # nothing but the writes was known
+        # Coarse: the first figures come while the kernel's buffers and the shaper's burst
+        # still take bytes faster than the link (0.9-2.2 times its rate in our runs).
+        assert mbit * MBIT / 4 < link.rate < mbit * MBIT * 4, (link, lane.qdisc_stats())
+        assert viewer.poll() is None  # still reading
     finally:
         viewer.kill()
         viewer.communicate(timeout=TIMEOUT)

@@ -112,7 +112,9 @@ class HoldOrSwitch:
         self.retry_at = now + 0.005
         return self.other
 
-    def sent(self, variant: Variant, size: int, now: float) -> None:
+    def sent(
+        self, variant: Variant, size: int, now: float, write_s: float | None = None
+    ) -> None:
         self.record.append((variant, size))
 
 

@@ -30,6 +30,7 @@ import socket
 from .. import logs
 from ..capture.frame import Frame
 from ..ws.link import Link
+from ..ws.tcpinfo import TCP_INFO_SUPPORTED
 from .adapt import AdaptController
 from .ladder import Ladder, build_ladder
 from .linkestimate import LinkState, SocketMeter
@@ -127,9 +128,17 @@ class LinkController:
             return decided[3]
         return self._decide(top, fps, frame, unsent, now)
 
-    def sent(self, variant: Variant, size: int, now: float) -> None:
-        """A frame of ``size`` bytes in the chosen variant was written (or begun) at ``now``."""
-        self.meter.estimate.wrote(now, size)
+    def sent(
+        self, variant: Variant, size: int, now: float, write_s: float | None = None
+    ) -> None:
+        """A frame of ``size`` bytes in the chosen variant was written (or begun) at ``now``;
+        ``write_s``: how long its blocking write took (None: non-blocking). Where the socket
+        tells nothing (no ``TCP_INFO``), a write that had to wait gives the link's rate
+        (:meth:`~.linkestimate.LinkEstimate.timed_write`)."""
+        estimate = self.meter.estimate
+        estimate.wrote(now, size)
+        if write_s is not None and not TCP_INFO_SUPPORTED:
+            estimate.timed_write(now, now + write_s, size)
         self._decided = None
         if self._quick:
             self._quick_bytes = max(size // _QUICK_SHARE, _QUICK_MIN_BYTES)

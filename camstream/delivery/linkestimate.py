@@ -185,6 +185,7 @@ class LinkEstimate:
         self._writes = 0  # writes since the newest sample
         self._written: collections.deque[tuple[float, int]] = collections.deque()  # (at, bytes)
         self._written_total = 0  # bytes in _written
+        self._full_since: float | None = None  # the end of a write that waited (timed_write)
         self._rtt: float | None = None
         self._min_rtt: float | None = None
         self._last_rate: tuple[float, bool] | None = None  # kept while the window is empty
@@ -200,13 +201,18 @@ class LinkEstimate:
 
     def timed_write(self, started: float, ended: float, nbytes: int) -> None:
         """A blocking write of ``nbytes`` took from ``started`` to ``ended``: the fallback
-        where the socket tells nothing (no ``TCP_INFO``). A write that had to wait went at the
-        rate the link drained the full send buffer."""
-        seconds = ended - started
+        where the socket tells nothing (no ``TCP_INFO``).
+
+        A write that had to wait ends with the send buffer full. So when two writes in a row
+        waited, the link drained the second one's bytes between the two ends: that is its rate
+        (less, if the buffer ran empty in between). One write alone says nothing: it may have
+        filled free room before it waited."""
+        waited = ended - started >= _SLOW_WRITE_S
+        full_since, self._full_since = self._full_since, ended if waited else None
         if self._prev is not None and self._prev.acked is not None:
             return  # the socket's own figures are better
-        if seconds >= _SLOW_WRITE_S and nbytes > 0:
-            self._measured.append((ended, nbytes / seconds))
+        if waited and full_since is not None and ended > full_since and nbytes > 0:
+            self._measured.append((ended, nbytes / (ended - full_since)))
 
     def add(self, sample: LinkSample) -> None:
         """Take one look at the socket (samples in time order)."""

@@ -160,8 +160,11 @@ class Controller(Protocol):
         camera's); ``unsent_bytes``: bytes the viewer has not taken yet (None if unknown);
         ``now``: ``time.monotonic()``."""
 
-    def sent(self, variant: Variant, size: int, now: float) -> None:
-        """A frame of ``size`` bytes in the variant chosen was written (or begun) at ``now``."""
+    def sent(
+        self, variant: Variant, size: int, now: float, write_s: float | None = None
+    ) -> None:
+        """A frame of ``size`` bytes in the variant chosen was written (or begun) at ``now``;
+        ``write_s``: how long its blocking write took (None: a non-blocking one)."""
 
 
 # The routine's outcomes as plain names: an enum member read through its class costs a few
@@ -432,13 +435,15 @@ class ViewerLoop:
             return _IDLE
         last = pacer.last_seq
         skipped = frame.seq - last - 1 if last else 0
+        started = time.monotonic()
         left = output.send(encoded, variant, skipped, round_)
         if left is None:
             return _LEFT
         size = len(encoded.data)
         pacer.sent(frame.seq, size, now, wanted[1], camera_fps)
         if controller is not None:
-            controller.sent(variant, size, now)
+            write_s = None if round_ is not None else time.monotonic() - started
+            controller.sent(variant, size, now, write_s)
         stats = self.stats
         stats.frames_sent += 1
         stats.frames_skipped += skipped
