@@ -384,7 +384,9 @@ def test_without_tcp_info_a_slow_link_is_measured_by_write_timing(
     viewer = lane.popen(argv, stdout=subprocess.PIPE, text=True)
     try:
         assert wait_until(lambda: streamer.client_count == 1, 3 * TIMEOUT)
-        controller = streamer._viewers.sessions()[0]._loop.controller
+        loop = streamer._viewers.sessions()[0]._loop
+        assert wait_until(lambda: loop.controller is not None, TIMEOUT)  # its thread sets it
+        controller = loop.controller
         assert isinstance(controller, linkcontrol.LinkController)
 
         def stepped_down_on_a_measured_rate() -> bool:
