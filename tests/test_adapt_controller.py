@@ -347,3 +347,28 @@ def test_behind_a_reverse_proxy_the_proxy_reading_slowly_is_the_link() -> None:
     ctrl.sent(0, SIZES[0], 0.0)
     decision = ctrl.decide(0.1, stuck, 30.0, 30.0)
     assert decision.rung > 0 and not decision.send and decision.reason == "link"
+
+
+def test_behind_a_reverse_proxy_a_probe_holds_for_its_window_before_the_next() -> None:
+    """The proxy's buffers hide a probe's failure for seconds, so a proxied viewer on a link
+    that shows nothing goes up one rung, then waits out that probe's window (not only the
+    up dwell) before the next: no climb to the top on buffers still filling."""
+    quiet = LinkState(rate=200 * MBIT, measured=False, backlog=0, unsent=0, offered=MBIT)
+    ctrl = AdaptController(
+        len(SIZES), SIZES, proxied=True, up_dwell_s=2.0, probe_window_s=8.0,
+        probe_backoff_s=4.0, now=0.0,
+    )
+    ctrl.sent(0, SIZES[0], 0.0)
+    stuck = LinkState(rate=4 * MBIT, measured=True, backlog=400_000, unsent=400_000)
+    assert ctrl.decide(0.1, stuck, 30.0, 30.0).rung > 0  # stepped down
+    probes = []
+    t = 0.1
+    while t < 30.0:
+        t = round(t + 1 / 30, 4)
+        decision = ctrl.decide(t, quiet, 30.0, 30.0)
+        if decision.reason == "probe":
+            probes.append(t)
+        ctrl.sent(decision.rung, SIZES[decision.rung], t)
+    assert probes, "a proxied viewer probes up blind"
+    assert all(b - a > 8.0 for a, b in zip(probes, probes[1:])), probes
+    assert len(probes) >= 2, probes  # ...and goes on once each probe held

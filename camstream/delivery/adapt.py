@@ -44,7 +44,10 @@ The rules, with ``f`` the viewer's rate (its requested rate, at most the camera'
   viewer is not local, and the proxy holding the sending back counts as the link being behind
   (the proxy's buffers delay the step; see docs/scaling.md). Nor does the socket's rate say
   what the viewer's link carries (while the proxy's buffers have room it is the hop's own):
-  a proxied viewer probes up blind, with the failed-probe backoff, never by that rate.
+  a proxied viewer probes up blind, never by that rate, with the failed-probe backoff; and
+  since a probe's failure shows only once the proxy's buffers (and the socket's to it) are
+  full, the next probe waits until the last one held for ``probe_window_s``: one rung at a
+  time, never a climb on buffers still filling.
 
 Not thread-safe: one viewer's loop thread. Times in seconds (``time.monotonic()``), rates in
 bytes/s, sizes in bytes.
@@ -270,6 +273,10 @@ class AdaptController:
         above = self.rung - 1
         if now < self._up_ok_at or now < self._probe_ok_at[above]:
             return None
+        if self.proxied and self._probed_at is not None and (
+            now - self._probed_at <= self.probe_window_s
+        ):
+            return None  # the last blind probe has not shown that it held yet
         rate = link.rate
         fits = (
             not self.proxied and rate is not None
