@@ -19,8 +19,9 @@ Scenarios (``--scenarios``, comma-separated):
 * ``mixed``: ``--per-rate`` viewers at each of four rates next to ``--unshaped`` unshaped ones
   at once; JPEG encodes/s (from ``stats()``) and server CPU %. With adaptation on, also the
   *codec floor*: the CPU one thread takes, on this machine, to decode each source JPEG and make
-  the rungs the viewers were on (scaling and encoding as the server does), per frame and as a
-  share of a core at 30 fps: what any server must spend before it sends a byte.
+  the rungs the viewers were on (those that carried at least 5 % of their frames; decoding,
+  scaling and encoding as the server does), per frame and as a share of a core at 30 fps:
+  what any server must spend before it sends a byte.
 
 Each point: a fresh server and network, ``--warmup`` s, then a ``--window`` s measurement.
 Prints per viewer: fps, capture-to-receipt latency p50/p95, widths seen, kB/s; per point:
@@ -63,6 +64,7 @@ from netns import Lane, SlowLinks, unavailable  # noqa: E402
 from stamp import FrameSource, system_cpu  # noqa: E402
 
 from camstream import Streamer  # noqa: E402
+from camstream.capture.frame import Frame  # noqa: E402
 from camstream.delivery.encoder import Variant  # noqa: E402
 from camstream.delivery.jpegcodec import encode_jpeg, resize  # noqa: E402
 from camstream.delivery.ladder import build_ladder  # noqa: E402
@@ -311,12 +313,23 @@ def codec_floor(jpegs: list[bytes], widths: set[int], repeats: int = 3) -> dict[
     """The CPU (this thread, best of ``repeats`` passes over ``jpegs``) of decoding a source
     JPEG and of making each rung of ``widths`` from it (the default viewer's ladder: its
     rung's size and quality, scaled and encoded by camstream's own functions), in ms a frame;
-    and their sum as % of a core at :data:`FPS`. Rungs are told by their width, so one at the
-    source's own width (a lower quality of it) is not told from the top and is left out."""
-    images = [cv2.imdecode(np.frombuffer(j, np.uint8), cv2.IMREAD_COLOR) for j in jpegs]
-    height, width = images[0].shape[:2]
+    and their sum as % of a core at :data:`FPS`. The decode is camstream's own too
+    (``Frame.pixels``): at the smallest of libjpeg's scales that covers the widest of the
+    rungs. Rungs are told by their width, so one at the source's own width (a lower quality
+    of it) is not told from the top and is left out."""
+    whole = cv2.imdecode(np.frombuffer(jpegs[0], np.uint8), cv2.IMREAD_COLOR)
+    height, width = whole.shape[:2]
     ladder = build_ladder(Variant(), width, height)
     rungs = {r.width: r for r in ladder.rungs[1:] if r.width in widths and r.width != width}
+    widest = max(rungs.values(), key=lambda r: r.width, default=None)
+
+    def frame(seq: int, jpeg: bytes) -> Frame:
+        return Frame(seq, None, 0.0, 0.0, jpeg=jpeg, width=width, height=height)
+
+    def decode(jpeg: bytes) -> Any:
+        if widest is None:
+            return frame(1, jpeg).image
+        return frame(1, jpeg).pixels(widest.width, widest.height)
 
     def best_ms(work: Any, items: list[Any]) -> float:
         passes = []
@@ -327,8 +340,9 @@ def codec_floor(jpegs: list[bytes], widths: set[int], repeats: int = 3) -> dict[
             passes.append((time.thread_time() - started) / len(items) * 1000)
         return round(min(passes), 2)
 
-    costs = {"decode": best_ms(
-        lambda j: cv2.imdecode(np.frombuffer(j, np.uint8), cv2.IMREAD_COLOR), jpegs)}
+    images = [decode(j) for j in jpegs]
+    scale = width // images[0].shape[1]
+    costs = {"decode" + (f" 1/{scale}" if scale > 1 else ""): best_ms(decode, jpegs)}
     for rung_width, rung in sorted(rungs.items(), reverse=True):
         quality = rung.variant.quality or 80
         costs[f"{rung_width} q{quality}"] = best_ms(
@@ -337,6 +351,17 @@ def codec_floor(jpegs: list[bytes], widths: set[int], repeats: int = 3) -> dict[
     per_frame = sum(costs.values())
     return {"ms_per_frame": costs, "total_ms": round(per_frame, 2),
             "core_pct_at_fps": round(per_frame * FPS / 10, 1)}
+
+
+def rung_widths(result: dict[str, Any], share: float = 0.05) -> set[int]:
+    """The widths that carried at least ``share`` of the shaped viewers' frames (the rungs in
+    use; a probe's few frames on a rung above are not)."""
+    counts: collections.Counter[int] = collections.Counter()
+    for viewer in result["viewers"]:
+        if viewer["rate_mbit"] is not None:
+            counts.update({int(w): n for w, n in viewer["widths"].items()})
+    total = sum(counts.values())
+    return {w for w, n in counts.items() if n >= share * total}
 
 
 # Scenarios
@@ -477,9 +502,7 @@ def main() -> int:
     for point in points(args):
         result = run_point(point, jpegs, args)
         if point.name.startswith("mixed") and point.adapt == "on":
-            widths = {int(w) for v in result["viewers"] if v["rate_mbit"] is not None
-                      for w in v["widths"]}  # the shaped viewers'
-            result["codec_floor"] = codec_floor(jpegs, widths)
+            result["codec_floor"] = codec_floor(jpegs, rung_widths(result))
         print_point(result)
         results.append(result)
     os.makedirs(os.path.dirname(args.json), exist_ok=True)

@@ -409,7 +409,9 @@ def assert_encodes_bounded(
     assert {(v.width, v.quality) for v in encoded} <= rungs, (encoded, rungs)
     assert len(encoded) <= 4
     assert stats["encodes"] <= len(encoded) * stats["frames_captured"]
-    assert stats["decodes"] <= stats["frames_captured"]
+    # Each frame decoded once (at the scale its rungs need), or twice when a larger rung first
+    # asked for a frame decoded small (camstream.delivery.decodesize: then whole for a while).
+    assert stats["decodes"] <= 1.25 * stats["frames_captured"]
 
 
 @linux_only

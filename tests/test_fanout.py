@@ -28,7 +28,7 @@ from wsraw import build_frame
 from camstream import Streamer
 from camstream.capture.frame import Frame
 from camstream.delivery.encoder import EncodeCache, EncodedFrame, Variant
-from camstream.delivery.fanout import FanOutRound, fan_out
+from camstream.delivery.fanout import FanOutRound, Retries, fan_out, offer_again
 from camstream.delivery.mjpeg import MjpegStream
 from camstream.delivery.session import ClientSession
 from camstream.errors import ConnectionClosedError
@@ -464,8 +464,9 @@ def test_wss_viewers_take_the_fast_path_too(streamer_factory, cert: tuple[str, s
 class OfferedViewer:
     """A FastViewer that answers an offer as told and records the wakes."""
 
-    def __init__(self, answer: bool | BaseException) -> None:
+    def __init__(self, answer: bool | BaseException, held: float | None = None) -> None:
         self.answer, self.offers, self.wakes = answer, 0, 0
+        self.held = held  # what held_until() says after a False
 
     def offer(self, frame: Frame, round_: FanOutRound) -> bool:
         self.offers += 1
@@ -475,6 +476,9 @@ class OfferedViewer:
 
     def wake(self) -> None:
         self.wakes += 1
+
+    def held_until(self) -> float | None:
+        return self.held
 
 
 def test_fan_out_wakes_each_viewer_that_did_not_take_the_frame(caplog) -> None:
@@ -491,6 +495,38 @@ def test_fan_out_wakes_each_viewer_that_did_not_take_the_frame(caplog) -> None:
     assert [v.offers for v in viewers] == [1, 1, 1, 1, 1]
     assert [v.wakes for v in viewers] == [0, 1, 1, 1, 0]
     assert "fan-out to" in caplog.text and "RuntimeError: bug" in caplog.text
+
+
+def test_fan_out_hands_a_held_viewer_to_its_retries_instead_of_waking_it() -> None:
+    """Unit, no sockets: a viewer its controller held back goes to ``hold`` with the time it
+    named, not woken; a viewer that is not held is woken; without ``hold`` both are woken."""
+    frame = Frame(1, np.zeros((8, 8, 3), np.uint8), 1.0, 1.0)
+    held, plain = OfferedViewer(False, held=12.5), OfferedViewer(False)
+    holds: list[tuple[object, float]] = []
+    fan_out(frame, [held, plain], None, lambda viewer, at: holds.append((viewer, at)))
+    assert holds == [(held, 12.5)] and (held.wakes, plain.wakes) == (0, 1)
+    fan_out(frame, [held, plain])
+    assert (held.wakes, plain.wakes) == (1, 2)
+    # The retry: sent, held again, or woken.
+    sent = OfferedViewer(True)
+    holds.clear()
+    offer_again(frame, [sent, held, plain], lambda viewer, at: holds.append((viewer, at)))
+    assert holds == [(held, 12.5)] and (sent.wakes, held.wakes, plain.wakes) == (0, 1, 3)
+
+
+def test_retries_come_due_in_time_order_and_a_new_frame_clears_them() -> None:
+    retries = Retries()
+    assert retries.wait_s(0.0) is None and retries.due(100.0) == []
+    first, second, third = OfferedViewer(False), OfferedViewer(False), OfferedViewer(False)
+    retries.add(third, 3.0)
+    retries.add(first, 1.0)
+    retries.add(second, 1.0)
+    assert retries.wait_s(0.25) == 0.75 and retries.wait_s(5.0) == 0.0
+    assert retries.due(0.5) == []
+    assert retries.due(1.0) == [first, second]
+    assert retries.wait_s(2.0) == 1.0
+    retries.clear()
+    assert retries.wait_s(2.0) is None and retries.due(10.0) == []
 
 
 def test_a_round_builds_each_kinds_wire_bytes_once_per_jpeg() -> None:

@@ -14,12 +14,12 @@ from collections.abc import Iterator
 
 import numpy as np
 import pytest
-from conftest import TIMEOUT
+from conftest import TIMEOUT, wait_until
 
 from camstream.capture.camera import CameraThread
 from camstream.capture.frame import Frame
 from camstream.delivery.encoder import EncodeCache, EncodedFrame, Variant
-from camstream.delivery.fanout import FanOutRound
+from camstream.delivery.fanout import FanOut, FanOutRound
 from camstream.delivery.viewer import ViewerLoop
 
 IMAGE = np.full((120, 160, 3), 90, np.uint8)
@@ -164,6 +164,7 @@ def test_the_fanout_sends_a_due_frame_once_and_records_it(camera, cache) -> None
     loop = ViewerLoop(camera, cache, stall_timeout=TIMEOUT)
     frame = publish(camera)
     assert not loop.offer(frame, output, FanOutRound())  # no variant given yet: the thread's
+    assert loop.held_until() is None  # (not held back: the thread is woken for it)
     given = loop.variant(output.variant)
     assert loop.offer(frame, output, FanOutRound())
     assert not loop.offer(frame, output, FanOutRound())  # never the same frame twice
@@ -283,6 +284,7 @@ def test_the_controller_may_hold_frames_back(camera, cache) -> None:
     loop.variant(output.variant)
     frame = publish(camera)
     assert not loop.offer(frame, output, FanOutRound())
+    assert loop.held_until() == controller.retry_at  # the fan-out offers it again then
     with Running(loop, output):
         output.owed = 1
         loop.nudge()
@@ -331,3 +333,93 @@ def test_frames_held_for_longer_than_the_stall_timeout_drop_the_viewer(camera, c
             publish(camera)
         assert output.stalled_called.wait(TIMEOUT)
     assert output.of("frame") == []
+
+
+class HoldFor:
+    """A ``Controller`` that holds each frame back for ``hold_s`` after it first saw it (a
+    link draining what was sent), then sends it in the variant given."""
+
+    def __init__(self, hold_s: float) -> None:
+        self.hold_s = hold_s
+        self.retry_at = 0.0
+        self.held: dict[int, float] = {}  # frame seq -> when first held
+        self.sent_at: list[float] = []
+
+    def choose(
+        self, top: Variant, fps: float, frame: Frame, unsent_bytes: int | None, now: float
+    ) -> Variant | None:
+        first = self.held.setdefault(frame.seq, now)
+        if now < first + self.hold_s:
+            self.retry_at = first + self.hold_s
+            return None
+        return top
+
+    def sent(
+        self, variant: Variant, size: int, now: float, write_s: float | None = None
+    ) -> None:
+        self.sent_at.append(now)
+
+
+class Served:
+    """The ``FastViewer`` of a loop and its recorder (what a session is to the fan-out),
+    counting the fan-out's offers and the wakes of the loop's thread."""
+
+    def __init__(self, loop: ViewerLoop, output: Recorder) -> None:
+        self.loop, self.output = loop, output
+        self.offers = self.wakes = 0
+
+    def offer(self, frame: Frame, round_: FanOutRound) -> bool:
+        self.offers += 1
+        return self.loop.offer(frame, self.output, round_)
+
+    def wake(self) -> None:
+        self.wakes += 1
+        self.loop.wake()
+
+    def held_until(self) -> float | None:
+        return self.loop.held_until()
+
+
+def test_the_fanout_sends_a_held_frame_when_its_controller_lets_it_go(camera, cache) -> None:
+    """A frame held back by the viewer's controller goes from the fan-out's thread at the time
+    the controller named: the loop's thread is not woken for it."""
+    controller = HoldFor(0.05)
+    output = Recorder()
+    loop = ViewerLoop(camera, cache, stall_timeout=TIMEOUT, controller=controller)
+    served = Served(loop, output)
+    fanout = FanOut(camera, lambda: [served]).start()
+    try:
+        with Running(loop, output):
+            assert wait_until(lambda: loop.given is not None)  # the loop's first look
+            frame = publish(camera)
+            fanout.notify()
+            (sent,) = output.wait_for("fast")
+            assert sent == (frame.seq, 0, output.variant)
+            assert controller.sent_at[0] >= controller.held[frame.seq] + 0.05
+            assert served.offers >= 2 and served.wakes == 0
+            assert output.of("frame") == [] and loop.stats.fast_frames == 1
+    finally:
+        fanout.stop()
+
+
+def test_frames_the_fanout_holds_still_drop_a_viewer_after_the_stall_timeout(
+    camera, cache
+) -> None:
+    """A controller that holds every frame, offered by the fan-out only (no wakes): the loop's
+    thread still looks on its own timer and drops the viewer after the stall timeout."""
+    output = Recorder()
+    loop = ViewerLoop(camera, cache, stall_timeout=0.2, controller=HoldOrSwitch(None))
+    served = Served(loop, output)
+    fanout = FanOut(camera, lambda: [served]).start()
+    try:
+        with Running(loop, output):
+            assert wait_until(lambda: loop.given is not None)
+            publish(camera)
+            fanout.notify()
+            assert output.stalled_called.wait(TIMEOUT)
+            # Retried by the fan-out, never woken (but once, after the drop: a loop that
+            # ended is not held, so the fan-out wakes it and forgets it).
+            assert served.offers >= 2 and served.wakes <= 1
+    finally:
+        fanout.stop()
+    assert output.of("frame") == [] and output.of("fast") == []

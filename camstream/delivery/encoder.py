@@ -20,6 +20,7 @@ in its own module:
                        which encodes are free), rungs, which variants the fan-out encodes
 ``fitting``            ``ByteLimitFitter``: the quality/size search under ``max_bytes``
 ``ratewindow``         ``RateWindow``: events over the last second (the budget)
+``decodesize``         ``DecodeSizes``: the size a JPEG frame is decoded at for its encodes
 =====================  ========================================================================
 """
 
@@ -32,6 +33,7 @@ from typing import Callable
 
 from ..capture.frame import Frame
 from .admission import EncodeBudgetExceeded, VariantAdmission
+from .decodesize import DecodeSizes
 from .fitting import ByteLimitFitter
 from .jpegcache import JpegCache, MakeFailed
 from .jpegcodec import encode_jpeg, resize
@@ -89,6 +91,8 @@ class EncodeCache:
         """The variant cap, the encode budget, rungs, and the fan-out's inline variants."""
         self.fitter = ByteLimitFitter()
         """The byte-limit search and its hints."""
+        self.decode_sizes = DecodeSizes()
+        """The size JPEG frames are decoded at for the encodes (see ``decodesize``)."""
 
     # Who gets which variant (see VariantAdmission)
 
@@ -244,7 +248,7 @@ class EncodeCache:
         width, height = fit_size(frame.width, frame.height, variant.width, variant.height)
         if variant.max_bytes is None:
             charge()
-            image = resize(frame.image, width, height)
+            image = resize(frame.pixels(*self.decode_sizes.need(width, height)), width, height)
             height, width = image.shape[:2]
             data, quality = encode_jpeg(image, variant.quality), variant.quality
         else:

@@ -20,6 +20,13 @@ of adaptive delivery's quality ladders, other sizes: each once) and offers the f
 the viewers that wanted them, while the frame is young (half a camera period); a viewer still
 left is woken, and its own thread encodes (in parallel).
 
+A viewer whose adaptive controller holds the frame back while its link drains
+(:class:`~camstream.delivery.linkcontrol.LinkController`) is not woken either: the fan-out
+offers it the newest frame again at the time the controller named, from its own timer (a new
+frame supersedes the retries), so a viewer on a slow link costs no thread switch for a frame that
+waits a few milliseconds. Its own thread still looks at it on its own timer (at least once a
+second), which drops a viewer held for longer than the stall timeout.
+
 Everything else goes to the viewer's own thread exactly as without the fast path: a viewer
 that is behind, queued text messages, metadata, snapshots. A write the kernel takes only in
 part leaves the rest with the connection's link (``camstream.ws.link``), and the viewer's
@@ -28,6 +35,8 @@ thread (woken) writes it before anything else, so messages keep their order.
 
 from __future__ import annotations
 
+import heapq
+import itertools
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -39,7 +48,10 @@ from ..capture.frame import Frame
 from ..errors import ConnectionClosedError
 from .encoder import EncodeCache, EncodedFrame, Variant
 
-__all__ = ["FanOut", "FanOutRound", "FastViewer", "WireBuilder"]
+__all__ = [
+    "FanOut", "FanOutRound", "FastViewer", "Hold", "Retries", "WireBuilder", "fan_out",
+    "offer_again",
+]
 
 logger = logs.get_logger(__name__)
 
@@ -55,6 +67,11 @@ class FastViewer(Protocol):
 
     def wake(self) -> None:
         """Wake the viewer's own thread (it takes the frame itself if it wants it)."""
+
+    def held_until(self) -> float | None:
+        """After :meth:`offer` returned False: the ``time.monotonic()`` at which to offer
+        again, if the viewer's controller held the frame back (its thread need not be woken);
+        None: wake its thread."""
 
 
 class FanOutRound:
@@ -138,22 +155,68 @@ class FanOut:
 
     def _run(self) -> None:
         last_seq = 0
+        retries = Retries()
         while not self._stopping.is_set():
-            self._event.wait()  # a frame or stop() sets it: an idle camera costs no wake-up
+            # A frame or stop() sets the event (an idle camera costs no wake-up); a held
+            # viewer's retry time ends the wait.
+            self._event.wait(retries.wait_s(time.monotonic()))
             self._event.clear()
             frame = self._camera.latest()
-            if self._stopping.is_set() or frame is None or frame.seq == last_seq:
+            if self._stopping.is_set() or frame is None:
                 continue
-            last_seq = frame.seq
-            fan_out(frame, self._viewers(), frame.captured_monotonic + 0.5 / self._camera.fps)
+            if frame.seq != last_seq:
+                last_seq = frame.seq
+                retries.clear()  # each viewer is offered this frame: a hold starts anew
+                fan_out(
+                    frame, self._viewers(), frame.captured_monotonic + 0.5 / self._camera.fps,
+                    retries.add,
+                )
+            due = retries.due(time.monotonic())
+            if due:
+                offer_again(frame, due, retries.add)
 
 
-def fan_out(frame: Frame, viewers: Sequence[FastViewer], until: float | None = None) -> None:
+class Retries:
+    """The viewers held back by their controllers, and when to offer them a frame again (the
+    fan-out's thread only)."""
+
+    def __init__(self) -> None:
+        self._heap: list[tuple[float, int, FastViewer]] = []
+        self._order = itertools.count()  # ties: first held, first offered
+
+    def add(self, viewer: FastViewer, at: float) -> None:
+        """Offer ``viewer`` a frame again at ``at`` (``time.monotonic()``)."""
+        heapq.heappush(self._heap, (at, next(self._order), viewer))
+
+    def clear(self) -> None:
+        self._heap.clear()
+
+    def wait_s(self, now: float) -> float | None:
+        """Seconds until the next retry (None: none pending)."""
+        return max(self._heap[0][0] - now, 0.0) if self._heap else None
+
+    def due(self, now: float) -> list[FastViewer]:
+        """The viewers whose retry time has come (removed), in order."""
+        due = []
+        while self._heap and self._heap[0][0] <= now:
+            due.append(heapq.heappop(self._heap)[2])
+        return due
+
+
+Hold = Callable[[FastViewer, float], None]
+"""Takes a viewer held back by its controller, and when to offer it a frame again."""
+
+
+def fan_out(
+    frame: Frame, viewers: Sequence[FastViewer], until: float | None = None,
+    hold: Hold | None = None,
+) -> None:
     """Offer ``frame`` to every viewer; wake the thread of each one that did not take it.
 
     Viewers left for want of an encode this pass may not make are offered the frame again
     once every other viewer was served, with those encodes made here, if ``until``
-    (``time.monotonic()``) has not passed; else, and if still not taken, woken too.
+    (``time.monotonic()``) has not passed; else, and if still not taken, woken too. A viewer
+    its controller held back goes to ``hold`` (if given) instead of being woken.
     """
     round_ = FanOutRound()
     later = []
@@ -164,12 +227,34 @@ def fan_out(frame: Frame, viewers: Sequence[FastViewer], until: float | None = N
         if until is not None and round_.left_unmade:
             later.append(viewer)
         else:
-            viewer.wake()
+            _not_taken(viewer, hold)
     if later and until is not None:
         round_.encode_any = True
         for viewer in later:
-            if time.monotonic() > until or not _offer(viewer, frame, round_):
+            if time.monotonic() > until:
                 viewer.wake()
+            elif not _offer(viewer, frame, round_):
+                _not_taken(viewer, hold)
+
+
+def offer_again(frame: Frame, viewers: Sequence[FastViewer], hold: Hold) -> None:
+    """Offer ``frame`` (the newest) to viewers whose retry time came, encoding what they
+    need here; wake those that do not take it and are not held back again."""
+    round_ = FanOutRound()
+    round_.encode_any = True
+    for viewer in viewers:
+        if not _offer(viewer, frame, round_):
+            _not_taken(viewer, hold)
+
+
+def _not_taken(viewer: FastViewer, hold: Hold | None) -> None:
+    """A viewer did not take the frame: to ``hold`` if its controller held it back, else
+    woken."""
+    at = viewer.held_until() if hold is not None else None
+    if hold is None or at is None:
+        viewer.wake()
+    else:
+        hold(viewer, at)
 
 
 def _offer(viewer: FastViewer, frame: Frame, round_: FanOutRound) -> bool:

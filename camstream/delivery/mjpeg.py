@@ -96,6 +96,11 @@ class MjpegStream:
         wake)."""
         return self._loop.offer(frame, self, fanout)
 
+    def held_until(self) -> float | None:
+        """After :meth:`offer` returned False: when to offer again, if the viewer's controller
+        held the frame back; None: :meth:`wake` (:meth:`ViewerLoop.held_until`)."""
+        return self._loop.held_until()
+
     def stop(self) -> None:
         """End the stream within one wake (any thread)."""
         self._loop.stop()

@@ -227,6 +227,11 @@ class ClientSession:
         :meth:`wake`)."""
         return self._loop.offer(frame, self, fanout)
 
+    def held_until(self) -> float | None:
+        """After :meth:`offer` returned False: when to offer again, if the viewer's controller
+        held the frame back; None: :meth:`wake` (:meth:`ViewerLoop.held_until`)."""
+        return self._loop.held_until()
+
     def post(self, message: _Outgoing, *, droppable: bool = False) -> None:
         """Queue a text message (built by :mod:`camstream.protocol`) or a
         :class:`SnapshotRequest`; the sender sends it before the next frame.

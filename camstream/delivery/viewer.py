@@ -208,6 +208,7 @@ class ViewerLoop:
         self._given: Variant | None = None
         self._rung: Variant | None = None  # the rung below _given asked for, and the one given
         self._rung_given: Variant | None = None
+        self._held_until: float | None = None  # see held_until() (the fan-out's thread)
 
     @property
     def stopping(self) -> bool:
@@ -299,6 +300,7 @@ class ViewerLoop:
         Raises:
             ConnectionClosedError: the viewer went away during ``send``.
         """
+        self._held_until = None
         if time.monotonic() < self._wake_after:
             return False
         if not self._busy.acquire(blocking=False):
@@ -306,9 +308,19 @@ class ViewerLoop:
         try:
             if self._stopping.is_set():
                 return False  # (checked under the lock: once run() ended, nothing is sent)
-            return self._deliver(output, frame, round_) is _SENT
+            outcome = self._deliver(output, frame, round_)
+            if outcome is _HELD and self._controller is not None:
+                self._held_until = self._controller.retry_at
+            return outcome is _SENT
         finally:
             self._busy.release()
+
+    def held_until(self) -> float | None:
+        """After :meth:`offer` returned False: the ``time.monotonic()`` at which the viewer's
+        controller lets the frame go, if it held it back (the fan-out offers it again then,
+        without waking this loop's thread); None: the loop's thread should look (the fan-out's
+        thread only)."""
+        return self._held_until
 
     def run(self, output: ViewerOutput) -> None:
         """Send frames to ``output`` until stopped, closed or stalled.
