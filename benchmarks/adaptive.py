@@ -216,6 +216,9 @@ def measure(
         "t0": t0,
         "t1": t1,
         "server_cpu_pct": round(100 * server_s / elapsed, 1),
+        # Of which the kernel's (sending, and on loopback and veth also the viewers' receiving,
+        # which the kernel runs in the sender's system call).
+        "server_system_pct": round(100 * (cpu1.system - cpu0.system) / elapsed, 1),
         "other_cpu_pct": round(100 * ((busy1 - busy0) - server_s) / elapsed / os.cpu_count(), 1),  # type: ignore[operator]
         "encodes_per_s": round((stats1["encodes"] - stats0["encodes"]) / elapsed, 1),
         "decodes_per_s": round((stats1["decodes"] - stats0["decodes"]) / elapsed, 1),
@@ -389,7 +392,8 @@ def points(args: argparse.Namespace) -> list[Point]:
 
 def print_point(result: dict[str, Any]) -> None:
     print(f"\n== {result['name']}, adapt={result['adapt']}: server {result['server_cpu_pct']} % "
-          f"of a core, {result['encodes_per_s']} encodes/s, {result['decodes_per_s']} "
+          f"of a core ({result.get('server_system_pct', '-')} % in the kernel), "
+          f"{result['encodes_per_s']} encodes/s, {result['decodes_per_s']} "
           f"decodes/s (other load {result['other_cpu_pct']} % of all cores)")
     floor = result.get("codec_floor")
     if floor is not None:

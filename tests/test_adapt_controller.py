@@ -11,7 +11,7 @@ later (the loop's behind-poll), as the integration will.
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 import pytest
 
@@ -243,7 +243,7 @@ def test_a_failed_probe_makes_the_next_one_wait_longer() -> None:
     def optimistic(state: LinkState) -> LinkState:
         if state.measured or state.rate is None:
             return state
-        return replace(state, rate=state.rate * 2.2)
+        return state._replace(rate=state.rate * 2.2)
 
     run = drive(controller(), link, 90.0, distort=optimistic)
     probes = [t for t, rung, reason in run.changes if reason == "probe" and rung == 2]
@@ -315,7 +315,7 @@ def test_a_reader_that_does_not_read_is_not_a_slow_link() -> None:
     queued = LinkState(rate=4 * MBIT, measured=True, backlog=400_000, unsent=400_000)
     reader = AdaptController(len(SIZES), SIZES)
     reader.sent(0, SIZES[0], 0.0)
-    stuck = replace(queued, reader_limited=True)
+    stuck = queued._replace(reader_limited=True)
     decision = reader.decide(0.1, stuck, 30.0, 30.0)
     assert (decision.rung, decision.send, decision.reason) == (0, False, None)
     link = AdaptController(len(SIZES), SIZES)

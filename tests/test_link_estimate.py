@@ -23,7 +23,13 @@ from netns import Lane, NetnsError, SlowLinks, shaped_links, unavailable
 
 from camstream import Streamer
 from camstream.delivery.adapt import AdaptController
-from camstream.delivery.linkestimate import LinkEstimate, LinkSample, SocketMeter, sample_socket
+from camstream.delivery.linkestimate import (
+    LinkEstimate,
+    LinkSample,
+    LinkState,
+    SocketMeter,
+    sample_socket,
+)
 from camstream.ws import tcpinfo
 from camstream.ws.tcpinfo import TCP_INFO_SUPPORTED, read_tcp_info
 
@@ -400,6 +406,50 @@ def test_without_tcp_info_a_slow_link_is_measured_by_write_timing(
         # Coarse: the first figures come while the kernel's buffers and the shaper's burst
         # still take bytes faster than the link (0.9-2.2 times its rate in our runs).
         assert mbit * MBIT / 4 < link.rate < mbit * MBIT * 4, (link, lane.qdisc_stats())
+        assert viewer.poll() is None  # still reading
+    finally:
+        viewer.kill()
+        viewer.communicate(timeout=TIMEOUT)
+
+
+@linux_only
+def test_a_viewer_its_link_carries_on_a_lower_rung_is_not_looked_at_every_frame(
+    slow_links: SlowLinks, streamer_on: object, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On a rung below the top that its link carries (nothing left unsent at each frame), a
+    viewer's socket is looked at every ``LOOK_BELOW_EVERY_S``, not at every frame: each look
+    (``TCP_INFO``, the estimate, the rules) is the largest part of the cost of an adaptive
+    viewer's frame. It stays on its rung, at the camera's rate."""
+    from camstream.delivery import linkcontrol
+
+    lane = slow_links.lane(4)
+    streamer = streamer_on(slow_links.host_address, noisy_jpegs(1280, 720, 90, noise=16))  # type: ignore[operator]
+    argv = [sys.executable, "-c", VIEWER, slow_links.host_address, str(streamer.port),
+            "/?max_bytes=0"]
+    viewer = lane.popen(argv, stdout=subprocess.PIPE, text=True)
+    try:
+        assert wait_until(lambda: streamer.client_count == 1, 3 * TIMEOUT)
+        loop = streamer._viewers.sessions()[0]._loop
+        assert wait_until(lambda: loop.controller is not None, TIMEOUT)  # its thread sets it
+        controller = loop.controller
+        assert isinstance(controller, linkcontrol.LinkController)
+        looks: list[float] = []
+        sample = controller.meter.sample
+
+        def counted(now: float, unsent: int | None = None, held: int = 0) -> LinkState:
+            looks.append(now)
+            return sample(now, unsent, held)
+
+        monkeypatch.setattr(controller.meter, "sample", counted)  # counts; the socket's own
+        assert wait_until(lambda: controller.rung > 0, 3 * TIMEOUT), controller.link
+        stepped = loop.stats.frames_sent
+        assert wait_until(lambda: loop.stats.frames_sent >= stepped + 30, 3 * TIMEOUT)
+        start_frames, start_looks, started = loop.stats.frames_sent, len(looks), time.monotonic()
+        assert wait_until(lambda: loop.stats.frames_sent >= start_frames + 60, 3 * TIMEOUT)
+        frames, seconds = loop.stats.frames_sent - start_frames, time.monotonic() - started
+        span_looks = len(looks) - start_looks
+        assert controller.rung > 0 and frames / seconds >= 20 / SLACK, (frames, seconds)
+        assert span_looks <= 0.7 * frames, (span_looks, frames, controller.link)
         assert viewer.poll() is None  # still reading
     finally:
         viewer.kill()

@@ -17,8 +17,9 @@ first pass the fan-out encodes only the default variants and the one most viewer
 few viewers asking for their own size never delay everyone else's frame. Then, once every
 other viewer has its frame, a second pass encodes the variants the first one left (the rungs
 of adaptive delivery's quality ladders, other sizes: each once) and offers the frame again to
-the viewers that wanted them, while the frame is young (half a camera period); a viewer still
-left is woken, and its own thread encodes (in parallel).
+the viewers that wanted them, while the next frame is not due (0.9 of a camera period after
+this one's capture; waking their threads instead costs far more CPU than the encodes, which
+are made once either way); a viewer still left is woken, and its own thread encodes.
 
 A viewer whose adaptive controller holds the frame back while its link drains
 (:class:`~camstream.delivery.linkcontrol.LinkController`) is not woken either: the fan-out
@@ -168,7 +169,7 @@ class FanOut:
                 last_seq = frame.seq
                 retries.clear()  # each viewer is offered this frame: a hold starts anew
                 fan_out(
-                    frame, self._viewers(), frame.captured_monotonic + 0.5 / self._camera.fps,
+                    frame, self._viewers(), frame.captured_monotonic + 0.9 / self._camera.fps,
                     retries.add,
                 )
             due = retries.due(time.monotonic())

@@ -6,6 +6,10 @@ own JPEG where it takes it as it is). Each rung below carries roughly half the b
 above: first a lower quality at the same size, then smaller sizes (aspect kept), down to a
 floor about 320 pixels wide; at most ``max_below`` rungs below the top.
 
+Of two widths about as near a step's byte target, the ladder takes the one that is the source's
+width halved (or quartered, ...): the encode cache makes it straight from a JPEG decoded at that
+scale, with no scaling, at about half the CPU (a 1280x720 source's 640 rung rather than its 480).
+
 The rungs below the top are made of fixed steps only: widths from :data:`WIDTHS` (or the
 source's own), qualities from :data:`QUALITIES`, byte limits that are none, the server's
 default or a power of two. So every viewer that asks for the same thing of the same source gets
@@ -27,6 +31,7 @@ import functools
 import math
 from dataclasses import dataclass
 
+from ..capture.frame import DECODE_SCALES
 from .encoder import Variant, fit_size
 
 __all__ = ["FLOOR_WIDTH", "Ladder", "QUALITIES", "Rung", "WIDTHS", "build_ladder", "model_bytes"]
@@ -41,6 +46,7 @@ QUALITIES = (75, 60)
 FLOOR_WIDTH = 320
 """The smallest width a rung steps down to (a smaller top stays as it is)."""
 
+_SMALL_DECODE_PREFERENCE = 0.1  # how much nearer (log of a byte ratio) such a rung counts
 _PASSTHROUGH_QUALITY = 90  # what a camera's own JPEG is taken to weigh, as a quality
 _BYTES_PER_PIXEL_Q80 = 0.1  # webcam-like pictures: 0.08 (smooth) to 0.12 (noisy) at quality 80
 _HEADER_BYTES = 600  # tables and markers of a baseline JPEG
@@ -152,7 +158,7 @@ def build_ladder(
         c for c in _candidates(source_width, source_height, top_width, top_quality, limit)
         if c.model_bytes <= _MIN_STEP * top_bytes
     ]
-    return Ladder((top, *_spread(top_bytes, candidates, max_below)))
+    return Ladder((top, *_spread(top_bytes, candidates, max_below, source_width)))
 
 
 def _candidates(
@@ -181,9 +187,18 @@ def _snap_quality(quality: float) -> int:
     return max(int(quality) // 10 * 10, 10)
 
 
-def _spread(top_bytes: int, candidates: list[Rung], max_below: int) -> list[Rung]:
+def _decoded_small(width: int, source_width: int) -> bool:
+    """Whether a rung ``width`` wide is the source decoded at one of libjpeg's smaller scales
+    (half, a quarter, an eighth of its width): made with no scaling, from the cheaper decode."""
+    return any(width == -(-source_width // scale) for scale in DECODE_SCALES)
+
+
+def _spread(
+    top_bytes: int, candidates: list[Rung], max_below: int, source_width: int
+) -> list[Rung]:
     """At most ``max_below`` of ``candidates`` (largest first), ending with the smallest,
-    spaced about evenly in bytes (by ratio) between the top and that floor."""
+    spaced about evenly in bytes (by ratio) between the top and that floor; of two about as
+    near a step's target, the one a smaller decode makes (:func:`_decoded_small`)."""
     if not candidates or max_below == 0:
         return []
     floor = candidates[-1]
@@ -197,7 +212,9 @@ def _spread(top_bytes: int, candidates: list[Rung], max_below: int) -> list[Rung
         last_allowed = len(candidates) - (steps - i) - 1
         pick = min(
             range(start, last_allowed + 1),
-            key=lambda k: abs(math.log(candidates[k].model_bytes / target)),
+            key=lambda k: abs(math.log(candidates[k].model_bytes / target)) - (
+                _SMALL_DECODE_PREFERENCE
+                if _decoded_small(candidates[k].width, source_width) else 0.0),
         )
         chosen.append(candidates[pick])
         start = pick + 1

@@ -15,7 +15,10 @@ frame) is plainly keeping up: the frame goes on the top rung without a look at `
 (which, decoded and estimated, costs about 20 us), except once every :data:`LOOK_EVERY_S` so
 ``stats()`` and metadata show a fresh rate and RTT. So a viewer on loopback or a LAN never
 leaves the top rung (the camera's own JPEG stays untouched, 0 encodes, 0 decodes) and the
-fan-out's cost per viewer-frame does not grow.
+fan-out's cost per viewer-frame does not grow. The same holds on a rung below the top, with a
+look every :data:`LOOK_BELOW_EVERY_S` (a probe up waits for a look, and the rules probe at most
+every half second): a viewer its link carries on that rung costs a look every few frames, not
+every frame. Unsent bytes above the mark (a backlog, a slower link) bring a look at once.
 
 Not thread-safe: called by the delivery routine with the viewer's loop lock held (its own thread
 or the fan-out's). :attr:`rung`, :attr:`rungs`, :attr:`reason` and :attr:`link` are read by
@@ -36,12 +39,18 @@ from .ladder import Ladder, build_ladder
 from .linkestimate import LinkState, SocketMeter
 from .variant import Variant
 
-__all__ = ["LOOK_EVERY_S", "LinkController", "adapt_fields", "on_this_machine"]
+__all__ = [
+    "LOOK_BELOW_EVERY_S", "LOOK_EVERY_S", "LinkController", "adapt_fields", "on_this_machine",
+]
 
 LOOK_EVERY_S = 0.5
 """A viewer on the top rung whose link keeps up has its socket looked at this often, s."""
 
-_QUICK_MIN_BYTES = 4096  # unsent bytes at a frame that always count as "keeping up"
+LOOK_BELOW_EVERY_S = 0.1
+"""... and one on a rung below the top this often (its probes up wait for a look)."""
+
+_QUICK_MIN_BYTES = 4096  # unsent bytes at a frame that always count as "keeping up" (top)
+_QUICK_BELOW_MIN_BYTES = 1500  # ... on a rung below (a segment: its frames are small)
 _QUICK_SHARE = 8  # ... or up to this fraction (1/n) of the previous frame
 logger = logs.get_logger(__name__)
 
@@ -95,8 +104,10 @@ class LinkController:
         """The newest link estimate (None: not looked at yet)."""
         self.retry_at = 0.0
         """After a hold: the ``time.monotonic()`` at which the held frame may go."""
-        # The quick path (top rung, link keeping up): no look at the socket until _look_at.
-        self._quick = True
+        # The quick path (the link keeps up): (top, the variant sent) until _look_at, with no
+        # look at the socket; None: look at every frame.
+        start = Variant()
+        self._quick: tuple[Variant, Variant] | None = (start, start)
         self._quick_bytes = _QUICK_MIN_BYTES
         self._look_at = 0.0
         self._quick_sent: tuple[int, float] | None = None  # (bytes, when) of its last frame
@@ -115,9 +126,13 @@ class LinkController:
         ``fps``: the viewer's rate (at most the camera's); ``unsent``: the bytes it has not
         taken (``Link.unsent_bytes()``, None if unknown); ``now``: ``time.monotonic()``.
         """
-        if self._quick:
+        quick = self._quick
+        if quick is not None:
             if unsent is not None and unsent <= self._quick_bytes and now < self._look_at:
-                return top
+                if quick[1] is quick[0]:
+                    return top  # the top rung (whatever the top is now)
+                if top is quick[0]:
+                    return quick[1]  # the same rung below the same top
         elif now < self.retry_at:
             return None  # held a moment ago: nothing drained enough yet
         decided = self._decided
@@ -140,10 +155,12 @@ class LinkController:
         if write_s is not None and not TCP_INFO_SUPPORTED:
             estimate.timed_write(now, now + write_s, size)
         self._decided = None
-        if self._quick:
+        if self.rung == 0 and self._quick is not None:
             self._quick_bytes = max(size // _QUICK_SHARE, _QUICK_MIN_BYTES)
             self._quick_sent = (size, now)
-        elif self._rules is not None:
+            return
+        self._quick_bytes = max(size // _QUICK_SHARE, _QUICK_BELOW_MIN_BYTES)
+        if self._rules is not None:
             self._rules.sent(self.rung, size, now)
 
     def prepare(self, top: Variant, frame: Frame, fps: float, now: float) -> None:
@@ -160,7 +177,6 @@ class LinkController:
     ) -> Variant | None:
         state = self.meter.sample(now, unsent, self._link.pending)
         self.link = state
-        self._look_at = now + LOOK_EVERY_S
         rules, ladder = self._ladder_for(top, frame, fps, state, now)
         if self._quick_sent is not None:  # the top's frames sent on the quick path
             rules.sent(0, *self._quick_sent)
@@ -174,14 +190,14 @@ class LinkController:
                 ", reader-limited" if state.reader_limited else "",
             )
         self.rung, self.reason = decision.rung, rules.reason
-        self._quick = (
-            decision.rung == 0 and decision.send and unsent is not None
-            and unsent <= self._quick_bytes
-        )
+        self._quick = None
         if not decision.send:
             self.retry_at = now + self._drain_s(state, fps)
             return None
         chosen = top if decision.rung == 0 else ladder.variant(decision.rung)
+        if unsent is not None and unsent <= self._quick_bytes:  # keeping up: the quick path
+            self._quick = (top, chosen)
+            self._look_at = now + (LOOK_EVERY_S if decision.rung == 0 else LOOK_BELOW_EVERY_S)
         self._decided = (frame.seq, now, top, chosen)
         return chosen
 

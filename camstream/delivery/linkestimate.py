@@ -47,6 +47,7 @@ import collections.abc
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from ..ws.tcpinfo import read_tcp_info
 
@@ -63,8 +64,7 @@ _MIN_BURST_BYTES = 3000  # acknowledged bytes below this say nothing about the r
 _SLOW_WRITE_S = 0.01  # a blocking write this long drained at the link's rate (fallback)
 
 
-@dataclass(frozen=True)
-class LinkSample:
+class LinkSample(NamedTuple):
     """One look at a viewer's socket at ``at`` (seconds, ``time.monotonic()``).
 
     Every other field may be None (not known on this platform). Counters are cumulative over
@@ -96,9 +96,11 @@ class LinkSample:
     (``tcpi_snd_wnd``, less a segment): the reader is not taking them now."""
 
 
-@dataclass(frozen=True)
-class LinkState:
-    """What a :class:`LinkEstimate` says now. Rates in bytes/s, times in s, sizes in bytes."""
+class LinkState(NamedTuple):
+    """What a :class:`LinkEstimate` says now. Rates in bytes/s, times in s, sizes in bytes.
+
+    (This and :class:`LinkSample` are named tuples, not frozen dataclasses: one of each is made
+    for every frame a viewer is due, and a tuple is made in a fraction of the time.)"""
 
     rate: float | None = None
     """The rate at which the link drains this viewer's bytes; None until anything is known."""

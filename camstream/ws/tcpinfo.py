@@ -24,7 +24,7 @@ from __future__ import annotations
 import socket
 import struct
 import sys
-from dataclasses import dataclass
+from typing import NamedTuple
 
 __all__ = ["TcpInfo", "read_tcp_info", "peer_has_closed", "TCP_INFO_SUPPORTED"]
 
@@ -86,8 +86,7 @@ _DELIVERY_RATE_END = 168  # the app-limited bit came with tcpi_delivery_rate (Li
 _NO_RATE = (1 << 64) - 1  # ~0ULL: "no rate" (pacing_rate when the socket has none)
 
 
-@dataclass(frozen=True, slots=True)
-class TcpInfo:
+class TcpInfo(NamedTuple):
     """One reading of a socket's ``TCP_INFO`` (None: this kernel does not report the field).
 
     Units: seconds for times, bytes/s for rates, bytes for sizes (``unacked``, ``snd_cwnd``:
@@ -166,7 +165,7 @@ def _decode(raw: bytes) -> TcpInfo:
     if values[_PACING] == _NO_RATE:
         values[_PACING] = None
     values.append(bool(raw[7] & _APP_LIMITED_BIT) if size >= _DELIVERY_RATE_END else None)
-    return TcpInfo(*values)  # type: ignore[arg-type]
+    return TcpInfo(*values)  # type: ignore[arg-type]  # (a tuple: ~1 us, a dataclass ~6)
 
 
 def read_tcp_info(sock: socket.socket) -> TcpInfo | None:
