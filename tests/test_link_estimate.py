@@ -23,6 +23,7 @@ from netns import Lane, NetnsError, SlowLinks, shaped_links, unavailable
 
 from camstream import Streamer
 from camstream.delivery.adapt import AdaptController
+from camstream.delivery.linkcontrol import LinkController
 from camstream.delivery.linkestimate import (
     LinkEstimate,
     LinkSample,
@@ -30,6 +31,7 @@ from camstream.delivery.linkestimate import (
     SocketMeter,
     sample_socket,
 )
+from camstream.delivery.viewer import ViewerLoop
 from camstream.ws import tcpinfo
 from camstream.ws.tcpinfo import TCP_INFO_SUPPORTED, read_tcp_info
 
@@ -285,6 +287,22 @@ def meter_of_the_viewer(streamer: Streamer) -> SocketMeter:
     return SocketMeter(link.sock, link.unsent_bytes)
 
 
+def adaptive_viewer(lane: Lane, host: str, streamer: Streamer) -> subprocess.Popen[str]:
+    """A viewer in ``lane`` with adaptation on (as it is by default), reading everything."""
+    argv = [sys.executable, "-c", VIEWER, host, str(streamer.port), "/?max_bytes=0"]
+    return lane.popen(argv, stdout=subprocess.PIPE, text=True)
+
+
+def controller_of_the_viewer(streamer: Streamer) -> tuple[ViewerLoop, LinkController]:
+    """The one viewer's loop and its adaptive controller (set by the viewer's thread)."""
+    assert wait_until(lambda: streamer.client_count == 1, 3 * TIMEOUT)
+    loop = streamer._viewers.sessions()[0]._loop
+    assert wait_until(lambda: loop.controller is not None, TIMEOUT)
+    controller = loop.controller
+    assert isinstance(controller, LinkController)
+    return loop, controller
+
+
 def watch(meter: SocketMeter, seconds: float, every: float = 0.01) -> list:
     """Sample the socket for ``seconds``; returns the states (the test thread is the meter's
     only user; the socket's figures are the kernel's, whoever writes)."""
@@ -385,15 +403,9 @@ def test_without_tcp_info_a_slow_link_is_measured_by_write_timing(
     mbit = 2
     lane = slow_links.lane(mbit)
     streamer = streamer_on(slow_links.host_address, noisy_jpegs(1280, 720, 90, noise=16))  # type: ignore[operator]
-    path = "/?max_bytes=0"  # adaptation on, as it is by default
-    argv = [sys.executable, "-c", VIEWER, slow_links.host_address, str(streamer.port), path]
-    viewer = lane.popen(argv, stdout=subprocess.PIPE, text=True)
+    viewer = adaptive_viewer(lane, slow_links.host_address, streamer)
     try:
-        assert wait_until(lambda: streamer.client_count == 1, 3 * TIMEOUT)
-        loop = streamer._viewers.sessions()[0]._loop
-        assert wait_until(lambda: loop.controller is not None, TIMEOUT)  # its thread sets it
-        controller = loop.controller
-        assert isinstance(controller, linkcontrol.LinkController)
+        _, controller = controller_of_the_viewer(streamer)
 
         def stepped_down_on_a_measured_rate() -> bool:
             link = controller.link
@@ -420,19 +432,12 @@ def test_a_viewer_its_link_carries_on_a_lower_rung_is_not_looked_at_every_frame(
     viewer's socket is looked at every ``LOOK_BELOW_EVERY_S``, not at every frame: each look
     (``TCP_INFO``, the estimate, the rules) is the largest part of the cost of an adaptive
     viewer's frame. It stays on its rung, at the camera's rate."""
-    from camstream.delivery import linkcontrol
 
     lane = slow_links.lane(4)
     streamer = streamer_on(slow_links.host_address, noisy_jpegs(1280, 720, 90, noise=16))  # type: ignore[operator]
-    argv = [sys.executable, "-c", VIEWER, slow_links.host_address, str(streamer.port),
-            "/?max_bytes=0"]
-    viewer = lane.popen(argv, stdout=subprocess.PIPE, text=True)
+    viewer = adaptive_viewer(lane, slow_links.host_address, streamer)
     try:
-        assert wait_until(lambda: streamer.client_count == 1, 3 * TIMEOUT)
-        loop = streamer._viewers.sessions()[0]._loop
-        assert wait_until(lambda: loop.controller is not None, TIMEOUT)  # its thread sets it
-        controller = loop.controller
-        assert isinstance(controller, linkcontrol.LinkController)
+        loop, controller = controller_of_the_viewer(streamer)
         looks: list[float] = []
         sample = controller.meter.sample
 
