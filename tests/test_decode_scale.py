@@ -128,3 +128,26 @@ def test_the_cache_decodes_each_frame_once_while_a_larger_rung_is_in_use() -> No
         cache.get(frame, Variant(width=320, quality=60))
         cache.get(frame, Variant(width=960, quality=60))
         assert source.decodes == 1 and frame.is_decoded
+
+
+def test_a_byte_limit_search_counts_as_a_size_asked_for() -> None:
+    """A viewer under a byte limit (Godot's default) and one on a small rung, frame after
+    frame: each frame is decoded once, whole (the search starts at the whole size), never
+    small first and then whole again."""
+    jpeg = webcam_jpeg()
+    cache = EncodeCache()
+    for seq in (1, 2, 3):
+        source = Counted(jpeg)
+        frame = source.frame(seq)
+        limited = cache.get(frame, Variant(max_bytes=65535))
+        cache.get(frame, Variant(width=320, quality=60))
+        assert len(limited.data) <= 65535 and frame.is_decoded
+        assert source.decodes == 1, seq
+    # The other order: the small rung first, from the second frame on decoded whole at once.
+    cache = EncodeCache()
+    for seq in (1, 2):
+        source = Counted(jpeg)
+        frame = source.frame(seq)
+        cache.get(frame, Variant(width=320, quality=60))
+        cache.get(frame, Variant(max_bytes=65535))
+        assert source.decodes == (2 if seq == 1 else 1), seq

@@ -251,9 +251,9 @@ class EncodeCache:
             image = resize(frame.pixels(*self.decode_sizes.need(width, height)), width, height)
             height, width = image.shape[:2]
             data, quality = encode_jpeg(image, variant.quality), variant.quality
-        else:
+        else:  # (its size counts too, so other encodes of its frames decode them once)
             data, width, height, quality = self.fitter.fit(
-                frame, variant, width, height, charge
+                frame, variant, width, height, charge, self.decode_sizes.need(width, height)
             )
         return EncodedFrame(
             frame.seq, data, width, height, quality, frame.captured_at, frame.captured_monotonic,

@@ -62,11 +62,12 @@ class ByteLimitFitter:
 
     def fit(
         self, frame: Frame, variant: Variant, width: int, height: int,
-        charge: Callable[[], None],
+        charge: Callable[[], None], decode_at: tuple[int, int] | None = None,
     ) -> tuple[bytes, int, int, int]:
         """Encode ``frame`` (scaled to fit ``width`` x ``height``) under ``variant.max_bytes``,
         trading quality and size. Calls ``charge()`` before each try, before any decode or
-        scaling (the caller counts every try against its budget).
+        scaling (the caller counts every try against its budget). ``decode_at``: the size to
+        decode a JPEG frame at (:meth:`Frame.pixels`; default ``width`` x ``height``).
 
         Returns:
             ``(jpeg, width, height, quality)`` as made.
@@ -89,7 +90,7 @@ class ByteLimitFitter:
                 raise
             w = max(round(width * scale), MIN_SIDE) if scale < 1.0 else width
             h = max(round(height * scale), MIN_SIDE) if scale < 1.0 else height
-            scaled = resize(frame.image, w, h)
+            scaled = resize(frame.pixels(*(decode_at or (width, height))), w, h)
             h, w = scaled.shape[:2]
             data = encode_jpeg(scaled, quality)
             if len(data) <= limit:
