@@ -28,7 +28,7 @@ from wsraw import build_frame
 from camstream import Streamer
 from camstream.capture.frame import Frame
 from camstream.delivery.encoder import EncodeCache, EncodedFrame, Variant
-from camstream.delivery.fanout import FanOutRound, Retries, fan_out, offer_again
+from camstream.delivery.fanout import FanOut, FanOutRound, Retries, fan_out, offer_again
 from camstream.delivery.mjpeg import MjpegStream
 from camstream.delivery.session import ClientSession
 from camstream.errors import ConnectionClosedError
@@ -527,6 +527,49 @@ def test_retries_come_due_in_time_order_and_a_new_frame_clears_them() -> None:
     assert retries.wait_s(2.0) == 1.0
     retries.clear()
     assert retries.wait_s(2.0) is None and retries.due(10.0) == []
+
+
+class VanishingCamera:
+    """What the fan-out reads of a camera: the newest frame (None once an on-demand camera
+    went idle) and its rate."""
+
+    fps = 30.0
+
+    def __init__(self, frame: Frame | None) -> None:
+        self.frame = frame
+
+    def latest(self) -> Frame | None:
+        return self.frame
+
+
+def thread_cpu_s(thread: threading.Thread) -> float:
+    """CPU seconds a thread used so far (Linux /proc; clock ticks)."""
+    import os
+
+    with open(f"/proc/self/task/{thread.native_id}/stat") as stat:
+        fields = stat.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def test_held_viewers_of_a_camera_gone_idle_do_not_spin_the_fanout() -> None:
+    """A viewer held back (its retry pending) when the camera's newest frame goes away (an
+    on-demand camera gone idle): the fan-out forgets the retry and sleeps, rather than
+    looking again and again for a frame to offer."""
+    camera = VanishingCamera(Frame(1, np.zeros((8, 8, 3), np.uint8), 1.0, time.monotonic()))
+    held = OfferedViewer(False, held=time.monotonic() + 0.2)
+    fanout = FanOut(camera, lambda: [held])  # type: ignore[arg-type]
+    fanout.start()
+    try:
+        fanout.notify()
+        assert wait_until(lambda: held.offers >= 1)
+        camera.frame = None  # before the retry is due
+        thread = fanout._thread
+        used = thread_cpu_s(thread)
+        assert not wait_until(lambda: thread_cpu_s(thread) - used > 0.15, 1.0)
+        assert held.offers == 1 and held.wakes == 0
+    finally:
+        fanout.stop()
+    assert not fanout._thread.is_alive()
 
 
 def test_a_round_builds_each_kinds_wire_bytes_once_per_jpeg() -> None:

@@ -56,6 +56,8 @@ __all__ = [
 
 logger = logs.get_logger(__name__)
 
+_MIN_RETRY_S = 0.001  # a held viewer is offered a frame again no sooner than this
+
 WireBuilder = Callable[[EncodedFrame], bytes]
 """An output kind's wire bytes of one JPEG (a module-level function: it is the round's key)."""
 
@@ -157,12 +159,19 @@ class FanOut:
     def _run(self) -> None:
         last_seq = 0
         retries = Retries()
+
+        def hold(viewer: FastViewer, at: float) -> None:
+            # (never a retry due at once: a controller's time just past is not a busy loop)
+            retries.add(viewer, max(at, time.monotonic() + _MIN_RETRY_S))
+
         while not self._stopping.is_set():
             # A frame or stop() sets the event (an idle camera costs no wake-up); a held
             # viewer's retry time ends the wait.
             self._event.wait(retries.wait_s(time.monotonic()))
             self._event.clear()
             frame = self._camera.latest()
+            if frame is None:  # an on-demand camera gone idle: nothing to offer again
+                retries.clear()
             if self._stopping.is_set() or frame is None:
                 continue
             if frame.seq != last_seq:
@@ -170,11 +179,11 @@ class FanOut:
                 retries.clear()  # each viewer is offered this frame: a hold starts anew
                 fan_out(
                     frame, self._viewers(), frame.captured_monotonic + 0.9 / self._camera.fps,
-                    retries.add,
+                    hold,
                 )
             due = retries.due(time.monotonic())
             if due:
-                offer_again(frame, due, retries.add)
+                offer_again(frame, due, hold)
 
 
 class Retries:
