@@ -151,3 +151,23 @@ def test_a_byte_limit_search_counts_as_a_size_asked_for() -> None:
         cache.get(frame, Variant(width=320, quality=60))
         cache.get(frame, Variant(max_bytes=65535))
         assert source.decodes == (2 if seq == 1 else 1), seq
+
+
+def exif_rotated(jpeg: bytes) -> bytes:
+    """``jpeg`` with an EXIF block saying "rotate 90 degrees" (orientation 6) after SOI."""
+    tiff = (b"II*\x00\x08\x00\x00\x00" + b"\x01\x00"  # little endian, IFD at 8, one entry
+            + b"\x12\x01\x03\x00\x01\x00\x00\x00\x06\x00\x00\x00" + b"\x00\x00\x00\x00")
+    body = b"Exif\x00\x00" + tiff
+    app1 = b"\xff\xe1" + (len(body) + 2).to_bytes(2, "big") + body
+    return jpeg[:2] + app1 + jpeg[2:]
+
+
+def test_an_exif_orientation_is_left_alone_as_by_the_whole_decode() -> None:
+    """A JPEG that says "rotated" (a phone's, pushed): decoded small it keeps the size its
+    header gives, as the whole decode does, so its rungs are not squeezed."""
+    jpeg = exif_rotated(webcam_jpeg())
+    assert cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_REDUCED_COLOR_2).shape[:2] == (
+        640, 360)  # OpenCV's own reading turns it
+    frame = Counted(jpeg).frame()
+    assert frame.pixels(480, 270).shape[:2] == (360, 640)
+    assert frame.image.shape[:2] == (720, 1280)

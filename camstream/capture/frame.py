@@ -36,10 +36,14 @@ DECODE_SCALES = (8, 4, 2)
 # would allocate hundreds of MB at 1/8).
 _MAX_DECODE_PIXELS = 1 << 30
 
+# (scale, components) -> imdecode flags; as IMREAD_UNCHANGED does, an EXIF orientation is left
+# alone (the frame's size is its header's).
 _REDUCED_FLAGS = {
-    (8, 3): cv2.IMREAD_REDUCED_COLOR_8, (4, 3): cv2.IMREAD_REDUCED_COLOR_4,
-    (2, 3): cv2.IMREAD_REDUCED_COLOR_2, (8, 1): cv2.IMREAD_REDUCED_GRAYSCALE_8,
-    (4, 1): cv2.IMREAD_REDUCED_GRAYSCALE_4, (2, 1): cv2.IMREAD_REDUCED_GRAYSCALE_2,
+    key: flag | cv2.IMREAD_IGNORE_ORIENTATION for key, flag in {
+        (8, 3): cv2.IMREAD_REDUCED_COLOR_8, (4, 3): cv2.IMREAD_REDUCED_COLOR_4,
+        (2, 3): cv2.IMREAD_REDUCED_COLOR_2, (8, 1): cv2.IMREAD_REDUCED_GRAYSCALE_8,
+        (4, 1): cv2.IMREAD_REDUCED_GRAYSCALE_4, (2, 1): cv2.IMREAD_REDUCED_GRAYSCALE_2,
+    }.items()
 }
 
 
