@@ -32,6 +32,14 @@ from websockets.sync.client import connect
 from camstream import Streamer
 
 
+def cpu_seconds(pid: int, tid: int | None = None) -> float:
+    """CPU seconds (user and system) a process, or one of its threads, used so far (Linux
+    /proc; clock ticks)."""
+    path = f"/proc/{pid}/stat" if tid is None else f"/proc/{pid}/task/{tid}/stat"
+    fields = Path(path).read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def decode_jpeg(data: bytes) -> np.ndarray:
     assert isinstance(data, bytes), f"expected a binary message, got {data!r:.80}"
     assert data[:2] == b"\xff\xd8" and data[-2:] == b"\xff\xd9", "not a whole JPEG file"

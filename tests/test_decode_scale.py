@@ -11,19 +11,19 @@ from __future__ import annotations
 import cv2
 import numpy as np
 import pytest
+from test_adaptive import webcam_jpegs
 
 from camstream.capture.frame import Frame
-from camstream.capture.testpattern import TestPattern
 from camstream.delivery.decodesize import WINDOW_S, DecodeSizes
 from camstream.delivery.encoder import EncodeCache, Variant
 
 
-def webcam_jpeg(width: int = 1280, height: int = 720, gray: bool = False) -> bytes:
-    picture = TestPattern(width, height).render(3, 30)
-    noise = np.random.default_rng(3).integers(0, 13, picture.shape, dtype=np.uint8)
-    picture = cv2.add(picture, noise)
-    if gray:
-        picture = cv2.cvtColor(picture, cv2.COLOR_BGR2GRAY)
+def webcam_jpeg(gray: bool = False) -> bytes:
+    """A 1280x720 webcam-like JPEG (test_adaptive's), or the same picture in grayscale."""
+    jpeg = webcam_jpegs(1280, 720, 88, count=1)[0]
+    if not gray:
+        return jpeg
+    picture = cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_GRAYSCALE)
     return cv2.imencode(".jpg", picture, [cv2.IMWRITE_JPEG_QUALITY, 88])[1].tobytes()
 
 

@@ -29,6 +29,7 @@ from typing import Iterator
 
 import pytest
 from conftest import SLACK, TIMEOUT, stop_process, wait_until
+from helpers import cpu_seconds
 from wsraw import OP_BINARY, OP_CLOSE, OP_PING, OP_PONG, OP_TEXT, RawClient
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -369,11 +370,6 @@ def topology(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Topology]:
                 with _ignored():
                     process.wait(TIMEOUT)
             stop_process(process)
-
-
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def test_40_viewers_through_nginx_each_get_29_fps(topology: Topology) -> None:

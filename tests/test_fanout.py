@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import socket
 import ssl
 import threading
@@ -20,7 +21,15 @@ import cv2
 import numpy as np
 import pytest
 from conftest import SLACK, TIMEOUT, wait_until
-from helpers import Counter, MjpegReader, Publisher, RawViewer, decode_jpeg, running
+from helpers import (
+    Counter,
+    MjpegReader,
+    Publisher,
+    RawViewer,
+    cpu_seconds,
+    decode_jpeg,
+    running,
+)
 from test_transport_tls import self_signed_cert
 from websockets.sync.client import connect
 from wsraw import build_frame
@@ -542,15 +551,6 @@ class VanishingCamera:
         return self.frame
 
 
-def thread_cpu_s(thread: threading.Thread) -> float:
-    """CPU seconds a thread used so far (Linux /proc; clock ticks)."""
-    import os
-
-    with open(f"/proc/self/task/{thread.native_id}/stat") as stat:
-        fields = stat.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def test_held_viewers_of_a_camera_gone_idle_do_not_spin_the_fanout() -> None:
     """A viewer held back (its retry pending) when the camera's newest frame goes away (an
     on-demand camera gone idle): the fan-out forgets the retry and sleeps, rather than
@@ -563,9 +563,9 @@ def test_held_viewers_of_a_camera_gone_idle_do_not_spin_the_fanout() -> None:
         fanout.notify()
         assert wait_until(lambda: held.offers >= 1)
         camera.frame = None  # before the retry is due
-        thread = fanout._thread
-        used = thread_cpu_s(thread)
-        assert not wait_until(lambda: thread_cpu_s(thread) - used > 0.15, 1.0)
+        tid = fanout._thread.native_id
+        used = cpu_seconds(os.getpid(), tid)
+        assert not wait_until(lambda: cpu_seconds(os.getpid(), tid) - used > 0.15, 1.0)
         assert held.offers == 1 and held.wakes == 0
     finally:
         fanout.stop()

@@ -2,8 +2,9 @@
 
 A JPEG frame is decoded at the smallest of libjpeg's scales that covers the picture an encode
 needs (:meth:`~camstream.capture.frame.Frame.pixels`): for the small rungs of adaptive delivery,
-about a quarter of a full decode's CPU. But a frame decoded small for one encode and then again
-whole for a larger one costs more than one whole decode. So :class:`DecodeSizes` asks for the
+less CPU than a whole decode (about 3.3 ms against 4.2 for a 175 KB 1280x720 frame at half).
+But a frame decoded small for one encode and then again whole for a larger one costs more than
+one whole decode. So :class:`DecodeSizes` asks for the
 largest size any encode asked for within the last :data:`WINDOW_S`: while a viewer takes a large
 variant every frame is decoded whole once, and a few frames after it left, small again.
 """

@@ -172,7 +172,8 @@ class FanOut:
             frame = self._camera.latest()
             if frame is None:  # an on-demand camera gone idle: nothing to offer again
                 retries.clear()
-            if self._stopping.is_set() or frame is None:
+                continue
+            if self._stopping.is_set():
                 continue
             if frame.seq != last_seq:
                 last_seq = frame.seq

@@ -8,7 +8,8 @@ floor about 320 pixels wide; at most ``max_below`` rungs below the top.
 
 Of two widths about as near a step's byte target, the ladder takes the one that is the source's
 width halved (or quartered, ...): the encode cache makes it straight from a JPEG decoded at that
-scale, with no scaling, at about half the CPU (a 1280x720 source's 640 rung rather than its 480).
+scale, with no scaling and from the cheaper decode (a 1280x720 source's 640 rung rather than its
+480).
 
 The rungs below the top are made of fixed steps only: widths from :data:`WIDTHS` (or the
 source's own), qualities from :data:`QUALITIES`, byte limits that are none, the server's
@@ -31,7 +32,7 @@ import functools
 import math
 from dataclasses import dataclass
 
-from ..capture.frame import DECODE_SCALES
+from ..capture.frame import DECODE_SCALES, decoded_side
 from .encoder import Variant, fit_size
 
 __all__ = ["FLOOR_WIDTH", "Ladder", "QUALITIES", "Rung", "WIDTHS", "build_ladder", "model_bytes"]
@@ -190,7 +191,7 @@ def _snap_quality(quality: float) -> int:
 def _decoded_small(width: int, source_width: int) -> bool:
     """Whether a rung ``width`` wide is the source decoded at one of libjpeg's smaller scales
     (half, a quarter, an eighth of its width): made with no scaling, from the cheaper decode."""
-    return any(width == -(-source_width // scale) for scale in DECODE_SCALES)
+    return any(width == decoded_side(source_width, scale) for scale in DECODE_SCALES)
 
 
 def _spread(

@@ -105,9 +105,8 @@ class LinkController:
         self.retry_at = 0.0
         """After a hold: the ``time.monotonic()`` at which the held frame may go."""
         # The quick path (the link keeps up): (top, the variant sent) until _look_at, with no
-        # look at the socket; None: look at every frame.
-        start = Variant()
-        self._quick: tuple[Variant, Variant] | None = (start, start)
+        # look at the socket; None: look at every frame (the first one too).
+        self._quick: tuple[Variant, Variant] | None = None
         self._quick_bytes = _QUICK_MIN_BYTES
         self._look_at = 0.0
         self._quick_sent: tuple[int, float] | None = None  # (bytes, when) of its last frame

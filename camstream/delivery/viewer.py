@@ -447,7 +447,7 @@ class ViewerLoop:
             return _IDLE
         last = pacer.last_seq
         skipped = frame.seq - last - 1 if last else 0
-        started = time.monotonic()
+        started = time.monotonic() if round_ is None else 0.0  # (timed: blocking writes)
         left = output.send(encoded, variant, skipped, round_)
         if left is None:
             return _LEFT
