@@ -113,7 +113,10 @@ def _stalled_viewer_scenario(streamer_factory: Any, **options: Any) -> float:
             shed_after = time.monotonic() - t0
             # Keep streaming a while after the shed (15 frames), then stop publishing: what the
             # readers get from then on was published in the window, so each must come to
-            # nearly all of it (a reader held up behind the stalled one would have lost frames).
+            # nearly all of it. A reader held up behind the stalled one would lose the frames of
+            # a whole send_timeout (15 or more); 80 %, not 90: every frame here is a byte-limit
+            # search of 600 KB noise encodes, on 2 cores the suite's other process shares (CI
+            # once saw 40 and 39 of 46).
             after_shed = t0 + shed_after
             assert wait_until(lambda: publisher.count_between(after_shed, math.inf) >= 15)
             publisher.stop.set()
@@ -123,7 +126,7 @@ def _stalled_viewer_scenario(streamer_factory: Any, **options: Any) -> float:
             def got() -> list[int]:
                 return [viewer.frames_between(t0, math.inf) for viewer in viewers]
 
-            assert wait_until(lambda: min(got()) >= 0.9 * published - 1), (
+            assert wait_until(lambda: min(got()) >= 0.8 * published - 1), (
                 got(), published, shed_after)
         finally:
             stalled.close()
