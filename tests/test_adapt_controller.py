@@ -97,13 +97,17 @@ def drive(
     distort: object = None,
     run: Run | None = None,
     seed: int = 1,
+    late: dict[float, float] | None = None,
 ) -> Run:
     """Play ``seconds`` of a viewer's loop on ``link``; ``rates`` changes the link's rate at
-    given times; ``distort`` (LinkState -> LinkState) bends what the controller is told."""
+    given times; ``distort`` (LinkState -> LinkState) bends what the controller is told;
+    ``late`` holds the frame due at a given time back by so many seconds (the server held
+    up: the frame goes late, the next one on time)."""
     rng = random.Random(seed)
     estimate = estimate or LinkEstimate()
     run = run or Run()
     changes = sorted((rates or {}).items())
+    holdups = sorted((late or {}).items())
     period = 1.0 / min(fps, camera_fps)
     t = link.t
     end = t + seconds
@@ -112,6 +116,9 @@ def drive(
         link.advance(t)
         while changes and changes[0][0] <= t + 1e-6:
             link.rate = changes.pop(0)[1]
+        if holdups and holdups[0][0] <= t + 1e-6:
+            t += holdups.pop(0)[1]
+            link.advance(t)
         estimate.add(link.sample())
         state = estimate.state(t)
         if distort is not None:
@@ -210,6 +217,17 @@ def test_a_drop_while_idle_between_frames_is_seen_at_the_next_frame() -> None:
     drive(ctrl, link, 2.0, run=run)
     first_down = run.changes_between(3.0, 5.0)[0]
     assert first_down[0] - 3.0 <= 1 / 30 + 0.006
+
+
+def test_a_frame_the_server_sent_late_is_not_a_slower_link() -> None:
+    """The server held up for most of a period (a busy CPU, a long encode): that frame goes
+    late, so the next one finds it still draining. That is no sign of a slower link: the
+    next frame waits a moment, and the rung stays."""
+    link = SimLink(7 * MBIT)  # rung 3 (22 KB x 30) fits, at 75 % of the link
+    run = drive(controller(), link, 30.0, late={10.0: 0.028, 20.0: 0.025})
+    assert run.rung_at(9.9) == 3, run.changes
+    assert run.changes_between(9.9, 30.0) == [], run.changes
+    assert run.fps_between(9.0, 12.0) >= 29.0
 
 
 # Who never adapts

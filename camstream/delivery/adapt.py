@@ -21,7 +21,10 @@ The rules, with ``f`` the viewer's rate (its requested rate, at most the camera'
   period (or a whole frame is queued where the rate is unknown), or over half a frame is
   queued and the backlog drains slower than this rung needs (``LinkState.draining``: a sudden
   drop shows at the next frame): down at once, one rung or to the highest that fits the
-  draining rate (``"backlog"``); not again until those bytes had time to drain. When a rate
+  draining rate (``"backlog"``); not again until those bytes had time to drain. Not when the
+  bytes queued are only the last frame, written less than a period ago, draining at the rate
+  (and no slower than the rung needs): that frame went out late (the server was held up),
+  the link is as fast as it was, and the frame due waits for it instead. When a rate
   measured during a backlog says the rung does not fit even without headroom: straight down to
   the highest rung that fits (``"link"``).
 * **Up slowly.** One rung up when the rung above fits the rate with headroom (``"probe"``),
@@ -68,6 +71,7 @@ REASONS = ("link", "backlog", "probe", "probe_failed", "config")
 _STALE_S = 10.0  # a rung's observed bytes older than this give way to the current rung's
 _EWMA = 0.3  # weight of the newest frame in a rung's observed bytes
 _FALLBACK_BYTES = 64 * 1024  # a frame's bytes when nothing is known at all
+_LATE_SLACK = 0.25  # a late frame's queue may exceed what the rate leaves of it by this share
 
 
 @dataclass(frozen=True)
@@ -125,6 +129,7 @@ class AdaptController:
         """Why the rung last changed (None: it never did)."""
         self._setup(rungs, model_bytes)
         self._up_ok_at = now  # no step up before this
+        self._last_write: tuple[float, int] | None = None  # (when, bytes) of the newest frame
         self._down_ok_at = now  # no step down before this
 
     def _setup(self, rungs: int, model_bytes: Sequence[float] | None) -> None:
@@ -147,6 +152,8 @@ class AdaptController:
         """A frame of ``rung`` went out with ``nbytes`` bytes."""
         if not 0 <= rung < self.rungs:
             return
+        if self._last_write is None or now >= self._last_write[0]:
+            self._last_write = (now, nbytes)
         seen = self._seen[rung]
         if seen is None or now - seen[1] > _STALE_S:
             average = float(nbytes)
@@ -241,13 +248,30 @@ class AdaptController:
             link.draining is not None and link.backlog > 0.5 * frame
             and link.draining * self.headroom < frame * f
         )
-        if not (queued > 0.5 * period or slow):
+        if not (queued > 0.5 * period or slow) or (
+            not slow and self._late_write(now, link, period)
+        ):
             return None
         rate = link.rate if link.measured else link.draining if slow else None
         target = self.rung + 1
         if rate is not None:
             target = max(target, self._highest_fitting(now, rate, f))
         return self._step_down(target, "backlog", now, link, rate, period)
+
+    def _late_write(self, now: float, link: LinkState, period: float) -> bool:
+        """Whether the bytes queued are no more than the last frame, written less than a
+        period ago, still draining at the link's rate (and the link drains at the rate
+        the rung needs: the caller's "slow" test): that frame went out late (the server was
+        held up), not over a slower link. The frame due now waits for them (``_may_send``)
+        instead of a step down."""
+        last = self._last_write
+        if last is None or link.rate is None or link.rate <= 0 or link.backlog is None:
+            return False
+        at, nbytes = last
+        if now - at >= period:
+            return False
+        owed = nbytes - link.rate * (now - at)  # what the link has still to drain of it
+        return link.backlog <= owed + _LATE_SLACK * nbytes
 
     def _step_down(
         self, target: int, reason: str, now: float, link: LinkState, rate: float | None,
