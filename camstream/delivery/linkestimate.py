@@ -64,6 +64,9 @@ _MIN_BURST_BYTES = 3000  # acknowledged bytes below this say nothing about the r
 _SLOW_WRITE_S = 0.01  # a blocking write this long drained at the link's rate (fallback)
 
 
+_Figure = tuple[float, float]  # a measured figure: (when, bytes/s)
+
+
 class LinkSample(NamedTuple):
     """One look at a viewer's socket at ``at`` (seconds, ``time.monotonic()``).
 
@@ -181,6 +184,8 @@ class LinkEstimate:
         self._prev: LinkSample | None = None
         self._prev_acked: int | None = None
         self._measured: collections.deque[tuple[float, float]] = collections.deque()
+        # (first figure, last figure, count, median) of _measured when last worked out
+        self._median_cache: tuple[_Figure, _Figure, int, float] | None = None
         self._intervals: collections.deque[_Interval] = collections.deque()
         self._totals = _Totals()  # sums over _intervals
         self._run: collections.deque[tuple[float, int]] = collections.deque()  # (at, acked)
@@ -328,8 +333,12 @@ class LinkEstimate:
             self._written_total -= self._written.popleft()[1]
         # A drop: the figures of the last quarter window far below the window's; keep only
         # those. (Not for a stall with nothing acknowledged: a loss waiting for its
-        # retransmission says nothing of the rate.)
-        recent = [(at, rate) for at, rate in measured if at >= now - self._recent_s]
+        # retransmission says nothing of the rate.) Figures are in time order: with the
+        # oldest recent too, or too few, there is nothing to compare (the common case, cheap).
+        since = now - self._recent_s
+        if len(measured) <= _DROP_FIGURES or measured[0][0] >= since:
+            return
+        recent = [(at, rate) for at, rate in measured if at >= since]
         if _DROP_FIGURES <= len(recent) < len(measured):
             typical = _median(recent)
             if 0 < typical < 0.6 * _median(measured):
@@ -342,7 +351,7 @@ class LinkEstimate:
         measured = self._measured
         burst = self._burst_rate()
         if measured:
-            typical = _median(measured)
+            typical = self._median_measured()
             if burst is None or typical >= burst or now - measured[-1][0] <= self._recent_s:
                 self._last_rate = (typical, True)
                 return typical, True
@@ -352,6 +361,21 @@ class LinkEstimate:
         if self._last_rate is not None:
             return self._last_rate[0], False  # old news: not a measurement of now
         return None, False
+
+    def _median_measured(self) -> float:
+        """The median of the measured figures (there are some), worked out again only when
+        they changed: figures are only added at the end, dropped at the start or replaced
+        all at once, so the count and the first and last figures tell."""
+        measured = self._measured
+        first, last, count = measured[0], measured[-1], len(measured)
+        cached = self._median_cache
+        if cached is not None and cached[0] is first and cached[1] is last and (
+            cached[2] == count
+        ):
+            return cached[3]
+        typical = _median(measured)
+        self._median_cache = (first, last, count, typical)
+        return typical
 
     def _burst_rate(self) -> float | None:
         """Bytes acknowledged per second of busy time over the window (each new burst's first
