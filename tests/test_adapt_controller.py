@@ -230,6 +230,24 @@ def test_a_frame_the_server_sent_late_is_not_a_slower_link() -> None:
     assert run.fps_between(9.0, 12.0) >= 29.0
 
 
+def test_frames_held_back_for_a_link_too_slow_for_their_rung_are_not_late_frames() -> None:
+    """A frame the controller held back until its link drained goes out late too, and the
+    next one finds it draining: that is the link being behind. With neither a measured rate
+    nor a draining figure to go by (so only the backlog rule can tell), the viewer still
+    steps down within about a second and a half of the link's drop."""
+    for reported in (0.7, 1.0):  # a rate estimate below the link's, and an exact one
+
+        def blind(state: LinkState, k: float = reported) -> LinkState:
+            rate = None if state.rate is None else state.rate * k
+            return state._replace(measured=False, draining=None, rate=rate)
+
+        link = SimLink(8 * MBIT)  # rung 3 (22 KB x 30) fits; at 5.2 Mbit/s it does not
+        run = drive(controller(), link, 20.0, rates={10.0: 5.2 * MBIT}, distort=blind)
+        assert run.rung_at(9.99) == 3, run.changes
+        downs = [c for c in run.changes_between(10.0, 20.0) if c[1] > 3]
+        assert downs and downs[0][0] - 10.0 <= 1.6, (reported, run.changes)
+
+
 # Who never adapts
 
 

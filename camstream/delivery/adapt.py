@@ -22,9 +22,10 @@ The rules, with ``f`` the viewer's rate (its requested rate, at most the camera'
   queued and the backlog drains slower than this rung needs (``LinkState.draining``: a sudden
   drop shows at the next frame): down at once, one rung or to the highest that fits the
   draining rate (``"backlog"``); not again until those bytes had time to drain. Not when the
-  bytes queued are only the last frame, written less than a period ago, draining at the rate
-  (and no slower than the rung needs): that frame went out late (the server was held up),
-  the link is as fast as it was, and the frame due waits for it instead. When a rate
+  bytes queued are only the last frame, draining at the rate (and no slower than the rung
+  needs), written well within a period of now without having waited for its link: that frame
+  went out late (the server was held up), the link is as fast as it was, and the frame due
+  waits for it instead. When a rate
   measured during a backlog says the rung does not fit even without headroom: straight down to
   the highest rung that fits (``"link"``).
 * **Up slowly.** One rung up when the rung above fits the rate with headroom (``"probe"``),
@@ -72,6 +73,7 @@ _STALE_S = 10.0  # a rung's observed bytes older than this give way to the curre
 _EWMA = 0.3  # weight of the newest frame in a rung's observed bytes
 _FALLBACK_BYTES = 64 * 1024  # a frame's bytes when nothing is known at all
 _LATE_SLACK = 0.25  # a late frame's queue may exceed what the rate leaves of it by this share
+_LATE_WITHIN = 0.75  # ... a frame written within this share of a period before the next one
 
 
 @dataclass(frozen=True)
@@ -129,7 +131,9 @@ class AdaptController:
         """Why the rung last changed (None: it never did)."""
         self._setup(rungs, model_bytes)
         self._up_ok_at = now  # no step up before this
-        self._last_write: tuple[float, int] | None = None  # (when, bytes) of the newest frame
+        # (when, bytes, held back first) of the newest frame written
+        self._last_write: tuple[float, int, bool] | None = None
+        self._held = False  # a decision since the last write said wait
         self._down_ok_at = now  # no step down before this
 
     def _setup(self, rungs: int, model_bytes: Sequence[float] | None) -> None:
@@ -153,7 +157,8 @@ class AdaptController:
         if not 0 <= rung < self.rungs:
             return
         if self._last_write is None or now >= self._last_write[0]:
-            self._last_write = (now, nbytes)
+            self._last_write = (now, nbytes, self._held)
+        self._held = False
         seen = self._seen[rung]
         if seen is None or now - seen[1] > _STALE_S:
             average = float(nbytes)
@@ -208,6 +213,8 @@ class AdaptController:
         if not self.proxied:  # (a proxy's rate is its own hop's: see _blind)
             self._note_rate(rate)
         send = self._may_send(link, now, period)
+        if not send:
+            self._held = True
         return Decision(self.rung, send, reason if self.rung != before else None)
 
     # Rules
@@ -259,16 +266,17 @@ class AdaptController:
         return self._step_down(target, "backlog", now, link, rate, period)
 
     def _late_write(self, now: float, link: LinkState, period: float) -> bool:
-        """Whether the bytes queued are no more than the last frame, written less than a
-        period ago, still draining at the link's rate (and the link drains at the rate
-        the rung needs: the caller's "slow" test): that frame went out late (the server was
-        held up), not over a slower link. The frame due now waits for them (``_may_send``)
-        instead of a step down."""
+        """Whether the bytes queued are no more than the last frame still draining at the
+        link's rate, that frame having gone out late (the server was held up: written well
+        within a period of now, without having been held back for its link), and the link
+        drains at the rate the rung needs (the caller's "slow" test): not a slower link. The
+        frame due now waits for them (``_may_send``) instead of a step down. A frame held
+        back until its link drained is no such thing: its link is behind."""
         last = self._last_write
         if last is None or link.rate is None or link.rate <= 0 or link.backlog is None:
             return False
-        at, nbytes = last
-        if now - at >= period:
+        at, nbytes, held = last
+        if held or now - at >= _LATE_WITHIN * period:
             return False
         owed = nbytes - link.rate * (now - at)  # what the link has still to drain of it
         return link.backlog <= owed + _LATE_SLACK * nbytes

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import ipaddress
 import socket
+import time
 
 from .. import logs
 from ..capture.frame import Frame
@@ -154,13 +155,14 @@ class LinkController:
         if write_s is not None and not TCP_INFO_SUPPORTED:
             estimate.timed_write(now, now + write_s, size)
         self._decided = None
+        written = time.monotonic()  # (after the encode and the write: when it began to drain)
         if self.rung == 0 and self._quick is not None:
             self._quick_bytes = max(size // _QUICK_SHARE, _QUICK_MIN_BYTES)
-            self._quick_sent = (size, now)
+            self._quick_sent = (size, written)
             return
         self._quick_bytes = max(size // _QUICK_SHARE, _QUICK_BELOW_MIN_BYTES)
         if self._rules is not None:
-            self._rules.sent(self.rung, size, now)
+            self._rules.sent(self.rung, size, written)
 
     def prepare(self, top: Variant, frame: Frame, fps: float, now: float) -> None:
         """Build the ladder of ``top`` for ``frame``'s size now (new settings), so the metadata
