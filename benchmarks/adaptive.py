@@ -21,12 +21,12 @@ Scenarios (``--scenarios``, comma-separated):
   ``--mixed-warmup`` s (30), over ``--mixed-window`` s (60). Twenty viewers that arrive at once
   start their probes up together, every 2, 4, 8, 16 s at first (each failed probe doubles the
   wait, up to 30 s): a short window right after they came measures that start, not what a
-  server serving them costs (a 10-s window after 4 s gave 37-58 %, median 43 %, against
-  39-42 % over a minute after half a one). With adaptation on, also the
-  *codec floor*: the CPU one thread takes, on this machine, to decode each source JPEG and make
-  the rungs the viewers were on (those that carried at least 5 % of their frames; decoding,
-  scaling and encoding as the server does), per frame and as a share of a core at 30 fps:
-  what any server must spend before it sends a byte.
+  server serving them costs (a 10-s window after 4 s gave 38-58 %, median 46 %, against
+  39-42 % over a minute after half a one, before the late-frame fix of 2026-12-03). With
+  adaptation on, also the *codec floor*: the CPU one thread takes, on this machine, to decode
+  each source JPEG and make the rungs the viewers were on (those that carried at least 5 % of
+  their frames; decoding, scaling and encoding as the server does), per frame and as a share
+  of a core at 30 fps: what any server must spend before it sends a byte.
 
 Each point: a fresh server and network, ``--warmup`` s, then a ``--window`` s measurement
 (the mixed point: its own, above).

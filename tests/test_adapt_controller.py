@@ -220,9 +220,9 @@ def test_a_drop_while_idle_between_frames_is_seen_at_the_next_frame() -> None:
 
 
 def test_a_frame_the_server_sent_late_is_not_a_slower_link() -> None:
-    """The server held up for most of a period (a busy CPU, a long encode): that frame goes
-    late, so the next one finds it still draining. That is no sign of a slower link: the
-    next frame waits a moment, and the rung stays."""
+    """The server held up for most of a period before it came to this viewer (a busy CPU,
+    other viewers' encodes): that frame goes late, so the next one finds it still draining.
+    That is no sign of a slower link: the next frame waits a moment, and the rung stays."""
     link = SimLink(7 * MBIT)  # rung 3 (22 KB x 30) fits, at 75 % of the link
     run = drive(controller(), link, 30.0, late={10.0: 0.028, 20.0: 0.025})
     assert run.rung_at(9.9) == 3, run.changes

@@ -183,7 +183,7 @@ class LinkEstimate:
         self._recent_s = window_s / 4
         self._prev: LinkSample | None = None
         self._prev_acked: int | None = None
-        self._measured: collections.deque[tuple[float, float]] = collections.deque()
+        self._measured: collections.deque[_Figure] = collections.deque()
         # (first figure, last figure, count, median) of _measured when last worked out
         self._median_cache: tuple[_Figure, _Figure, int, float] | None = None
         self._intervals: collections.deque[_Interval] = collections.deque()
@@ -341,7 +341,7 @@ class LinkEstimate:
         recent = [(at, rate) for at, rate in measured if at >= since]
         if _DROP_FIGURES <= len(recent) < len(measured):
             typical = _median(recent)
-            if 0 < typical < 0.6 * _median(measured):
+            if 0 < typical < 0.6 * self._median_measured():
                 measured.clear()
                 measured.extend(recent)
 
@@ -496,7 +496,7 @@ class SocketMeter:
         self.estimate.wrote(now, nbytes)
 
 
-def _median(figures: collections.abc.Iterable[tuple[float, float]]) -> float:
+def _median(figures: collections.abc.Iterable[_Figure]) -> float:
     """The median rate of (at, rate) figures (the upper one of an even count)."""
     rates = sorted(rate for _, rate in figures)
     return rates[len(rates) // 2]
