@@ -49,6 +49,7 @@ import collections
 import datetime
 import json
 import logging
+import math
 import os
 import subprocess
 import sys
@@ -249,6 +250,17 @@ def phase_figures(frames: list[list[Any]], start: float, end: float) -> dict[str
         "widths": {str(w): n for w, n in sorted(widths.items(), key=lambda i: -(i[0] or 0))},
         "kbytes_per_s": round(sum(f[4] for f in inside) / seconds / 1000, 1),
     }
+
+
+def seconds_arg(text: str) -> float:
+    """An argparse type: a finite number of seconds, at least 0.1 (else a clear error)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not math.isfinite(value) or value < 0.1:
+        raise argparse.ArgumentTypeError(f"seconds must be finite and at least 0.1: {text!r}")
+    return value
 
 
 def _round(value: float | None) -> float | None:
@@ -486,11 +498,11 @@ def main() -> int:
                         type=lambda s: [float(x) for x in s.split(",")])
     parser.add_argument("--per-rate", type=int, default=5)
     parser.add_argument("--unshaped", type=int, default=10)
-    parser.add_argument("--warmup", type=float, default=4.0)
-    parser.add_argument("--window", type=float, default=10.0)
-    parser.add_argument("--mixed-warmup", type=float, default=30.0,
+    parser.add_argument("--warmup", type=seconds_arg, default=4.0)
+    parser.add_argument("--window", type=seconds_arg, default=10.0)
+    parser.add_argument("--mixed-warmup", type=seconds_arg, default=30.0,
                         help="the mixed point's warm-up (s): past the viewers' first probes")
-    parser.add_argument("--mixed-window", type=float, default=60.0,
+    parser.add_argument("--mixed-window", type=seconds_arg, default=60.0,
                         help="the mixed point's measurement window (s)")
     parser.add_argument("--frame-kb", type=float, default=180.0)
     parser.add_argument("--queue-ms", type=float, default=100.0,
